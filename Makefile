@@ -1,0 +1,54 @@
+# Herald — the two commands a fresh machine needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test setup proto check-proto lint typecheck unit lock clean
+
+## run: set everything up and start the whole platform (embedded PostgreSQL and NATS)
+run: $(STAMP)
+	$(BIN)/herald run
+
+## test: set everything up and run every check and the whole test suite
+test: $(STAMP) check-proto lint typecheck
+	$(BIN)/pytest
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Herald needs Python 3.11 or newer: make PYTHON=python3.11 …")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+## proto: regenerate the Python package `herald` from proto/ (commit the result)
+proto: $(STAMP)
+	$(BIN)/python scripts/generate_protos.py
+	$(BIN)/buf lint
+
+check-proto: $(STAMP)
+	$(BIN)/python scripts/generate_protos.py --check
+	$(BIN)/buf lint
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+## lock: re-resolve every dependency to its newest release and pin it in requirements.lock
+lock:
+	rm -rf build/lock-venv
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install --quiet --disable-pip-version-check '.[dev]'
+	build/lock-venv/bin/python -m pip freeze --exclude herald > requirements.lock
+	rm -rf build/lock-venv
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

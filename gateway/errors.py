@@ -1,0 +1,58 @@
+"""The one place where an error becomes an HTTP answer: `{"statusCode", "message", "error"}`."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import grpc
+from aiohttp import web
+
+from kernel.errors import HTTP_STATUS_KEY, HeraldError, error_info
+
+HTTP_STATUS_OF_CODE = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def error_body(status: int, message: str) -> dict[str, object]:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Client Closed Request" if status == 499 else "Error"
+    return {"statusCode": status, "message": message, "error": phrase}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(error_body(status, message), status=status, headers=headers)
+
+
+def from_herald_error(error: HeraldError) -> web.Response:
+    status = error.http_status or HTTP_STATUS_OF_CODE.get(error.code, 500)
+    return error_response(status, error.message)
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> web.Response:
+    """The HTTP answer for a failed call to `service`."""
+    info = error_info(error)
+    code = error.code()
+    if info is None and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return error_response(HTTP_STATUS_OF_CODE[code], f"{service} is not answering; try again shortly")
+    status = HTTP_STATUS_OF_CODE.get(code, 500)
+    if info is not None and HTTP_STATUS_KEY in info.metadata:
+        status = int(info.metadata[HTTP_STATUS_KEY])
+    message = error.details() or code.name
+    if status >= 500 and info is None:
+        message = "Internal server error"
+    return error_response(status, message)

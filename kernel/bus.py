@@ -1,0 +1,285 @@
+"""NATS JetStream: the connection, the streams, publishing and durable pull consumers.
+
+Every message is published with `Nats-Msg-Id` (JetStream drops a duplicate inside the stream's
+duplicate window) and a `Herald-Project` header. Consumers are durable pull consumers with explicit
+acknowledgement: a handled message is acked, a transient failure is nak'ed with an exponential
+backoff, and a poison message or one that exhausted its attempts is recorded on the DLQ stream by
+the worker itself and then terminated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import nats
+import structlog
+from google.protobuf.message import DecodeError, Message
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError
+
+from kernel.errors import Unavailable
+
+log = structlog.get_logger(__name__)
+
+MSG_ID = "Nats-Msg-Id"
+PROJECT_HEADER = "Herald-Project"
+DUPLICATE_WINDOW_SECONDS = 120.0
+DAY = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    max_age_seconds: float
+
+
+STREAMS = (
+    StreamSpec("EVENTS", ("events.>",), 7 * DAY),
+    StreamSpec("RUNS", ("runs.>",), 7 * DAY),
+    StreamSpec("STEPS", ("steps.>",), 7 * DAY),
+    StreamSpec("TRACKING", ("tracking.>",), 7 * DAY),
+    StreamSpec("DLQ", ("dlq.>",), 30 * DAY),
+)
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message to publish: where, what, and the id that makes a republish harmless."""
+
+    subject: str
+    payload: bytes
+    msg_id: str
+    project_id: str
+
+
+async def connect(url: str, name: str) -> NatsClient:
+    """Connect to NATS, reconnecting for ever if the server goes away later."""
+
+    async def on_disconnected() -> None:
+        log.warning("nats.disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats.reconnected")
+
+    async def on_error(error: Exception) -> None:
+        log.warning("nats.error", error=str(error))
+
+    try:
+        return await nats.connect(
+            url,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+            error_cb=on_error,
+        )
+    except Exception as error:  # nats raises several unrelated types when it cannot connect
+        raise Unavailable(f"cannot connect to NATS at {url}: {error}") from error
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create Herald's streams, or bring an existing stream's configuration up to date."""
+    for spec in STREAMS:
+        config = api.StreamConfig(
+            name=spec.name,
+            subjects=list(spec.subjects),
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=spec.max_age_seconds,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            num_replicas=replicas,
+        )
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+
+
+class BusPublisher:
+    """Publishes to JetStream and returns the stream sequence that stored the message."""
+
+    def __init__(self, js: JetStreamContext, timeout: float = 5.0):
+        self._js = js
+        self._timeout = timeout
+
+    async def publish(self, message: OutgoingMessage, headers: Mapping[str, str] | None = None) -> int:
+        all_headers = {MSG_ID: message.msg_id, PROJECT_HEADER: message.project_id, **(headers or {})}
+        try:
+            ack = await self._js.publish(
+                message.subject, message.payload, timeout=self._timeout, headers=all_headers
+            )
+        except Exception as error:  # timeouts, no responders, connection closed: all transient
+            raise Unavailable(f"cannot publish to {message.subject}: {error}") from error
+        return int(ack.seq)
+
+
+class RetryLater(Exception):
+    """The handler could not finish now; the message comes back after `delay` seconds."""
+
+    def __init__(self, reason: str, delay: float | None = None):
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Poison(Exception):
+    """The message can never be handled; it goes to the dead-letter stream."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message as a handler sees it."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str]
+    attempt: int
+    stream_sequence: int
+
+    @property
+    def project_id(self) -> str:
+        return self.headers.get(PROJECT_HEADER, "unknown")
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+MessageT = TypeVar("MessageT", bound=Message)
+
+
+def decode(message_type: type[MessageT], delivery: Delivery) -> MessageT:
+    """The Protobuf message a delivery carries; undecodable bytes are poison."""
+    try:
+        return message_type.FromString(delivery.data)
+    except DecodeError as error:
+        raise Poison(f"not a {message_type.DESCRIPTOR.full_name}: {error}") from error
+
+
+def backoff_delay(attempt: int, base: float = 0.5, ceiling: float = 60.0) -> float:
+    """Exponential backoff with full jitter: attempt 1 waits up to `base`, then doubles."""
+    return random.uniform(0, min(ceiling, base * 2 ** (attempt - 1)))
+
+
+@dataclass
+class Consumer:
+    """A durable pull consumer running `handler` for each message, `concurrency` at a time."""
+
+    js: JetStreamContext
+    stream: str
+    durable: str
+    filter_subject: str
+    handler: Handler
+    max_attempts: int = 5
+    concurrency: int = 16
+    ack_wait_seconds: float = 30.0
+    publisher: BusPublisher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.publisher = BusPublisher(self.js)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        config = api.ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_seconds,
+            max_deliver=-1,
+            max_ack_pending=max(1000, self.concurrency * 4),
+            filter_subject=self.filter_subject,
+        )
+        subscription = await self.js.pull_subscribe(
+            self.filter_subject, durable=self.durable, stream=self.stream, config=config
+        )
+        log.info("consumer.started", stream=self.stream, durable=self.durable)
+        while not stop.is_set():
+            try:
+                messages = await subscription.fetch(self.concurrency, timeout=1.0)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            except Exception as error:  # connection trouble: wait for the reconnect
+                if stop.is_set():
+                    break
+                log.warning("consumer.fetch_failed", durable=self.durable, error=str(error))
+                await asyncio.sleep(0.5)
+                continue
+            await asyncio.gather(*(self._handle(message) for message in messages))
+        try:
+            await subscription.unsubscribe()
+        except Exception as error:  # the connection may be gone already
+            log.info("consumer.unsubscribe_failed", durable=self.durable, error=str(error))
+        log.info("consumer.stopped", durable=self.durable)
+
+    async def _handle(self, message: Msg) -> None:
+        metadata = message.metadata
+        delivery = Delivery(
+            subject=message.subject,
+            data=message.data,
+            headers=dict(message.headers or {}),
+            attempt=metadata.num_delivered or 1,
+            stream_sequence=metadata.sequence.stream if metadata.sequence else 0,
+        )
+        bound = log.bind(
+            durable=self.durable,
+            subject=delivery.subject,
+            attempt=delivery.attempt,
+            msg_id=delivery.headers.get(MSG_ID),
+        )
+        try:
+            await self.handler(delivery)
+        except Poison as poison:
+            await self._dead_letter(message, delivery, f"poison: {poison}")
+        except RetryLater as retry:
+            if delivery.attempt >= self.max_attempts:
+                await self._dead_letter(message, delivery, f"attempts exhausted: {retry}")
+                return
+            delay = retry.delay if retry.delay is not None else backoff_delay(delivery.attempt)
+            bound.info("consumer.retry", reason=str(retry), delay=round(delay, 3))
+            await message.nak(delay=delay)
+        except Exception as error:
+            bound.exception("consumer.handler_failed")
+            if delivery.attempt >= self.max_attempts:
+                await self._dead_letter(message, delivery, f"attempts exhausted: {error!r}")
+                return
+            await message.nak(delay=backoff_delay(delivery.attempt))
+        else:
+            await message.ack()
+
+    async def _dead_letter(self, message: Msg, delivery: Delivery, reason: str) -> None:
+        log.warning("consumer.dead_letter", durable=self.durable, subject=delivery.subject, reason=reason)
+        record = OutgoingMessage(
+            subject=f"dlq.{self.durable}.{delivery.project_id}",
+            payload=delivery.data,
+            msg_id=f"{self.stream}:{delivery.stream_sequence}",
+            project_id=delivery.project_id,
+        )
+        try:
+            await self.publisher.publish(
+                record,
+                headers={
+                    "Herald-Dlq-Reason": reason[:1000],
+                    "Herald-Dlq-Subject": delivery.subject,
+                    "Herald-Dlq-Attempts": str(delivery.attempt),
+                },
+            )
+        except Unavailable:
+            await message.nak(delay=backoff_delay(delivery.attempt))  # keep it until the DLQ is writable
+            return
+        await message.term()
+
+
+def event_subject(project_id: str, event_name: str) -> str:
+    return f"events.{project_id}.{event_name}"
+
+
+def run_subject(project_id: str) -> str:
+    return f"runs.{project_id}"
+
+
+def step_subject(channel: str, project_id: str) -> str:
+    return f"steps.{channel}.{project_id}"

@@ -1,0 +1,23 @@
+"""Calls from one Herald service to another, carrying the caller's credentials along."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+
+FORWARDED_METADATA = ("x-api-key", "x-team-id", "authorization", "x-request-id")
+CALL_TIMEOUT_SECONDS = 3.0
+
+
+def forwarded_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[tuple[str, str], ...]:
+    """The part of an incoming call's metadata that the next call needs: who is asking."""
+    return tuple(
+        (key.lower(), value.decode() if isinstance(value, bytes) else value)
+        for key, value in (metadata or ())
+        if key.lower() in FORWARDED_METADATA
+    )
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address)

@@ -1,0 +1,125 @@
+"""The transactional outbox: publish to the bus exactly what a transaction committed.
+
+A unit of work writes its outgoing messages into its schema's `outbox` table in the same
+transaction as the state they announce. After the commit they are published at once (with
+`Nats-Msg-Id`) and their rows deleted; whatever a crash or a bus outage left behind, the relay
+publishes later. The relay claims rows with `FOR UPDATE SKIP LOCKED`, never by an id cursor, so
+rows that commit out of order are never skipped and several replicas never publish one row twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    select,
+)
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kernel.bus import BusPublisher, OutgoingMessage
+from kernel.errors import Unavailable
+
+log = structlog.get_logger(__name__)
+
+Receipts = dict[str, int]
+"""Stream sequence of each published message, by message id."""
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    """The `outbox` table of the schema `metadata` belongs to."""
+    return Table(
+        "outbox",
+        metadata,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("msg_id", String(200), nullable=False, unique=True),
+        Column("subject", String(500), nullable=False),
+        Column("project_id", String(64), nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+class Outbox:
+    def __init__(self, table: Table, sessions: async_sessionmaker[AsyncSession], publisher: BusPublisher):
+        self._table = table
+        self._sessions = sessions
+        self._publisher = publisher
+
+    async def stage(self, session: AsyncSession, messages: Sequence[OutgoingMessage]) -> None:
+        """Write `messages` in the caller's transaction; a message id already staged is kept once."""
+        if not messages:
+            return
+        statement = insert(self._table).on_conflict_do_nothing(index_elements=["msg_id"])
+        await session.execute(
+            statement,
+            [
+                {"msg_id": m.msg_id, "subject": m.subject, "project_id": m.project_id, "payload": m.payload}
+                for m in messages
+            ],
+        )
+
+    async def publish_committed(self, messages: Sequence[OutgoingMessage]) -> Receipts:
+        """Publish messages whose rows are committed; the relay retries whatever fails here."""
+        receipts: Receipts = {}
+        for message in messages:
+            try:
+                receipts[message.msg_id] = await self._publisher.publish(message)
+            except Unavailable as error:
+                log.warning("outbox.publish_deferred", msg_id=message.msg_id, error=error.message)
+                break
+        if receipts:
+            async with self._sessions() as session, session.begin():
+                await session.execute(delete(self._table).where(self._table.c.msg_id.in_(list(receipts))))
+        return receipts
+
+    async def relay_once(self, *, older_than: timedelta = timedelta(seconds=5), batch: int = 200) -> int:
+        """Publish up to `batch` rows left behind for longer than `older_than`; returns how many."""
+        table = self._table
+        async with self._sessions() as session, session.begin():
+            rows = (
+                await session.execute(
+                    select(table.c.id, table.c.msg_id, table.c.subject, table.c.project_id, table.c.payload)
+                    .where(table.c.created_at < func.now() - older_than)
+                    .order_by(table.c.id)
+                    .limit(batch)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            published: list[int] = []
+            for row in rows:
+                message = OutgoingMessage(row.subject, row.payload, row.msg_id, row.project_id)
+                try:
+                    await self._publisher.publish(message)
+                except Unavailable:
+                    break
+                published.append(row.id)
+            if published:
+                await session.execute(delete(table).where(table.c.id.in_(published)))
+        if published:
+            log.info("outbox.relayed", count=len(published))
+        return len(published)
+
+    async def run_relay(self, stop: asyncio.Event, interval: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                while await self.relay_once() > 0:
+                    pass
+            except Exception:
+                log.exception("outbox.relay_failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)

@@ -1,0 +1,112 @@
+"""Herald's configuration: one frozen dataclass, built once from the environment in `main`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from kernel.errors import ConfigurationError
+
+SERVICES = ("ingest", "matcher", "executor", "tracker", "devmail")
+DEFAULT_GRPC_PORTS = {
+    "ingest": 50051,
+    "matcher": 50052,
+    "executor": 50053,
+    "tracker": 50054,
+    "devmail": 50055,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a Herald process needs to know about its surroundings.
+
+    Each value comes from one `HERALD_*` environment variable (see docs/configuration.md).
+    """
+
+    database_url: str | None = None
+    nats_url: str | None = None
+    data_dir: Path = Path(".herald")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_listen_host: str = "127.0.0.1"
+    service_addresses: Mapping[str, str] = field(
+        default_factory=lambda: {name: f"127.0.0.1:{port}" for name, port in DEFAULT_GRPC_PORTS.items()}
+    )
+    smtp_url: str | None = None
+    devmail_smtp_port: int = 1025
+    mail_from: str = "Herald <herald@localhost>"
+    dev_team_id: str | None = None
+    dev_api_key: str | None = None
+    log_format: str = "auto"
+    log_level: str = "info"
+    consumer_concurrency: int = 16
+    max_delivery_attempts: int = 5
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        addresses = dict(defaults.service_addresses)
+        for name in SERVICES:
+            addresses[name] = env.get(f"HERALD_{name.upper()}_ADDR", addresses[name])
+        return cls(
+            database_url=env.get("HERALD_DATABASE_URL") or None,
+            nats_url=env.get("HERALD_NATS_URL") or None,
+            data_dir=Path(env.get("HERALD_DATA_DIR", str(defaults.data_dir))),
+            http_host=env.get("HERALD_HTTP_HOST", defaults.http_host),
+            http_port=_integer(env, "HERALD_HTTP_PORT", defaults.http_port),
+            grpc_listen_host=env.get("HERALD_GRPC_LISTEN_HOST", defaults.grpc_listen_host),
+            service_addresses=addresses,
+            smtp_url=env.get("HERALD_SMTP_URL") or None,
+            devmail_smtp_port=_integer(env, "HERALD_DEVMAIL_SMTP_PORT", defaults.devmail_smtp_port),
+            mail_from=env.get("HERALD_MAIL_FROM", defaults.mail_from),
+            dev_team_id=env.get("HERALD_DEV_TEAM_ID") or None,
+            dev_api_key=env.get("HERALD_DEV_API_KEY") or None,
+            log_format=env.get("HERALD_LOG_FORMAT", defaults.log_format),
+            log_level=env.get("HERALD_LOG_LEVEL", defaults.log_level),
+            consumer_concurrency=_integer(env, "HERALD_CONSUMER_CONCURRENCY", defaults.consumer_concurrency),
+            max_delivery_attempts=_integer(
+                env, "HERALD_MAX_DELIVERY_ATTEMPTS", defaults.max_delivery_attempts
+            ),
+        )
+
+    def with_changes(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def address(self, service: str) -> str:
+        """The host:port where `service` answers gRPC."""
+        return self.service_addresses[service]
+
+    def listen_address(self, service: str) -> str:
+        """The host:port that `service` binds: its port, on the listen host."""
+        port = self.address(service).rsplit(":", 1)[1]
+        return f"{self.grpc_listen_host}:{port}"
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigurationError(
+                "HERALD_DATABASE_URL is not set: start the whole platform with `herald run`, "
+                "or point it at a PostgreSQL database (postgresql://user@host:port/dbname)"
+            )
+        return self.database_url
+
+    def require_nats_url(self) -> str:
+        if not self.nats_url:
+            raise ConfigurationError(
+                "HERALD_NATS_URL is not set: start the whole platform with `herald run`, "
+                "or point it at a NATS server with JetStream (nats://host:4222)"
+            )
+        return self.nats_url
+
+
+def _integer(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None

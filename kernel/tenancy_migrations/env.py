@@ -1,0 +1,3 @@
+from kernel.migrations import run_environment
+
+run_environment()

@@ -1,0 +1,60 @@
+"""The unit of work: one transaction, and the messages it announces, committed together.
+
+It rolls back unless `commit()` is called. Services subclass it to add their repositories.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kernel.bus import OutgoingMessage
+from kernel.outbox import Outbox, Receipts
+
+
+class SqlUnitOfWork:
+    session: AsyncSession
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox | None = None):
+        self._sessions = sessions
+        self._outbox = outbox
+        self._pending: list[OutgoingMessage] = []
+
+    async def __aenter__(self) -> Self:
+        self.session = self._sessions()
+        self._pending = []
+        self.open_repositories(self.session)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.session.rollback()
+        await self.session.close()
+
+    def open_repositories(self, session: AsyncSession) -> None:
+        """Subclasses create their repositories on `session` here."""
+
+    def publish(self, message: OutgoingMessage) -> None:
+        """Publish `message` if, and only if, this unit of work commits."""
+        if self._outbox is None:
+            raise TypeError(f"{type(self).__name__} has no outbox to publish {message.subject} through")
+        self._pending.append(message)
+
+    async def commit(self) -> Receipts:
+        pending, self._pending = self._pending, []
+        if self._outbox is None or not pending:
+            await self.session.commit()
+            return {}
+        await self._outbox.stage(self.session, pending)
+        await self.session.commit()
+        return await self._outbox.publish_committed(pending)
+
+    async def rollback(self) -> None:
+        self._pending = []
+        await self.session.rollback()

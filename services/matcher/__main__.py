@@ -1,0 +1,3 @@
+from services.matcher.main import main
+
+main()

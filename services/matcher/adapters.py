@@ -1,0 +1,166 @@
+"""The matcher's PostgreSQL schema `matcher`: workflow versions and match decisions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Index, Integer, String, UniqueConstraint, func, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from kernel.database import schema_metadata
+from kernel.outbox import outbox_table
+from kernel.unit_of_work import SqlUnitOfWork
+from services.matcher.domain import Decision, MatchedEvent, Workflow
+from services.matcher.messages import definition_document, definition_from_document
+
+SCHEMA = "matcher"
+
+
+class MatcherBase(DeclarativeBase):
+    metadata = schema_metadata(SCHEMA)
+
+
+class WorkflowVersionRow(MatcherBase):
+    __tablename__ = "workflow_versions"
+    __table_args__ = (
+        UniqueConstraint("team_id", "key", "version", name="uq_workflow_versions_team_key_version"),
+        Index("ix_workflow_versions_team_trigger", "team_id", "trigger_event"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    team_id: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool]
+    trigger_event: Mapped[str] = mapped_column(String(128))
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MatchDecisionRow(MatcherBase):
+    __tablename__ = "match_decisions"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    workflow_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(64))
+    trigger_id: Mapped[uuid.UUID]
+    workflow_version: Mapped[int] = mapped_column(Integer)
+    contact_id: Mapped[str] = mapped_column(String(64))
+    matched: Mapped[bool]
+    reason: Mapped[str] = mapped_column(String(1000))
+    run_id: Mapped[uuid.UUID | None]
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class EventDecidedRow(MatcherBase):
+    """One row per event the matcher decided, even when no workflow listened."""
+
+    __tablename__ = "decided_events"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    trigger_id: Mapped[uuid.UUID]
+    team_id: Mapped[str] = mapped_column(String(64))
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+OUTBOX = outbox_table(MatcherBase.metadata)
+
+
+def _workflow(row: WorkflowVersionRow) -> Workflow:
+    return Workflow(row.team_id, definition_from_document(row.definition), row.version, row.created_at)
+
+
+def _latest_versions() -> Any:
+    return (
+        select(WorkflowVersionRow)
+        .distinct(WorkflowVersionRow.key)
+        .order_by(WorkflowVersionRow.key, WorkflowVersionRow.version.desc())
+    )
+
+
+class SqlWorkflowRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def latest(self, team_id: str, key: str) -> Workflow | None:
+        row = (
+            await self._session.scalars(
+                select(WorkflowVersionRow)
+                .where(WorkflowVersionRow.team_id == team_id, WorkflowVersionRow.key == key)
+                .order_by(WorkflowVersionRow.version.desc())
+                .limit(1)
+            )
+        ).first()
+        return _workflow(row) if row else None
+
+    async def all_latest(self, team_id: str) -> list[Workflow]:
+        rows = await self._session.scalars(_latest_versions().where(WorkflowVersionRow.team_id == team_id))
+        return [_workflow(row) for row in rows]
+
+    async def listening_to(self, team_id: str, event_name: str) -> list[Workflow]:
+        latest = _latest_versions().where(WorkflowVersionRow.team_id == team_id).subquery()
+        rows = await self._session.execute(
+            select(latest).where(latest.c.trigger_event == event_name).order_by(latest.c.key)
+        )
+        return [
+            Workflow(row.team_id, definition_from_document(row.definition), row.version, row.created_at)
+            for row in rows
+        ]
+
+    async def add(self, workflow: Workflow) -> None:
+        definition = workflow.definition
+        self._session.add(
+            WorkflowVersionRow(
+                team_id=workflow.team_id,
+                key=definition.key,
+                version=workflow.version,
+                name=definition.name,
+                active=definition.active,
+                trigger_event=definition.trigger_event,
+                definition=definition_document(definition),
+                created_at=workflow.created_at,
+            )
+        )
+        await self._session.flush()
+
+
+class SqlDecisionRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def already_decided(self, event_id: uuid.UUID) -> bool:
+        return await self._session.get(EventDecidedRow, event_id) is not None
+
+    async def add(self, event: MatchedEvent, decisions: list[Decision]) -> None:
+        self._session.add(
+            EventDecidedRow(event_id=event.event_id, trigger_id=event.trigger_id, team_id=event.team_id)
+        )
+        self._session.add_all(
+            MatchDecisionRow(
+                event_id=event.event_id,
+                workflow_key=decision.workflow.key,
+                team_id=event.team_id,
+                trigger_id=event.trigger_id,
+                workflow_version=decision.workflow.version,
+                contact_id=decision.contact_id,
+                matched=decision.matched,
+                reason=decision.reason,
+                run_id=decision.run_id,
+            )
+            for decision in decisions
+        )
+        await self._session.flush()
+
+
+class MatcherSqlUnitOfWork(SqlUnitOfWork):
+    workflows: SqlWorkflowRepository
+    decisions: SqlDecisionRepository
+
+    def open_repositories(self, session: AsyncSession) -> None:
+        self.workflows = SqlWorkflowRepository(session)
+        self.decisions = SqlDecisionRepository(session)

@@ -1,0 +1,35 @@
+"""The matcher process: wiring of its adapters, servicer, EVENTS consumer and outbox relay."""
+
+from __future__ import annotations
+
+from herald.matcher.v1 import matcher_pb2, matcher_pb2_grpc
+from kernel.grpc_server import ServiceRegistration
+from kernel.service import Runtime, run_service
+from services.matcher.adapters import OUTBOX, MatcherSqlUnitOfWork
+from services.matcher.consumers import DURABLE, FILTER, event_handler
+from services.matcher.servicer import MatcherServicer
+
+SERVICE_NAME = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
+
+
+async def serve(runtime: Runtime) -> None:
+    outbox = runtime.outbox(OUTBOX)
+
+    def unit_of_work() -> MatcherSqlUnitOfWork:
+        return MatcherSqlUnitOfWork(runtime.sessions, outbox)
+
+    await runtime.serve(
+        [
+            ServiceRegistration(
+                SERVICE_NAME,
+                MatcherServicer(runtime.authenticator(), unit_of_work),
+                matcher_pb2_grpc.add_MatcherServiceServicer_to_server,
+            )
+        ],
+        consumers=[runtime.consumer("EVENTS", DURABLE, FILTER, event_handler(unit_of_work))],
+        background=[outbox.run_relay],
+    )
+
+
+def main() -> None:
+    run_service("matcher", serve)

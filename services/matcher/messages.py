@@ -1,0 +1,118 @@
+"""The matcher's bus messages and the Workflow contract, to and from its domain."""
+
+from __future__ import annotations
+
+import uuid
+
+from google.protobuf import json_format
+
+from herald.bus.v1 import event_pb2, run_pb2, tracking_pb2
+from herald.workflow.v1 import workflow_pb2
+from kernel.bus import OutgoingMessage, run_subject
+from kernel.clock import isoformat_ms
+from kernel.structs import from_value
+from kernel.tracking import tracking_message
+from services.matcher.domain import Decision, MatchedEvent, Step, Workflow, WorkflowDefinition
+
+
+def definition_from_proto(message: workflow_pb2.Workflow) -> WorkflowDefinition:
+    return WorkflowDefinition(
+        key=message.key,
+        name=message.name,
+        active=message.active if message.HasField("active") else True,
+        trigger_event=message.trigger.event,
+        steps=tuple(
+            Step(
+                id=step.id,
+                type=step.type,
+                subject=step.subject,
+                body=from_value(step.body) if step.HasField("body") else None,
+                html=step.html,
+            )
+            for step in message.steps
+        ),
+    )
+
+
+def definition_to_proto(definition: WorkflowDefinition) -> workflow_pb2.Workflow:
+    message = workflow_pb2.Workflow(
+        key=definition.key,
+        name=definition.name,
+        active=definition.active,
+        trigger=workflow_pb2.WorkflowTrigger(event=definition.trigger_event),
+    )
+    for step in definition.steps:
+        proto_step = message.steps.add(id=step.id, type=step.type, subject=step.subject, html=step.html)
+        if step.body is not None:
+            json_format.ParseDict(step.body, proto_step.body)
+    return message
+
+
+def workflow_to_proto(workflow: Workflow) -> workflow_pb2.Workflow:
+    message = definition_to_proto(workflow.definition)
+    message.version = workflow.version
+    message.created_at = isoformat_ms(workflow.created_at)
+    return message
+
+
+def definition_document(definition: WorkflowDefinition) -> dict[str, object]:
+    """The definition as the JSON document stored with each version."""
+    return json_format.MessageToDict(definition_to_proto(definition), preserving_proto_field_name=True)
+
+
+def definition_from_document(document: dict[str, object]) -> WorkflowDefinition:
+    return definition_from_proto(json_format.ParseDict(document, workflow_pb2.Workflow()))
+
+
+def matched_event(event: event_pb2.Event) -> MatchedEvent:
+    return MatchedEvent(
+        event_id=uuid.UUID(event.event_id),
+        trigger_id=uuid.UUID(event.trigger_id),
+        team_id=event.project_id,
+        name=event.name,
+        contact_id=event.contact.id,
+    )
+
+
+def run_start(decision: Decision, event: event_pb2.Event) -> OutgoingMessage:
+    assert decision.run_id is not None
+    message = run_pb2.RunStart(
+        run_id=str(decision.run_id),
+        trigger_id=event.trigger_id,
+        project_id=event.project_id,
+        workflow=workflow_to_proto(decision.workflow),
+        event=event,
+    )
+    return OutgoingMessage(
+        run_subject(event.project_id),
+        message.SerializeToString(),
+        msg_id=str(decision.run_id),
+        project_id=event.project_id,
+    )
+
+
+def matched_record(event: MatchedEvent, decisions: list[Decision]) -> OutgoingMessage:
+    record = tracking_pb2.TrackingRecord(
+        trigger_id=str(event.trigger_id),
+        project_id=event.team_id,
+        event_matched=tracking_pb2.EventMatched(
+            event_id=str(event.event_id),
+            event_name=event.name,
+            decisions=[
+                tracking_pb2.MatchDecision(
+                    workflow_key=decision.workflow.key,
+                    workflow_version=decision.workflow.version,
+                    outcome=(
+                        tracking_pb2.MATCH_OUTCOME_MATCHED
+                        if decision.matched
+                        else tracking_pb2.MATCH_OUTCOME_FILTERED
+                    ),
+                    reason=decision.reason,
+                    run_id=str(decision.run_id) if decision.run_id else "",
+                    contact_id=decision.contact_id,
+                )
+                for decision in decisions
+            ],
+        ),
+    )
+    return tracking_message(record, fact_id=str(event.event_id))

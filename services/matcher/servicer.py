@@ -1,0 +1,44 @@
+"""MatcherService over gRPC: translate requests into handler calls and results into responses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from herald.matcher.v1 import matcher_pb2, matcher_pb2_grpc
+from kernel.auth import Authenticator
+from services.matcher import handlers
+from services.matcher.messages import definition_from_proto, workflow_to_proto
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
+    def __init__(self, authenticator: Authenticator, unit_of_work: Callable[[], handlers.MatcherUnitOfWork]):
+        self._auth = authenticator
+        self._uow = unit_of_work
+
+    async def CreateWorkflow(
+        self, request: matcher_pb2.CreateWorkflowRequest, context: Context
+    ) -> matcher_pb2.CreateWorkflowResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        workflow = await handlers.create_workflow(
+            team.id, definition_from_proto(request.workflow), self._uow()
+        )
+        return matcher_pb2.CreateWorkflowResponse(workflow=workflow_to_proto(workflow))
+
+    async def GetWorkflow(
+        self, request: matcher_pb2.GetWorkflowRequest, context: Context
+    ) -> matcher_pb2.GetWorkflowResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        workflow = await handlers.get_workflow(team.id, request.key, self._uow())
+        return matcher_pb2.GetWorkflowResponse(workflow=workflow_to_proto(workflow))
+
+    async def ListWorkflows(
+        self, request: matcher_pb2.ListWorkflowsRequest, context: Context
+    ) -> matcher_pb2.ListWorkflowsResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        workflows = await handlers.list_workflows(team.id, self._uow())
+        return matcher_pb2.ListWorkflowsResponse(workflows=[workflow_to_proto(w) for w in workflows])

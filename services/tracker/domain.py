@@ -1,0 +1,82 @@
+"""The tracker's domain: a trigger's status and summary, derived from the facts reported."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+FLOW_TYPE = "workflow"
+
+
+class TriggerStatus:
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    FINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+@dataclass(frozen=True)
+class Summary:
+    total_contacts: int = 0
+    sent: int = 0
+    failed: int = 0
+    filtered: int = 0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the runs a trigger started have gone."""
+
+    matched: bool
+    expected_runs: int
+    finished_runs: int
+    failed_runs: int
+
+
+@dataclass
+class TriggerState:
+    id: uuid.UUID
+    team_id: str
+    status: str = TriggerStatus.QUEUED
+    created_at: datetime | None = None
+    scheduled_for: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TriggerView:
+    id: uuid.UUID
+    status: str
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    summary: Summary
+
+    @property
+    def details_endpoint(self) -> str:
+        return f"/triggers/{self.id}/workflow"
+
+
+def next_status(trigger: TriggerState, progress: Progress, at: datetime) -> None:
+    """Move `trigger` to the status its progress shows; a final status never changes.
+
+    queued (or scheduled) → processing once the matcher decided → completed when every run it
+    started has finished (failed when there were runs and all of them failed).
+    """
+    if trigger.status in TriggerStatus.FINAL:
+        return
+    if not progress.matched:
+        trigger.status = TriggerStatus.SCHEDULED if trigger.scheduled_for else TriggerStatus.QUEUED
+        return
+    trigger.started_at = trigger.started_at or at
+    if progress.finished_runs < progress.expected_runs:
+        trigger.status = TriggerStatus.PROCESSING
+        return
+    all_failed = progress.expected_runs > 0 and progress.failed_runs == progress.expected_runs
+    trigger.status = TriggerStatus.FAILED if all_failed else TriggerStatus.COMPLETED
+    trigger.completed_at = at

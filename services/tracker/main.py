@@ -1,0 +1,36 @@
+"""The tracker process: the TRACKING consumer and TrackerService."""
+
+from __future__ import annotations
+
+from herald.ingest.v1 import ingest_pb2_grpc
+from herald.tracker.v1 import tracker_pb2, tracker_pb2_grpc
+from kernel.clients import channel
+from kernel.grpc_server import ServiceRegistration
+from kernel.service import Runtime, run_service
+from services.tracker.adapters import TrackerSqlUnitOfWork
+from services.tracker.consumers import DURABLE, FILTER, tracking_handler
+from services.tracker.servicer import TrackerServicer
+
+SERVICE_NAME = tracker_pb2.DESCRIPTOR.services_by_name["TrackerService"].full_name
+
+
+async def serve(runtime: Runtime) -> None:
+    def unit_of_work() -> TrackerSqlUnitOfWork:
+        return TrackerSqlUnitOfWork(runtime.sessions)
+
+    async with channel(runtime.settings.address("ingest")) as ingest_channel:
+        servicer = TrackerServicer(
+            runtime.authenticator(), unit_of_work, ingest_pb2_grpc.IngestServiceStub(ingest_channel)
+        )
+        await runtime.serve(
+            [
+                ServiceRegistration(
+                    SERVICE_NAME, servicer, tracker_pb2_grpc.add_TrackerServiceServicer_to_server
+                )
+            ],
+            consumers=[runtime.consumer("TRACKING", DURABLE, FILTER, tracking_handler(unit_of_work))],
+        )
+
+
+def main() -> None:
+    run_service("tracker", serve)

@@ -1,0 +1,145 @@
+"""The `herald` command: run the whole platform, one service, migrations, and API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from kernel.database import create_engine, session_factory
+from kernel.errors import HeraldError
+from kernel.logs import configure_logging
+from kernel.migrations import upgrade_all
+from kernel.settings import Settings
+from kernel.tenancy import ensure_team, issue_key, list_keys, revoke_key
+from stack.embedded import EmbeddedServerError
+from stack.launcher import MODULES, STACK_FILE, Stack, StackError
+
+WATCH_INTERVAL_SECONDS = 0.5
+
+
+def run(settings: Settings, options: argparse.Namespace) -> int:
+    """Start everything, print where it is, keep it running until Ctrl-C or SIGTERM."""
+    stopping = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    stack = Stack(settings)
+    print("Starting Herald…", file=sys.stderr)
+    try:
+        stack.start()
+    except KeyboardInterrupt:
+        return 130
+    signal.signal(signal.SIGINT, request_stop)
+    print(stack.summary(), flush=True)
+    try:
+        while not stopping.wait(WATCH_INTERVAL_SECONDS):
+            stack.watch()
+    finally:
+        print("Stopping Herald…", file=sys.stderr)
+        stack.stop()
+    print("Herald stopped.", file=sys.stderr)
+    return 0
+
+
+def serve(settings: Settings, options: argparse.Namespace) -> int:
+    import runpy
+
+    sys.argv = [MODULES[options.service]]
+    runpy.run_module(MODULES[options.service], run_name="__main__", alter_sys=True)
+    return 0
+
+
+def database_url(settings: Settings) -> str:
+    """HERALD_DATABASE_URL, or the database of the stack running from HERALD_DATA_DIR."""
+    if settings.database_url:
+        return settings.database_url
+    stack_file = settings.data_dir / STACK_FILE
+    if not stack_file.exists():
+        raise HeraldError(
+            f"No running stack found in {settings.data_dir} and HERALD_DATABASE_URL is not set: "
+            "start one with `herald run` or set HERALD_DATABASE_URL"
+        )
+    return str(json.loads(stack_file.read_text())["database_url"])
+
+
+def migrate(settings: Settings, options: argparse.Namespace) -> int:
+    upgrade_all(database_url(settings))
+    print("Migrations applied.")
+    return 0
+
+
+async def _keys(settings: Settings, options: argparse.Namespace) -> int:
+    engine = create_engine(database_url(settings), pool_size=1)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            if options.keys_command == "create":
+                team = await ensure_team(session, options.team, name=options.name)
+                issued = await issue_key(session, team.id, label=options.label)
+                print(f"Created an API key for team {team.id} (shown once; store it now):")
+                print(issued.secret)
+            elif options.keys_command == "list":
+                for key in await list_keys(session, options.team):
+                    state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+                    print(f"{key.id}  {key.team_id:<24} {key.display_prefix}…  {state:<24} {key.label}")
+            else:
+                key = await revoke_key(session, options.key)
+                print(f"Revoked key {key.id} ({key.display_prefix}…) of team {key.team_id}.")
+    finally:
+        await engine.dispose()
+    return 0
+
+
+def keys(settings: Settings, options: argparse.Namespace) -> int:
+    return asyncio.run(_keys(settings, options))
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="herald", description="Herald: event-triggered messaging workflows.")
+    commands = root.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="start the whole platform (embedded PostgreSQL and NATS by default)")
+    serve_parser = commands.add_parser("serve", help="run one service in the foreground")
+    serve_parser.add_argument("service", choices=sorted(MODULES))
+    commands.add_parser("migrate", help="apply database migrations")
+    keys_parser = commands.add_parser("keys", help="manage API keys")
+    keys_commands = keys_parser.add_subparsers(dest="keys_command", required=True)
+    create = keys_commands.add_parser("create", help="create a key (and the team, if new); prints it once")
+    create.add_argument("--team", required=True, help="team id: letters, digits, '_' or '-'")
+    create.add_argument("--name", help="the team's display name, when the team is new")
+    create.add_argument("--label", default="", help="a note on what the key is for")
+    listing = keys_commands.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--team")
+    revoke = keys_commands.add_parser("revoke", help="revoke a key by its secret, id or prefix")
+    revoke.add_argument("key")
+    return root
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "run": run,
+    "serve": serve,
+    "migrate": migrate,
+    "keys": keys,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        configure_logging("herald", log_format=settings.log_format, level=settings.log_level)
+        sys.exit(COMMANDS[options.command](settings, options))
+    except HeraldError as error:
+        print(f"herald: {error.message}", file=sys.stderr)
+        sys.exit(2)
+    except (StackError, EmbeddedServerError) as error:
+        print(f"herald: {error} (its log lines are above)", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,259 @@
+"""The whole platform on one machine: embedded PostgreSQL and NATS (unless HERALD_DATABASE_URL /
+HERALD_NATS_URL name external ones), migrations, development credentials, and every service and
+the gateway as separate processes. `herald run` and the end-to-end tests both use `Stack`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kernel.database import create_engine, session_factory
+from kernel.errors import ConfigurationError
+from kernel.migrations import upgrade_all
+from kernel.settings import Settings
+from kernel.tenancy import ensure_team, issue_key
+from stack.embedded import EmbeddedNats, EmbeddedPostgres, port_is_free
+from stack.supervisor import Supervisor
+
+MODULES = {
+    "devmail": "services.executor.devmail",
+    "ingest": "services.ingest",
+    "matcher": "services.matcher",
+    "executor": "services.executor",
+    "tracker": "services.tracker",
+    "gateway": "gateway",
+}
+GRPC_SERVICES = ("devmail", "ingest", "matcher", "executor", "tracker")
+READY_TIMEOUT_SECONDS = 60.0
+STACK_FILE = "stack.json"
+CREDENTIALS_FILE = "dev-credentials.json"
+
+
+class StackError(Exception):
+    """The platform could not start; the message says which process and why."""
+
+
+@dataclass(frozen=True)
+class DevCredentials:
+    team_id: str
+    api_key: str
+
+
+class Stack:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        durable: bool = True,
+        restart_crashed: bool = True,
+        log_directory: Path | None = None,
+    ):
+        self.settings = settings.with_changes(data_dir=settings.data_dir.resolve())
+        self.durable = durable
+        self.log_directory = log_directory
+        self.supervisor = Supervisor(restart_crashed=restart_crashed)
+        self.postgres: EmbeddedPostgres | None = None
+        self.nats: EmbeddedNats | None = None
+        self.database_url = settings.database_url or ""
+        self.nats_url = settings.nats_url or ""
+        self.credentials: DevCredentials | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    @property
+    def processes(self) -> tuple[str, ...]:
+        names = tuple(MODULES)
+        return names if not self.settings.smtp_url else tuple(n for n in names if n != "devmail")
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.settings.http_host}:{self.settings.http_port}"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._check_ports()
+        try:
+            if not self.database_url:
+                self.postgres = EmbeddedPostgres(self.data_dir / "postgres", durable=self.durable)
+                self.database_url = self.postgres.start()
+            if not self.nats_url:
+                self.nats = EmbeddedNats(self.data_dir / "nats")
+                self.nats_url = self.nats.start()
+            upgrade_all(self.database_url)
+            self.credentials = asyncio.run(ensure_dev_credentials(self.database_url, self.settings))
+            for name in self.processes:
+                self.start_process(name)
+            self.wait_ready()
+            self._write_stack_file()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _check_ports(self) -> None:
+        wanted = {"HERALD_HTTP_PORT": self.settings.http_port}
+        for name in self.processes:
+            if name != "gateway":
+                wanted[f"HERALD_{name.upper()}_ADDR"] = int(self.settings.address(name).rsplit(":", 1)[1])
+        if "devmail" in self.processes:
+            wanted["HERALD_DEVMAIL_SMTP_PORT"] = self.settings.devmail_smtp_port
+        busy = [f"{port} ({variable})" for variable, port in wanted.items() if not port_is_free(port)]
+        if busy:
+            raise ConfigurationError(
+                f"port {', '.join(busy)} already in use: stop what uses it, or choose "
+                "another port with the variable named"
+            )
+
+    def environment(self) -> dict[str, str]:
+        settings = self.settings
+        env = {
+            **os.environ,
+            "HERALD_DATABASE_URL": self.database_url,
+            "HERALD_NATS_URL": self.nats_url,
+            "HERALD_DATA_DIR": str(settings.data_dir),
+            "HERALD_HTTP_HOST": settings.http_host,
+            "HERALD_HTTP_PORT": str(settings.http_port),
+            "HERALD_DEVMAIL_SMTP_PORT": str(settings.devmail_smtp_port),
+            "HERALD_LOG_FORMAT": settings.log_format,
+            "HERALD_LOG_LEVEL": settings.log_level,
+            "PYTHONUNBUFFERED": "1",
+        }
+        for name in GRPC_SERVICES:
+            env[f"HERALD_{name.upper()}_ADDR"] = settings.address(name)
+        if settings.smtp_url:
+            env["HERALD_SMTP_URL"] = settings.smtp_url
+        return env
+
+    def start_process(self, name: str) -> None:
+        log_path = None
+        if self.log_directory is not None:
+            self.log_directory.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_directory / f"{name}.log"
+        self.supervisor.start(name, [sys.executable, "-m", MODULES[name]], self.environment(), log_path)
+
+    def kill(self, name: str) -> None:
+        self.supervisor.kill(name)
+
+    def restart(self, name: str) -> None:
+        self.supervisor.restart(name)
+        self.wait_ready([name])
+
+    def wait_ready(self, names: tuple[str, ...] | list[str] | None = None) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        for name in names or self.processes:
+            while not self._answers(name):
+                if self.supervisor.pid(name) is None:
+                    raise StackError(f"{name} exited while starting{self._log_hint(name)}")
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"{name} did not become ready in {READY_TIMEOUT_SECONDS:.0f}s{self._log_hint(name)}"
+                    )
+                time.sleep(0.1)
+
+    def _log_hint(self, name: str) -> str:
+        if self.log_directory is None:
+            return ""
+        path = self.log_directory / f"{name}.log"
+        tail = path.read_text(errors="replace").splitlines()[-20:] if path.exists() else []
+        return f"; last lines of {path.name}:\n" + "\n".join(tail)
+
+    def _answers(self, name: str) -> bool:
+        if name == "gateway":
+            try:
+                with urllib.request.urlopen(f"{self.gateway_url}/healthz", timeout=1) as answer:
+                    return bool(answer.status == 200)
+            except OSError:
+                return False
+        with grpc.insecure_channel(self.settings.address(name)) as channel:
+            try:
+                answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.RpcError:
+                return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def watch(self) -> list[str]:
+        """Restart processes that died (when restart_crashed); returns the names that died."""
+        return self.supervisor.check()
+
+    def stop(self) -> None:
+        self.supervisor.stop_all(order=["gateway", *reversed(GRPC_SERVICES)])
+        if self.nats is not None:
+            self.nats.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+        (self.data_dir / STACK_FILE).unlink(missing_ok=True)
+
+    def _write_stack_file(self) -> None:
+        path = self.data_dir / STACK_FILE
+        path.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "database_url": self.database_url,
+                    "nats_url": self.nats_url,
+                    "gateway": self.gateway_url,
+                    "services": {
+                        name: self.settings.address(name) for name in GRPC_SERVICES if name in self.processes
+                    },
+                },
+                indent=2,
+            )
+        )
+        path.chmod(0o600)
+
+    def summary(self) -> str:
+        lines = ["", "Herald is running.", f"  Gateway (REST):   {self.gateway_url}"]
+        lines += [
+            f"  {name:<17} {self.settings.address(name)} (gRPC)"
+            for name in GRPC_SERVICES
+            if name in self.processes
+        ]
+        lines += [
+            f"  PostgreSQL:       {self.database_url}" + (" (embedded)" if self.postgres else ""),
+            f"  NATS JetStream:   {self.nats_url}" + (" (embedded)" if self.nats else ""),
+        ]
+        if "devmail" in self.processes:
+            lines.append(
+                f"  Captured mail:    {self.gateway_url}/api/v1/dev/mail "
+                f"(SMTP 127.0.0.1:{self.settings.devmail_smtp_port})"
+            )
+        if self.credentials is not None:
+            lines += [
+                "",
+                "Development credentials:",
+                f"  X-Team-ID: {self.credentials.team_id}",
+                f"  X-API-Key: {self.credentials.api_key}",
+            ]
+        lines += [f"  Data:             {self.data_dir}", "", "Press Ctrl-C to stop.", ""]
+        return "\n".join(lines)
+
+
+async def ensure_dev_credentials(database_url: str, settings: Settings) -> DevCredentials:
+    """The development team and key: from HERALD_DEV_TEAM_ID / HERALD_DEV_API_KEY, else the ones
+    this data directory used before, else new ones. The key is stored hashed in the database; the
+    data directory keeps its text (mode 600) so that `herald run` can print it again."""
+    path = settings.data_dir / CREDENTIALS_FILE
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    team_id = settings.dev_team_id or saved.get("team_id") or "dev-team"
+    api_key = settings.dev_api_key or (saved.get("api_key") if saved.get("team_id") == team_id else None)
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            await ensure_team(session, team_id, name="Development team")
+            issued = await issue_key(session, team_id, label="development", secret=api_key)
+    finally:
+        await engine.dispose()
+    path.write_text(json.dumps({"team_id": team_id, "api_key": issued.secret}))
+    path.chmod(0o600)
+    return DevCredentials(team_id, issued.secret)
