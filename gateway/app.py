@@ -24,8 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import openapi
 from gateway.errors import error_response, from_herald_error, from_rpc_error
-from gateway.requests import BadRequest, build_message, parse_json, query_document
-from gateway.routes import Route, routes
+from gateway.requests import BadRequest, build_message, check_shape, parse_json, query_document
+from gateway.routes import Route, message_of, routes
 from kernel.errors import HeraldError
 from kernel.settings import Settings
 
@@ -67,6 +67,8 @@ async def request_document(request: web.Request, route: Route) -> dict[str, Any]
         if route.body == "*":
             document.update(body)
         else:
+            # Errors name fields as the caller wrote them: relative to the body, not the request.
+            check_shape(body, message_of(route.method.input_type.fields_by_name[route.body]))
             document[route.body] = body
     else:
         document.update(query_document(request.query, route.method.input_type))

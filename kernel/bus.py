@@ -178,7 +178,7 @@ class Consumer:
     handler: Handler
     max_attempts: int = 5
     concurrency: int = 16
-    ack_wait_seconds: float = 30.0
+    ack_wait_seconds: float = 6.0
     publisher: BusPublisher = field(init=False)
 
     def __post_init__(self) -> None:
@@ -193,9 +193,9 @@ class Consumer:
             max_ack_pending=max(1000, self.concurrency * 4),
             filter_subject=self.filter_subject,
         )
-        subscription = await self.js.pull_subscribe(
-            self.filter_subject, durable=self.durable, stream=self.stream, config=config
-        )
+        # Creates the durable consumer, or updates the settings of an existing one.
+        await self.js.add_consumer(self.stream, config)
+        subscription = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         log.info("consumer.started", stream=self.stream, durable=self.durable)
         while not stop.is_set():
             try:
@@ -230,6 +230,7 @@ class Consumer:
             attempt=delivery.attempt,
             msg_id=delivery.headers.get(MSG_ID),
         )
+        keep_alive = asyncio.create_task(self._keep_alive(message))
         try:
             await self.handler(delivery)
         except Poison as poison:
@@ -249,6 +250,19 @@ class Consumer:
             await message.nak(delay=backoff_delay(delivery.attempt))
         else:
             await message.ack()
+        finally:
+            keep_alive.cancel()
+
+    async def _keep_alive(self, message: Msg) -> None:
+        """Tell the server a slow handler is still working, so only a dead worker's messages come
+        back, after `ack_wait_seconds`: a short ack wait makes recovery from a crash quick."""
+        while True:
+            await asyncio.sleep(self.ack_wait_seconds / 3)
+            try:
+                await message.in_progress()
+            except Exception as error:  # the connection is gone: redelivery will sort it out
+                log.info("consumer.keep_alive_failed", durable=self.durable, error=str(error))
+                return
 
     async def _dead_letter(self, message: Msg, delivery: Delivery, reason: str) -> None:
         log.warning("consumer.dead_letter", durable=self.durable, subject=delivery.subject, reason=reason)
