@@ -9,7 +9,9 @@ from tests.conftest import TeamCredentials
 
 async def test_database_has_every_schema(sessions: async_sessionmaker[AsyncSession]) -> None:
     async with sessions() as session:
-        names = set((await session.scalars(text("SELECT schema_name FROM information_schema.schemata"))).all())
+        names = set(
+            (await session.scalars(text("SELECT schema_name FROM information_schema.schemata"))).all()
+        )
     assert {"tenancy", "ingest", "matcher", "executor", "tracker"} <= names
 
 
