@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test setup proto check-proto lint typecheck unit lock clean
+.PHONY: run test setup proto check-proto lint typecheck unit lock clean benchmark
 
 ## run: set everything up and start the whole platform (embedded PostgreSQL and NATS)
 run: $(STAMP)
@@ -52,3 +52,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+
+## benchmark: start the platform, push events through it, print throughput, latency and memory
+benchmark: $(STAMP)
+	$(BIN)/python -m scripts.benchmark

@@ -75,13 +75,17 @@ class Outbox:
 
     async def publish_committed(self, messages: Sequence[OutgoingMessage]) -> Receipts:
         """Publish messages whose rows are committed; the relay retries whatever fails here."""
+        outcomes = await asyncio.gather(
+            *(self._publisher.publish(message) for message in messages), return_exceptions=True
+        )
         receipts: Receipts = {}
-        for message in messages:
-            try:
-                receipts[message.msg_id] = await self._publisher.publish(message)
-            except Unavailable as error:
-                log.warning("outbox.publish_deferred", msg_id=message.msg_id, error=error.message)
-                break
+        for message, outcome in zip(messages, outcomes, strict=True):
+            if isinstance(outcome, int):
+                receipts[message.msg_id] = outcome
+            elif isinstance(outcome, Unavailable):
+                log.warning("outbox.publish_deferred", msg_id=message.msg_id, error=outcome.message)
+            else:
+                raise outcome
         if receipts:
             async with self._sessions() as session, session.begin():
                 await session.execute(delete(self._table).where(self._table.c.msg_id.in_(list(receipts))))

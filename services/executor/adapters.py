@@ -211,6 +211,7 @@ class SmtpEmailSender:
         self._server = server
         self._mail_from = mail_from
         self._timeout = timeout
+        self._tls = ssl.create_default_context()  # loading the CA store is slow: once per sender
 
     async def send(self, email: OutgoingEmail) -> str:
         message = EmailMessage()
@@ -234,7 +235,7 @@ class SmtpEmailSender:
                 password=server.password,
                 use_tls=server.implicit_tls,
                 start_tls=None if not server.implicit_tls else False,
-                tls_context=ssl.create_default_context(),
+                tls_context=self._tls,
                 timeout=self._timeout,
             )
         except aiosmtplib.SMTPRecipientsRefused as error:

@@ -1,0 +1,129 @@
+"""Herald's benchmark: start the whole platform, push events through it, print the figures.
+
+    make benchmark   (or: .venv/bin/python -m scripts.benchmark [--events 2000] [--concurrency 32])
+
+It starts the same stack as `herald run` (embedded PostgreSQL and NATS in a temporary directory,
+every service as its own process) with email going to a real local SMTP sink, creates one
+one-step email workflow, then sends events over HTTP from `--concurrency` clients and reports:
+- ingest: accepted events per second and the latency of POST /api/v1/events/send;
+- end to end: from sending the event to the SMTP sink receiving the email;
+- memory: resident set size of every process after the run.
+Figures depend on the machine; nothing here asserts a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psutil
+
+from stack.launcher import Stack
+from tests.e2e.support import WELCOME_WORKFLOW, stack_settings, start_smtp_sink
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def describe(name: str, milliseconds: list[float]) -> str:
+    return (
+        f"{name:<34} p50 {percentile(milliseconds, 0.50):7.1f} ms   p95 {percentile(milliseconds, 0.95):7.1f} ms"
+        f"   p99 {percentile(milliseconds, 0.99):7.1f} ms   mean {statistics.fmean(milliseconds):7.1f} ms"
+    )
+
+
+async def send_events(
+    gateway: str, headers: dict[str, str], count: int, concurrency: int
+) -> tuple[dict[str, float], list[float], float]:
+    """Send `count` events; returns send time per trigger id, request latencies (ms), wall time (s)."""
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(count):
+        queue.put_nowait(index)
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            index = queue.get_nowait()
+            event = {
+                "event_name": "user_signup",
+                "user_info": {"contact_external_id": f"bench_{index}", "email": f"bench.{index}@example.com",
+                              "name": f"Bench {index}"},
+                "variables": {"user_name": f"bench {index}"},
+            }  # fmt: skip
+            started = time.perf_counter()
+            answer = await http.post("/api/v1/events/send", json=event)
+            latencies.append((time.perf_counter() - started) * 1000)
+            answer.raise_for_status()
+            sent_at[answer.json()["trigger_id"]] = started
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=gateway, headers=headers, timeout=60, limits=limits) as http:
+        began = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        wall = time.perf_counter() - began
+    return sent_at, latencies, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    options = parser.parse_args()
+
+    sink, controller = start_smtp_sink()
+    received_at: dict[str, float] = {}
+    original = sink.handle_DATA
+
+    async def timed_handle(server, session, envelope):  # type: ignore[no-untyped-def]
+        answer = await original(server, session, envelope)
+        trigger = sink.received[-1].message["X-Herald-Trigger"]
+        received_at.setdefault(str(trigger), time.perf_counter())
+        return answer
+
+    sink.handle_DATA = timed_handle  # type: ignore[method-assign]
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = stack_settings(Path(scratch), smtp_url=sink.url, log_level="warning",
+                                  dev_team_id=f"bench-{uuid.uuid4().hex[:6]}")  # fmt: skip
+        stack = Stack(settings, restart_crashed=False, log_directory=Path(scratch) / "logs")
+        started = time.perf_counter()
+        stack.start()
+        print(f"stack started in {time.perf_counter() - started:.1f} s")
+        try:
+            assert stack.credentials is not None
+            headers = {"X-API-Key": stack.credentials.api_key, "X-Team-ID": stack.credentials.team_id}
+            httpx.post(f"{stack.gateway_url}/api/v1/workflows", json=WELCOME_WORKFLOW, headers=headers).raise_for_status()
+            sent_at, latencies, wall = asyncio.run(
+                send_events(stack.gateway_url, headers, options.events, options.concurrency)
+            )
+            deadline = time.monotonic() + 300
+            while len(received_at) < len(sent_at) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            drained = max(received_at.values()) - min(sent_at.values()) if received_at else float("nan")
+            end_to_end = [(received_at[t] - sent_at[t]) * 1000 for t in sent_at if t in received_at]
+            print(f"events sent: {len(sent_at)}, concurrency {options.concurrency}")
+            print(f"ingest throughput: {len(sent_at) / wall:8.1f} events/s accepted ({wall:.1f} s)")
+            print(f"delivery throughput: {len(received_at) / drained:6.1f} emails/s (all sent in {drained:.1f} s)")
+            print(describe("POST /api/v1/events/send", latencies))
+            print(describe("event sent -> email received", end_to_end))
+            print(f"emails received: {len(received_at)} of {len(sent_at)}")
+            print("resident memory after the run:")
+            for name, child in stack.supervisor.children.items():
+                if child.process is not None:
+                    rss = psutil.Process(child.process.pid).memory_info().rss / 2**20
+                    print(f"  {name:<10} {rss:7.1f} MiB")
+        finally:
+            stack.stop()
+            controller.stop()
+
+
+if __name__ == "__main__":
+    main()
