@@ -46,6 +46,11 @@ def parse_json(raw: bytes) -> Any:
         ) from None
     try:
         return json.loads(text, parse_constant=_reject_constant)
+    except _NonFiniteNumber as error:
+        raise BadRequest(
+            f"Request body is not valid JSON: {error} is not a JSON value (numbers must be finite)",
+            reason="INVALID_JSON",
+        ) from None
     except json.JSONDecodeError as error:
         raise BadRequest(
             f"Request body is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno} "
@@ -54,8 +59,12 @@ def parse_json(raw: bytes) -> Any:
         ) from None
 
 
+class _NonFiniteNumber(ValueError):
+    pass
+
+
 def _reject_constant(name: str) -> None:
-    raise json.JSONDecodeError(f"{name} is not a JSON value", name, 0)
+    raise _NonFiniteNumber(name)
 
 
 def check_shape(value: Mapping[str, Any], descriptor: Descriptor, where: str = "") -> None:

@@ -20,6 +20,7 @@ import structlog
 from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import BadSubjectError, MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
@@ -118,9 +119,15 @@ class BusPublisher:
             ack = await self._js.publish(
                 message.subject, message.payload, timeout=self._timeout, headers=all_headers
             )
+        except (BadSubjectError, MaxPayloadError) as error:
+            raise PublishRejected(f"NATS refuses {message.subject!r}: {error!r}") from error
         except Exception as error:  # timeouts, no responders, connection closed: all transient
             raise Unavailable(f"cannot publish to {message.subject}: {error}") from error
         return int(ack.seq)
+
+
+class PublishRejected(Exception):
+    """The bus will never take this message (a subject it refuses, a payload too large)."""
 
 
 class RetryLater(Exception):
@@ -269,7 +276,7 @@ class Consumer:
         record = OutgoingMessage(
             subject=f"dlq.{self.durable}.{delivery.project_id}",
             payload=delivery.data,
-            msg_id=f"{self.stream}:{delivery.stream_sequence}",
+            msg_id=f"{self.durable}:{self.stream}:{delivery.stream_sequence}",
             project_id=delivery.project_id,
         )
         try:

@@ -29,7 +29,7 @@ def check_format(name: str) -> str:
             f"Event name is too long ({len(name)} characters): at most {MAX_LENGTH}",
             reason="EVENT_NAME_TOO_LONG",
         )
-    if not PATTERN.match(name):
+    if not PATTERN.fullmatch(name):
         raise InvalidArgument(
             f"Invalid event name {name!r}: use lowercase dot-separated segments of letters, digits "
             "and underscores, starting with a letter (e.g. 'user_signup', 'order.completed')",

@@ -57,6 +57,9 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(status.code, status.details, status.trailing_metadata)
             except grpc.aio.AbortError:
                 raise
+            except NotImplementedError:
+                code = grpc.StatusCode.UNIMPLEMENTED
+                await context.abort(code, f"{method} is not implemented")
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("rpc.failed")

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from kernel.bus import BusPublisher, OutgoingMessage
+from kernel.bus import BusPublisher, OutgoingMessage, PublishRejected
 from kernel.errors import Unavailable
 
 log = structlog.get_logger(__name__)
@@ -84,6 +84,8 @@ class Outbox:
                 receipts[message.msg_id] = outcome
             elif isinstance(outcome, Unavailable):
                 log.warning("outbox.publish_deferred", msg_id=message.msg_id, error=outcome.message)
+            elif isinstance(outcome, PublishRejected):
+                log.error("outbox.publish_rejected", msg_id=message.msg_id, error=str(outcome))
             else:
                 raise outcome
         if receipts:
@@ -110,7 +112,11 @@ class Outbox:
                 try:
                     await self._publisher.publish(message)
                 except Unavailable:
-                    break
+                    break  # the bus is away: try again next round
+                except PublishRejected as error:
+                    # Never publishable: keep the row for an operator to look at, go on with the rest.
+                    log.error("outbox.publish_rejected", msg_id=row.msg_id, error=str(error))
+                    continue
                 published.append(row.id)
             if published:
                 await session.execute(delete(table).where(table.c.id.in_(published)))

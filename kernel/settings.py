@@ -51,7 +51,7 @@ class Settings:
         defaults = cls()
         addresses = dict(defaults.service_addresses)
         for name in SERVICES:
-            addresses[name] = env.get(f"HERALD_{name.upper()}_ADDR", addresses[name])
+            addresses[name] = _address(env, f"HERALD_{name.upper()}_ADDR", addresses[name])
         return cls(
             database_url=env.get("HERALD_DATABASE_URL") or None,
             nats_url=env.get("HERALD_NATS_URL") or None,
@@ -100,6 +100,14 @@ class Settings:
                 "or point it at a NATS server with JetStream (nats://host:4222)"
             )
         return self.nats_url
+
+
+def _address(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name) or default
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"{name} must be host:port (e.g. 127.0.0.1:50051), got {raw!r}")
+    return raw
 
 
 def _integer(env: Mapping[str, str], name: str, default: int) -> int:

@@ -1240,8 +1240,9 @@ class _Scope:
 class _Renderer:
     """Renders one AST once. Holds the per-render state: output so far and the step count."""
 
-    def __init__(self, limits: RenderLimits) -> None:
+    def __init__(self, limits: RenderLimits, escape_html: bool = True) -> None:
         self._limits = limits
+        self._escape_html = escape_html
         self._chunks: list[str] = []
         self._length = 0
         self._steps = 0
@@ -1266,7 +1267,7 @@ class _Renderer:
     def _render_output(self, node: Output, scope: _Scope) -> None:
         text = self._to_text(self._evaluate(node.expression, scope), depth=0)
         self._ensure_room(len(text))
-        self._emit(text.translate(_HTML_ESCAPES) if node.escape else text)
+        self._emit(text.translate(_HTML_ESCAPES) if node.escape and self._escape_html else text)
 
     def _render_block(self, block: Block, scope: _Scope) -> None:
         for branch in block.branches:
@@ -1421,9 +1422,15 @@ class Template:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_body", _compile(self.source))
 
-    def render(self, context: Mapping[str, object], limits: RenderLimits | None = None) -> str:
-        """Render with ``context`` as the root data; raise TemplateRenderError if over ``limits``."""
-        return _Renderer(limits or RenderLimits()).render(self._body, context)
+    def render(
+        self, context: Mapping[str, object], limits: RenderLimits | None = None, *, escape_html: bool = True
+    ) -> str:
+        """Render with ``context`` as the root data; raise TemplateRenderError if over ``limits``.
+
+        ``escape_html=False`` renders ``{{value}}`` like ``{{{value}}}``: for text that is not
+        HTML (an email's subject or plain-text body), where escaping would show as ``&amp;``.
+        """
+        return _Renderer(limits or RenderLimits(), escape_html).render(self._body, context)
 
 
 def compile_template(source: str) -> Template:
@@ -1431,9 +1438,15 @@ def compile_template(source: str) -> Template:
     return Template(source)
 
 
-def render_template(source: str, context: Mapping[str, object], limits: RenderLimits | None = None) -> str:
+def render_template(
+    source: str,
+    context: Mapping[str, object],
+    limits: RenderLimits | None = None,
+    *,
+    escape_html: bool = True,
+) -> str:
     """Compile ``source`` and render it once with ``context``."""
-    return compile_template(source).render(context, limits)
+    return compile_template(source).render(context, limits, escape_html=escape_html)
 
 
 def _compile(source: str) -> Body:

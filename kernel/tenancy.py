@@ -2,7 +2,8 @@
 
 A team is what the Sendrealm page calls a project: every event, contact, workflow and trigger
 belongs to one. API keys are shown once when created and stored only as SHA-256 hashes (they are
-long random secrets, so a fast hash is the right one); a revoked key stops working at once.
+long random secrets, so a fast hash is the right one); a revoked key stops working within a
+second (kernel.auth caches answers that long) and is never reinstated.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from kernel.clock import utcnow
 from kernel.database import schema_metadata
-from kernel.errors import InvalidArgument, NotFound
+from kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 
 SCHEMA = "tenancy"
 KEY_PREFIX = "hk_"
@@ -84,7 +85,7 @@ def generate_secret() -> str:
 
 
 def validate_team_id(team_id: str) -> str:
-    if not TEAM_ID_PATTERN.match(team_id):
+    if not TEAM_ID_PATTERN.fullmatch(team_id):
         raise InvalidArgument(
             f"Invalid team id {team_id!r}: use 1-64 letters, digits, '_' or '-', "
             "starting with a letter or digit",
@@ -115,7 +116,8 @@ async def issue_key(
     if existing is not None:
         if existing.team_id != team_id:
             raise InvalidArgument("That API key already belongs to another team", reason="KEY_IN_USE")
-        existing.revoked_at = None
+        if existing.revoked_at is not None:
+            raise FailedPrecondition("That API key was revoked: issue a new one", reason="KEY_REVOKED")
         return IssuedKey(_key(existing), secret)
     row = ApiKeyRow(
         id=uuid.uuid4(),
@@ -143,11 +145,10 @@ async def revoke_key(session: AsyncSession, key_or_id: str) -> ApiKey:
     try:
         query = query.where(ApiKeyRow.id == uuid.UUID(key_or_id))
     except ValueError:
-        if key_or_id.startswith(KEY_PREFIX) and len(key_or_id) > 16:
-            query = query.where(ApiKeyRow.key_hash == hash_key(key_or_id))
-        else:
-            query = query.where(ApiKeyRow.display_prefix == key_or_id)
-    rows = list(await session.scalars(query))
+        query = query.where(ApiKeyRow.display_prefix == key_or_id)
+    rows = list(await session.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_key(key_or_id))))
+    if not rows:
+        rows = list(await session.scalars(query))
     if len(rows) != 1:
         raise NotFound(f"No single API key matches {key_or_id!r}", reason="KEY_NOT_FOUND")
     rows[0].revoked_at = rows[0].revoked_at or utcnow()

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kernel.database import create_engine, session_factory
-from kernel.errors import ConfigurationError
+from kernel.errors import ConfigurationError, FailedPrecondition
 from kernel.migrations import upgrade_all
 from kernel.settings import Settings
 from kernel.tenancy import ensure_team, issue_key
@@ -251,7 +251,12 @@ async def ensure_dev_credentials(database_url: str, settings: Settings) -> DevCr
     try:
         async with session_factory(engine)() as session, session.begin():
             await ensure_team(session, team_id, name="Development team")
-            issued = await issue_key(session, team_id, label="development", secret=api_key)
+            try:
+                issued = await issue_key(session, team_id, label="development", secret=api_key)
+            except FailedPrecondition:
+                if settings.dev_api_key:
+                    raise  # HERALD_DEV_API_KEY names a revoked key: say so rather than bring it back
+                issued = await issue_key(session, team_id, label="development")
     finally:
         await engine.dispose()
     path.write_text(json.dumps({"team_id": team_id, "api_key": issued.secret}))

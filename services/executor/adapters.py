@@ -111,7 +111,7 @@ class SqlRunRepository:
                     contact_id=run.contact_id,
                     status=run.status,
                     context=run.context,
-                    created_at=run.created_at,
+                    **({"created_at": run.created_at} if run.created_at else {}),
                 )
                 .on_conflict_do_nothing(index_elements=["id"])
                 .returning(RunRow.id)
@@ -239,7 +239,8 @@ class SmtpEmailSender:
                 timeout=self._timeout,
             )
         except aiosmtplib.SMTPRecipientsRefused as error:
-            raise DeliveryError(f"recipient refused: {error}", permanent=True) from error
+            permanent = all(500 <= refusal.code < 600 for refusal in error.recipients)
+            raise DeliveryError(f"recipient refused: {error}", permanent=permanent) from error
         except aiosmtplib.SMTPResponseException as error:
             raise DeliveryError(
                 f"SMTP {error.code}: {error.message}", permanent=500 <= error.code < 600

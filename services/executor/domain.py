@@ -112,8 +112,11 @@ def render_email(
     if not address:
         raise DeliveryError("the contact has no email address", permanent=True)
     try:
-        subject = render_template(step.subject, run.context, limits)
-        text = render_template(step.body if isinstance(step.body, str) else "", run.context, limits)
+        # Only the HTML part is HTML: the subject and the text part are rendered unescaped.
+        subject = render_template(step.subject, run.context, limits, escape_html=False)
+        text = render_template(
+            step.body if isinstance(step.body, str) else "", run.context, limits, escape_html=False
+        )
         html = render_template(step.html, run.context, limits) if step.html else ""
     except TemplateError as error:
         raise DeliveryError(f"template failed: {error}", permanent=True) from error

@@ -142,9 +142,16 @@ async def perform_step(task: run_pb2.StepTask, uow: ExecutorUnitOfWork, channels
 
 
 async def _deliver(run: Run, step: StepState, channels: Channels) -> str:
-    if step.spec.channel == "email":
-        return await channels.email.send(render_email(run, step.spec, channels.message_domain))
-    raise DeliveryError(f"no channel for step type {step.spec.type!r}", permanent=True)
+    if step.spec.channel != "email":
+        raise DeliveryError(f"no channel for step type {step.spec.type!r}", permanent=True)
+    email = render_email(run, step.spec, channels.message_domain)
+    try:
+        return await channels.email.send(email)
+    except DeliveryError:
+        raise
+    except Exception as error:  # a sender's own bug or an unforeseen failure: count it, retry it
+        log.exception("step.sender_failed", run_id=str(run.id), step_id=step.spec.id)
+        raise DeliveryError(f"sending failed unexpectedly: {error!r}") from error
 
 
 async def get_run(team_id: str, run_id: str, uow: ExecutorUnitOfWork) -> Run:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import DateTime, Index, String, func, select, text
+from sqlalchemy import update as sa_update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -123,18 +124,8 @@ class SqlContactRepository:
         ).first()
         return _contact(row) if row else None
 
-    async def save(self, contact: Contact) -> Contact:
-        values = {
-            "id": contact.id,
-            "team_id": contact.team_id,
-            "external_id": contact.external_id,
-            "email": contact.email,
-            "phone": contact.phone,
-            "name": contact.name,
-            "custom_fields": contact.custom_fields,
-            "tags": list(contact.tags),
-            "topics": list(contact.topics),
-        }
+    async def add(self, contact: Contact) -> Contact:
+        values = _contact_values(contact)
         statement = insert(ContactRow).values(**values)
         updates: dict[str, Any] = {
             key: statement.excluded[key] for key in values if key not in ("id", "team_id")
@@ -158,6 +149,34 @@ class SqlContactRepository:
             )
         ).one()
         return _contact(row)
+
+    async def update(self, contact: Contact) -> Contact:
+        values = _contact_values(contact)
+        del values["id"], values["team_id"]
+        row = (
+            await self._session.scalars(
+                sa_update(ContactRow)
+                .where(ContactRow.id == contact.id, ContactRow.team_id == contact.team_id)
+                .values(**values, updated_at=func.now())
+                .returning(ContactRow),
+                execution_options={"populate_existing": True},
+            )
+        ).one()
+        return _contact(row)
+
+
+def _contact_values(contact: Contact) -> dict[str, Any]:
+    return {
+        "id": contact.id,
+        "team_id": contact.team_id,
+        "external_id": contact.external_id,
+        "email": contact.email,
+        "phone": contact.phone,
+        "name": contact.name,
+        "custom_fields": contact.custom_fields,
+        "tags": list(contact.tags),
+        "topics": list(contact.topics),
+    }
 
 
 class SqlEventRepository:

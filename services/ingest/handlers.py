@@ -32,8 +32,13 @@ class ContactRepository(Protocol):
 
     async def by_email(self, team_id: str, email: str) -> Contact | None: ...
 
-    async def save(self, contact: Contact) -> Contact:
-        """Insert or update; when another request created the same identity first, return that one."""
+    async def add(self, contact: Contact) -> Contact:
+        """Store a new contact; when another request created the same identity first, update and
+        return that one instead."""
+        ...
+
+    async def update(self, contact: Contact) -> Contact:
+        """Store what changed of a contact found earlier (same id)."""
         ...
 
 
@@ -107,10 +112,12 @@ async def resolve_contact(team_id: str, info: UserInfo, contacts: ContactReposit
         by_email = await contacts.by_email(team_id, normalize_email(info.email))
         if by_email is not None and (not info.external_id or by_email.external_id is None):
             found = by_email
-    contact = new_contact(team_id, info) if found is None else updated_contact(found, info)
+    if found is None:
+        return await contacts.add(new_contact(team_id, info))
+    contact = updated_contact(found, info)
     if contact == found:
         return found
-    return await contacts.save(contact)
+    return await contacts.update(contact)
 
 
 async def get_trigger_record(team_id: str, trigger_id: str, uow: IngestUnitOfWork) -> TriggerRecord:

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import DateTime, Index, Integer, String, UniqueConstraint, func, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -78,7 +78,7 @@ def _workflow(row: WorkflowVersionRow) -> Workflow:
 def _latest_versions() -> Any:
     return (
         select(WorkflowVersionRow)
-        .distinct(WorkflowVersionRow.key)
+        .ext(distinct_on(WorkflowVersionRow.key))
         .order_by(WorkflowVersionRow.key, WorkflowVersionRow.version.desc())
     )
 

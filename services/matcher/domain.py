@@ -95,7 +95,7 @@ def validate_definition(definition: WorkflowDefinition) -> WorkflowDefinition:
     problems = DefinitionProblems()
     if not definition.key:
         problems.add("key", "is required")
-    elif not WORKFLOW_KEY_PATTERN.match(definition.key):
+    elif not WORKFLOW_KEY_PATTERN.fullmatch(definition.key):
         problems.add(
             "key", "use 1-100 lowercase letters, digits, '-' or '_', starting with a letter or digit"
         )
@@ -125,7 +125,7 @@ def validate_definition(definition: WorkflowDefinition) -> WorkflowDefinition:
 def _validated_step(index: int, step: Step, problems: DefinitionProblems) -> Step:
     where = f"steps[{index}]"
     step_id = step.id or f"step-{index + 1}"
-    if not STEP_ID_PATTERN.match(step_id):
+    if not STEP_ID_PATTERN.fullmatch(step_id):
         problems.add(f"{where}.id", "use 1-64 letters, digits, '-' or '_'")
     if step.type not in MESSAGE_STEP_TYPES:
         supported = ", ".join(sorted(MESSAGE_STEP_TYPES))

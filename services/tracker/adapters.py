@@ -224,6 +224,7 @@ class SqlTriggerRepository:
                     func.count(DecisionRow.run_id),
                     func.count(RunRow.run_id).filter(RunRow.status.in_(RUN_FINISHED)),
                     func.count(RunRow.run_id).filter(RunRow.status == "failed"),
+                    func.max(RunRow.finished_at),
                 )
                 .select_from(DecisionRow)
                 .outerjoin(RunRow, RunRow.run_id == DecisionRow.run_id)
@@ -235,6 +236,8 @@ class SqlTriggerRepository:
             expected_runs=counts[0],
             finished_runs=counts[1],
             failed_runs=counts[2],
+            matched_at=matched_at,
+            last_finished_at=counts[3],
         )
 
     async def view(self, team_id: str, trigger_id: uuid.UUID) -> TriggerView | None:

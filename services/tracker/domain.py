@@ -35,6 +35,10 @@ class Progress:
     expected_runs: int
     finished_runs: int
     failed_runs: int
+    # When the matcher decided, and when the last of the runs finished, as the facts say
+    # (facts may arrive out of order, so these are not the arrival times).
+    matched_at: datetime | None = None
+    last_finished_at: datetime | None = None
 
 
 @dataclass
@@ -73,10 +77,11 @@ def next_status(trigger: TriggerState, progress: Progress, at: datetime) -> None
     if not progress.matched:
         trigger.status = TriggerStatus.SCHEDULED if trigger.scheduled_for else TriggerStatus.QUEUED
         return
-    trigger.started_at = trigger.started_at or at
+    trigger.started_at = trigger.started_at or progress.matched_at or at
     if progress.finished_runs < progress.expected_runs:
         trigger.status = TriggerStatus.PROCESSING
         return
     all_failed = progress.expected_runs > 0 and progress.failed_runs == progress.expected_runs
     trigger.status = TriggerStatus.FAILED if all_failed else TriggerStatus.COMPLETED
-    trigger.completed_at = at
+    moments = [moment for moment in (progress.matched_at, progress.last_finished_at) if moment is not None]
+    trigger.completed_at = max(moments) if moments else at

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,7 @@ def test_credentials(running: RunningStack) -> None:
     answer = running.http.post(
         send,
         json=body,
-        headers={"X-API-Key": "k\xc3\xa9y".encode("latin-1"), "X-Team-ID": credentials.team_id},
+        headers=[(b"X-API-Key", "kéy".encode()), (b"X-Team-ID", credentials.team_id.encode())],
     )
     assert answer.status_code == 400
     assert "printable ASCII" in answer.json()["message"]
@@ -158,5 +159,4 @@ def test_bad_requests_do_not_disturb_accepted_data(running: RunningStack) -> Non
     after = running.http.post("/api/v1/events/send", json=SENDMATOR_EXAMPLE_1, headers=headers).json()
     assert int(after["job_id"]) > int(before["job_id"])
     for trigger_id in (before["trigger_id"], after["trigger_id"]):
-        mail = eventually(lambda tid=trigger_id: running.sink.messages_with("X-Herald-Trigger", tid))
-        assert len(mail) == 1
+        assert len(eventually(partial(running.sink.messages_with, "X-Herald-Trigger", trigger_id))) == 1

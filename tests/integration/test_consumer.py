@@ -1,0 +1,288 @@
+"""Durable pull consumers against real JetStream: one outcome per message, and a DLQ record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
+
+from herald.bus.v1 import tracking_pb2
+from kernel.bus import (
+    MSG_ID,
+    PROJECT_HEADER,
+    BusPublisher,
+    Consumer,
+    Delivery,
+    OutgoingMessage,
+    Poison,
+    RetryLater,
+    decode,
+)
+from tests.integration.waiting import eventually
+
+STREAM = "EVENTS"
+
+
+@dataclass
+class Lane:
+    """A project and a durable consumer name that no other test uses."""
+
+    project: str = field(default_factory=lambda: f"consumer-{uuid.uuid4().hex[:10]}")
+    durable: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:10]}")
+
+    @property
+    def filter_subject(self) -> str:
+        return f"events.{self.project}.>"
+
+    @property
+    def dlq_subject(self) -> str:
+        return f"dlq.{self.durable}.{self.project}"
+
+    def subject(self, name: str = "x") -> str:
+        return f"events.{self.project}.{name}"
+
+
+@dataclass
+class RecordingHandler:
+    """Remembers every delivery, then behaves as `outcome` says for that delivery."""
+
+    outcome: Callable[[Delivery], Awaitable[None]]
+    deliveries: list[Delivery] = field(default_factory=list)
+
+    async def __call__(self, delivery: Delivery) -> None:
+        self.deliveries.append(delivery)
+        await self.outcome(delivery)
+
+
+@pytest.fixture
+def js(nats_client: NatsClient) -> JetStreamContext:
+    return nats_client.jetstream()
+
+
+@asynccontextmanager
+async def running(consumer: Consumer) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+
+    async def created() -> bool:
+        if task.done():
+            task.result()  # the consumer failed to start: say why
+        try:
+            await consumer.js.consumer_info(consumer.stream, consumer.durable)
+        except NotFoundError:
+            return False
+        return True
+
+    try:
+        await eventually(created, what=f"consumer {consumer.durable} created")
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+        with contextlib.suppress(NotFoundError):  # never created: keep the test's own error
+            await consumer.js.delete_consumer(consumer.stream, consumer.durable)
+
+
+def consumer_for(
+    js: JetStreamContext, lane: Lane, handler: RecordingHandler, max_attempts: int = 5
+) -> Consumer:
+    return Consumer(
+        js=js,
+        stream=STREAM,
+        durable=lane.durable,
+        filter_subject=lane.filter_subject,
+        handler=handler,
+        max_attempts=max_attempts,
+        concurrency=4,
+    )
+
+
+async def publish(js: JetStreamContext, lane: Lane, payload: bytes = b"hello", name: str = "x") -> int:
+    message = OutgoingMessage(lane.subject(name), payload, msg_id=str(uuid.uuid4()), project_id=lane.project)
+    return await BusPublisher(js).publish(message)
+
+
+async def settled(js: JetStreamContext, lane: Lane, sequence: int) -> bool:
+    """Whether the consumer finished with every message up to `sequence` (acked or terminated)."""
+    info = await js.consumer_info(STREAM, lane.durable)
+    return (
+        info.num_ack_pending == 0
+        and info.ack_floor is not None
+        and (info.ack_floor.stream_seq or 0) >= sequence
+    )
+
+
+async def dead_letter(js: JetStreamContext, subject: str) -> RawStreamMsg | None:
+    try:
+        return await js.get_last_msg("DLQ", subject)
+    except NotFoundError:
+        return None
+
+
+async def handled(delivery: Delivery) -> None:
+    return None
+
+
+async def test_handled_message_is_acked_and_not_redelivered(js: JetStreamContext) -> None:
+    lane = Lane()
+    handler = RecordingHandler(handled)
+    sequence = await publish(js, lane, b"welcome")
+
+    async with running(consumer_for(js, lane, handler)):
+        await eventually(lambda: settled(js, lane, sequence), what="ack")
+        info = await js.consumer_info(STREAM, lane.durable)
+
+    assert info.num_redelivered == 0
+    assert [d.attempt for d in handler.deliveries] == [1]
+    delivery = handler.deliveries[0]
+    assert delivery.data == b"welcome"
+    assert delivery.subject == lane.subject()
+    assert delivery.stream_sequence == sequence
+    assert delivery.project_id == lane.project
+    assert delivery.headers[MSG_ID]
+    assert await dead_letter(js, lane.dlq_subject) is None
+
+
+async def test_retry_later_redelivers_with_a_growing_attempt_until_handled(js: JetStreamContext) -> None:
+    lane = Lane()
+
+    async def twice_not_ready(delivery: Delivery) -> None:
+        if delivery.attempt < 3:
+            raise RetryLater("the contact is still being created", delay=0.05)
+
+    handler = RecordingHandler(twice_not_ready)
+    sequence = await publish(js, lane)
+
+    async with running(consumer_for(js, lane, handler)):
+        await eventually(lambda: settled(js, lane, sequence), what="ack after retries")
+
+    assert [d.attempt for d in handler.deliveries] == [1, 2, 3]
+    assert {d.stream_sequence for d in handler.deliveries} == {sequence}
+    assert await dead_letter(js, lane.dlq_subject) is None
+
+
+async def test_poison_goes_to_the_dlq_with_its_reason_and_is_terminated(js: JetStreamContext) -> None:
+    lane = Lane()
+
+    async def poisoned(delivery: Delivery) -> None:
+        raise Poison("workflow definition is unreadable")
+
+    handler = RecordingHandler(poisoned)
+    sequence = await publish(js, lane, b"original payload", name="order.completed")
+
+    async with running(consumer_for(js, lane, handler)):
+        record = await eventually(lambda: dead_letter(js, lane.dlq_subject), what="DLQ record")
+        await eventually(lambda: settled(js, lane, sequence), what="term")
+        info = await js.consumer_info(STREAM, lane.durable)
+
+    assert record.data == b"original payload"
+    assert record.headers is not None
+    assert record.headers["Herald-Dlq-Reason"] == "poison: workflow definition is unreadable"
+    assert record.headers["Herald-Dlq-Subject"] == lane.subject("order.completed")
+    assert record.headers["Herald-Dlq-Attempts"] == "1"
+    assert record.headers[PROJECT_HEADER] == lane.project
+    assert len(handler.deliveries) == 1
+    assert info.num_redelivered == 0
+
+
+async def test_handler_failing_every_time_is_dead_lettered_after_max_attempts(js: JetStreamContext) -> None:
+    lane = Lane()
+
+    async def broken(delivery: Delivery) -> None:
+        raise RuntimeError("template engine crashed")
+
+    handler = RecordingHandler(broken)
+    sequence = await publish(js, lane, b"doomed")
+
+    async with running(consumer_for(js, lane, handler, max_attempts=2)):
+        record = await eventually(lambda: dead_letter(js, lane.dlq_subject), what="DLQ record")
+        await eventually(lambda: settled(js, lane, sequence), what="term")
+
+    assert [d.attempt for d in handler.deliveries] == [1, 2]
+    assert record.data == b"doomed"
+    assert record.headers is not None
+    assert record.headers["Herald-Dlq-Attempts"] == "2"
+    assert record.headers["Herald-Dlq-Reason"].startswith("attempts exhausted:")
+    assert "template engine crashed" in record.headers["Herald-Dlq-Reason"]
+
+
+async def test_retry_later_past_max_attempts_is_dead_lettered(js: JetStreamContext) -> None:
+    lane = Lane()
+
+    async def never_ready(delivery: Delivery) -> None:
+        raise RetryLater("provider is down", delay=0.05)
+
+    handler = RecordingHandler(never_ready)
+    sequence = await publish(js, lane)
+
+    async with running(consumer_for(js, lane, handler, max_attempts=2)):
+        record = await eventually(lambda: dead_letter(js, lane.dlq_subject), what="DLQ record")
+        await eventually(lambda: settled(js, lane, sequence), what="term")
+
+    assert [d.attempt for d in handler.deliveries] == [1, 2]
+    assert record.headers is not None
+    assert record.headers["Herald-Dlq-Reason"] == "attempts exhausted: provider is down"
+    assert record.headers["Herald-Dlq-Attempts"] == "2"
+
+
+async def test_undecodable_bytes_are_poison(js: JetStreamContext) -> None:
+    lane = Lane()
+
+    async def decoding(delivery: Delivery) -> None:
+        decode(tracking_pb2.TrackingRecord, delivery)
+
+    handler = RecordingHandler(decoding)
+    sequence = await publish(js, lane, b"\xff\xff\xff not protobuf")
+
+    async with running(consumer_for(js, lane, handler)):
+        record = await eventually(lambda: dead_letter(js, lane.dlq_subject), what="DLQ record")
+        await eventually(lambda: settled(js, lane, sequence), what="term")
+
+    assert len(handler.deliveries) == 1
+    assert record.data == b"\xff\xff\xff not protobuf"
+    assert record.headers is not None
+    assert record.headers["Herald-Dlq-Reason"].startswith("poison: not a herald.bus.v1.TrackingRecord")
+
+
+async def test_decode_returns_the_message_a_delivery_carries(js: JetStreamContext) -> None:
+    lane = Lane()
+    decoded: list[tracking_pb2.TrackingRecord] = []
+
+    async def decoding(delivery: Delivery) -> None:
+        decoded.append(decode(tracking_pb2.TrackingRecord, delivery))
+
+    record = tracking_pb2.TrackingRecord(trigger_id=str(uuid.uuid4()), project_id=lane.project)
+    sequence = await publish(js, lane, record.SerializeToString())
+
+    async with running(consumer_for(js, lane, RecordingHandler(decoding))):
+        await eventually(lambda: settled(js, lane, sequence), what="ack")
+
+    assert decoded == [record]
+
+
+async def test_two_consumers_of_one_message_each_write_their_dlq_record(js: JetStreamContext) -> None:
+    first, second = Lane(), Lane()
+    second.project = first.project  # both consume the same subject, under their own durable
+
+    async def poisoned(delivery: Delivery) -> None:
+        raise Poison("cannot handle")
+
+    sequence = await publish(js, first)
+    async with (
+        running(consumer_for(js, first, RecordingHandler(poisoned))),
+        running(consumer_for(js, second, RecordingHandler(poisoned))),
+    ):
+        await eventually(lambda: settled(js, first, sequence), what="first term")
+        await eventually(lambda: settled(js, second, sequence), what="second term")
+
+    assert await dead_letter(js, first.dlq_subject) is not None
+    assert await dead_letter(js, second.dlq_subject) is not None

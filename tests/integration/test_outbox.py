@@ -1,0 +1,252 @@
+"""The transactional outbox against real PostgreSQL and JetStream: publish what committed, once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import timedelta
+
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kernel.bus import MSG_ID, PROJECT_HEADER, BusPublisher, OutgoingMessage
+from kernel.outbox import Outbox
+from kernel.unit_of_work import SqlUnitOfWork
+from services.ingest.adapters import OUTBOX
+from tests.conftest import TeamCredentials
+
+RELAY_NOW = timedelta(0)
+
+
+class CountingPublisher(BusPublisher):
+    """The real publisher, remembering every message id it was asked to publish."""
+
+    def __init__(self, js: JetStreamContext, pause: float = 0.0):
+        super().__init__(js)
+        self.published: list[str] = []
+        self._pause = pause
+
+    async def publish(self, message: OutgoingMessage, headers: Mapping[str, str] | None = None) -> int:
+        self.published.append(message.msg_id)
+        if self._pause:
+            await asyncio.sleep(self._pause)  # hold the relay's row locks a little longer
+        return await super().publish(message, headers)
+
+
+@pytest.fixture
+def js(nats_client: NatsClient) -> JetStreamContext:
+    return nats_client.jetstream()
+
+
+@pytest.fixture
+def outbox(sessions: async_sessionmaker[AsyncSession], js: JetStreamContext) -> Outbox:
+    return Outbox(OUTBOX, sessions, BusPublisher(js))
+
+
+@pytest.fixture
+async def msg_ids_to_clean(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[list[str]]:
+    """Outbox rows a test leaves on purpose are deleted afterwards, so no other relay sees them."""
+    msg_ids: list[str] = []
+    yield msg_ids
+    async with sessions() as session, session.begin():
+        await session.execute(delete(OUTBOX).where(OUTBOX.c.msg_id.in_(msg_ids)))
+
+
+def unique_subject(team: TeamCredentials, label: str) -> str:
+    return f"events.{team.team_id}.{label}_{uuid.uuid4().hex[:10]}"
+
+
+def message_on(subject: str, team: TeamCredentials, payload: bytes = b"payload") -> OutgoingMessage:
+    return OutgoingMessage(
+        subject=subject, payload=payload, msg_id=str(uuid.uuid4()), project_id=team.team_id
+    )
+
+
+async def stream_count(js: JetStreamContext, subject: str, stream: str = "EVENTS") -> int:
+    info = await js.stream_info(stream, subjects_filter=subject)
+    return (info.state.subjects or {}).get(subject, 0)
+
+
+async def outbox_rows(sessions: async_sessionmaker[AsyncSession], msg_ids: Sequence[str]) -> int:
+    async with sessions() as session:
+        count = await session.scalar(
+            select(func.count()).select_from(OUTBOX).where(OUTBOX.c.msg_id.in_(list(msg_ids)))
+        )
+    return int(count or 0)
+
+
+async def stage_and_commit_without_publishing(
+    sessions: async_sessionmaker[AsyncSession], outbox: Outbox, messages: Sequence[OutgoingMessage]
+) -> None:
+    """What a crash between the commit and the publish leaves behind."""
+    async with sessions() as session, session.begin():
+        await outbox.stage(session, messages)
+
+
+async def test_committed_unit_of_work_publishes_with_headers_and_deletes_its_rows(
+    sessions: async_sessionmaker[AsyncSession], outbox: Outbox, js: JetStreamContext, team: TeamCredentials
+) -> None:
+    first = message_on(unique_subject(team, "first"), team, b"one")
+    second = message_on(unique_subject(team, "second"), team, b"two")
+
+    async with SqlUnitOfWork(sessions, outbox) as uow:
+        uow.publish(first)
+        uow.publish(second)
+        receipts = await uow.commit()
+
+    assert set(receipts) == {first.msg_id, second.msg_id}
+    for message in (first, second):
+        stored = await js.get_last_msg("EVENTS", message.subject)
+        assert stored.seq == receipts[message.msg_id]
+        assert stored.data == message.payload
+        assert stored.headers is not None
+        assert stored.headers[MSG_ID] == message.msg_id
+        assert stored.headers[PROJECT_HEADER] == team.team_id
+    assert await outbox_rows(sessions, [first.msg_id, second.msg_id]) == 0
+
+
+async def test_uncommitted_unit_of_work_stores_and_publishes_nothing(
+    sessions: async_sessionmaker[AsyncSession], outbox: Outbox, js: JetStreamContext, team: TeamCredentials
+) -> None:
+    announced = message_on(unique_subject(team, "announced"), team)
+    staged = message_on(unique_subject(team, "staged"), team)
+
+    async with SqlUnitOfWork(sessions, outbox) as uow:
+        uow.publish(announced)
+        await outbox.stage(uow.session, [staged])  # written, but the transaction never commits
+
+    assert await outbox_rows(sessions, [announced.msg_id, staged.msg_id]) == 0
+    await outbox.relay_once(older_than=RELAY_NOW)
+    assert await stream_count(js, announced.subject) == 0
+    assert await stream_count(js, staged.subject) == 0
+
+
+async def test_unit_of_work_rollback_forgets_announced_messages(
+    sessions: async_sessionmaker[AsyncSession], outbox: Outbox, js: JetStreamContext, team: TeamCredentials
+) -> None:
+    forgotten = message_on(unique_subject(team, "forgotten"), team)
+    kept = message_on(unique_subject(team, "kept"), team)
+
+    async with SqlUnitOfWork(sessions, outbox) as uow:
+        uow.publish(forgotten)
+        await uow.rollback()
+        uow.publish(kept)
+        receipts = await uow.commit()
+
+    assert set(receipts) == {kept.msg_id}
+    assert await stream_count(js, kept.subject) == 1
+    assert await stream_count(js, forgotten.subject) == 0
+
+
+async def test_relay_publishes_rows_a_crash_left_behind_and_deletes_them(
+    sessions: async_sessionmaker[AsyncSession], outbox: Outbox, js: JetStreamContext, team: TeamCredentials
+) -> None:
+    left_behind = [
+        message_on(unique_subject(team, f"crash{index}"), team, b"%d" % index) for index in range(3)
+    ]
+    await stage_and_commit_without_publishing(sessions, outbox, left_behind)
+    assert await outbox_rows(sessions, [m.msg_id for m in left_behind]) == 3
+
+    relayed = await outbox.relay_once(older_than=RELAY_NOW)
+
+    assert relayed >= 3
+    assert await outbox_rows(sessions, [m.msg_id for m in left_behind]) == 0
+    for message in left_behind:
+        stored = await js.get_last_msg("EVENTS", message.subject)
+        assert stored.data == message.payload
+        assert stored.headers is not None
+        assert stored.headers[MSG_ID] == message.msg_id
+        assert stored.headers[PROJECT_HEADER] == team.team_id
+
+
+async def test_relay_leaves_rows_younger_than_its_threshold(
+    sessions: async_sessionmaker[AsyncSession],
+    outbox: Outbox,
+    js: JetStreamContext,
+    team: TeamCredentials,
+    msg_ids_to_clean: list[str],
+) -> None:
+    fresh = message_on(unique_subject(team, "fresh"), team)
+    msg_ids_to_clean.append(fresh.msg_id)
+    await stage_and_commit_without_publishing(sessions, outbox, [fresh])
+
+    await outbox.relay_once(older_than=timedelta(minutes=5))
+
+    assert await outbox_rows(sessions, [fresh.msg_id]) == 1
+    assert await stream_count(js, fresh.subject) == 0
+
+
+async def test_republishing_a_message_id_is_deduplicated_by_jetstream(
+    sessions: async_sessionmaker[AsyncSession], outbox: Outbox, js: JetStreamContext, team: TeamCredentials
+) -> None:
+    message = message_on(unique_subject(team, "dedupe"), team)
+    publisher = BusPublisher(js)
+    first_sequence = await publisher.publish(message)
+
+    # The process published, then crashed before deleting its row: the relay publishes it again.
+    await stage_and_commit_without_publishing(sessions, outbox, [message])
+    await outbox.relay_once(older_than=RELAY_NOW)
+    second_sequence = await publisher.publish(message)
+
+    assert second_sequence == first_sequence
+    assert await stream_count(js, message.subject) == 1
+    assert await outbox_rows(sessions, [message.msg_id]) == 0
+
+
+async def test_concurrent_relays_publish_each_row_once(
+    sessions: async_sessionmaker[AsyncSession], js: JetStreamContext, team: TeamCredentials
+) -> None:
+    subject = unique_subject(team, "relays")
+    left_behind = [message_on(subject, team, b"%d" % index) for index in range(24)]
+    first_publisher, second_publisher = CountingPublisher(js, pause=0.01), CountingPublisher(js, pause=0.01)
+    first = Outbox(OUTBOX, sessions, first_publisher)
+    second = Outbox(OUTBOX, sessions, second_publisher)
+    await stage_and_commit_without_publishing(sessions, first, left_behind)
+
+    async def drain(outbox: Outbox) -> int:
+        total = 0
+        while relayed := await outbox.relay_once(older_than=RELAY_NOW, batch=4):
+            total += relayed
+        return total
+
+    await asyncio.gather(drain(first), drain(second))
+
+    ours = {message.msg_id for message in left_behind}
+    calls = Counter(m for m in [*first_publisher.published, *second_publisher.published] if m in ours)
+    assert set(calls) == ours
+    assert max(calls.values()) == 1, "a row was published by both relays"
+    assert any(m in ours for m in first_publisher.published)
+    assert any(m in ours for m in second_publisher.published), "the relays did not share the rows"
+    assert await stream_count(js, subject) == len(left_behind)
+    assert await outbox_rows(sessions, list(ours)) == 0
+
+
+async def test_one_unpublishable_row_does_not_block_the_rows_behind_it(
+    sessions: async_sessionmaker[AsyncSession],
+    outbox: Outbox,
+    js: JetStreamContext,
+    team: TeamCredentials,
+    msg_ids_to_clean: list[str],
+) -> None:
+    unpublishable = message_on(f"events.{team.team_id}.bad subject", team)
+    publishable = message_on(unique_subject(team, "behind"), team)
+    msg_ids_to_clean.extend([unpublishable.msg_id, publishable.msg_id])
+    await stage_and_commit_without_publishing(sessions, outbox, [unpublishable, publishable])
+
+    await outbox.relay_once(older_than=RELAY_NOW)
+
+    assert await stream_count(js, publishable.subject) == 1
+
+
+async def test_get_last_msg_finds_nothing_on_an_unused_subject(
+    js: JetStreamContext, team: TeamCredentials
+) -> None:
+    """The read-back used above really fails when nothing was published."""
+    with pytest.raises(NotFoundError):
+        await js.get_last_msg("EVENTS", unique_subject(team, "unused"))

@@ -1,0 +1,161 @@
+"""The executor's run repository on real PostgreSQL: idempotent adds, row locks, step states."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kernel.clock import utcnow
+from services.executor.adapters import SqlRunRepository
+from services.executor.domain import Run, RunStatus, StepSpec, StepState, StepStatus
+from tests.conftest import TeamCredentials
+from tests.integration.waiting import backend_pid, until_waiting_on_lock
+
+
+def new_run(team_id: str) -> Run:
+    return Run(
+        id=uuid.uuid4(),
+        team_id=team_id,
+        trigger_id=uuid.uuid4(),
+        event_id=uuid.uuid4(),
+        workflow_key="welcome",
+        workflow_version=2,
+        contact_id=str(uuid.uuid4()),
+        context={"contact": {"email": "ada@example.com", "name": "Ada"}, "event": {"plan": "pro"}},
+        steps=[
+            StepState(StepSpec("greet", "email", subject="Hi {{contact.name}}", body="Hello"), position=0),
+            StepState(
+                StepSpec("follow-up", "email", subject="Still there?", body="Ping", html="<p>Ping</p>"), 1
+            ),
+        ],
+        created_at=utcnow(),
+    )
+
+
+async def add(sessions: async_sessionmaker[AsyncSession], run: Run) -> bool:
+    async with sessions() as session, session.begin():
+        return await SqlRunRepository(session).add(run)
+
+
+async def test_add_stores_a_run_once(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    run = new_run(team.team_id)
+
+    assert await add(sessions, run) is True
+    assert await add(sessions, run) is False
+
+    async with sessions() as session:
+        runs = SqlRunRepository(session)
+        stored = await runs.get(team.team_id, run.id)
+        from_other_team = await runs.get(f"other-{uuid.uuid4().hex[:8]}", run.id)
+    assert stored is not None
+    assert (stored.id, stored.team_id, stored.workflow_key, stored.workflow_version) == (
+        run.id,
+        team.team_id,
+        "welcome",
+        2,
+    )
+    assert stored.context == run.context
+    assert stored.status == RunStatus.RUNNING
+    assert [(s.spec, s.position, s.status, s.attempts) for s in stored.steps] == [
+        (run.steps[0].spec, 0, StepStatus.PENDING, 0),
+        (run.steps[1].spec, 1, StepStatus.PENDING, 0),
+    ]
+    assert from_other_team is None
+
+
+async def test_a_duplicate_add_does_not_touch_the_stored_steps(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    run = new_run(team.team_id)
+    await add(sessions, run)
+    changed = new_run(team.team_id)
+    changed.id = run.id
+    changed.steps = [StepState(StepSpec("other", "email", subject="x", body="y"), 0)]
+
+    assert await add(sessions, changed) is False
+    async with sessions() as session:
+        stored = await SqlRunRepository(session).get(team.team_id, run.id)
+    assert stored is not None
+    assert [step.spec.id for step in stored.steps] == ["greet", "follow-up"]
+
+
+async def test_save_persists_step_states_and_the_run_outcome(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    run = new_run(team.team_id)
+    await add(sessions, run)
+    finished_at = utcnow()
+
+    async with sessions() as session, session.begin():
+        runs = SqlRunRepository(session)
+        locked = await runs.lock(run.id)
+        assert locked is not None
+        greet, follow_up = locked.steps
+        greet.status, greet.attempts, greet.detail, greet.finished_at = (
+            StepStatus.SENT,
+            1,
+            "250 OK",
+            finished_at,
+        )
+        follow_up.status, follow_up.attempts, follow_up.detail = StepStatus.FAILED, 3, "550 no such user"
+        follow_up.finished_at = finished_at
+        locked.finish(RunStatus.FAILED, finished_at)
+        await runs.save(locked)
+
+    async with sessions() as session:
+        stored = await SqlRunRepository(session).get(team.team_id, run.id)
+    assert stored is not None
+    assert stored.status == RunStatus.FAILED
+    assert stored.finished_at == finished_at
+    assert [(s.spec.id, s.status, s.attempts, s.detail, s.finished_at) for s in stored.steps] == [
+        ("greet", StepStatus.SENT, 1, "250 OK", finished_at),
+        ("follow-up", StepStatus.FAILED, 3, "550 no such user", finished_at),
+    ]
+
+
+async def test_lock_makes_a_second_transaction_wait_for_the_first(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    run = new_run(team.team_id)
+    await add(sessions, run)
+
+    async with sessions() as first, sessions() as second:
+        first_runs = SqlRunRepository(first)
+        held = await first_runs.lock(run.id)
+        assert held is not None
+
+        second_pid = await backend_pid(second)
+        second_lock = asyncio.create_task(SqlRunRepository(second).lock(run.id))
+        await until_waiting_on_lock(sessions, second_pid)
+        assert not second_lock.done(), "the second lock returned while the first transaction held the row"
+
+        held.steps[0].status, held.steps[0].attempts = StepStatus.QUEUED, 1
+        await first_runs.save(held)
+        await first.commit()
+
+        seen_by_second = await asyncio.wait_for(second_lock, timeout=5)
+        await second.rollback()
+
+    assert seen_by_second is not None
+    assert (seen_by_second.steps[0].status, seen_by_second.steps[0].attempts) == (StepStatus.QUEUED, 1)
+
+
+async def test_a_run_without_a_creation_time_gets_the_database_time(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    run = new_run(team.team_id)
+    run.created_at = None
+
+    assert await add(sessions, run) is True
+    async with sessions() as session:
+        stored = await SqlRunRepository(session).get(team.team_id, run.id)
+    assert stored is not None and stored.created_at is not None
+
+
+async def test_lock_of_an_unknown_run_is_none(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with sessions() as session:
+        assert await SqlRunRepository(session).lock(uuid.uuid4()) is None

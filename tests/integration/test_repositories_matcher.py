@@ -1,0 +1,170 @@
+"""The matcher's repositories on real PostgreSQL: versioned workflows and match decisions."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kernel.clock import utcnow
+from services.matcher.adapters import SqlDecisionRepository, SqlWorkflowRepository
+from services.matcher.domain import Decision, MatchedEvent, Step, Workflow, WorkflowDefinition
+from tests.conftest import TeamCredentials
+
+
+def workflow(
+    team_id: str, key: str, version: int, trigger_event: str, *, name: str = "", active: bool = True
+) -> Workflow:
+    definition = WorkflowDefinition(
+        key=key,
+        name=name or f"{key} v{version}",
+        active=active,
+        trigger_event=trigger_event,
+        steps=(Step(id="welcome", type="email", subject="Hi {{contact.name}}", body=f"Hello v{version}"),),
+    )
+    return Workflow(team_id, definition, version, utcnow())
+
+
+async def add_all(sessions: async_sessionmaker[AsyncSession], *workflows: Workflow) -> None:
+    async with sessions() as session, session.begin():
+        repository = SqlWorkflowRepository(session)
+        for each in workflows:
+            await repository.add(each)
+
+
+def versions(workflows: list[Workflow]) -> list[tuple[str, int]]:
+    return [(each.key, each.version) for each in workflows]
+
+
+async def test_latest_version_wins(sessions: async_sessionmaker[AsyncSession], team: TeamCredentials) -> None:
+    await add_all(
+        sessions,
+        workflow(team.team_id, "welcome", 1, "user_signup"),
+        workflow(team.team_id, "welcome", 3, "user_signup", name="Welcome, third"),
+        workflow(team.team_id, "welcome", 2, "user_signup"),
+    )
+
+    async with sessions() as session:
+        latest = await SqlWorkflowRepository(session).latest(team.team_id, "welcome")
+        missing = await SqlWorkflowRepository(session).latest(team.team_id, "no-such-workflow")
+
+    assert latest is not None
+    assert latest.version == 3
+    assert latest.definition.name == "Welcome, third"
+    assert latest.definition.steps == (
+        Step(id="welcome", type="email", subject="Hi {{contact.name}}", body="Hello v3"),
+    )
+    assert missing is None
+
+
+async def test_listening_to_returns_only_latest_versions_triggered_by_the_event(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    await add_all(
+        sessions,
+        workflow(team.team_id, "welcome", 1, "user_signup"),
+        workflow(team.team_id, "welcome", 2, "user_signup"),
+        # moved away from user_signup in its latest version: no longer listening
+        workflow(team.team_id, "onboarding", 1, "user_signup"),
+        workflow(team.team_id, "onboarding", 2, "order.completed"),
+        # moved onto user_signup in its latest version: listening now
+        workflow(team.team_id, "upsell", 1, "order.completed"),
+        workflow(team.team_id, "upsell", 2, "user_signup", active=False),
+    )
+
+    async with sessions() as session:
+        repository = SqlWorkflowRepository(session)
+        signup = await repository.listening_to(team.team_id, "user_signup")
+        orders = await repository.listening_to(team.team_id, "order.completed")
+        nothing = await repository.listening_to(team.team_id, "cart.abandoned")
+        everything = await repository.all_latest(team.team_id)
+
+    assert versions(signup) == [("upsell", 2), ("welcome", 2)]
+    assert [each.definition.active for each in signup] == [False, True]
+    assert versions(orders) == [("onboarding", 2)]
+    assert nothing == []
+    assert sorted(versions(everything)) == [("onboarding", 2), ("upsell", 2), ("welcome", 2)]
+
+
+async def test_workflows_are_scoped_per_team(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    other_team = f"other-{uuid.uuid4().hex[:10]}"
+    await add_all(
+        sessions,
+        workflow(team.team_id, "welcome", 1, "user_signup"),
+        workflow(other_team, "welcome", 1, "user_signup"),
+        workflow(other_team, "welcome", 2, "user_signup"),
+        workflow(other_team, "other-only", 1, "user_signup"),
+    )
+
+    async with sessions() as session:
+        repository = SqlWorkflowRepository(session)
+        ours = await repository.listening_to(team.team_id, "user_signup")
+        latest = await repository.latest(team.team_id, "welcome")
+        all_ours = await repository.all_latest(team.team_id)
+        theirs = await repository.listening_to(other_team, "user_signup")
+
+    assert versions(ours) == [("welcome", 1)]
+    assert {each.team_id for each in ours} == {team.team_id}
+    assert latest is not None and latest.version == 1
+    assert versions(all_ours) == [("welcome", 1)]
+    assert versions(theirs) == [("other-only", 1), ("welcome", 2)]
+
+
+async def test_a_version_number_is_stored_once_per_workflow(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    await add_all(sessions, workflow(team.team_id, "welcome", 1, "user_signup"))
+    with pytest.raises(IntegrityError):
+        await add_all(sessions, workflow(team.team_id, "welcome", 1, "user_signup"))
+
+
+def matched_event(team_id: str) -> MatchedEvent:
+    return MatchedEvent(
+        event_id=uuid.uuid4(),
+        trigger_id=uuid.uuid4(),
+        team_id=team_id,
+        name="user_signup",
+        contact_id=str(uuid.uuid4()),
+    )
+
+
+async def test_already_decided_after_decisions_are_stored(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    event = matched_event(team.team_id)
+    listening = workflow(team.team_id, "welcome", 1, "user_signup")
+    inactive = workflow(team.team_id, "paused", 1, "user_signup", active=False)
+
+    async with sessions() as session:
+        assert not await SqlDecisionRepository(session).already_decided(event.event_id)
+    async with sessions() as session, session.begin():
+        await SqlDecisionRepository(session).add(
+            event,
+            [
+                Decision(listening, matched=True, run_id=uuid.uuid4(), contact_id=event.contact_id),
+                Decision(inactive, matched=False, reason="workflow is inactive", contact_id=event.contact_id),
+            ],
+        )
+
+    async with sessions() as session:
+        decisions = SqlDecisionRepository(session)
+        assert await decisions.already_decided(event.event_id)
+        assert not await decisions.already_decided(uuid.uuid4())
+
+
+async def test_an_event_with_no_listening_workflow_is_still_decided_once(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    event = matched_event(team.team_id)
+    async with sessions() as session, session.begin():
+        await SqlDecisionRepository(session).add(event, [])
+    async with sessions() as session:
+        assert await SqlDecisionRepository(session).already_decided(event.event_id)
+
+    with pytest.raises(IntegrityError):
+        async with sessions() as session, session.begin():
+            await SqlDecisionRepository(session).add(event, [])

@@ -1,0 +1,261 @@
+"""The tracker on real PostgreSQL: every fact counts once, in whatever order it arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from herald.bus.v1 import tracking_pb2
+from kernel.clock import to_timestamp, utcnow
+from services.tracker.adapters import TrackerSqlUnitOfWork
+from services.tracker.domain import Progress, Summary, TriggerStatus, TriggerView
+from services.tracker.handlers import record_fact
+from tests.conftest import TeamCredentials
+
+
+@dataclass
+class TriggerStory:
+    """The facts the services report about one trigger, with stable ids."""
+
+    team_id: str
+    trigger_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    contact_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    accepted_at: datetime = field(default_factory=lambda: utcnow().replace(microsecond=0))
+
+    def record(self, at_offset_seconds: float, **kind: object) -> tracking_pb2.TrackingRecord:
+        return tracking_pb2.TrackingRecord(
+            trigger_id=str(self.trigger_id),
+            project_id=self.team_id,
+            recorded_at=to_timestamp(self.accepted_at + timedelta(seconds=at_offset_seconds)),
+            **kind,  # type: ignore[arg-type]
+        )
+
+    def accepted(self) -> tracking_pb2.TrackingRecord:
+        return self.record(
+            0,
+            trigger_accepted=tracking_pb2.TriggerAccepted(
+                event_id=str(self.event_id),
+                event_name="user_signup",
+                contact_id=self.contact_id,
+                created_at=to_timestamp(self.accepted_at),
+            ),
+        )
+
+    def matched(
+        self, runs: dict[str, uuid.UUID], filtered: Iterable[str] = ()
+    ) -> tracking_pb2.TrackingRecord:
+        decisions = [
+            tracking_pb2.MatchDecision(
+                workflow_key=key,
+                workflow_version=1,
+                outcome=tracking_pb2.MATCH_OUTCOME_MATCHED,
+                run_id=str(run_id),
+                contact_id=self.contact_id,
+            )
+            for key, run_id in runs.items()
+        ] + [
+            tracking_pb2.MatchDecision(
+                workflow_key=key,
+                workflow_version=1,
+                outcome=tracking_pb2.MATCH_OUTCOME_FILTERED,
+                reason="workflow is inactive",
+                contact_id=self.contact_id,
+            )
+            for key in filtered
+        ]
+        return self.record(
+            1,
+            event_matched=tracking_pb2.EventMatched(
+                event_id=str(self.event_id), event_name="user_signup", decisions=decisions
+            ),
+        )
+
+    def run_started(self, run_id: uuid.UUID, key: str) -> tracking_pb2.TrackingRecord:
+        return self.record(
+            2,
+            run_started=tracking_pb2.RunStarted(
+                run_id=str(run_id), workflow_key=key, workflow_version=1, contact_id=self.contact_id
+            ),
+        )
+
+    def delivery(self, run_id: uuid.UUID, step_id: str, *, sent: bool) -> tracking_pb2.TrackingRecord:
+        return self.record(
+            3,
+            delivery_recorded=tracking_pb2.DeliveryRecorded(
+                delivery_id=str(uuid.uuid5(run_id, step_id)),
+                run_id=str(run_id),
+                step_id=step_id,
+                channel="email",
+                outcome=tracking_pb2.DELIVERY_OUTCOME_SENT if sent else tracking_pb2.DELIVERY_OUTCOME_FAILED,
+                attempts=1,
+                detail="250 OK" if sent else "550 mailbox unavailable",
+            ),
+        )
+
+    def run_finished(self, run_id: uuid.UUID, *, completed: bool = True) -> tracking_pb2.TrackingRecord:
+        return self.record(
+            4,
+            run_finished=tracking_pb2.RunFinished(
+                run_id=str(run_id),
+                outcome=tracking_pb2.RUN_OUTCOME_COMPLETED if completed else tracking_pb2.RUN_OUTCOME_FAILED,
+            ),
+        )
+
+
+async def apply(sessions: async_sessionmaker[AsyncSession], *records: tracking_pb2.TrackingRecord) -> None:
+    for record in records:
+        await record_fact(record, TrackerSqlUnitOfWork(sessions))
+
+
+async def look(
+    sessions: async_sessionmaker[AsyncSession], story: TriggerStory
+) -> tuple[TriggerView | None, Progress]:
+    async with TrackerSqlUnitOfWork(sessions) as uow:
+        return (
+            await uow.triggers.view(story.team_id, story.trigger_id),
+            await uow.triggers.progress(story.trigger_id),
+        )
+
+
+async def test_every_fact_applied_twice_counts_once(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    story = TriggerStory(team.team_id)
+    welcome, reminder = uuid.uuid4(), uuid.uuid4()
+    facts = [
+        story.accepted(),
+        story.matched({"welcome": welcome, "reminder": reminder}, filtered=["paused"]),
+        story.run_started(welcome, "welcome"),
+        story.run_started(reminder, "reminder"),
+        story.delivery(welcome, "greet", sent=True),
+        story.delivery(reminder, "nudge", sent=False),
+        story.run_finished(welcome),
+        story.run_finished(reminder, completed=False),
+    ]
+
+    for fact in facts:
+        await apply(sessions, fact, fact)
+    await apply(sessions, *facts)
+
+    view, progress = await look(sessions, story)
+    assert (progress.matched, progress.expected_runs, progress.finished_runs, progress.failed_runs) == (
+        True,
+        2,
+        2,
+        1,
+    )
+    assert progress.matched_at is not None
+    assert view is not None
+    assert view.status == TriggerStatus.COMPLETED
+    assert view.summary == Summary(total_contacts=1, sent=1, failed=1, filtered=1)
+    assert view.created_at == story.accepted_at
+    assert view.started_at == story.accepted_at + timedelta(seconds=1)
+    assert view.completed_at == story.accepted_at + timedelta(seconds=4)
+
+
+async def test_status_follows_the_runs(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    story = TriggerStory(team.team_id)
+    first, second = uuid.uuid4(), uuid.uuid4()
+
+    async def status() -> str:
+        view, _ = await look(sessions, story)
+        assert view is not None
+        return view.status
+
+    await apply(sessions, story.accepted())
+    assert await status() == TriggerStatus.QUEUED
+    await apply(sessions, story.matched({"a": first, "b": second}))
+    assert await status() == TriggerStatus.PROCESSING
+    await apply(sessions, story.run_finished(first, completed=False))
+    assert await status() == TriggerStatus.PROCESSING
+    await apply(sessions, story.run_finished(second, completed=False))
+    assert await status() == TriggerStatus.FAILED
+
+
+async def test_facts_arriving_out_of_order_give_the_right_final_status(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    story = TriggerStory(team.team_id)
+    run_id = uuid.uuid4()
+
+    await apply(sessions, story.run_finished(run_id))
+    view, progress = await look(sessions, story)
+    assert view is None, "a trigger is not shown before ingest's fact about it arrived"
+    assert progress.matched is False
+
+    await apply(sessions, story.matched({"welcome": run_id}))
+    await apply(sessions, story.delivery(run_id, "greet", sent=True))
+    await apply(sessions, story.accepted())
+    await apply(sessions, story.run_started(run_id, "welcome"))  # the latest news is the oldest fact
+
+    view, progress = await look(sessions, story)
+    assert (progress.matched, progress.expected_runs, progress.finished_runs, progress.failed_runs) == (
+        True,
+        1,
+        1,
+        0,
+    )
+    assert progress.matched_at is not None
+    assert view is not None
+    assert view.status == TriggerStatus.COMPLETED
+    assert view.summary == Summary(total_contacts=1, sent=1, failed=0, filtered=0)
+    assert view.created_at == story.accepted_at
+
+
+async def test_an_event_no_workflow_listens_to_completes_its_trigger(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    story = TriggerStory(team.team_id)
+    await apply(sessions, story.accepted(), story.matched({}))
+
+    view, progress = await look(sessions, story)
+    assert (progress.matched, progress.expected_runs, progress.finished_runs, progress.failed_runs) == (
+        True,
+        0,
+        0,
+        0,
+    )
+    assert progress.matched_at is not None
+    assert view is not None and view.status == TriggerStatus.COMPLETED
+    assert view.summary == Summary()
+
+
+async def test_the_same_fact_delivered_concurrently_counts_once(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    story = TriggerStory(team.team_id)
+    run_id = uuid.uuid4()
+    await apply(sessions, story.accepted(), story.matched({"welcome": run_id}))
+
+    sent = story.delivery(run_id, "greet", sent=True)
+    await asyncio.gather(*(apply(sessions, sent) for _ in range(4)))
+    finished = story.run_finished(run_id)
+    await asyncio.gather(*(apply(sessions, finished) for _ in range(4)))
+
+    view, progress = await look(sessions, story)
+    assert progress.finished_runs == 1
+    assert view is not None
+    assert view.status == TriggerStatus.COMPLETED
+    assert view.summary.sent == 1
+
+
+async def test_a_trigger_is_visible_only_to_its_team(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    story = TriggerStory(team.team_id)
+    await apply(sessions, story.accepted())
+
+    async with TrackerSqlUnitOfWork(sessions) as uow:
+        ours = await uow.triggers.view(team.team_id, story.trigger_id)
+        theirs = await uow.triggers.view(f"other-{uuid.uuid4().hex[:8]}", story.trigger_id)
+
+    assert ours is not None and ours.id == story.trigger_id
+    assert theirs is None

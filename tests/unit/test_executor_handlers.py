@@ -1,0 +1,398 @@
+"""The executor's use cases: starting runs, performing their steps once, reporting every fact."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from herald.bus.v1 import event_pb2, run_pb2, tracking_pb2
+from herald.workflow.v1 import workflow_pb2
+from kernel.bus import OutgoingMessage, Poison, RetryLater
+from kernel.errors import NotFound
+from kernel.structs import to_struct
+from services.executor.domain import DELIVERY_ID_NAMESPACE, OutgoingEmail, RunStatus, StepStatus, delivery_id
+from services.executor.handlers import Channels, get_run, perform_step, start_run
+from tests.unit.fakes import FakeEmailSender, FakeExecutorUnitOfWork
+
+TEAM = "team-1"
+RUN_ID = uuid.UUID("5b0d1d0e-64a3-4a43-9d43-46e0c1c1a001")
+TRIGGER_ID = uuid.UUID("5b0d1d0e-64a3-4a43-9d43-46e0c1c1a002")
+WELCOME = workflow_pb2.Step(
+    id="welcome",
+    type="email",
+    subject="Welcome, {{name}}!",
+    body=to_struct({"v": "Hi {{contact.name}}, you chose the {{event.data.plan}} plan."}).fields["v"],
+    html="<p>Hi {{contact.name}}</p>",
+)
+FOLLOW_UP = workflow_pb2.Step(
+    id="follow-up",
+    type="email",
+    subject="Still there, {{name}}?",
+    body=to_struct({"v": "Your score is {{score}}."}).fields["v"],
+)
+
+
+def a_run_start(
+    *steps: workflow_pb2.Step, email: str = "ada@example.com", run_id: uuid.UUID = RUN_ID
+) -> run_pb2.RunStart:
+    event = event_pb2.Event(
+        event_id=str(uuid.uuid4()),
+        trigger_id=str(TRIGGER_ID),
+        project_id=TEAM,
+        name="user_signup",
+        contact=event_pb2.Contact(id="contact-1", email=email, name="Ada Lovelace"),
+        data=to_struct({"plan": "pro"}),
+        variables=to_struct({"name": "Ada", "score": 95}),
+    )
+    workflow = workflow_pb2.Workflow(
+        key="welcome-email",
+        name="Welcome Email",
+        active=True,
+        trigger=workflow_pb2.WorkflowTrigger(event="user_signup"),
+        steps=list(steps or [WELCOME]),
+        version=3,
+    )
+    return run_pb2.RunStart(
+        run_id=str(run_id), trigger_id=str(TRIGGER_ID), project_id=TEAM, workflow=workflow, event=event
+    )
+
+
+def a_task(step_id: str = "welcome", run_id: uuid.UUID = RUN_ID) -> run_pb2.StepTask:
+    return run_pb2.StepTask(
+        run_id=str(run_id), trigger_id=str(TRIGGER_ID), project_id=TEAM, step_id=step_id, channel="email"
+    )
+
+
+def tracking(message: OutgoingMessage) -> tracking_pb2.TrackingRecord:
+    return tracking_pb2.TrackingRecord.FromString(message.payload)
+
+
+def step_tasks(messages: list[OutgoingMessage]) -> list[run_pb2.StepTask]:
+    return [run_pb2.StepTask.FromString(m.payload) for m in messages if m.subject.startswith("steps.")]
+
+
+async def started(*steps: workflow_pb2.Step, **fields: Any) -> FakeExecutorUnitOfWork:
+    uow = FakeExecutorUnitOfWork()
+    await start_run(a_run_start(*steps, **fields), uow)
+    return uow
+
+
+# --------------------------------------------------------------------------------------------
+# start_run
+# --------------------------------------------------------------------------------------------
+
+
+async def test_start_run_reports_the_run_and_queues_its_first_step() -> None:
+    uow = FakeExecutorUnitOfWork()
+
+    await start_run(a_run_start(WELCOME, FOLLOW_UP), uow)
+
+    assert uow.subjects() == ["tracking.team-1.run_started", "steps.email.team-1"]
+    started_record = tracking(uow.published[0])
+    assert started_record.trigger_id == str(TRIGGER_ID)
+    assert started_record.run_started.run_id == str(RUN_ID)
+    assert started_record.run_started.workflow_key == "welcome-email"
+    assert started_record.run_started.workflow_version == 3
+    assert started_record.run_started.contact_id == "contact-1"
+    assert uow.published[0].msg_id == f"run_started:{RUN_ID}"
+    [task] = step_tasks(uow.published)
+    assert (task.run_id, task.step_id, task.channel, task.project_id) == (
+        str(RUN_ID),
+        "welcome",
+        "email",
+        TEAM,
+    )
+    assert uow.published[1].msg_id == f"{RUN_ID}:welcome"
+
+
+async def test_start_run_stores_the_run_with_its_first_step_queued() -> None:
+    uow = await started(WELCOME, FOLLOW_UP)
+
+    run = await get_run(TEAM, str(RUN_ID), uow)
+
+    assert run.status == RunStatus.RUNNING
+    assert run.created_at is not None
+    assert [(s.spec.id, s.status) for s in run.steps] == [
+        ("welcome", StepStatus.QUEUED),
+        ("follow-up", StepStatus.PENDING),
+    ]
+    assert run.context["contact"]["email"] == "ada@example.com"
+    assert run.context["name"] == "Ada"
+    assert run.context["event"]["data"] == {"plan": "pro"}
+
+
+async def test_starting_the_same_run_twice_does_nothing_the_second_time() -> None:
+    uow = await started()
+    published = list(uow.published)
+    before = await get_run(TEAM, str(RUN_ID), uow)
+
+    await start_run(a_run_start(), uow)
+
+    assert uow.published == published
+    assert await get_run(TEAM, str(RUN_ID), uow) == before
+
+
+# --------------------------------------------------------------------------------------------
+# perform_step
+# --------------------------------------------------------------------------------------------
+
+
+async def test_perform_step_sends_the_rendered_email_once() -> None:
+    uow = await started()
+    sender = FakeEmailSender()
+
+    await perform_step(a_task(), uow, Channels(email=sender, message_domain="example.com"))
+
+    [email] = sender.sent
+    expected_delivery = uuid.uuid5(DELIVERY_ID_NAMESPACE, f"{RUN_ID}/welcome")
+    assert email.to == "ada@example.com"
+    assert email.subject == "Welcome, Ada!"
+    assert email.text == "Hi Ada Lovelace, you chose the pro plan."
+    assert email.html == "<p>Hi Ada Lovelace</p>"
+    assert email.message_id == f"<{expected_delivery}@example.com>"
+    assert delivery_id(RUN_ID, "welcome") == expected_delivery
+    assert email.headers == {
+        "X-Herald-Project": TEAM,
+        "X-Herald-Trigger": str(TRIGGER_ID),
+        "X-Herald-Run": str(RUN_ID),
+        "X-Herald-Delivery": str(expected_delivery),
+    }
+
+
+async def test_a_sent_last_step_completes_the_run_and_reports_both_facts() -> None:
+    uow = await started()
+    sender = FakeEmailSender()
+    already = len(uow.published)
+
+    await perform_step(a_task(), uow, Channels(email=sender))
+
+    run = await get_run(TEAM, str(RUN_ID), uow)
+    [step] = run.steps
+    assert (step.status, step.attempts) == (StepStatus.SENT, 1)
+    assert step.detail.startswith("250 2.0.0")
+    assert step.finished_at is not None
+    assert run.status == RunStatus.COMPLETED
+    assert run.finished_at is not None
+    delivery, finished = uow.published[already:]
+    assert delivery.subject == "tracking.team-1.delivery_recorded"
+    recorded = tracking(delivery).delivery_recorded
+    assert recorded.outcome == tracking_pb2.DELIVERY_OUTCOME_SENT
+    assert (recorded.run_id, recorded.step_id, recorded.channel) == (str(RUN_ID), "welcome", "email")
+    assert recorded.delivery_id == str(delivery_id(RUN_ID, "welcome"))
+    assert recorded.attempts == 1
+    assert delivery.msg_id == f"delivery_recorded:{recorded.delivery_id}"
+    assert finished.subject == "tracking.team-1.run_finished"
+    assert tracking(finished).run_finished.outcome == tracking_pb2.RUN_OUTCOME_COMPLETED
+    assert tracking(finished).run_finished.detail == ""
+
+
+async def test_performing_a_sent_step_again_sends_nothing() -> None:
+    uow = await started()
+    sender = FakeEmailSender()
+    await perform_step(a_task(), uow, Channels(email=sender))
+    published = list(uow.published)
+
+    await perform_step(a_task(), uow, Channels(email=sender))
+
+    assert len(sender.sent) == 1
+    assert sender.tries == 1
+    assert uow.published == published
+
+
+async def test_a_transient_failure_asks_for_a_retry_and_keeps_the_attempt() -> None:
+    uow = await started()
+    sender = FakeEmailSender()
+    sender.fail_next()
+    already = len(uow.published)
+
+    with pytest.raises(RetryLater, match="SMTP server unreachable"):
+        await perform_step(a_task(), uow, Channels(email=sender, max_attempts=3))
+
+    run = await get_run(TEAM, str(RUN_ID), uow)
+    [step] = run.steps
+    assert (step.status, step.attempts) == (StepStatus.QUEUED, 1)
+    assert step.detail == "SMTP server unreachable: timed out"
+    assert run.status == RunStatus.RUNNING
+    assert uow.published[already:] == []
+    assert sender.sent == []
+
+
+async def test_a_retry_after_a_transient_failure_sends_and_counts_both_attempts() -> None:
+    uow = await started()
+    sender = FakeEmailSender()
+    sender.fail_next()
+    channels = Channels(email=sender, max_attempts=3)
+    with pytest.raises(RetryLater):
+        await perform_step(a_task(), uow, channels)
+
+    await perform_step(a_task(), uow, channels)
+
+    run = await get_run(TEAM, str(RUN_ID), uow)
+    assert (run.steps[0].status, run.steps[0].attempts) == (StepStatus.SENT, 2)
+    assert run.status == RunStatus.COMPLETED
+    assert len(sender.sent) == 1
+    delivery = next(m for m in uow.published if m.subject.endswith("delivery_recorded"))
+    assert tracking(delivery).delivery_recorded.attempts == 2
+
+
+async def test_the_last_allowed_attempt_fails_the_step_and_the_run() -> None:
+    uow = await started()
+    sender = FakeEmailSender()
+    sender.fail_next(times=3)
+    channels = Channels(email=sender, max_attempts=3)
+    for _ in range(2):
+        with pytest.raises(RetryLater):
+            await perform_step(a_task(), uow, channels)
+    already = len(uow.published)
+
+    await perform_step(a_task(), uow, channels)
+
+    run = await get_run(TEAM, str(RUN_ID), uow)
+    [step] = run.steps
+    assert (step.status, step.attempts) == (StepStatus.FAILED, 3)
+    assert run.status == RunStatus.FAILED
+    delivery, finished = uow.published[already:]
+    assert tracking(delivery).delivery_recorded.outcome == tracking_pb2.DELIVERY_OUTCOME_FAILED
+    assert tracking(delivery).delivery_recorded.attempts == 3
+    assert tracking(delivery).delivery_recorded.detail == "SMTP server unreachable: timed out"
+    assert tracking(finished).run_finished.outcome == tracking_pb2.RUN_OUTCOME_FAILED
+    assert tracking(finished).run_finished.detail == (
+        "step 'welcome' failed: SMTP server unreachable: timed out"
+    )
+    assert sender.sent == []
+
+
+async def test_a_contact_without_email_fails_at_once_without_retry() -> None:
+    uow = await started(email="")
+    sender = FakeEmailSender()
+
+    await perform_step(a_task(), uow, Channels(email=sender, max_attempts=5))
+
+    run = await get_run(TEAM, str(RUN_ID), uow)
+    [step] = run.steps
+    assert (step.status, step.attempts) == (StepStatus.FAILED, 1)
+    assert step.detail == "the contact has no email address"
+    assert run.status == RunStatus.FAILED
+    assert sender.tries == 0
+    outcomes = [tracking(m).WhichOneof("kind") for m in uow.published[2:]]
+    assert outcomes == ["delivery_recorded", "run_finished"]
+
+
+async def test_a_permanent_refusal_by_the_server_fails_at_once() -> None:
+    uow = await started()
+    sender = FakeEmailSender()
+    sender.fail_next(permanent=True)
+
+    await perform_step(a_task(), uow, Channels(email=sender, max_attempts=5))
+
+    run = await get_run(TEAM, str(RUN_ID), uow)
+    assert (run.steps[0].status, run.steps[0].attempts) == (StepStatus.FAILED, 1)
+    assert run.steps[0].detail == "SMTP 550: mailbox unavailable"
+    assert run.status == RunStatus.FAILED
+
+
+async def test_a_workflow_with_two_email_steps_sends_them_in_order() -> None:
+    uow = await started(WELCOME, FOLLOW_UP)
+    sender = FakeEmailSender()
+    channels = Channels(email=sender)
+
+    await perform_step(a_task("welcome"), uow, channels)
+    after_first = len(uow.published)
+
+    [first_task, second_task] = step_tasks(uow.published)
+    assert (first_task.step_id, second_task.step_id) == ("welcome", "follow-up")
+    assert uow.published[after_first - 1].msg_id == f"{RUN_ID}:follow-up"
+    assert (await get_run(TEAM, str(RUN_ID), uow)).status == RunStatus.RUNNING
+    assert not any(m.subject.endswith("run_finished") for m in uow.published)
+
+    await perform_step(a_task("follow-up"), uow, channels)
+
+    assert [email.subject for email in sender.sent] == ["Welcome, Ada!", "Still there, Ada?"]
+    assert sender.sent[1].text == "Your score is 95."
+    assert sender.sent[0].message_id != sender.sent[1].message_id
+    run = await get_run(TEAM, str(RUN_ID), uow)
+    assert [s.status for s in run.steps] == [StepStatus.SENT, StepStatus.SENT]
+    assert run.status == RunStatus.COMPLETED
+    assert tracking(uow.published[-1]).run_finished.outcome == tracking_pb2.RUN_OUTCOME_COMPLETED
+
+
+async def test_a_failed_first_step_fails_the_run_and_never_queues_the_second() -> None:
+    uow = await started(WELCOME, FOLLOW_UP)
+    sender = FakeEmailSender()
+    sender.fail_next(permanent=True)
+
+    await perform_step(a_task("welcome"), uow, Channels(email=sender))
+
+    run = await get_run(TEAM, str(RUN_ID), uow)
+    assert [s.status for s in run.steps] == [StepStatus.FAILED, StepStatus.PENDING]
+    assert run.status == RunStatus.FAILED
+    assert [t.step_id for t in step_tasks(uow.published)] == ["welcome"]
+
+
+async def test_an_unexpected_sender_error_is_counted_and_retried() -> None:
+    class CrashingSender(FakeEmailSender):
+        async def send(self, email: OutgoingEmail) -> str:
+            raise ConnectionResetError("connection reset by peer")
+
+    uow = await started()
+    published = list(uow.published)
+
+    with pytest.raises(RetryLater):
+        await perform_step(a_task(), uow, Channels(email=CrashingSender()))
+
+    run = await get_run(TEAM, str(RUN_ID), uow)
+    assert run.steps[0].attempts == 1
+    assert run.steps[0].status == "queued"
+    assert "sending failed unexpectedly" in run.steps[0].detail
+    assert "connection reset by peer" in run.steps[0].detail
+    assert uow.published == published
+
+
+@pytest.mark.parametrize(("run_id", "step_id"), [(uuid.uuid4(), "welcome"), (RUN_ID, "no-such-step")])
+async def test_a_task_for_an_unknown_run_or_step_is_poison(run_id: uuid.UUID, step_id: str) -> None:
+    uow = await started()
+
+    with pytest.raises(Poison):
+        await perform_step(a_task(step_id, run_id=run_id), uow, Channels(email=FakeEmailSender()))
+
+
+async def test_plain_text_parts_are_not_html_escaped() -> None:
+    step = workflow_pb2.Step(
+        id="welcome",
+        type="email",
+        subject="Welcome to {{company}}",
+        body=to_struct({"v": "Dear {{contact.name}}"}).fields["v"],
+        html="<p>{{company}}</p>",
+    )
+    start = a_run_start(step)
+    start.event.variables.update({"company": "Smith & Sons"})
+    start.event.contact.name = "Dara O'Brien"
+    uow = FakeExecutorUnitOfWork()
+    await start_run(start, uow)
+    sender = FakeEmailSender()
+
+    await perform_step(a_task(), uow, Channels(email=sender))
+
+    [email] = sender.sent
+    assert email.html == "<p>Smith &amp; Sons</p>"
+    assert email.subject == "Welcome to Smith & Sons"
+    assert email.text == "Dear Dara O'Brien"
+
+
+# --------------------------------------------------------------------------------------------
+# get_run
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("team", "run_id"), [(TEAM, "not-a-uuid"), (TEAM, str(uuid.uuid4())), ("team-2", str(RUN_ID))]
+)
+async def test_get_run_of_a_malformed_unknown_or_foreign_run_is_not_found(team: str, run_id: str) -> None:
+    uow = await started()
+
+    with pytest.raises(NotFound) as raised:
+        await get_run(team, run_id, uow)
+
+    assert raised.value.reason == "RUN_NOT_FOUND"

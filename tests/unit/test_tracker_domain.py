@@ -1,0 +1,130 @@
+"""A trigger's status, moved on by the progress the tracker has seen (services.tracker.domain)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.tracker.domain import Progress, Summary, TriggerState, TriggerStatus, TriggerView, next_status
+
+CREATED = datetime(2024, 12, 10, 10, 0, tzinfo=UTC)
+MATCHED_AT = CREATED + timedelta(milliseconds=120)
+LATER = CREATED + timedelta(seconds=5)
+NOT_MATCHED = Progress(matched=False, expected_runs=0, finished_runs=0, failed_runs=0)
+
+
+def a_trigger(status: str = TriggerStatus.QUEUED, scheduled_for: datetime | None = None) -> TriggerState:
+    return TriggerState(
+        uuid.uuid4(), "team-1", status=status, created_at=CREATED, scheduled_for=scheduled_for
+    )
+
+
+def progress(expected: int, finished: int = 0, failed: int = 0) -> Progress:
+    return Progress(matched=True, expected_runs=expected, finished_runs=finished, failed_runs=failed)
+
+
+def test_an_unmatched_trigger_stays_queued() -> None:
+    trigger = a_trigger()
+
+    next_status(trigger, NOT_MATCHED, MATCHED_AT)
+
+    assert trigger.status == TriggerStatus.QUEUED
+    assert trigger.started_at is None and trigger.completed_at is None
+
+
+def test_an_unmatched_trigger_with_a_time_to_fire_is_scheduled() -> None:
+    trigger = a_trigger(scheduled_for=LATER)
+
+    next_status(trigger, NOT_MATCHED, MATCHED_AT)
+
+    assert trigger.status == TriggerStatus.SCHEDULED
+    assert trigger.started_at is None
+
+
+def test_a_matched_trigger_with_runs_going_is_processing_since_the_match() -> None:
+    trigger = a_trigger()
+
+    next_status(trigger, progress(expected=2, finished=1), MATCHED_AT)
+
+    assert trigger.status == TriggerStatus.PROCESSING
+    assert trigger.started_at == MATCHED_AT
+    assert trigger.completed_at is None
+
+
+def test_a_scheduled_trigger_that_fired_is_processing() -> None:
+    trigger = a_trigger(status=TriggerStatus.SCHEDULED, scheduled_for=MATCHED_AT)
+
+    next_status(trigger, progress(expected=1), MATCHED_AT)
+
+    assert trigger.status == TriggerStatus.PROCESSING
+
+
+def test_a_trigger_completes_when_every_run_finished() -> None:
+    trigger = a_trigger()
+    next_status(trigger, progress(expected=2, finished=1), MATCHED_AT)
+
+    next_status(trigger, progress(expected=2, finished=2, failed=1), LATER)
+
+    assert trigger.status == TriggerStatus.COMPLETED
+    assert trigger.started_at == MATCHED_AT
+    assert trigger.completed_at == LATER
+
+
+def test_a_trigger_fails_when_every_run_failed() -> None:
+    trigger = a_trigger()
+
+    next_status(trigger, progress(expected=2, finished=2, failed=2), LATER)
+
+    assert trigger.status == TriggerStatus.FAILED
+    assert trigger.completed_at == LATER
+
+
+def test_a_trigger_no_workflow_ran_for_completes_at_the_match() -> None:
+    trigger = a_trigger()
+
+    next_status(trigger, progress(expected=0), MATCHED_AT)
+
+    assert trigger.status == TriggerStatus.COMPLETED
+    assert trigger.started_at == trigger.completed_at == MATCHED_AT
+
+
+def test_started_at_is_set_once() -> None:
+    trigger = a_trigger()
+    next_status(trigger, progress(expected=3, finished=0), MATCHED_AT)
+
+    next_status(trigger, progress(expected=3, finished=2), LATER)
+
+    assert trigger.started_at == MATCHED_AT
+
+
+@pytest.mark.parametrize("final", [TriggerStatus.COMPLETED, TriggerStatus.FAILED, TriggerStatus.CANCELLED])
+@pytest.mark.parametrize(
+    "seen", [NOT_MATCHED, progress(expected=2, finished=1), progress(expected=1, finished=1)]
+)
+def test_a_final_status_never_changes(final: str, seen: Progress) -> None:
+    trigger = a_trigger(status=final)
+    trigger.started_at, trigger.completed_at = MATCHED_AT, MATCHED_AT
+
+    next_status(trigger, seen, LATER)
+
+    assert trigger.status == final
+    assert (trigger.started_at, trigger.completed_at) == (MATCHED_AT, MATCHED_AT)
+
+
+def test_a_completed_trigger_keeps_its_completion_time_when_a_late_fact_arrives() -> None:
+    trigger = a_trigger()
+    next_status(trigger, progress(expected=1, finished=1), MATCHED_AT)
+
+    next_status(trigger, progress(expected=1, finished=1, failed=1), LATER)
+
+    assert trigger.status == TriggerStatus.COMPLETED
+    assert trigger.completed_at == MATCHED_AT
+
+
+def test_the_view_points_at_its_workflow_details() -> None:
+    trigger_id = uuid.uuid4()
+    view = TriggerView(trigger_id, TriggerStatus.QUEUED, CREATED, None, None, Summary())
+
+    assert view.details_endpoint == f"/triggers/{trigger_id}/workflow"
