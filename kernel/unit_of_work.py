@@ -6,12 +6,27 @@ It rolls back unless `commit()` is called. Services subclass it to add their rep
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.bus import OutgoingMessage
 from kernel.outbox import Outbox, Receipts
+
+
+class UnitOfWork(Protocol):
+    """What every service's handlers need of a unit of work; each service's own protocol adds
+    its repositories. `SqlUnitOfWork` is the real one, tests use in-memory fakes."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def publish(self, message: OutgoingMessage) -> None: ...
+
+    async def commit(self) -> Receipts: ...
 
 
 class SqlUnitOfWork:

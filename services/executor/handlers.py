@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
 import structlog
 
 from herald.bus.v1 import run_pb2
-from kernel.bus import OutgoingMessage, Poison, RetryLater
+from kernel.bus import Poison, RetryLater
 from kernel.clock import utcnow
 from kernel.errors import NotFound
-from kernel.outbox import Receipts
+from kernel.unit_of_work import UnitOfWork
 from services.executor import messages
 from services.executor.domain import (
     DeliveryError,
@@ -42,19 +41,9 @@ class RunRepository(Protocol):
     async def save(self, run: Run) -> None: ...
 
 
-class ExecutorUnitOfWork(Protocol):
+class ExecutorUnitOfWork(UnitOfWork, Protocol):
     @property
     def runs(self) -> RunRepository: ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
-
-    def publish(self, message: OutgoingMessage) -> None: ...
-
-    async def commit(self) -> Receipts: ...
 
 
 class EmailSender(Protocol):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
-from kernel.bus import OutgoingMessage
 from kernel.clock import utcnow
 from kernel.errors import NotFound
 from kernel.event_names import validate_customer_event_name
-from kernel.outbox import Receipts
+from kernel.unit_of_work import UnitOfWork
 from services.ingest import messages
 from services.ingest.domain import (
     AcceptedEvent,
@@ -48,22 +46,12 @@ class EventRepository(Protocol):
     async def trigger(self, team_id: str, trigger_id: uuid.UUID) -> TriggerRecord | None: ...
 
 
-class IngestUnitOfWork(Protocol):
+class IngestUnitOfWork(UnitOfWork, Protocol):
     @property
     def contacts(self) -> ContactRepository: ...
 
     @property
     def events(self) -> EventRepository: ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
-
-    def publish(self, message: OutgoingMessage) -> None: ...
-
-    async def commit(self) -> Receipts: ...
 
 
 async def send_event(command: SendEvent, uow: IngestUnitOfWork) -> EventQueued:

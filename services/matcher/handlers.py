@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
 import structlog
 
 from herald.bus.v1 import event_pb2
-from kernel.bus import OutgoingMessage
 from kernel.clock import utcnow
 from kernel.errors import AlreadyExists, NotFound
-from kernel.outbox import Receipts
+from kernel.unit_of_work import UnitOfWork
 from services.matcher import messages
 from services.matcher.domain import (
     Decision,
@@ -44,22 +42,12 @@ class DecisionRepository(Protocol):
     async def add(self, event: MatchedEvent, decisions: list[Decision]) -> None: ...
 
 
-class MatcherUnitOfWork(Protocol):
+class MatcherUnitOfWork(UnitOfWork, Protocol):
     @property
     def workflows(self) -> WorkflowRepository: ...
 
     @property
     def decisions(self) -> DecisionRepository: ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
-
-    def publish(self, message: OutgoingMessage) -> None: ...
-
-    async def commit(self) -> Receipts: ...
 
 
 async def create_workflow(team_id: str, definition: WorkflowDefinition, uow: MatcherUnitOfWork) -> Workflow:

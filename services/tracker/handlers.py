@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
 from herald.bus.v1 import tracking_pb2
-from kernel.bus import OutgoingMessage
 from kernel.clock import from_timestamp, utcnow
 from kernel.errors import NotFound
-from kernel.outbox import Receipts
+from kernel.unit_of_work import UnitOfWork
 from services.tracker.domain import Progress, TriggerState, TriggerView, next_status
 
 
@@ -45,19 +43,9 @@ class TriggerRepository(Protocol):
     async def view(self, team_id: str, trigger_id: uuid.UUID) -> TriggerView | None: ...
 
 
-class TrackerUnitOfWork(Protocol):
+class TrackerUnitOfWork(UnitOfWork, Protocol):
     @property
     def triggers(self) -> TriggerRepository: ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
-
-    def publish(self, message: OutgoingMessage) -> None: ...
-
-    async def commit(self) -> Receipts: ...
 
 
 class TriggerRecords(Protocol):
