@@ -223,6 +223,7 @@ class Stack:
             f"  PostgreSQL:       {self.database_url}" + (" (embedded)" if self.postgres else ""),
             f"  NATS JetStream:   {self.nats_url}" + (" (embedded)" if self.nats else ""),
         ]
+        lines.append(f"  Data:             {self.data_dir}")
         if "devmail" in self.processes:
             lines.append(
                 f"  Captured mail:    {self.gateway_url}/api/v1/dev/mail "
@@ -235,7 +236,7 @@ class Stack:
                 f"  X-Team-ID: {self.credentials.team_id}",
                 f"  X-API-Key: {self.credentials.api_key}",
             ]
-        lines += [f"  Data:             {self.data_dir}", "", "Press Ctrl-C to stop.", ""]
+        lines += ["", "Press Ctrl-C to stop.", ""]
         return "\n".join(lines)
 
 

@@ -12,10 +12,22 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, func, select
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Integer,
+    Select,
+    String,
+    Table,
+    Text,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from kernel.database import schema_metadata
 from kernel.outbox import outbox_table
@@ -43,7 +55,6 @@ class RunRow(ExecutorBase):
     context: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    steps: Mapped[list[RunStepRow]] = relationship(order_by="RunStepRow.position", lazy="raise")
 
 
 class RunStepRow(ExecutorBase):
@@ -60,33 +71,8 @@ class RunStepRow(ExecutorBase):
 
 
 OUTBOX = outbox_table(ExecutorBase.metadata)
-
-
-def _run(row: RunRow) -> Run:
-    return Run(
-        id=row.id,
-        team_id=row.team_id,
-        trigger_id=row.trigger_id,
-        event_id=row.event_id,
-        workflow_key=row.workflow_key,
-        workflow_version=row.workflow_version,
-        contact_id=row.contact_id,
-        context=row.context,
-        steps=[
-            StepState(
-                spec=StepSpec(**step.definition),
-                position=step.position,
-                status=step.status,
-                attempts=step.attempts,
-                detail=step.detail,
-                finished_at=step.finished_at,
-            )
-            for step in row.steps
-        ],
-        status=row.status,
-        created_at=row.created_at,
-        finished_at=row.finished_at,
-    )
+RUNS: Table = RunRow.__table__  # type: ignore[assignment]
+RUN_STEPS: Table = RunStepRow.__table__  # type: ignore[assignment]
 
 
 def _step_definition(spec: StepSpec) -> dict[str, Any]:
@@ -94,33 +80,38 @@ def _step_definition(spec: StepSpec) -> dict[str, Any]:
 
 
 class SqlRunRepository:
+    """Runs and their steps, with plain SQL statements (SQLAlchemy Core): this is the hot path of
+    every delivery, and the ORM's unit-of-work bookkeeping is not needed for it."""
+
     def __init__(self, session: AsyncSession):
         self._session = session
 
     async def add(self, run: Run) -> bool:
+        values: dict[str, Any] = {
+            "id": run.id,
+            "team_id": run.team_id,
+            "trigger_id": run.trigger_id,
+            "event_id": run.event_id,
+            "workflow_key": run.workflow_key,
+            "workflow_version": run.workflow_version,
+            "contact_id": run.contact_id,
+            "status": run.status,
+            "context": run.context,
+        }
+        if run.created_at:
+            values["created_at"] = run.created_at
         inserted = (
             await self._session.execute(
-                insert(RunRow)
-                .values(
-                    id=run.id,
-                    team_id=run.team_id,
-                    trigger_id=run.trigger_id,
-                    event_id=run.event_id,
-                    workflow_key=run.workflow_key,
-                    workflow_version=run.workflow_version,
-                    contact_id=run.contact_id,
-                    status=run.status,
-                    context=run.context,
-                    **({"created_at": run.created_at} if run.created_at else {}),
-                )
+                insert(RUNS)
+                .values(**values)
                 .on_conflict_do_nothing(index_elements=["id"])
-                .returning(RunRow.id)
+                .returning(RUNS.c.id)
             )
         ).first()
         if inserted is None:
             return False
         await self._session.execute(
-            insert(RunStepRow),
+            insert(RUN_STEPS),
             [
                 {
                     "run_id": run.id,
@@ -137,39 +128,68 @@ class SqlRunRepository:
         return True
 
     async def get(self, team_id: str, run_id: uuid.UUID) -> Run | None:
-        row = (
-            await self._session.scalars(
-                select(RunRow)
-                .options(selectinload(RunRow.steps))
-                .where(RunRow.id == run_id, RunRow.team_id == team_id)
-            )
-        ).first()
-        return _run(row) if row else None
+        return await self._load(select(RUNS).where(RUNS.c.id == run_id, RUNS.c.team_id == team_id))
 
     async def lock(self, run_id: uuid.UUID) -> Run | None:
-        row = (
-            await self._session.scalars(
-                select(RunRow)
-                .options(selectinload(RunRow.steps))
-                .where(RunRow.id == run_id)
-                .with_for_update(of=RunRow)
-            )
-        ).first()
-        return _run(row) if row else None
+        return await self._load(select(RUNS).where(RUNS.c.id == run_id).with_for_update())
+
+    async def _load(self, query: Select[Any]) -> Run | None:
+        row = (await self._session.execute(query)).first()
+        if row is None:
+            return None
+        steps = await self._session.execute(
+            select(RUN_STEPS).where(RUN_STEPS.c.run_id == row.id).order_by(RUN_STEPS.c.position)
+        )
+        return Run(
+            id=row.id,
+            team_id=row.team_id,
+            trigger_id=row.trigger_id,
+            event_id=row.event_id,
+            workflow_key=row.workflow_key,
+            workflow_version=row.workflow_version,
+            contact_id=row.contact_id,
+            context=row.context,
+            steps=[
+                StepState(
+                    spec=StepSpec(**step.definition),
+                    position=step.position,
+                    status=step.status,
+                    attempts=step.attempts,
+                    detail=step.detail,
+                    finished_at=step.finished_at,
+                )
+                for step in steps
+            ],
+            status=row.status,
+            created_at=row.created_at,
+            finished_at=row.finished_at,
+        )
 
     async def save(self, run: Run) -> None:
-        row = await self._session.get(RunRow, run.id, options=[selectinload(RunRow.steps)])
-        assert row is not None
-        row.status = run.status
-        row.finished_at = run.finished_at
-        states = {step.spec.id: step for step in run.steps}
-        for step_row in row.steps:
-            state = states[step_row.step_id]
-            step_row.status = state.status
-            step_row.attempts = state.attempts
-            step_row.detail = state.detail
-            step_row.finished_at = state.finished_at
-        await self._session.flush()
+        await self._session.execute(
+            update(RUNS).where(RUNS.c.id == run.id).values(status=run.status, finished_at=run.finished_at)
+        )
+        await self._session.execute(
+            update(RUN_STEPS)
+            .where(RUN_STEPS.c.run_id == bindparam("b_run_id"), RUN_STEPS.c.step_id == bindparam("b_step_id"))
+            .values(
+                status=bindparam("b_status"),
+                attempts=bindparam("b_attempts"),
+                detail=bindparam("b_detail"),
+                finished_at=bindparam("b_finished_at"),
+            ),
+            [
+                {
+                    "b_run_id": run.id,
+                    "b_step_id": step.spec.id,
+                    "b_status": step.status,
+                    "b_attempts": step.attempts,
+                    "b_detail": step.detail,
+                    "b_finished_at": step.finished_at,
+                }
+                for step in run.steps
+            ],
+        )
 
 
 class ExecutorSqlUnitOfWork(SqlUnitOfWork):

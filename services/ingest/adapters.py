@@ -7,7 +7,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, String, func, select, text
+from sqlalchemy import DateTime, Index, Row, String, Table, func, select, text
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -88,7 +88,12 @@ class TriggerRow(IngestBase):
 OUTBOX = outbox_table(IngestBase.metadata)
 
 
-def _contact(row: ContactRow) -> Contact:
+CONTACTS: Table = ContactRow.__table__  # type: ignore[assignment]
+EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
+TRIGGERS: Table = TriggerRow.__table__  # type: ignore[assignment]
+
+
+def _contact(row: Row[Any]) -> Contact:
     return Contact(
         id=row.id,
         team_id=row.team_id,
@@ -108,25 +113,25 @@ class SqlContactRepository:
 
     async def by_external_id(self, team_id: str, external_id: str) -> Contact | None:
         row = (
-            await self._session.scalars(
-                select(ContactRow).where(ContactRow.team_id == team_id, ContactRow.external_id == external_id)
+            await self._session.execute(
+                select(CONTACTS).where(CONTACTS.c.team_id == team_id, CONTACTS.c.external_id == external_id)
             )
         ).first()
         return _contact(row) if row else None
 
     async def by_email(self, team_id: str, email: str) -> Contact | None:
         row = (
-            await self._session.scalars(
-                select(ContactRow)
-                .where(ContactRow.team_id == team_id, ContactRow.email == email)
-                .order_by(ContactRow.external_id.is_(None).desc(), ContactRow.created_at)
+            await self._session.execute(
+                select(CONTACTS)
+                .where(CONTACTS.c.team_id == team_id, CONTACTS.c.email == email)
+                .order_by(CONTACTS.c.external_id.is_(None).desc(), CONTACTS.c.created_at)
             )
         ).first()
         return _contact(row) if row else None
 
     async def add(self, contact: Contact) -> Contact:
         values = _contact_values(contact)
-        statement = insert(ContactRow).values(**values)
+        statement = insert(CONTACTS).values(**values)
         updates: dict[str, Any] = {
             key: statement.excluded[key] for key in values if key not in ("id", "team_id")
         }
@@ -143,23 +148,18 @@ class SqlContactRepository:
                 index_where=text("external_id IS NULL AND email IS NOT NULL"),
                 set_=updates,
             )
-        row = (
-            await self._session.scalars(
-                statement.returning(ContactRow), execution_options={"populate_existing": True}
-            )
-        ).one()
+        row = (await self._session.execute(statement.returning(*CONTACTS.c))).one()
         return _contact(row)
 
     async def update(self, contact: Contact) -> Contact:
         values = _contact_values(contact)
         del values["id"], values["team_id"]
         row = (
-            await self._session.scalars(
-                sa_update(ContactRow)
-                .where(ContactRow.id == contact.id, ContactRow.team_id == contact.team_id)
+            await self._session.execute(
+                sa_update(CONTACTS)
+                .where(CONTACTS.c.id == contact.id, CONTACTS.c.team_id == contact.team_id)
                 .values(**values, updated_at=func.now())
-                .returning(ContactRow),
-                execution_options={"populate_existing": True},
+                .returning(*CONTACTS.c)
             )
         ).one()
         return _contact(row)
@@ -184,8 +184,8 @@ class SqlEventRepository:
         self._session = session
 
     async def add(self, event: AcceptedEvent) -> None:
-        self._session.add(
-            EventRow(
+        await self._session.execute(
+            insert(EVENTS).values(
                 id=event.id,
                 team_id=event.team_id,
                 name=event.name,
@@ -197,8 +197,8 @@ class SqlEventRepository:
                 accepted_at=event.accepted_at,
             )
         )
-        self._session.add(
-            TriggerRow(
+        await self._session.execute(
+            insert(TRIGGERS).values(
                 id=event.trigger_id,
                 team_id=event.team_id,
                 event_id=event.id,
@@ -207,12 +207,11 @@ class SqlEventRepository:
                 created_at=event.accepted_at,
             )
         )
-        await self._session.flush()
 
     async def trigger(self, team_id: str, trigger_id: uuid.UUID) -> TriggerRecord | None:
         row = (
-            await self._session.scalars(
-                select(TriggerRow).where(TriggerRow.team_id == team_id, TriggerRow.id == trigger_id)
+            await self._session.execute(
+                select(TRIGGERS).where(TRIGGERS.c.team_id == team_id, TRIGGERS.c.id == trigger_id)
             )
         ).first()
         if row is None:

@@ -6,15 +6,15 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, String, UniqueConstraint, func, select
-from sqlalchemy.dialects.postgresql import JSONB, distinct_on
+from sqlalchemy import DateTime, Index, Integer, Row, Select, String, Table, UniqueConstraint, func, select
+from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from kernel.database import schema_metadata
 from kernel.outbox import outbox_table
 from kernel.unit_of_work import SqlUnitOfWork
-from services.matcher.domain import Decision, MatchedEvent, Workflow
+from services.matcher.domain import Decision, MatchedEvent, Workflow, WorkflowDefinition
 from services.matcher.messages import definition_document, definition_from_document
 
 SCHEMA = "matcher"
@@ -71,15 +71,31 @@ class EventDecidedRow(MatcherBase):
 OUTBOX = outbox_table(MatcherBase.metadata)
 
 
-def _workflow(row: WorkflowVersionRow) -> Workflow:
-    return Workflow(row.team_id, definition_from_document(row.definition), row.version, row.created_at)
+WORKFLOW_VERSIONS: Table = WorkflowVersionRow.__table__  # type: ignore[assignment]
+MATCH_DECISIONS: Table = MatchDecisionRow.__table__  # type: ignore[assignment]
+DECIDED_EVENTS: Table = EventDecidedRow.__table__  # type: ignore[assignment]
+
+# A stored version never changes, so its parsed definition is kept (per process, bounded).
+_PARSED: dict[uuid.UUID, WorkflowDefinition] = {}
+_PARSED_LIMIT = 10_000
 
 
-def _latest_versions() -> Any:
+def _workflow(row: Row[Any]) -> Workflow:
+    definition = _PARSED.get(row.id)
+    if definition is None:
+        if len(_PARSED) >= _PARSED_LIMIT:
+            _PARSED.clear()
+        definition = _PARSED[row.id] = definition_from_document(row.definition)
+    return Workflow(row.team_id, definition, row.version, row.created_at)
+
+
+def _latest_versions(team_id: str) -> Select[Any]:
+    columns = WORKFLOW_VERSIONS.c
     return (
-        select(WorkflowVersionRow)
-        .ext(distinct_on(WorkflowVersionRow.key))
-        .order_by(WorkflowVersionRow.key, WorkflowVersionRow.version.desc())
+        select(WORKFLOW_VERSIONS)
+        .ext(distinct_on(columns.key))
+        .where(columns.team_id == team_id)
+        .order_by(columns.key, columns.version.desc())
     )
 
 
@@ -88,34 +104,32 @@ class SqlWorkflowRepository:
         self._session = session
 
     async def latest(self, team_id: str, key: str) -> Workflow | None:
+        columns = WORKFLOW_VERSIONS.c
         row = (
-            await self._session.scalars(
-                select(WorkflowVersionRow)
-                .where(WorkflowVersionRow.team_id == team_id, WorkflowVersionRow.key == key)
-                .order_by(WorkflowVersionRow.version.desc())
+            await self._session.execute(
+                select(WORKFLOW_VERSIONS)
+                .where(columns.team_id == team_id, columns.key == key)
+                .order_by(columns.version.desc())
                 .limit(1)
             )
         ).first()
         return _workflow(row) if row else None
 
     async def all_latest(self, team_id: str) -> list[Workflow]:
-        rows = await self._session.scalars(_latest_versions().where(WorkflowVersionRow.team_id == team_id))
-        return [_workflow(row) for row in rows]
+        return [_workflow(row) for row in await self._session.execute(_latest_versions(team_id))]
 
     async def listening_to(self, team_id: str, event_name: str) -> list[Workflow]:
-        latest = _latest_versions().where(WorkflowVersionRow.team_id == team_id).subquery()
+        latest = _latest_versions(team_id).subquery()
         rows = await self._session.execute(
             select(latest).where(latest.c.trigger_event == event_name).order_by(latest.c.key)
         )
-        return [
-            Workflow(row.team_id, definition_from_document(row.definition), row.version, row.created_at)
-            for row in rows
-        ]
+        return [_workflow(row) for row in rows]
 
     async def add(self, workflow: Workflow) -> None:
         definition = workflow.definition
-        self._session.add(
-            WorkflowVersionRow(
+        await self._session.execute(
+            insert(WORKFLOW_VERSIONS).values(
+                id=uuid.uuid4(),
                 team_id=workflow.team_id,
                 key=definition.key,
                 version=workflow.version,
@@ -126,7 +140,6 @@ class SqlWorkflowRepository:
                 created_at=workflow.created_at,
             )
         )
-        await self._session.flush()
 
 
 class SqlDecisionRepository:
@@ -134,27 +147,36 @@ class SqlDecisionRepository:
         self._session = session
 
     async def already_decided(self, event_id: uuid.UUID) -> bool:
-        return await self._session.get(EventDecidedRow, event_id) is not None
+        found = await self._session.execute(
+            select(DECIDED_EVENTS.c.event_id).where(DECIDED_EVENTS.c.event_id == event_id)
+        )
+        return found.first() is not None
 
     async def add(self, event: MatchedEvent, decisions: list[Decision]) -> None:
-        self._session.add(
-            EventDecidedRow(event_id=event.event_id, trigger_id=event.trigger_id, team_id=event.team_id)
-        )
-        self._session.add_all(
-            MatchDecisionRow(
-                event_id=event.event_id,
-                workflow_key=decision.workflow.key,
-                team_id=event.team_id,
-                trigger_id=event.trigger_id,
-                workflow_version=decision.workflow.version,
-                contact_id=decision.contact_id,
-                matched=decision.matched,
-                reason=decision.reason,
-                run_id=decision.run_id,
+        await self._session.execute(
+            insert(DECIDED_EVENTS).values(
+                event_id=event.event_id, trigger_id=event.trigger_id, team_id=event.team_id
             )
-            for decision in decisions
         )
-        await self._session.flush()
+        if not decisions:
+            return
+        await self._session.execute(
+            insert(MATCH_DECISIONS),
+            [
+                {
+                    "event_id": event.event_id,
+                    "workflow_key": decision.workflow.key,
+                    "team_id": event.team_id,
+                    "trigger_id": event.trigger_id,
+                    "workflow_version": decision.workflow.version,
+                    "contact_id": decision.contact_id,
+                    "matched": decision.matched,
+                    "reason": decision.reason,
+                    "run_id": decision.run_id,
+                }
+                for decision in decisions
+            ],
+        )
 
 
 class MatcherSqlUnitOfWork(SqlUnitOfWork):

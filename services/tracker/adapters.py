@@ -5,7 +5,20 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index, Integer, String, Text, case, distinct, func, select
+from sqlalchemy import (
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    case,
+    distinct,
+    func,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -80,24 +93,30 @@ class DeliveryRow(TrackerBase):
 
 
 RUN_FINISHED = ("completed", "failed")
+TRIGGERS: Table = TriggerRow.__table__  # type: ignore[assignment]
+DECISIONS: Table = DecisionRow.__table__  # type: ignore[assignment]
+RUNS: Table = RunRow.__table__  # type: ignore[assignment]
+DELIVERIES: Table = DeliveryRow.__table__  # type: ignore[assignment]
 
 
 class SqlTriggerRepository:
-    """Each `record_*` applies one fact at most once: a repeated fact inserts nothing."""
+    """Each `record_*` applies one fact at most once: a repeated fact inserts nothing.
+
+    Plain SQL statements (SQLAlchemy Core): every event brings several facts, so this is the
+    busiest write path of the tracker, and the ORM's bookkeeping is not needed for it.
+    """
 
     def __init__(self, session: AsyncSession):
         self._session = session
 
     async def lock(self, trigger_id: uuid.UUID, team_id: str) -> TriggerState:
         await self._session.execute(
-            insert(TriggerRow)
+            insert(TRIGGERS)
             .values(id=trigger_id, team_id=team_id, status=TriggerStatus.QUEUED)
             .on_conflict_do_nothing(index_elements=["id"])
         )
         row = (
-            await self._session.scalars(
-                select(TriggerRow).where(TriggerRow.id == trigger_id).with_for_update()
-            )
+            await self._session.execute(select(TRIGGERS).where(TRIGGERS.c.id == trigger_id).with_for_update())
         ).one()
         return TriggerState(
             row.id,
@@ -110,50 +129,59 @@ class SqlTriggerRepository:
         )
 
     async def save(self, state: TriggerState) -> None:
-        row = await self._session.get(TriggerRow, state.id)
-        assert row is not None
-        row.status, row.started_at, row.completed_at = state.status, state.started_at, state.completed_at
+        await self._session.execute(
+            update(TRIGGERS)
+            .where(TRIGGERS.c.id == state.id)
+            .values(status=state.status, started_at=state.started_at, completed_at=state.completed_at)
+        )
 
     async def record_accepted(self, trigger_id: uuid.UUID, fact: tracking_pb2.TriggerAccepted) -> None:
-        row = await self._session.get(TriggerRow, trigger_id)
-        assert row is not None
-        row.event_id = uuid.UUID(fact.event_id)
-        row.event_name = fact.event_name
-        row.contact_id = fact.contact_id or None
-        row.created_at = from_timestamp(fact.created_at)
-        if fact.HasField("scheduled_for"):
-            row.scheduled_for = from_timestamp(fact.scheduled_for)
+        await self._session.execute(
+            update(TRIGGERS)
+            .where(TRIGGERS.c.id == trigger_id)
+            .values(
+                event_id=uuid.UUID(fact.event_id),
+                event_name=fact.event_name,
+                contact_id=fact.contact_id or None,
+                created_at=from_timestamp(fact.created_at),
+                scheduled_for=from_timestamp(fact.scheduled_for) if fact.HasField("scheduled_for") else None,
+            )
+        )
 
     async def record_matched(
         self, trigger_id: uuid.UUID, fact: tracking_pb2.EventMatched, at: datetime
     ) -> None:
-        row = await self._session.get(TriggerRow, trigger_id)
-        assert row is not None
-        if row.matched_at is not None:
-            return
-        row.matched_at = at
-        if fact.decisions:
+        first_time = (
             await self._session.execute(
-                insert(DecisionRow).on_conflict_do_nothing(),
-                [
-                    {
-                        "trigger_id": trigger_id,
-                        "workflow_key": decision.workflow_key,
-                        "contact_id": decision.contact_id,
-                        "workflow_version": decision.workflow_version,
-                        "matched": decision.outcome == tracking_pb2.MATCH_OUTCOME_MATCHED,
-                        "reason": decision.reason,
-                        "run_id": uuid.UUID(decision.run_id) if decision.run_id else None,
-                    }
-                    for decision in fact.decisions
-                ],
+                update(TRIGGERS)
+                .where(TRIGGERS.c.id == trigger_id, TRIGGERS.c.matched_at.is_(None))
+                .values(matched_at=at)
+                .returning(TRIGGERS.c.id)
             )
+        ).first()
+        if first_time is None or not fact.decisions:
+            return
+        await self._session.execute(
+            insert(DECISIONS).on_conflict_do_nothing(),
+            [
+                {
+                    "trigger_id": trigger_id,
+                    "workflow_key": decision.workflow_key,
+                    "contact_id": decision.contact_id,
+                    "workflow_version": decision.workflow_version,
+                    "matched": decision.outcome == tracking_pb2.MATCH_OUTCOME_MATCHED,
+                    "reason": decision.reason,
+                    "run_id": uuid.UUID(decision.run_id) if decision.run_id else None,
+                }
+                for decision in fact.decisions
+            ],
+        )
 
     async def record_run_started(
         self, trigger_id: uuid.UUID, fact: tracking_pb2.RunStarted, at: datetime
     ) -> None:
         await self._session.execute(
-            insert(RunRow)
+            insert(RUNS)
             .values(
                 run_id=uuid.UUID(fact.run_id),
                 trigger_id=trigger_id,
@@ -177,7 +205,7 @@ class SqlTriggerRepository:
     ) -> None:
         status = "completed" if fact.outcome == tracking_pb2.RUN_OUTCOME_COMPLETED else "failed"
         await self._session.execute(
-            insert(RunRow)
+            insert(RUNS)
             .values(
                 run_id=uuid.UUID(fact.run_id),
                 trigger_id=trigger_id,
@@ -199,7 +227,7 @@ class SqlTriggerRepository:
         self, trigger_id: uuid.UUID, fact: tracking_pb2.DeliveryRecorded, at: datetime
     ) -> None:
         await self._session.execute(
-            insert(DeliveryRow)
+            insert(DELIVERIES)
             .values(
                 delivery_id=uuid.UUID(fact.delivery_id),
                 trigger_id=trigger_id,
@@ -215,56 +243,61 @@ class SqlTriggerRepository:
         )
 
     async def progress(self, trigger_id: uuid.UUID) -> Progress:
-        matched_at = await self._session.scalar(
-            select(TriggerRow.matched_at).where(TriggerRow.id == trigger_id)
+        matched_runs = (
+            select(
+                func.count(DECISIONS.c.run_id).label("expected"),
+                func.count(RUNS.c.run_id).filter(RUNS.c.status.in_(RUN_FINISHED)).label("finished"),
+                func.count(RUNS.c.run_id).filter(RUNS.c.status == "failed").label("failed"),
+                func.max(RUNS.c.finished_at).label("last_finished_at"),
+            )
+            .select_from(DECISIONS.outerjoin(RUNS, RUNS.c.run_id == DECISIONS.c.run_id))
+            .where(DECISIONS.c.trigger_id == trigger_id, DECISIONS.c.matched)
+            .subquery()
         )
-        counts = (
+        row = (
             await self._session.execute(
-                select(
-                    func.count(DecisionRow.run_id),
-                    func.count(RunRow.run_id).filter(RunRow.status.in_(RUN_FINISHED)),
-                    func.count(RunRow.run_id).filter(RunRow.status == "failed"),
-                    func.max(RunRow.finished_at),
-                )
-                .select_from(DecisionRow)
-                .outerjoin(RunRow, RunRow.run_id == DecisionRow.run_id)
-                .where(DecisionRow.trigger_id == trigger_id, DecisionRow.matched)
+                select(TRIGGERS.c.matched_at, matched_runs)
+                .select_from(TRIGGERS.join(matched_runs, true()))  # one row of counts per trigger
+                .where(TRIGGERS.c.id == trigger_id)
             )
         ).one()
         return Progress(
-            matched=matched_at is not None,
-            expected_runs=counts[0],
-            finished_runs=counts[1],
-            failed_runs=counts[2],
-            matched_at=matched_at,
-            last_finished_at=counts[3],
+            matched=row.matched_at is not None,
+            expected_runs=row.expected,
+            finished_runs=row.finished,
+            failed_runs=row.failed,
+            matched_at=row.matched_at,
+            last_finished_at=row.last_finished_at,
         )
 
     async def view(self, team_id: str, trigger_id: uuid.UUID) -> TriggerView | None:
+        decisions = (
+            select(
+                func.count(distinct(case((DECISIONS.c.matched, DECISIONS.c.contact_id)))).label("contacts"),
+                func.count().filter(~DECISIONS.c.matched).label("filtered"),
+            )
+            .where(DECISIONS.c.trigger_id == trigger_id)
+            .subquery()
+        )
+        deliveries = (
+            select(
+                func.count().filter(DELIVERIES.c.sent).label("sent"),
+                func.count().filter(~DELIVERIES.c.sent).label("failed"),
+            )
+            .where(DELIVERIES.c.trigger_id == trigger_id)
+            .subquery()
+        )
         row = (
-            await self._session.scalars(
-                select(TriggerRow).where(TriggerRow.id == trigger_id, TriggerRow.team_id == team_id)
+            await self._session.execute(
+                select(TRIGGERS, decisions, deliveries)
+                .select_from(TRIGGERS.join(decisions, true()).join(deliveries, true()))
+                .where(TRIGGERS.c.id == trigger_id, TRIGGERS.c.team_id == team_id)
             )
         ).first()
         if row is None or row.created_at is None:
             return None
-        decisions = (
-            await self._session.execute(
-                select(
-                    func.count(distinct(case((DecisionRow.matched, DecisionRow.contact_id)))),
-                    func.count().filter(~DecisionRow.matched),
-                ).where(DecisionRow.trigger_id == trigger_id)
-            )
-        ).one()
-        deliveries = (
-            await self._session.execute(
-                select(func.count().filter(DeliveryRow.sent), func.count().filter(~DeliveryRow.sent)).where(
-                    DeliveryRow.trigger_id == trigger_id
-                )
-            )
-        ).one()
         summary = Summary(
-            total_contacts=decisions[0], sent=deliveries[0], failed=deliveries[1], filtered=decisions[1]
+            total_contacts=row.contacts, sent=row.sent, failed=row.failed, filtered=row.filtered
         )
         return TriggerView(row.id, row.status, row.created_at, row.started_at, row.completed_at, summary)
 
