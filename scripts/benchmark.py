@@ -40,7 +40,7 @@ def describe(name: str, milliseconds: list[float]) -> str:
 
 
 async def send_events(
-    gateway: str, headers: dict[str, str], count: int, concurrency: int
+    gateway: str, headers: dict[str, str], count: int, concurrency: int, pause: float = 0.0
 ) -> tuple[dict[str, float], list[float], float]:
     """Send `count` events; returns send time per trigger id, request latencies (ms), wall time (s)."""
     sent_at: dict[str, float] = {}
@@ -63,6 +63,8 @@ async def send_events(
             latencies.append((time.perf_counter() - started) * 1000)
             answer.raise_for_status()
             sent_at[answer.json()["trigger_id"]] = started
+            if pause:
+                await asyncio.sleep(pause)
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=gateway, headers=headers, timeout=60, limits=limits) as http:
@@ -89,6 +91,9 @@ def main() -> None:
     )
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--pause", type=float, default=0.0, help="seconds each client waits between events (isolated latency)"
+    )
     options = parser.parse_args()
 
     sink, controller = start_smtp_sink()
@@ -124,7 +129,7 @@ def main() -> None:
                 processes["postgres"] = psutil.Process(stack.postgres.process.pid)
             cpu_before = {name: _cpu_seconds(process) for name, process in processes.items()}
             sent_at, latencies, wall = asyncio.run(
-                send_events(stack.gateway_url, headers, options.events, options.concurrency)
+                send_events(stack.gateway_url, headers, options.events, options.concurrency, options.pause)
             )
             deadline = time.monotonic() + 300
             while len(received_at) < len(sent_at) and time.monotonic() < deadline:
