@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -26,6 +26,7 @@ from gateway import openapi
 from gateway.errors import error_response, from_herald_error, from_rpc_error
 from gateway.requests import BadRequest, build_message, check_shape, parse_json, query_document
 from gateway.routes import Route, message_of, routes
+from kernel.clients import channel
 from kernel.errors import HeraldError
 from kernel.settings import Settings
 
@@ -40,6 +41,8 @@ FORWARDED_HEADERS = ("x-api-key", "x-team-id", "authorization", "idempotency-key
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHANNELS: web.AppKey[dict[str, grpc.aio.Channel]] = web.AppKey("channels", dict)
+# The processes /readyz waits for: every service but the development capture inbox.
+READY_SERVICES = ("ingest", "matcher", "executor", "tracker")
 
 
 def request_metadata(request: web.Request, request_id: str) -> tuple[tuple[str, str], ...]:
@@ -163,24 +166,22 @@ async def readyz(request: web.Request) -> web.Response:
             return name, error.code().name
         return name, health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
 
-    results = dict(await asyncio.gather(*(check(name) for name in request.app["ready_services"])))
+    results = dict(await asyncio.gather(*(check(name) for name in READY_SERVICES)))
     ready = all(state == "SERVING" for state in results.values())
     return web.json_response(
         {"status": "ready" if ready else "not ready", "services": results}, status=200 if ready else 503
     )
 
 
-def create_app(settings: Settings, ready_services: tuple[str, ...] | None = None) -> web.Application:
-    """The gateway application; `ready_services` are the processes /readyz waits for."""
+def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY_BYTES)
     all_routes = routes()
     processes = sorted({route.process for route in all_routes})
     app[CHANNELS] = {}
-    app["ready_services"] = ready_services or tuple(p for p in processes if p != "devmail")
     spec = openapi.document(all_routes, VERSION)
 
     async def open_channels(app: web.Application) -> None:
-        app[CHANNELS].update({p: grpc.aio.insecure_channel(settings.address(p)) for p in processes})
+        app[CHANNELS].update({p: channel(settings.address(p)) for p in processes})
 
     async def close_channels(app: web.Application) -> None:
         await asyncio.gather(*(channel.close() for channel in app[CHANNELS].values()))
@@ -196,7 +197,3 @@ def create_app(settings: Settings, ready_services: tuple[str, ...] | None = None
     for route in all_routes:
         app.router.add_route(route.http_method, route.path, rpc_handler(route))
     return app
-
-
-def describe_routes() -> Mapping[str, str]:
-    return {f"{route.http_method} {route.path}": route.grpc_path for route in routes()}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+from typing import Any
+
+from sqlalchemy import MetaData, Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -19,6 +21,13 @@ NAMING_CONVENTION = {
 def schema_metadata(schema: str) -> MetaData:
     """The MetaData of one service's schema: a service writes only its own."""
     return MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
+
+
+def table_of(model: Any) -> Table:
+    """The Core table of a declarative model, for statements that need no ORM bookkeeping."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -45,8 +45,6 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     nats: NatsClient | None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    grpc_port: int = 0
 
     @property
     def js(self) -> JetStreamContext:
@@ -102,16 +100,13 @@ class Runtime:
         consumers: Iterable[bus.Consumer] = (),
         background: Iterable[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
     ) -> None:
-        server, self.grpc_port, health = await create_server(
-            self.settings.listen_address(self.name), registrations
-        )
+        server, port, health = await create_server(self.settings.listen_address(self.name), registrations)
         await server.start()
         tasks = [
             asyncio.create_task(consumer.run(self.stop), name=consumer.durable) for consumer in consumers
         ]
         tasks += [asyncio.create_task(loop(self.stop)) for loop in background]
-        log.info("service.started", grpc=f"{self.settings.grpc_listen_host}:{self.grpc_port}")
-        self.ready.set()
+        log.info("service.started", grpc=f"{self.settings.grpc_listen_host}:{port}")
         stop_waiter = asyncio.create_task(self.stop.wait())
         await asyncio.wait([stop_waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:

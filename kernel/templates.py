@@ -48,6 +48,7 @@ Where this engine differs from Handlebars.js
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from bisect import bisect_right
@@ -1445,8 +1446,13 @@ def render_template(
     *,
     escape_html: bool = True,
 ) -> str:
-    """Compile ``source`` and render it once with ``context``."""
-    return compile_template(source).render(context, limits, escape_html=escape_html)
+    """Render ``source`` with ``context``; the compiled form of a source is reused across calls."""
+    return _compiled(source).render(context, limits, escape_html=escape_html)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(source: str) -> Template:
+    return Template(source)
 
 
 def _compile(source: str) -> Body:

@@ -18,7 +18,6 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
-    Table,
     Text,
     bindparam,
     func,
@@ -29,7 +28,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from kernel.database import schema_metadata
+from kernel.database import schema_metadata, table_of
 from kernel.outbox import outbox_table
 from kernel.unit_of_work import SqlUnitOfWork
 from services.executor.domain import DeliveryError, OutgoingEmail, Run, StepSpec, StepState
@@ -71,8 +70,8 @@ class RunStepRow(ExecutorBase):
 
 
 OUTBOX = outbox_table(ExecutorBase.metadata)
-RUNS: Table = RunRow.__table__  # type: ignore[assignment]
-RUN_STEPS: Table = RunStepRow.__table__  # type: ignore[assignment]
+RUNS = table_of(RunRow)
+RUN_STEPS = table_of(RunStepRow)
 
 
 def _step_definition(spec: StepSpec) -> dict[str, Any]:

@@ -7,13 +7,13 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Row, String, Table, func, select, text
+from sqlalchemy import DateTime, Index, Row, String, func, select, text
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from kernel.database import schema_metadata
+from kernel.database import schema_metadata, table_of
 from kernel.outbox import outbox_table
 from kernel.unit_of_work import SqlUnitOfWork
 from services.ingest.domain import AcceptedEvent, Contact, TriggerRecord
@@ -88,9 +88,9 @@ class TriggerRow(IngestBase):
 OUTBOX = outbox_table(IngestBase.metadata)
 
 
-CONTACTS: Table = ContactRow.__table__  # type: ignore[assignment]
-EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
-TRIGGERS: Table = TriggerRow.__table__  # type: ignore[assignment]
+CONTACTS = table_of(ContactRow)
+EVENTS = table_of(EventRow)
+TRIGGERS = table_of(TriggerRow)
 
 
 def _contact(row: Row[Any]) -> Contact:

@@ -6,12 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, Row, Select, String, Table, UniqueConstraint, func, select
+from sqlalchemy import DateTime, Index, Integer, Row, Select, String, UniqueConstraint, func, select
 from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from kernel.database import schema_metadata
+from kernel.database import schema_metadata, table_of
 from kernel.outbox import outbox_table
 from kernel.unit_of_work import SqlUnitOfWork
 from services.matcher.domain import Decision, MatchedEvent, Workflow, WorkflowDefinition
@@ -71,9 +71,9 @@ class EventDecidedRow(MatcherBase):
 OUTBOX = outbox_table(MatcherBase.metadata)
 
 
-WORKFLOW_VERSIONS: Table = WorkflowVersionRow.__table__  # type: ignore[assignment]
-MATCH_DECISIONS: Table = MatchDecisionRow.__table__  # type: ignore[assignment]
-DECIDED_EVENTS: Table = EventDecidedRow.__table__  # type: ignore[assignment]
+WORKFLOW_VERSIONS = table_of(WorkflowVersionRow)
+MATCH_DECISIONS = table_of(MatchDecisionRow)
+DECIDED_EVENTS = table_of(EventDecidedRow)
 
 # A stored version never changes, so its parsed definition is kept (per process, bounded).
 _PARSED: dict[uuid.UUID, WorkflowDefinition] = {}

@@ -10,7 +10,6 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
-    Table,
     Text,
     case,
     distinct,
@@ -25,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp
-from kernel.database import schema_metadata
+from kernel.database import schema_metadata, table_of
 from kernel.unit_of_work import SqlUnitOfWork
 from services.tracker.domain import Progress, Summary, TriggerState, TriggerStatus, TriggerView
 
@@ -93,10 +92,10 @@ class DeliveryRow(TrackerBase):
 
 
 RUN_FINISHED = ("completed", "failed")
-TRIGGERS: Table = TriggerRow.__table__  # type: ignore[assignment]
-DECISIONS: Table = DecisionRow.__table__  # type: ignore[assignment]
-RUNS: Table = RunRow.__table__  # type: ignore[assignment]
-DELIVERIES: Table = DeliveryRow.__table__  # type: ignore[assignment]
+TRIGGERS = table_of(TriggerRow)
+DECISIONS = table_of(DecisionRow)
+RUNS = table_of(RunRow)
+DELIVERIES = table_of(DeliveryRow)
 
 
 class SqlTriggerRepository:
