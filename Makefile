@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test setup proto check-proto lint typecheck unit lock clean benchmark
+.PHONY: run test setup proto check-proto lint typecheck unit lock clean benchmark bench-ingest
 
 ## run: set everything up and start the whole platform (embedded PostgreSQL and NATS)
 run: $(STAMP)
@@ -56,3 +56,7 @@ clean:
 ## benchmark: start the platform, push events through it, print throughput, latency and memory
 benchmark: $(STAMP)
 	$(BIN)/python -m scripts.benchmark
+
+## bench-ingest: intake alone: events/s and latency for REST, batch and gRPC sends, with references
+bench-ingest: $(STAMP)
+	$(BIN)/python -m scripts.bench_ingest

@@ -28,6 +28,7 @@ from gateway.requests import BadRequest, build_message, check_shape, parse_json,
 from gateway.routes import Route, message_of, routes
 from kernel.clients import channel
 from kernel.errors import HeraldError
+from kernel.grpc_server import RESPONSE_HEADER_NAMES
 from kernel.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -38,6 +39,12 @@ CALL_TIMEOUT_SECONDS = 30.0
 HEALTH_TIMEOUT_SECONDS = 1.0
 # Request headers that travel to the services as metadata.
 FORWARDED_HEADERS = ("x-api-key", "x-team-id", "authorization", "idempotency-key", "x-request-id")
+# Response metadata that becomes HTTP response headers (kernel.grpc_server.RESPONSE_HEADERS).
+RESPONSE_HEADERS = {name: name.title() for name in RESPONSE_HEADER_NAMES}
+RESPONSE_HEADERS["ratelimit-limit"] = "RateLimit-Limit"
+RESPONSE_HEADERS["ratelimit-remaining"] = "RateLimit-Remaining"
+RESPONSE_HEADERS["ratelimit-reset"] = "RateLimit-Reset"
+RESPONSE_HEADERS["ratelimit-policy"] = "RateLimit-Policy"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHANNELS: web.AppKey[dict[str, grpc.aio.Channel]] = web.AppKey("channels", dict)
@@ -88,6 +95,17 @@ def response_document(route: Route, response: Message) -> Any:
     )
 
 
+def response_headers(*metadata: Any) -> dict[str, str]:
+    """The HTTP headers a service asked for in its initial or trailing metadata."""
+    headers: dict[str, str] = {}
+    for entries in metadata:
+        for key, value in entries or ():
+            name = RESPONSE_HEADERS.get(key.lower())
+            if name is not None and isinstance(value, str):
+                headers[name] = value
+    return headers
+
+
 def rpc_handler(route: Route) -> Handler:
     request_class = GetMessageClass(route.method.input_type)
     response_class = GetMessageClass(route.method.output_type)
@@ -107,11 +125,19 @@ def rpc_handler(route: Route) -> Handler:
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=response_class.FromString,
         )
+        pending = call(message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
         try:
-            response = await call(message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+            response = await pending
         except grpc.aio.AioRpcError as error:
-            return from_rpc_error(error, service)
-        return web.json_response(response_document(route, response), status=route.success_status)
+            answer = from_rpc_error(error, service)
+            answer.headers.update(response_headers(error.initial_metadata(), error.trailing_metadata()))
+            return answer
+        headers = response_headers(await pending.initial_metadata(), await pending.trailing_metadata())
+        if route.success_status == 204:
+            return web.Response(status=204, headers=headers)
+        return web.json_response(
+            response_document(route, response), status=route.success_status, headers=headers
+        )
 
     return handle
 

@@ -7,23 +7,7 @@ from http import HTTPStatus
 import grpc
 from aiohttp import web
 
-from kernel.errors import HTTP_STATUS_KEY, HeraldError, error_info
-
-HTTP_STATUS_OF_CODE = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
+from kernel.errors import HTTP_STATUS_KEY, HTTP_STATUS_OF_CODE, HeraldError, error_info, http_status_of
 
 
 def error_body(status: int, message: str) -> dict[str, object]:
@@ -39,8 +23,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 def from_herald_error(error: HeraldError) -> web.Response:
-    status = error.http_status or HTTP_STATUS_OF_CODE.get(error.code, 500)
-    return error_response(status, error.message)
+    return error_response(http_status_of(error), error.message)
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> web.Response:

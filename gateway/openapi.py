@@ -73,6 +73,17 @@ class SchemaBook:
         return self._message(descriptor, skip)
 
 
+def success_response(book: SchemaBook, route: Route, response: Descriptor) -> dict[str, Any]:
+    if route.success_status == 204:
+        return {"description": "Done; no content"}
+    schema = (
+        book.field(response.fields_by_name[route.response_body])
+        if route.response_body
+        else book.ref(response)
+    )
+    return {"description": "Success", "content": {"application/json": {"schema": schema}}}
+
+
 def document(routes: list[Route], version: str) -> dict[str, Any]:
     book = SchemaBook()
     paths: dict[str, dict[str, Any]] = {}
@@ -96,18 +107,7 @@ def document(routes: list[Route], version: str) -> dict[str, Any]:
             "summary": f"{route.method.containing_service.full_name}/{route.method.name}",
             "parameters": parameters,
             "responses": {
-                str(route.success_status): {
-                    "description": "Success",
-                    "content": {
-                        "application/json": {
-                            "schema": (
-                                book.field(response.fields_by_name[route.response_body])
-                                if route.response_body
-                                else book.ref(response)
-                            )
-                        }
-                    },
-                },
+                str(route.success_status): success_response(book, route, response),
                 "default": {
                     "description": "Error",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},

@@ -22,6 +22,8 @@ from herald.tracker.v1 import tracker_pb2
 # Each public service, and the Herald process that serves it (a key of Settings.service_addresses).
 SERVICES: tuple[tuple[ServiceDescriptor, str], ...] = (
     (ingest_pb2.DESCRIPTOR.services_by_name["IngestService"], "ingest"),
+    (ingest_pb2.DESCRIPTOR.services_by_name["ContactService"], "ingest"),
+    (ingest_pb2.DESCRIPTOR.services_by_name["ProjectService"], "ingest"),
     (matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"], "matcher"),
     (executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"], "executor"),
     (tracker_pb2.DESCRIPTOR.services_by_name["TrackerService"], "tracker"),

@@ -26,11 +26,20 @@ class HeraldError(Exception):
     default_reason: str = "INTERNAL"
     http_status: int | None = None
 
-    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata: dict[str, str] = dict(metadata or {})
+        # Response metadata for the caller (kernel.grpc_server.RESPONSE_HEADER_NAMES), e.g. retry-after.
+        self.headers: dict[str, str] = dict(headers or {})
 
 
 class InvalidArgument(HeraldError):
@@ -63,6 +72,28 @@ class FailedPrecondition(HeraldError):
     default_reason = "FAILED_PRECONDITION"
 
 
+class PayloadTooLarge(InvalidArgument):
+    default_reason = "PAYLOAD_TOO_LARGE"
+    http_status = 413
+
+
+class Unprocessable(InvalidArgument):
+    """The request is well-formed but contradicts an earlier one (e.g. a reused idempotency key)."""
+
+    default_reason = "UNPROCESSABLE"
+    http_status = 422
+
+
+class Conflict(HeraldError):
+    code = grpc.StatusCode.ABORTED
+    default_reason = "CONFLICT"
+
+
+class ResourceExhausted(HeraldError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
 class Unavailable(HeraldError):
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "UNAVAILABLE"
@@ -72,6 +103,28 @@ class ConfigurationError(HeraldError):
     """The process was started with settings it cannot work with."""
 
     default_reason = "CONFIGURATION"
+
+
+HTTP_STATUS_OF_CODE = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def http_status_of(error: HeraldError) -> int:
+    """The HTTP status that reports `error` on the REST API."""
+    return error.http_status or HTTP_STATUS_OF_CODE.get(error.code, 500)
 
 
 def to_status(error: HeraldError) -> grpc.Status:
@@ -115,6 +168,8 @@ _BY_CODE: dict[grpc.StatusCode, type[HeraldError]] = {
         NotFound,
         AlreadyExists,
         FailedPrecondition,
+        Conflict,
+        ResourceExhausted,
         Unavailable,
     )
 }

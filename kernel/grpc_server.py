@@ -22,6 +22,16 @@ from kernel.errors import HeraldError, internal_status, to_status
 
 log = structlog.get_logger(__name__)
 
+# Response metadata a servicer may set that the REST gateway passes on as HTTP headers.
+RESPONSE_HEADER_NAMES = (
+    "idempotent-replayed",
+    "retry-after",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "ratelimit-policy",
+)
+
 
 @dataclass(frozen=True)
 class ServiceRegistration:
@@ -54,7 +64,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             except HeraldError as error:
                 code = error.code
                 status = to_status(error)
-                await context.abort(status.code, status.details, status.trailing_metadata)
+                headers = tuple((key, value) for key, value in error.headers.items())
+                await context.abort(status.code, status.details, (*status.trailing_metadata, *headers))
             except grpc.aio.AbortError:
                 raise
             except NotImplementedError:

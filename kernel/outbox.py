@@ -10,7 +10,6 @@ rows that commit out of order are never skipped and several replicas never publi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -33,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.bus import BusPublisher, OutgoingMessage, PublishRejected
 from kernel.errors import Unavailable
+from kernel.loops import every
 
 log = structlog.get_logger(__name__)
 
@@ -125,11 +125,4 @@ class Outbox:
         return len(published)
 
     async def run_relay(self, stop: asyncio.Event, interval: float = 1.0) -> None:
-        while not stop.is_set():
-            try:
-                while await self.relay_once() > 0:
-                    pass
-            except Exception:
-                log.exception("outbox.relay_failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+        await every(interval, "outbox.relay", self.relay_once, stop)

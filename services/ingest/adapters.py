@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Row, String, func, select, text
+from sqlalchemy import DateTime, Index, Integer, Row, String, func, literal_column, select, text, tuple_
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from kernel.database import schema_metadata, table_of
+from kernel.errors import Conflict, ResourceExhausted
 from kernel.outbox import outbox_table
+from kernel.policy import PolicyChange, ProjectPolicy, load_policy, update_policy
 from kernel.unit_of_work import SqlUnitOfWork
-from services.ingest.domain import AcceptedEvent, Contact, TriggerRecord
+from services.ingest.domain import (
+    AcceptedEvent,
+    Contact,
+    EventSource,
+    EventType,
+    IdempotencyRecord,
+    RateState,
+    TriggerRecord,
+    TriggerStatus,
+)
 
 SCHEMA = "ingest"
 
@@ -75,6 +89,14 @@ class EventRow(IngestBase):
 
 class TriggerRow(IngestBase):
     __tablename__ = "triggers"
+    __table_args__ = (
+        Index(
+            "ix_triggers_due",
+            "scheduled_for",
+            postgresql_where=text("status = 'scheduled'"),
+        ),
+        Index("ix_triggers_team_created", "team_id", "created_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     team_id: Mapped[str] = mapped_column(String(64))
@@ -83,6 +105,37 @@ class TriggerRow(IngestBase):
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     scheduled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyKeyRow(IngestBase):
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)
+
+    team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    trigger_id: Mapped[uuid.UUID]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EventTypeRow(IngestBase):
+    __tablename__ = "event_types"
+
+    team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    description: Mapped[str] = mapped_column(String(1000), default="")
+    origin: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class RateCounterRow(IngestBase):
+    __tablename__ = "rate_counters"
+
+    team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
 
 
 OUTBOX = outbox_table(IngestBase.metadata)
@@ -91,6 +144,10 @@ OUTBOX = outbox_table(IngestBase.metadata)
 CONTACTS = table_of(ContactRow)
 EVENTS = table_of(EventRow)
 TRIGGERS = table_of(TriggerRow)
+IDEMPOTENCY_KEYS = table_of(IdempotencyKeyRow)
+EVENT_TYPES = table_of(EventTypeRow)
+RATE_COUNTERS = table_of(RateCounterRow)
+WINDOW = timedelta(hours=1)
 
 
 def _contact(row: Row[Any]) -> Contact:
@@ -104,6 +161,8 @@ def _contact(row: Row[Any]) -> Contact:
         custom_fields=dict(row.custom_fields or {}),
         tags=tuple(row.tags or ()),
         topics=tuple(row.topics or ()),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )
 
 
@@ -111,13 +170,20 @@ class SqlContactRepository:
     def __init__(self, session: AsyncSession):
         self._session = session
 
-    async def by_external_id(self, team_id: str, external_id: str) -> Contact | None:
-        row = (
-            await self._session.execute(
-                select(CONTACTS).where(CONTACTS.c.team_id == team_id, CONTACTS.c.external_id == external_id)
-            )
-        ).first()
+    async def _one(self, *conditions: Any, lock: bool = False) -> Contact | None:
+        query = select(CONTACTS).where(*conditions)
+        if lock:
+            query = query.with_for_update()
+        row = (await self._session.execute(query)).first()
         return _contact(row) if row else None
+
+    async def by_id(self, team_id: str, contact_id: uuid.UUID) -> Contact | None:
+        return await self._one(CONTACTS.c.team_id == team_id, CONTACTS.c.id == contact_id)
+
+    async def by_external_id(self, team_id: str, external_id: str, *, lock: bool = False) -> Contact | None:
+        return await self._one(
+            CONTACTS.c.team_id == team_id, CONTACTS.c.external_id == external_id, lock=lock
+        )
 
     async def by_email(self, team_id: str, email: str) -> Contact | None:
         row = (
@@ -125,17 +191,23 @@ class SqlContactRepository:
                 select(CONTACTS)
                 .where(CONTACTS.c.team_id == team_id, CONTACTS.c.email == email)
                 .order_by(CONTACTS.c.external_id.is_(None).desc(), CONTACTS.c.created_at)
+                .limit(1)
             )
         ).first()
         return _contact(row) if row else None
 
-    async def add(self, contact: Contact) -> Contact:
+    async def add(self, contact: Contact) -> tuple[Contact, bool]:
         values = _contact_values(contact)
         statement = insert(CONTACTS).values(**values)
+        stored = CONTACTS.c
+        # Another request created the same identity first: merge what this one says into it.
         updates: dict[str, Any] = {
-            key: statement.excluded[key] for key in values if key not in ("id", "team_id")
+            "email": func.coalesce(statement.excluded.email, stored.email),
+            "phone": func.coalesce(statement.excluded.phone, stored.phone),
+            "name": func.coalesce(statement.excluded.name, stored.name),
+            "custom_fields": stored.custom_fields.op("||")(statement.excluded.custom_fields),
+            "updated_at": func.now(),
         }
-        updates["updated_at"] = func.now()
         if contact.external_id is not None:
             statement = statement.on_conflict_do_update(
                 index_elements=["team_id", "external_id"],
@@ -148,21 +220,37 @@ class SqlContactRepository:
                 index_where=text("external_id IS NULL AND email IS NOT NULL"),
                 set_=updates,
             )
-        row = (await self._session.execute(statement.returning(*CONTACTS.c))).one()
-        return _contact(row)
+        created: Any = literal_column("xmax = 0").label("created")
+        row = (await self._session.execute(statement.returning(*CONTACTS.c, created))).one()
+        return _contact(row), bool(row.created)
 
     async def update(self, contact: Contact) -> Contact:
         values = _contact_values(contact)
         del values["id"], values["team_id"]
-        row = (
-            await self._session.execute(
-                sa_update(CONTACTS)
-                .where(CONTACTS.c.id == contact.id, CONTACTS.c.team_id == contact.team_id)
-                .values(**values, updated_at=func.now())
-                .returning(*CONTACTS.c)
-            )
-        ).one()
+        statement = (
+            sa_update(CONTACTS)
+            .where(CONTACTS.c.id == contact.id, CONTACTS.c.team_id == contact.team_id)
+            .values(**values, updated_at=func.now())
+            .returning(*CONTACTS.c)
+        )
+        try:
+            async with self._session.begin_nested():
+                row = (await self._session.execute(statement)).one()
+        except IntegrityError:
+            raise Conflict(
+                "These contact details belong to another contact: its external id (or, for contacts "
+                "without one, its email) is already in use",
+                reason="CONTACT_IDENTITY_CLASH",
+            ) from None
         return _contact(row)
+
+    async def delete(self, team_id: str, external_id: str) -> bool:
+        result = await self._session.execute(
+            sa_delete(CONTACTS)
+            .where(CONTACTS.c.team_id == team_id, CONTACTS.c.external_id == external_id)
+            .returning(CONTACTS.c.id)
+        )
+        return result.first() is not None
 
 
 def _contact_values(contact: Contact) -> dict[str, Any]:
@@ -203,28 +291,280 @@ class SqlEventRepository:
                 team_id=event.team_id,
                 event_id=event.id,
                 event_name=event.name,
-                status="queued",
+                status=TriggerStatus.SCHEDULED if event.scheduled_for else TriggerStatus.QUEUED,
                 created_at=event.accepted_at,
+                scheduled_for=event.scheduled_for,
             )
         )
 
     async def trigger(self, team_id: str, trigger_id: uuid.UUID) -> TriggerRecord | None:
         row = (
             await self._session.execute(
-                select(TRIGGERS).where(TRIGGERS.c.team_id == team_id, TRIGGERS.c.id == trigger_id)
+                select(TRIGGERS, EVENTS.c.contact_id, EVENTS.c.occurred_at)
+                .join(EVENTS, EVENTS.c.id == TRIGGERS.c.event_id)
+                .where(TRIGGERS.c.team_id == team_id, TRIGGERS.c.id == trigger_id)
             )
         ).first()
-        if row is None:
+        return _trigger(row) if row else None
+
+    async def cancel(self, team_id: str, trigger_id: uuid.UUID, now: datetime) -> TriggerRecord | None:
+        cancelled = (
+            sa_update(TRIGGERS)
+            .where(
+                TRIGGERS.c.team_id == team_id,
+                TRIGGERS.c.id == trigger_id,
+                TRIGGERS.c.status == TriggerStatus.SCHEDULED,
+            )
+            .values(status=TriggerStatus.CANCELLED, cancelled_at=now)
+            .returning(TRIGGERS.c.id)
+        )
+        if (await self._session.execute(cancelled)).first() is None:
             return None
-        return TriggerRecord(
-            row.id, row.event_id, row.event_name, row.status, row.created_at, row.scheduled_for
+        return await self.trigger(team_id, trigger_id)
+
+    async def claim_due(self, now: datetime, limit: int) -> list[AcceptedEvent]:
+        due = (
+            select(TRIGGERS.c.id)
+            .where(TRIGGERS.c.status == TriggerStatus.SCHEDULED, TRIGGERS.c.scheduled_for <= now)
+            .order_by(TRIGGERS.c.scheduled_for)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        fired = (
+            await self._session.execute(
+                sa_update(TRIGGERS)
+                .where(TRIGGERS.c.id.in_(due))
+                .values(status=TriggerStatus.QUEUED)
+                .returning(TRIGGERS.c.id, TRIGGERS.c.event_id, TRIGGERS.c.scheduled_for)
+            )
+        ).all()
+        if not fired:
+            return []
+        triggers = {row.event_id: row for row in fired}
+        rows = (
+            await self._session.execute(
+                select(
+                    EVENTS,
+                    *(c.label(f"known_{c.name}") for c in CONTACTS.c),
+                )
+                .outerjoin(CONTACTS, CONTACTS.c.id == EVENTS.c.contact_id)
+                .where(EVENTS.c.id.in_(list(triggers)))
+            )
+        ).all()
+        events = []
+        for row in rows:
+            contact = None
+            if row.known_id is not None:
+                contact = Contact(
+                    id=row.known_id,
+                    team_id=row.team_id,
+                    external_id=row.known_external_id,
+                    email=row.known_email,
+                    phone=row.known_phone,
+                    name=row.known_name,
+                    custom_fields=dict(row.known_custom_fields or {}),
+                    tags=tuple(row.known_tags or ()),
+                    topics=tuple(row.known_topics or ()),
+                )
+            trigger = triggers[row.id]
+            events.append(
+                AcceptedEvent(
+                    id=row.id,
+                    trigger_id=trigger.id,
+                    team_id=row.team_id,
+                    name=row.name,
+                    contact=contact,
+                    data=dict(row.data),
+                    variables=dict(row.variables),
+                    source=EventSource(**row.source),
+                    occurred_at=row.occurred_at,
+                    accepted_at=row.accepted_at,
+                    scheduled_for=trigger.scheduled_for,
+                )
+            )
+        return events
+
+    async def purge(self, team_id: str, before: datetime, limit: int) -> int:
+        waiting = select(TRIGGERS.c.event_id).where(
+            TRIGGERS.c.team_id == team_id, TRIGGERS.c.status == TriggerStatus.SCHEDULED
+        )
+        old = (
+            select(EVENTS.c.id)
+            .where(EVENTS.c.team_id == team_id, EVENTS.c.accepted_at < before, EVENTS.c.id.not_in(waiting))
+            .limit(limit)
+            .scalar_subquery()
+        )
+        gone = (
+            await self._session.execute(sa_delete(EVENTS).where(EVENTS.c.id.in_(old)).returning(EVENTS.c.id))
+        ).all()
+        ids = [row.id for row in gone]
+        if ids:
+            await self._session.execute(sa_delete(TRIGGERS).where(TRIGGERS.c.event_id.in_(ids)))
+        return len(ids)
+
+
+def _trigger(row: Row[Any]) -> TriggerRecord:
+    return TriggerRecord(
+        row.id,
+        row.event_id,
+        row.event_name,
+        row.status,
+        row.created_at,
+        row.scheduled_for,
+        row.contact_id,
+        row.occurred_at,
+        row.cancelled_at,
+    )
+
+
+class SqlIdempotencyRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def claim(
+        self, team_id: str, key: str, fingerprint: str, trigger_id: uuid.UUID, expires_at: datetime
+    ) -> IdempotencyRecord | None:
+        statement = insert(IDEMPOTENCY_KEYS).values(
+            team_id=team_id, key=key, fingerprint=fingerprint, trigger_id=trigger_id, expires_at=expires_at
+        )
+        # An expired key is free again: take it over.
+        statement = statement.on_conflict_do_update(
+            index_elements=["team_id", "key"],
+            set_={
+                "fingerprint": statement.excluded.fingerprint,
+                "trigger_id": statement.excluded.trigger_id,
+                "created_at": func.now(),
+                "expires_at": statement.excluded.expires_at,
+            },
+            where=IDEMPOTENCY_KEYS.c.expires_at < func.now(),
+        )
+        claimed = (await self._session.execute(statement.returning(IDEMPOTENCY_KEYS.c.key))).first()
+        if claimed is not None:
+            return None
+        row = (
+            await self._session.execute(
+                select(IDEMPOTENCY_KEYS.c.fingerprint, IDEMPOTENCY_KEYS.c.trigger_id).where(
+                    IDEMPOTENCY_KEYS.c.team_id == team_id, IDEMPOTENCY_KEYS.c.key == key
+                )
+            )
+        ).one()
+        return IdempotencyRecord(row.fingerprint, row.trigger_id)
+
+    async def purge_expired(self, now: datetime, limit: int) -> int:
+        expired = (
+            select(IDEMPOTENCY_KEYS.c.team_id, IDEMPOTENCY_KEYS.c.key)
+            .where(IDEMPOTENCY_KEYS.c.expires_at < now)
+            .limit(limit)
+        )
+        result = await self._session.execute(
+            sa_delete(IDEMPOTENCY_KEYS)
+            .where(tuple_(IDEMPOTENCY_KEYS.c.team_id, IDEMPOTENCY_KEYS.c.key).in_(expired))
+            .returning(IDEMPOTENCY_KEYS.c.key)
+        )
+        return len(result.all())
+
+
+def _event_type(row: Row[Any]) -> EventType:
+    return EventType(row.name, row.description, row.origin, row.created_at)
+
+
+class SqlEventTypeRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def catalogue(self, team_id: str, name: str) -> None:
+        await self._session.execute(
+            insert(EVENT_TYPES)
+            .values(team_id=team_id, name=name, description="", origin="catalogued")
+            .on_conflict_do_nothing(index_elements=["team_id", "name"])
+        )
+
+    async def exists(self, team_id: str, name: str) -> bool:
+        row = (
+            await self._session.execute(
+                select(EVENT_TYPES.c.name).where(EVENT_TYPES.c.team_id == team_id, EVENT_TYPES.c.name == name)
+            )
+        ).first()
+        return row is not None
+
+    async def register(self, team_id: str, name: str, description: str) -> EventType:
+        statement = insert(EVENT_TYPES).values(
+            team_id=team_id, name=name, description=description, origin="registered"
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["team_id", "name"],
+            set_={"description": statement.excluded.description, "origin": "registered"},
+        )
+        return _event_type((await self._session.execute(statement.returning(*EVENT_TYPES.c))).one())
+
+    async def list(self, team_id: str) -> list[EventType]:
+        rows = await self._session.execute(
+            select(EVENT_TYPES).where(EVENT_TYPES.c.team_id == team_id).order_by(EVENT_TYPES.c.name)
+        )
+        return [_event_type(row) for row in rows]
+
+    async def delete(self, team_id: str, name: str) -> bool:
+        result = await self._session.execute(
+            sa_delete(EVENT_TYPES)
+            .where(EVENT_TYPES.c.team_id == team_id, EVENT_TYPES.c.name == name)
+            .returning(EVENT_TYPES.c.name)
+        )
+        return result.first() is not None
+
+
+class SqlPolicyRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def get(self, team_id: str) -> ProjectPolicy:
+        return await load_policy(self._session, team_id)
+
+    async def update(self, team_id: str, change: PolicyChange) -> ProjectPolicy:
+        return await update_policy(self._session, team_id, change)
+
+
+class SqlRateLimiter:
+    """Fixed hourly windows counted in PostgreSQL, so every ingest replica shares one count."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+        self._sessions = sessions
+
+    async def consume(self, team_id: str, limit: int, count: int, now: datetime) -> RateState:
+        window_start = now.replace(minute=0, second=0, microsecond=0)
+        reset = max(1, math.ceil((window_start + WINDOW - now).total_seconds()))
+        used: int | None = None
+        if count <= limit:
+            statement = insert(RATE_COUNTERS).values(team_id=team_id, window_start=window_start, count=count)
+            statement = statement.on_conflict_do_update(
+                index_elements=["team_id", "window_start"],
+                set_={"count": RATE_COUNTERS.c.count + count},
+                where=RATE_COUNTERS.c.count + count <= limit,
+            )
+            async with self._sessions() as session, session.begin():
+                used = (await session.execute(statement.returning(RATE_COUNTERS.c.count))).scalar()
+        if used is not None:
+            return RateState(limit=limit, remaining=limit - used, reset_seconds=reset)
+        state = RateState(limit=limit, remaining=0, reset_seconds=reset)
+        raise ResourceExhausted(
+            f"Rate limit exceeded: this project may send {limit} events per hour; "
+            f"try again in {reset} seconds",
+            reason="RATE_LIMITED",
+            metadata={"limit": str(limit), "retry_after": str(reset)},
+            headers={**state.headers(), "retry-after": str(reset)},
         )
 
 
 class IngestSqlUnitOfWork(SqlUnitOfWork):
     contacts: SqlContactRepository
     events: SqlEventRepository
+    idempotency: SqlIdempotencyRepository
+    event_types: SqlEventTypeRepository
+    policies: SqlPolicyRepository
 
     def open_repositories(self, session: AsyncSession) -> None:
         self.contacts = SqlContactRepository(session)
         self.events = SqlEventRepository(session)
+        self.idempotency = SqlIdempotencyRepository(session)
+        self.event_types = SqlEventTypeRepository(session)
+        self.policies = SqlPolicyRepository(session)

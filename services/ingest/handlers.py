@@ -1,49 +1,120 @@
-"""Ingest's use cases, as plain functions over a unit of work."""
+"""Ingest's use cases, as plain functions over a unit of work and the project's policy."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from kernel.clock import utcnow
-from kernel.errors import NotFound
+from kernel.errors import Conflict, HeraldError, InvalidArgument, NotFound, Unprocessable
 from kernel.event_names import validate_customer_event_name
+from kernel.policy import PolicyChange, ProjectPolicy
 from kernel.unit_of_work import UnitOfWork
 from services.ingest import messages
 from services.ingest.domain import (
+    MAX_BATCH,
     AcceptedEvent,
     Contact,
     EventQueued,
+    EventType,
+    IdempotencyRecord,
+    RateState,
     SendEvent,
     TriggerRecord,
+    TriggerStatus,
     UserInfo,
+    check_external_id,
+    check_idempotency_key,
+    check_payload,
+    check_source,
+    check_tags,
+    check_text,
+    check_topic,
     new_contact,
     normalize_email,
+    normalize_phone,
+    normalized_user_info,
+    parse_contact_id,
+    parse_occurred_at,
+    parse_trigger_at,
+    queued_message,
     updated_contact,
 )
 
-QUEUED_MESSAGE = "Event queued successfully"
+CONTACT_CREATED = "herald.contact.created"
+TOPIC_SUBSCRIBED = "herald.topic.subscribed"
+BATCH_CONCURRENCY = 8
 
 
 class ContactRepository(Protocol):
-    async def by_external_id(self, team_id: str, external_id: str) -> Contact | None: ...
+    async def by_id(self, team_id: str, contact_id: uuid.UUID) -> Contact | None: ...
+
+    async def by_external_id(
+        self, team_id: str, external_id: str, *, lock: bool = False
+    ) -> Contact | None: ...
 
     async def by_email(self, team_id: str, email: str) -> Contact | None: ...
 
-    async def add(self, contact: Contact) -> Contact:
+    async def add(self, contact: Contact) -> tuple[Contact, bool]:
         """Store a new contact; when another request created the same identity first, update and
-        return that one instead."""
+        return that one instead. The flag says whether this call created it."""
         ...
 
     async def update(self, contact: Contact) -> Contact:
         """Store what changed of a contact found earlier (same id)."""
         ...
 
+    async def delete(self, team_id: str, external_id: str) -> bool: ...
+
 
 class EventRepository(Protocol):
     async def add(self, event: AcceptedEvent) -> None: ...
 
     async def trigger(self, team_id: str, trigger_id: uuid.UUID) -> TriggerRecord | None: ...
+
+    async def cancel(self, team_id: str, trigger_id: uuid.UUID, now: datetime) -> TriggerRecord | None:
+        """Mark a scheduled trigger cancelled at `now`; None when it is not (or no longer) scheduled."""
+        ...
+
+    async def claim_due(self, now: datetime, limit: int) -> list[AcceptedEvent]:
+        """Scheduled events due at `now`, locked (SKIP LOCKED) and marked queued."""
+        ...
+
+    async def purge(self, team_id: str, before: datetime, limit: int) -> int: ...
+
+
+class IdempotencyRepository(Protocol):
+    async def claim(
+        self, team_id: str, key: str, fingerprint: str, trigger_id: uuid.UUID, expires_at: datetime
+    ) -> IdempotencyRecord | None:
+        """Claim `key` for a new event; the earlier claim still in force when there is one.
+
+        A claim racing another transaction's waits for it to commit or roll back."""
+        ...
+
+    async def purge_expired(self, now: datetime, limit: int) -> int: ...
+
+
+class EventTypeRepository(Protocol):
+    async def catalogue(self, team_id: str, name: str) -> None: ...
+
+    async def exists(self, team_id: str, name: str) -> bool: ...
+
+    async def register(self, team_id: str, name: str, description: str) -> EventType: ...
+
+    async def list(self, team_id: str) -> list[EventType]: ...
+
+    async def delete(self, team_id: str, name: str) -> bool: ...
+
+
+class PolicyRepository(Protocol):
+    async def get(self, team_id: str) -> ProjectPolicy: ...
+
+    async def update(self, team_id: str, change: PolicyChange) -> ProjectPolicy: ...
 
 
 class IngestUnitOfWork(UnitOfWork, Protocol):
@@ -53,27 +124,82 @@ class IngestUnitOfWork(UnitOfWork, Protocol):
     @property
     def events(self) -> EventRepository: ...
 
+    @property
+    def idempotency(self) -> IdempotencyRepository: ...
 
-async def send_event(command: SendEvent, uow: IngestUnitOfWork) -> EventQueued:
-    """Store the event and its trigger, queue the event for matching, and say how to track it."""
+    @property
+    def event_types(self) -> EventTypeRepository: ...
+
+    @property
+    def policies(self) -> PolicyRepository: ...
+
+
+class PolicySource(Protocol):
+    """Each project's policy, as fresh as a second."""
+
+    async def get(self, team_id: str) -> ProjectPolicy: ...
+
+
+class RateLimiter(Protocol):
+    async def consume(self, team_id: str, limit: int, count: int, now: datetime) -> RateState:
+        """Count `count` events against the project's hourly `limit`, shared by every replica;
+        ResourceExhausted (with Retry-After) when that would exceed it."""
+        ...
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What accepting an event needs besides its unit of work."""
+
+    unit_of_work: Callable[[], IngestUnitOfWork]
+    policies: PolicySource
+    rates: RateLimiter
+
+
+async def send_event(command: SendEvent, intake: Intake) -> EventQueued:
+    """Check the event against the rules and the project's policy, then store it and its trigger
+    and queue it for matching (or hold it until trigger_at), in one transaction."""
     name = validate_customer_event_name(command.event_name)
     now = utcnow()
-    async with uow:
-        contact = await resolve_contact(command.team_id, command.user_info, uow.contacts)
-        event = AcceptedEvent(
-            id=uuid.uuid4(),
-            trigger_id=uuid.uuid4(),
-            team_id=command.team_id,
-            name=name,
-            contact=contact,
-            data=command.event_data,
-            variables=command.variables,
-            source=command.source,
-            occurred_at=now,
-            accepted_at=now,
-        )
+    scheduled_for = parse_trigger_at(command.trigger_at, now)
+    occurred_at = parse_occurred_at(command.occurred_at, now)
+    contact_id = parse_contact_id(command.contact_id)
+    info = normalized_user_info(command.user_info, command.dialect)
+    source = check_source(command.source)
+    key = check_idempotency_key(command.idempotency_key)
+    policy = await intake.policies.get(command.team_id)
+    check_payload(command, policy.event_payload_limit_bytes)
+    limit = policy.effective_rate_limit
+    rate = None
+    event = AcceptedEvent(
+        id=uuid.uuid4(),
+        trigger_id=uuid.uuid4(),
+        team_id=command.team_id,
+        name=name,
+        contact=None,
+        data=command.event_data,
+        variables=command.variables,
+        source=source,
+        occurred_at=occurred_at,
+        accepted_at=now,
+        scheduled_for=scheduled_for,
+        idempotency_key=key or None,
+    )
+    async with intake.unit_of_work() as uow:
+        if key:
+            earlier = await uow.idempotency.claim(
+                command.team_id, key, command.fingerprint(), event.trigger_id, now + policy.idempotency_period
+            )
+            if earlier is not None:
+                return await _replay(command, earlier, uow, rate)
+        await _check_event_type(command.team_id, name, policy, uow)
+        contact = await _event_contact(command.team_id, contact_id, info, now, uow)
+        # Only events that passed every check count against the project's hourly limit.
+        rate = await intake.rates.consume(command.team_id, limit, 1, now) if limit else None
+        event = replace(event, contact=contact)
         await uow.events.add(event)
-        uow.publish(messages.event_message(event))
+        if scheduled_for is None:
+            uow.publish(messages.event_message(event))
         uow.publish(messages.accepted_record(event))
         receipts = await uow.commit()
     sequence = receipts.get(str(event.id))
@@ -81,40 +207,395 @@ async def send_event(command: SendEvent, uow: IngestUnitOfWork) -> EventQueued:
         trigger_id=event.trigger_id,
         event_id=event.id,
         job_id=str(sequence) if sequence is not None else "",
-        message=QUEUED_MESSAGE,
+        message=queued_message(scheduled_for),
+        scheduled_for=scheduled_for,
+        contact_id=contact.id if contact else None,
+        event_name=name,
+        occurred_at=occurred_at,
+        accepted_at=now,
+        rate=rate,
     )
 
 
-async def resolve_contact(team_id: str, info: UserInfo, contacts: ContactRepository) -> Contact | None:
-    """The contact an event is about: by external id, then by normalized email; created if new.
+async def _replay(
+    command: SendEvent, earlier: IdempotencyRecord, uow: IngestUnitOfWork, rate: RateState | None
+) -> EventQueued:
+    if earlier.fingerprint != command.fingerprint():
+        raise Unprocessable(
+            "idempotency_key was already used for a different request: send the same body to "
+            "replay it, or use a new key",
+            reason="IDEMPOTENCY_KEY_REUSED",
+            metadata={"idempotency_key": command.idempotency_key},
+        )
+    record = await uow.events.trigger(command.team_id, earlier.trigger_id)
+    if record is None:
+        # The earlier event was purged (retention shorter than the idempotency window).
+        raise Conflict(
+            "idempotency_key belongs to an event that no longer exists; use a new key",
+            reason="IDEMPOTENCY_KEY_EXPIRED",
+        )
+    return EventQueued(
+        trigger_id=record.id,
+        event_id=record.event_id,
+        job_id="",
+        message=queued_message(record.scheduled_for),
+        scheduled_for=record.scheduled_for,
+        contact_id=record.contact_id,
+        event_name=record.event_name,
+        occurred_at=record.occurred_at,
+        accepted_at=record.created_at,
+        replayed=True,
+        rate=rate,
+    )
 
-    Known contacts are updated with what the event says about them. An event that identifies
-    nobody is about no contact.
+
+async def _check_event_type(team_id: str, name: str, policy: ProjectPolicy, uow: IngestUnitOfWork) -> None:
+    if policy.unknown_events == "accept":
+        await uow.event_types.catalogue(team_id, name)
+    elif not await uow.event_types.exists(team_id, name):
+        raise NotFound(
+            "Event type not found",
+            reason="EVENT_TYPE_NOT_FOUND",
+            metadata={"event_name": name, "hint": "register it with POST /api/v1/event-types"},
+        )
+
+
+async def _event_contact(
+    team_id: str, contact_id: uuid.UUID | None, info: UserInfo, now: datetime, uow: IngestUnitOfWork
+) -> Contact | None:
+    if contact_id is not None:
+        found = await uow.contacts.by_id(team_id, contact_id)
+        if found is None:
+            raise NotFound(
+                "Contact not found", reason="CONTACT_NOT_FOUND", metadata={"contact_id": str(contact_id)}
+            )
+        return await _updated(found, info, uow)
+    return await resolve_contact(team_id, info, now, uow)
+
+
+async def _updated(found: Contact, info: UserInfo, uow: IngestUnitOfWork) -> Contact:
+    contact = updated_contact(found, info)
+    if contact.same_profile(found):
+        return found
+    return await uow.contacts.update(contact)
+
+
+async def resolve_contact(
+    team_id: str, info: UserInfo, now: datetime, uow: IngestUnitOfWork
+) -> Contact | None:
+    """The contact a (normalized) `info` is about: by external id, then by normalized email;
+    created if new (announcing `herald.contact.created`). Known contacts are updated with what
+    the event says about them. An event that identifies nobody is about no contact.
     """
     if not info.identifies_someone:
         return None
+    contacts = uow.contacts
     found = None
     if info.external_id:
         found = await contacts.by_external_id(team_id, info.external_id)
     if found is None and info.email:
-        by_email = await contacts.by_email(team_id, normalize_email(info.email))
+        by_email = await contacts.by_email(team_id, info.email)
         if by_email is not None and (not info.external_id or by_email.external_id is None):
             found = by_email
-    if found is None:
-        return await contacts.add(new_contact(team_id, info))
-    contact = updated_contact(found, info)
-    if contact == found:
-        return found
-    return await contacts.update(contact)
+    if found is not None:
+        return await _updated(found, info, uow)
+    contact, created = await contacts.add(new_contact(team_id, info))
+    if created:
+        await emit_system_event(CONTACT_CREATED, contact, {"contact_id": str(contact.id)}, now, uow)
+    return contact
+
+
+async def emit_system_event(
+    name: str, contact: Contact, data: dict[str, Any], now: datetime, uow: IngestUnitOfWork
+) -> AcceptedEvent:
+    """Store and queue a `herald.*` event about `contact`, with its own trigger to track."""
+    event = AcceptedEvent(
+        id=uuid.uuid4(),
+        trigger_id=uuid.uuid4(),
+        team_id=contact.team_id,
+        name=name,
+        contact=contact,
+        data=data,
+        variables={},
+        source=messages.PLATFORM_SOURCE,
+        occurred_at=now,
+        accepted_at=now,
+    )
+    await uow.events.add(event)
+    uow.publish(messages.event_message(event))
+    uow.publish(messages.accepted_record(event))
+    return event
+
+
+async def send_batch(commands: Sequence[SendEvent], intake: Intake) -> list[EventQueued | HeraldError]:
+    """Accept each event on its own: one bad event does not sink the others."""
+    if not commands:
+        raise InvalidArgument("A batch needs at least one event in 'events'", reason="EMPTY_BATCH")
+    if len(commands) > MAX_BATCH:
+        raise InvalidArgument(
+            f"A batch holds at most {MAX_BATCH} events; this one has {len(commands)}",
+            reason="BATCH_TOO_LARGE",
+            metadata={"events": str(len(commands))},
+        )
+    gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+    async def one(command: SendEvent) -> EventQueued | HeraldError:
+        async with gate:
+            try:
+                return await send_event(command, intake)
+            except HeraldError as error:
+                return error
+
+    return list(await asyncio.gather(*(one(command) for command in commands)))
+
+
+async def cancel_trigger(team_id: str, trigger_id: str, uow: IngestUnitOfWork) -> TriggerRecord:
+    """Cancel a scheduled trigger that has not fired yet."""
+    parsed = _trigger_uuid(trigger_id)
+    async with uow:
+        cancelled = await uow.events.cancel(team_id, parsed, utcnow())
+        if cancelled is None:
+            current = await uow.events.trigger(team_id, parsed)
+            if current is None:
+                raise NotFound(
+                    "Trigger not found", reason="TRIGGER_NOT_FOUND", metadata={"trigger_id": trigger_id}
+                )
+            if current.status == TriggerStatus.CANCELLED:
+                return current
+            raise Conflict(
+                f"Trigger {trigger_id} is not scheduled (it has fired or was never scheduled): "
+                "only a scheduled trigger can be cancelled",
+                reason="TRIGGER_NOT_SCHEDULED",
+                metadata={"trigger_id": trigger_id},
+            )
+        uow.publish(messages.cancelled_record(team_id, cancelled))
+        await uow.commit()
+    return cancelled
+
+
+async def fire_due(uow: IngestUnitOfWork, limit: int = 200) -> int:
+    """Queue every scheduled event whose time has come; any replica may run this, none twice."""
+    now = utcnow()
+    async with uow:
+        due = await uow.events.claim_due(now, limit)
+        for event in due:
+            uow.publish(messages.event_message(event))
+            uow.publish(messages.fired_record(event, now))
+        await uow.commit()
+    return len(due)
+
+
+def _trigger_uuid(trigger_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(trigger_id)
+    except ValueError:
+        raise NotFound(
+            "Trigger not found", reason="TRIGGER_NOT_FOUND", metadata={"trigger_id": trigger_id[:64]}
+        ) from None
 
 
 async def get_trigger_record(team_id: str, trigger_id: str, uow: IngestUnitOfWork) -> TriggerRecord:
-    try:
-        parsed = uuid.UUID(trigger_id)
-    except ValueError:
-        raise NotFound("Trigger not found", reason="TRIGGER_NOT_FOUND") from None
+    parsed = _trigger_uuid(trigger_id)
     async with uow:
         record = await uow.events.trigger(team_id, parsed)
     if record is None:
         raise NotFound("Trigger not found", reason="TRIGGER_NOT_FOUND", metadata={"trigger_id": trigger_id})
     return record
+
+
+# Contacts API
+
+
+@dataclass(frozen=True)
+class ContactProfile:
+    """Command: the whole profile of a contact (PUT)."""
+
+    team_id: str
+    external_id: str
+    email: str = ""
+    phone: str = ""
+    name: str = ""
+    custom_fields: dict[str, Any] | None = None
+    tags: tuple[str, ...] = ()
+
+
+def _contact_not_found(external_id: str) -> NotFound:
+    return NotFound(
+        "Contact not found", reason="CONTACT_NOT_FOUND", metadata={"external_id": external_id[:256]}
+    )
+
+
+async def put_contact(profile: ContactProfile, uow: IngestUnitOfWork, payload_limit: int) -> Contact:
+    external_id = check_external_id(profile.external_id)
+    email = normalize_email(profile.email, "email") if profile.email.strip() else None
+    phone = normalize_phone(profile.phone, "phone") if profile.phone.strip() else None
+    name = check_text(profile.name.strip(), "name", 256) or None
+    custom_fields = dict(profile.custom_fields or {})
+    check_payload(
+        SendEvent(team_id=profile.team_id, event_name="", user_info=UserInfo(custom_fields=custom_fields)),
+        payload_limit,
+    )
+    tags = check_tags(profile.tags)
+    now = utcnow()
+    async with uow:
+        found = await uow.contacts.by_external_id(profile.team_id, external_id, lock=True)
+        if found is None:
+            contact, created = await uow.contacts.add(
+                Contact(uuid.uuid4(), profile.team_id, external_id, email, phone, name, custom_fields, tags)
+            )
+            if created:
+                await emit_system_event(CONTACT_CREATED, contact, {"contact_id": str(contact.id)}, now, uow)
+            else:
+                contact = await uow.contacts.update(
+                    Contact(
+                        contact.id,
+                        profile.team_id,
+                        external_id,
+                        email,
+                        phone,
+                        name,
+                        custom_fields,
+                        tags,
+                        contact.topics,
+                    )
+                )
+        else:
+            contact = await uow.contacts.update(
+                Contact(
+                    found.id,
+                    profile.team_id,
+                    external_id,
+                    email,
+                    phone,
+                    name,
+                    custom_fields,
+                    tags,
+                    found.topics,
+                )
+            )
+        await uow.commit()
+    return contact
+
+
+async def get_contact(team_id: str, external_id: str, uow: IngestUnitOfWork) -> Contact:
+    async with uow:
+        found = await uow.contacts.by_external_id(team_id, external_id)
+    if found is None:
+        raise _contact_not_found(external_id)
+    return found
+
+
+async def delete_contact(team_id: str, external_id: str, uow: IngestUnitOfWork) -> None:
+    async with uow:
+        if not await uow.contacts.delete(team_id, external_id):
+            raise _contact_not_found(external_id)
+        await uow.commit()
+
+
+async def change_tags(
+    team_id: str, external_id: str, add: Sequence[str], remove: Sequence[str], uow: IngestUnitOfWork
+) -> Contact:
+    to_add = check_tags(list(add))
+    to_remove = set(check_tags(list(remove)))
+    if set(to_add) & to_remove:
+        raise InvalidArgument(
+            "A tag cannot be both added and removed: " + ", ".join(sorted(set(to_add) & to_remove)),
+            reason="CONFLICTING_TAGS",
+        )
+    async with uow:
+        found = await uow.contacts.by_external_id(team_id, external_id, lock=True)
+        if found is None:
+            raise _contact_not_found(external_id)
+        tags = check_tags([tag for tag in (*found.tags, *to_add) if tag not in to_remove])
+        contact = found if tags == found.tags else await uow.contacts.update(_with(found, tags=tags))
+        await uow.commit()
+    return contact
+
+
+async def subscribe_topic(team_id: str, external_id: str, topic: str, uow: IngestUnitOfWork) -> Contact:
+    """Subscribe the contact; a new subscription announces `herald.topic.subscribed`."""
+    topic = check_topic(topic)
+    async with uow:
+        found = await uow.contacts.by_external_id(team_id, external_id, lock=True)
+        if found is None:
+            raise _contact_not_found(external_id)
+        if topic in found.topics:
+            return found
+        contact = await uow.contacts.update(_with(found, topics=(*found.topics, topic)))
+        await emit_system_event(
+            TOPIC_SUBSCRIBED, contact, {"contact_id": str(contact.id), "topic": topic}, utcnow(), uow
+        )
+        await uow.commit()
+    return contact
+
+
+async def unsubscribe_topic(team_id: str, external_id: str, topic: str, uow: IngestUnitOfWork) -> Contact:
+    topic = check_topic(topic)
+    async with uow:
+        found = await uow.contacts.by_external_id(team_id, external_id, lock=True)
+        if found is None:
+            raise _contact_not_found(external_id)
+        if topic not in found.topics:
+            return found
+        contact = await uow.contacts.update(_with(found, topics=tuple(t for t in found.topics if t != topic)))
+        await uow.commit()
+    return contact
+
+
+def _with(contact: Contact, **changes: Any) -> Contact:
+    return replace(contact, **changes)
+
+
+# Project policy and event types
+
+
+async def get_policy(team_id: str, uow: IngestUnitOfWork) -> ProjectPolicy:
+    async with uow:
+        return await uow.policies.get(team_id)
+
+
+async def update_policy(team_id: str, change: PolicyChange, uow: IngestUnitOfWork) -> ProjectPolicy:
+    async with uow:
+        policy = await uow.policies.update(team_id, change)
+        await uow.commit()
+    return policy
+
+
+async def register_event_type(team_id: str, name: str, description: str, uow: IngestUnitOfWork) -> EventType:
+    validate_customer_event_name(name)
+    check_text(description, "description", 1000)
+    async with uow:
+        registered = await uow.event_types.register(team_id, name, description)
+        await uow.commit()
+    return registered
+
+
+async def list_event_types(team_id: str, uow: IngestUnitOfWork) -> list[EventType]:
+    async with uow:
+        return await uow.event_types.list(team_id)
+
+
+async def delete_event_type(team_id: str, name: str, uow: IngestUnitOfWork) -> None:
+    async with uow:
+        if not await uow.event_types.delete(team_id, name):
+            raise NotFound(
+                "Event type not found", reason="EVENT_TYPE_NOT_FOUND", metadata={"event_name": name[:128]}
+            )
+        await uow.commit()
+
+
+async def purge(
+    team_ids_and_retention: Sequence[tuple[str, int]], uow_factory: Callable[[], IngestUnitOfWork]
+) -> int:
+    """Delete events and triggers older than each project's retention, and expired idempotency
+    keys; returns how many rows went."""
+    now = utcnow()
+    removed = 0
+    for team_id, days in team_ids_and_retention:
+        async with uow_factory() as uow:
+            removed += await uow.events.purge(team_id, now - timedelta(days=days), 5000)
+            await uow.commit()
+    async with uow_factory() as uow:
+        removed += await uow.idempotency.purge_expired(now, 5000)
+        await uow.commit()
+    return removed

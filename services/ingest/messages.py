@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from herald.bus.v1 import event_pb2, tracking_pb2
 from kernel.bus import OutgoingMessage, event_subject
 from kernel.clock import to_timestamp
 from kernel.structs import to_struct
 from kernel.tracking import tracking_message
-from services.ingest.domain import AcceptedEvent, Contact
+from services.ingest.domain import AcceptedEvent, Contact, EventSource, TriggerRecord
+
+# The source of the `herald.*` events ingest emits itself.
+PLATFORM_SOURCE = EventSource(type="herald")
 
 
 def contact_snapshot(contact: Contact | None) -> event_pb2.Contact:
@@ -59,4 +64,25 @@ def accepted_record(event: AcceptedEvent) -> OutgoingMessage:
             created_at=to_timestamp(event.accepted_at),
         ),
     )
+    if event.scheduled_for is not None:
+        record.trigger_accepted.scheduled_for.CopyFrom(to_timestamp(event.scheduled_for))
     return tracking_message(record, fact_id=str(event.trigger_id))
+
+
+def fired_record(event: AcceptedEvent, at: datetime) -> OutgoingMessage:
+    record = tracking_pb2.TrackingRecord(
+        trigger_id=str(event.trigger_id),
+        project_id=event.team_id,
+        trigger_fired=tracking_pb2.TriggerFired(fired_at=to_timestamp(at)),
+    )
+    return tracking_message(record, fact_id=str(event.trigger_id))
+
+
+def cancelled_record(team_id: str, trigger: TriggerRecord) -> OutgoingMessage:
+    assert trigger.finished_at is not None, "a cancelled trigger has its cancellation time"
+    record = tracking_pb2.TrackingRecord(
+        trigger_id=str(trigger.id),
+        project_id=team_id,
+        trigger_cancelled=tracking_pb2.TriggerCancelled(cancelled_at=to_timestamp(trigger.finished_at)),
+    )
+    return tracking_message(record, fact_id=str(trigger.id))

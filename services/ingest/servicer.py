@@ -1,60 +1,171 @@
-"""IngestService over gRPC: translate requests into commands and results into responses."""
+"""Ingest's gRPC services: translate requests into commands and results into responses."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 import grpc
 
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from kernel.auth import Authenticator
+from kernel.auth import Authenticator, metadata_dict
 from kernel.clock import isoformat_ms
-from kernel.structs import from_struct
+from kernel.errors import HeraldError, InvalidArgument, http_status_of
+from kernel.policy import PolicyChange, ProjectPolicy
+from kernel.structs import from_struct, to_struct
 from services.ingest import handlers
-from services.ingest.domain import EventSource, SendEvent, UserInfo
+from services.ingest.domain import Contact, EventQueued, EventSource, EventType, SendEvent, UserInfo
 
 Context = grpc.aio.ServicerContext[Any, Any]
+UnitOfWorkFactory = Callable[[], handlers.IngestUnitOfWork]
+
+
+def _header_key(context: Context, body_key: str) -> str:
+    """The idempotency key: the body's field, or the Idempotency-Key header; both must agree."""
+    header_key = metadata_dict(context.invocation_metadata()).get("idempotency-key", "").strip()
+    body_key = body_key.strip()
+    if header_key and body_key and header_key != body_key:
+        raise InvalidArgument(
+            "The Idempotency-Key header and the body's idempotency_key differ: send one of them",
+            reason="IDEMPOTENCY_KEY_MISMATCH",
+        )
+    return body_key or header_key
+
+
+def send_event_command(team_id: str, request: ingest_pb2.SendEventRequest, idempotency_key: str) -> SendEvent:
+    return SendEvent(
+        team_id=team_id,
+        event_name=request.event_name,
+        user_info=UserInfo(
+            external_id=request.user_info.contact_external_id,
+            email=request.user_info.email,
+            phone=request.user_info.phone,
+            name=request.user_info.name,
+            custom_fields=from_struct(request.user_info.custom_fields),
+        ),
+        source=EventSource(
+            type=request.source.type, ip=request.source.ip, user_agent=request.source.user_agent
+        ),
+        event_data=from_struct(request.event_data),
+        variables=from_struct(request.variables),
+        trigger_at=request.trigger_at,
+        idempotency_key=idempotency_key,
+        occurred_at=request.occurred_at,
+        contact_id=request.contact_id,
+    )
+
+
+def _answer_headers(context: Context, queued: EventQueued) -> None:
+    headers = dict(queued.rate.headers()) if queued.rate else {}
+    if queued.replayed:
+        headers["idempotent-replayed"] = "true"
+    if headers:
+        context.set_trailing_metadata(tuple(headers.items()))
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, authenticator: Authenticator, unit_of_work: Callable[[], handlers.IngestUnitOfWork]):
+    def __init__(self, authenticator: Authenticator, intake: handlers.Intake):
         self._auth = authenticator
-        self._uow = unit_of_work
+        self._intake = intake
 
     async def SendEvent(
         self, request: ingest_pb2.SendEventRequest, context: Context
     ) -> ingest_pb2.SendEventResponse:
         team = await self._auth.authenticate(context.invocation_metadata())
+        command = send_event_command(team.id, request, _header_key(context, request.idempotency_key))
+        queued = await handlers.send_event(command, self._intake)
+        _answer_headers(context, queued)
+        response = ingest_pb2.SendEventResponse(
+            success=True, trigger_id=str(queued.trigger_id), job_id=queued.job_id, message=queued.message
+        )
+        if queued.scheduled_for is not None:
+            response.scheduled_for = isoformat_ms(queued.scheduled_for)
+        return response
+
+    async def PublishEvent(
+        self, request: ingest_pb2.PublishEventRequest, context: Context
+    ) -> ingest_pb2.PublishEventResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
         command = SendEvent(
             team_id=team.id,
-            event_name=request.event_name,
-            user_info=UserInfo(
-                external_id=request.user_info.contact_external_id,
-                email=request.user_info.email,
-                phone=request.user_info.phone,
-                name=request.user_info.name,
-                custom_fields=from_struct(request.user_info.custom_fields),
-            ),
-            source=EventSource(
-                type=request.source.type, ip=request.source.ip, user_agent=request.source.user_agent
-            ),
-            event_data=from_struct(request.event_data),
-            variables=from_struct(request.variables),
+            event_name=request.event,
+            user_info=UserInfo(external_id=request.external_id, email=request.email),
+            dialect="sendrealm",
+            event_data=from_struct(request.payload),
+            occurred_at=request.occurred_at,
+            idempotency_key=_header_key(context, request.idempotency_key),
+            contact_id=request.contact_id,
         )
-        queued = await handlers.send_event(command, self._uow())
-        return ingest_pb2.SendEventResponse(
-            success=True,
+        if not command.event_name:
+            raise InvalidArgument("Event name is required: set 'event'", reason="EVENT_NAME_REQUIRED")
+        queued = await handlers.send_event(command, self._intake)
+        _answer_headers(context, queued)
+        return ingest_pb2.PublishEventResponse(
+            id=str(queued.event_id),
+            event=queued.event_name,
+            contact_id=str(queued.contact_id) if queued.contact_id else "",
             trigger_id=str(queued.trigger_id),
-            job_id=queued.job_id,
-            message=queued.message,
+            status="queued",
+            occurred_at=isoformat_ms(queued.occurred_at) if queued.occurred_at else "",
+            accepted_at=isoformat_ms(queued.accepted_at) if queued.accepted_at else "",
+            idempotent_replayed=queued.replayed,
+        )
+
+    async def SendEventBatch(
+        self, request: ingest_pb2.SendEventBatchRequest, context: Context
+    ) -> ingest_pb2.SendEventBatchResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        if metadata_dict(context.invocation_metadata()).get("idempotency-key"):
+            raise InvalidArgument(
+                "The Idempotency-Key header applies to one event; in a batch, set idempotency_key on "
+                "each event instead",
+                reason="BATCH_IDEMPOTENCY_HEADER",
+            )
+        commands = [send_event_command(team.id, event, event.idempotency_key) for event in request.events]
+        outcomes = await handlers.send_batch(commands, self._intake)
+        response = ingest_pb2.SendEventBatchResponse()
+        for index, outcome in enumerate(outcomes):
+            result = response.results.add(index=index)
+            if isinstance(outcome, HeraldError):
+                status = http_status_of(outcome)
+                result.error.CopyFrom(
+                    ingest_pb2.BatchError(
+                        status_code=status,
+                        message=outcome.message,
+                        error=_phrase(status),
+                        reason=outcome.reason,
+                    )
+                )
+                response.rejected += 1
+                continue
+            result.success = True
+            result.trigger_id = str(outcome.trigger_id)
+            result.job_id = outcome.job_id
+            result.message = outcome.message
+            result.idempotent_replayed = outcome.replayed
+            if outcome.scheduled_for is not None:
+                result.scheduled_for = isoformat_ms(outcome.scheduled_for)
+            response.accepted += 1
+        return response
+
+    async def CancelTrigger(
+        self, request: ingest_pb2.CancelTriggerRequest, context: Context
+    ) -> ingest_pb2.CancelTriggerResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        record = await handlers.cancel_trigger(team.id, request.trigger_id, self._intake.unit_of_work())
+        return ingest_pb2.CancelTriggerResponse(
+            id=str(record.id),
+            status=record.status,
+            scheduled_for=isoformat_ms(record.scheduled_for) if record.scheduled_for else "",
+            cancelled_at=isoformat_ms(record.finished_at) if record.finished_at else "",
         )
 
     async def GetTriggerRecord(
         self, request: ingest_pb2.GetTriggerRecordRequest, context: Context
     ) -> ingest_pb2.GetTriggerRecordResponse:
         team = await self._auth.authenticate(context.invocation_metadata())
-        record = await handlers.get_trigger_record(team.id, request.trigger_id, self._uow())
+        record = await handlers.get_trigger_record(team.id, request.trigger_id, self._intake.unit_of_work())
         response = ingest_pb2.GetTriggerRecordResponse(
             trigger_id=str(record.id),
             event_id=str(record.event_id),
@@ -65,3 +176,170 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if record.scheduled_for is not None:
             response.scheduled_for = isoformat_ms(record.scheduled_for)
         return response
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def contact_message(contact: Contact) -> ingest_pb2.Contact:
+    return ingest_pb2.Contact(
+        id=str(contact.id),
+        external_id=contact.external_id or "",
+        email=contact.email or "",
+        phone=contact.phone or "",
+        name=contact.name or "",
+        custom_fields=to_struct(contact.custom_fields),
+        tags=list(contact.tags),
+        topics=list(contact.topics),
+        created_at=isoformat_ms(contact.created_at) if contact.created_at else "",
+        updated_at=isoformat_ms(contact.updated_at) if contact.updated_at else "",
+    )
+
+
+class ContactServicer(ingest_pb2_grpc.ContactServiceServicer):
+    def __init__(self, authenticator: Authenticator, intake: handlers.Intake):
+        self._auth = authenticator
+        self._intake = intake
+
+    async def _team(self, context: Context) -> str:
+        return (await self._auth.authenticate(context.invocation_metadata())).id
+
+    async def PutContact(
+        self, request: ingest_pb2.PutContactRequest, context: Context
+    ) -> ingest_pb2.PutContactResponse:
+        team_id = await self._team(context)
+        policy = await self._intake.policies.get(team_id)
+        profile = handlers.ContactProfile(
+            team_id=team_id,
+            external_id=request.external_id,
+            email=request.email,
+            phone=request.phone,
+            name=request.name,
+            custom_fields=from_struct(request.custom_fields),
+            tags=tuple(request.tags),
+        )
+        contact = await handlers.put_contact(
+            profile, self._intake.unit_of_work(), policy.event_payload_limit_bytes
+        )
+        return ingest_pb2.PutContactResponse(contact=contact_message(contact))
+
+    async def GetContact(
+        self, request: ingest_pb2.GetContactRequest, context: Context
+    ) -> ingest_pb2.GetContactResponse:
+        contact = await handlers.get_contact(
+            await self._team(context), request.external_id, self._intake.unit_of_work()
+        )
+        return ingest_pb2.GetContactResponse(contact=contact_message(contact))
+
+    async def DeleteContact(
+        self, request: ingest_pb2.DeleteContactRequest, context: Context
+    ) -> ingest_pb2.DeleteContactResponse:
+        await handlers.delete_contact(
+            await self._team(context), request.external_id, self._intake.unit_of_work()
+        )
+        return ingest_pb2.DeleteContactResponse()
+
+    async def UpdateContactTags(
+        self, request: ingest_pb2.UpdateContactTagsRequest, context: Context
+    ) -> ingest_pb2.UpdateContactTagsResponse:
+        contact = await handlers.change_tags(
+            await self._team(context),
+            request.external_id,
+            list(request.add),
+            list(request.remove),
+            self._intake.unit_of_work(),
+        )
+        return ingest_pb2.UpdateContactTagsResponse(contact=contact_message(contact))
+
+    async def SubscribeTopic(
+        self, request: ingest_pb2.SubscribeTopicRequest, context: Context
+    ) -> ingest_pb2.SubscribeTopicResponse:
+        contact = await handlers.subscribe_topic(
+            await self._team(context), request.external_id, request.topic, self._intake.unit_of_work()
+        )
+        return ingest_pb2.SubscribeTopicResponse(contact=contact_message(contact))
+
+    async def UnsubscribeTopic(
+        self, request: ingest_pb2.UnsubscribeTopicRequest, context: Context
+    ) -> ingest_pb2.UnsubscribeTopicResponse:
+        contact = await handlers.unsubscribe_topic(
+            await self._team(context), request.external_id, request.topic, self._intake.unit_of_work()
+        )
+        return ingest_pb2.UnsubscribeTopicResponse(contact=contact_message(contact))
+
+
+def policy_message(policy: ProjectPolicy) -> ingest_pb2.ProjectPolicy:
+    return ingest_pb2.ProjectPolicy(
+        event_payload_limit_bytes=policy.event_payload_limit_bytes,
+        unknown_events=policy.unknown_events,
+        retention_days=policy.retention_days,
+        idempotency_window=policy.idempotency_window,
+        plan=policy.plan,
+        rate_limit_per_hour=policy.rate_limit_per_hour or 0,
+        effective_rate_limit_per_hour=policy.effective_rate_limit or 0,
+    )
+
+
+def event_type_message(event_type: EventType) -> ingest_pb2.EventType:
+    return ingest_pb2.EventType(
+        name=event_type.name,
+        description=event_type.description,
+        origin=event_type.origin,
+        created_at=isoformat_ms(event_type.created_at),
+    )
+
+
+class ProjectServicer(ingest_pb2_grpc.ProjectServiceServicer):
+    def __init__(self, authenticator: Authenticator, unit_of_work: UnitOfWorkFactory):
+        self._auth = authenticator
+        self._uow = unit_of_work
+
+    async def _team(self, context: Context) -> str:
+        return (await self._auth.authenticate(context.invocation_metadata())).id
+
+    async def GetProjectPolicy(
+        self, request: ingest_pb2.GetProjectPolicyRequest, context: Context
+    ) -> ingest_pb2.GetProjectPolicyResponse:
+        policy = await handlers.get_policy(await self._team(context), self._uow())
+        return ingest_pb2.GetProjectPolicyResponse(policy=policy_message(policy))
+
+    async def UpdateProjectPolicy(
+        self, request: ingest_pb2.UpdateProjectPolicyRequest, context: Context
+    ) -> ingest_pb2.UpdateProjectPolicyResponse:
+        def given(name: Any) -> Any:
+            return getattr(request, name) if request.HasField(name) else None
+
+        change = PolicyChange(
+            event_payload_limit_bytes=given("event_payload_limit_bytes"),
+            unknown_events=given("unknown_events"),
+            retention_days=given("retention_days"),
+            idempotency_window=given("idempotency_window"),
+            plan=given("plan"),
+            rate_limit_per_hour=given("rate_limit_per_hour"),
+        )
+        policy = await handlers.update_policy(await self._team(context), change, self._uow())
+        return ingest_pb2.UpdateProjectPolicyResponse(policy=policy_message(policy))
+
+    async def RegisterEventType(
+        self, request: ingest_pb2.RegisterEventTypeRequest, context: Context
+    ) -> ingest_pb2.RegisterEventTypeResponse:
+        registered = await handlers.register_event_type(
+            await self._team(context), request.name, request.description, self._uow()
+        )
+        return ingest_pb2.RegisterEventTypeResponse(event_type=event_type_message(registered))
+
+    async def ListEventTypes(
+        self, request: ingest_pb2.ListEventTypesRequest, context: Context
+    ) -> ingest_pb2.ListEventTypesResponse:
+        found = await handlers.list_event_types(await self._team(context), self._uow())
+        return ingest_pb2.ListEventTypesResponse(event_types=[event_type_message(t) for t in found])
+
+    async def DeleteEventType(
+        self, request: ingest_pb2.DeleteEventTypeRequest, context: Context
+    ) -> ingest_pb2.DeleteEventTypeResponse:
+        await handlers.delete_event_type(await self._team(context), request.name, self._uow())
+        return ingest_pb2.DeleteEventTypeResponse()

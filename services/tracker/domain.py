@@ -66,16 +66,18 @@ class TriggerView:
         return f"/triggers/{self.id}/workflow"
 
 
-def next_status(trigger: TriggerState, progress: Progress, at: datetime) -> None:
+def next_status(trigger: TriggerState, progress: Progress, at: datetime, now: datetime | None = None) -> None:
     """Move `trigger` to the status its progress shows; a final status never changes.
 
-    queued (or scheduled) → processing once the matcher decided → completed when every run it
-    started has finished (failed when there were runs and all of them failed).
+    scheduled (until its trigger_at) or queued → processing once the matcher decided →
+    completed when every run it started has finished (failed when there were runs and all of them failed).
     """
     if trigger.status in TriggerStatus.FINAL:
         return
     if not progress.matched:
-        trigger.status = TriggerStatus.SCHEDULED if trigger.scheduled_for else TriggerStatus.QUEUED
+        # Scheduled until its time; facts may arrive in any order, so the clock decides.
+        waiting = trigger.scheduled_for is not None and trigger.scheduled_for > (now or at)
+        trigger.status = TriggerStatus.SCHEDULED if waiting else TriggerStatus.QUEUED
         return
     trigger.started_at = trigger.started_at or progress.matched_at or at
     if progress.finished_runs < progress.expected_runs:
@@ -85,3 +87,11 @@ def next_status(trigger: TriggerState, progress: Progress, at: datetime) -> None
     trigger.status = TriggerStatus.FAILED if all_failed else TriggerStatus.COMPLETED
     moments = [moment for moment in (progress.matched_at, progress.last_finished_at) if moment is not None]
     trigger.completed_at = max(moments) if moments else at
+
+
+def cancel(trigger: TriggerState, at: datetime) -> None:
+    """A scheduled trigger cancelled before it fired: final, with nothing sent."""
+    if trigger.status in TriggerStatus.FINAL:
+        return
+    trigger.status = TriggerStatus.CANCELLED
+    trigger.completed_at = at

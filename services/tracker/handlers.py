@@ -10,7 +10,7 @@ from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp, utcnow
 from kernel.errors import NotFound
 from kernel.unit_of_work import UnitOfWork
-from services.tracker.domain import Progress, TriggerState, TriggerView, next_status
+from services.tracker.domain import Progress, TriggerState, TriggerView, cancel, next_status
 
 
 class TriggerRepository(Protocol):
@@ -77,7 +77,9 @@ async def record_fact(record: tracking_pb2.TrackingRecord, uow: TrackerUnitOfWor
             await repository.record_run_finished(trigger_id, record.run_finished, at)
         elif kind == "delivery_recorded":
             await repository.record_delivery(trigger_id, record.delivery_recorded, at)
-        next_status(trigger, await repository.progress(trigger_id), at)
+        elif kind == "trigger_cancelled":
+            cancel(trigger, from_timestamp(record.trigger_cancelled.cancelled_at))
+        next_status(trigger, await repository.progress(trigger_id), at, now=utcnow())
         await repository.save(trigger)
         await uow.commit()
 

@@ -5,7 +5,9 @@ They keep the promises of the SQL adapters they stand in for:
   `async with uow:` without committing is discarded when the block ends;
 - messages are published only on commit, each with a stream sequence as its receipt;
 - repositories keep the uniqueness rules of their tables, and raise `UniqueViolation` where
-  PostgreSQL would refuse a write.
+  PostgreSQL would refuse a write;
+- a unit of work holds one transaction at a time: entering it again before the first ended is
+  an error rather than two transactions silently sharing (and rolling back) each other's rows.
 
 Every published message is kept, duplicates included (JetStream would drop a repeated
 `Nats-Msg-Id`), so a test sees exactly what a handler asked to publish.
@@ -15,17 +17,33 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
 
 from kernel.bus import OutgoingMessage
+from kernel.clock import utcnow
+from kernel.errors import Conflict, ResourceExhausted
 from kernel.outbox import Receipts
+from kernel.policy import PolicyChange, ProjectPolicy, apply_change
 from services.executor.domain import DeliveryError, OutgoingEmail, Run
-from services.ingest.domain import AcceptedEvent, Contact, TriggerRecord
+from services.ingest.domain import (
+    AcceptedEvent,
+    Contact,
+    EventType,
+    IdempotencyRecord,
+    RateState,
+    TriggerRecord,
+    TriggerStatus,
+)
 from services.matcher.domain import Decision, MatchedEvent, Workflow
+
+Clock = Callable[[], datetime]
 
 
 class UniqueViolation(Exception):
@@ -61,8 +79,14 @@ class FakeUnitOfWork:
         # Committed while the bus was unreachable: the outbox relay would publish them later.
         self.deferred: list[OutgoingMessage] = []
         self.commits = 0
+        self._open = False
 
     async def __aenter__(self) -> Self:
+        # One fake is one connection: a handler that opened a second transaction on it before the
+        # first ended would see (and undo) the other's uncommitted changes, which PostgreSQL never does.
+        if self._open:
+            raise RuntimeError(f"{type(self).__name__} entered while its transaction is still open")
+        self._open = True
         self._pending = []
         for repository in self._repositories:
             repository.begin()
@@ -72,6 +96,7 @@ class FakeUnitOfWork:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._pending = []
+        self._open = False
         for repository in self._repositories:
             repository.rollback()
 
@@ -103,11 +128,25 @@ class FakeUnitOfWork:
 
 
 class FakeContactRepository(FakeRepository):
-    """Contacts by id, unique on (team, external id) and, for contacts without one, on (team, email)."""
+    """Contacts by id, unique on (team, external id) and, for contacts without one, on (team, email).
+
+    Like the SQL adapter, the store sets `created_at` and `updated_at` (from `clock`).
+    """
 
     rows: dict[uuid.UUID, Contact]
 
-    async def by_external_id(self, team_id: str, external_id: str) -> Contact | None:
+    def __init__(self, clock: Clock = utcnow) -> None:
+        super().__init__()
+        self._clock = clock
+
+    async def by_id(self, team_id: str, contact_id: uuid.UUID) -> Contact | None:
+        found = self.rows.get(contact_id)
+        return copy.deepcopy(found) if found is not None and found.team_id == team_id else None
+
+    async def by_external_id(self, team_id: str, external_id: str, *, lock: bool = False) -> Contact | None:
+        return copy.deepcopy(self._by_external_id(team_id, external_id))
+
+    def _by_external_id(self, team_id: str, external_id: str) -> Contact | None:
         return next(
             (c for c in self.rows.values() if c.team_id == team_id and c.external_id == external_id), None
         )
@@ -115,85 +154,321 @@ class FakeContactRepository(FakeRepository):
     async def by_email(self, team_id: str, email: str) -> Contact | None:
         matches = [c for c in self.rows.values() if c.team_id == team_id and c.email == email]
         # Like the SQL adapter: contacts without an external id first, then the oldest.
-        return min(matches, key=lambda contact: contact.external_id is not None, default=None)
+        return copy.deepcopy(min(matches, key=lambda contact: contact.external_id is not None, default=None))
+
+    def _anonymous_by_email(self, team_id: str, email: str) -> Contact | None:
+        return next(
+            (
+                c
+                for c in self.rows.values()
+                if c.team_id == team_id and c.external_id is None and c.email == email
+            ),
+            None,
+        )
+
+    def _check_unique(self, contact: Contact) -> None:
+        """The two partial unique indexes of the contacts table."""
+        for other in self.rows.values():
+            if other.id == contact.id or other.team_id != contact.team_id:
+                continue
+            if contact.external_id is not None and other.external_id == contact.external_id:
+                raise UniqueViolation(
+                    'duplicate key value violates unique constraint "uq_contacts_team_external_id"'
+                )
+            if (
+                contact.external_id is None
+                and other.external_id is None
+                and contact.email is not None
+                and other.email == contact.email
+            ):
+                raise UniqueViolation(
+                    'duplicate key value violates unique constraint "uq_contacts_team_email_anonymous"'
+                )
 
     async def update(self, contact: Contact) -> Contact:
-        """Like the SQL adapter's `UPDATE … WHERE id = :id`."""
-        if contact.id not in self.rows or self.rows[contact.id].team_id != contact.team_id:
+        """Like the SQL adapter's `UPDATE … WHERE id = :id AND team_id = :team RETURNING *`: every
+        profile field, tags and topics are written; `created_at` is kept, `updated_at` is now. A
+        clash with another contact's identity is a Conflict, as the adapter reports it."""
+        stored = self.rows.get(contact.id)
+        if stored is None or stored.team_id != contact.team_id:
             raise LookupError(f"no contact {contact.id} to update")
-        clash = (
-            await self.by_external_id(contact.team_id, contact.external_id) if contact.external_id else None
-        )
-        if clash is not None and clash.id != contact.id:
-            raise UniqueViolation(
-                'duplicate key value violates unique constraint "uq_contacts_team_external_id"'
-            )
-        self.rows[contact.id] = copy.deepcopy(contact)
-        return copy.deepcopy(contact)
+        try:
+            self._check_unique(contact)
+        except UniqueViolation:
+            raise Conflict(
+                "These contact details belong to another contact", reason="CONTACT_IDENTITY_CLASH"
+            ) from None
+        updated = dataclasses.replace(contact, created_at=stored.created_at, updated_at=self._clock())
+        self.rows[contact.id] = copy.deepcopy(updated)
+        return copy.deepcopy(updated)
 
-    async def add(self, contact: Contact) -> Contact:
+    async def add(self, contact: Contact) -> tuple[Contact, bool]:
         """An upsert on the same conflict target as the SQL adapter's `INSERT … ON CONFLICT`.
 
-        A row that conflicts on the target is updated and keeps its id; any other clash of ids
-        is a unique violation, as the primary key is not part of the conflict target.
+        A row that conflicts on the target keeps its id, external id, tags and topics; it takes
+        the new email, phone and name where they are given, and the new custom fields merged over
+        its own (`||`), and the flag is False. Any other clash (of ids, or of the unique index
+        that is not the target) is a unique violation.
         """
         if contact.external_id is not None:
-            existing = await self.by_external_id(contact.team_id, contact.external_id)
+            existing = self._by_external_id(contact.team_id, contact.external_id)
         elif contact.email is not None:
-            existing = next(
-                (
-                    c
-                    for c in self.rows.values()
-                    if c.team_id == contact.team_id and c.external_id is None and c.email == contact.email
-                ),
-                None,
-            )
+            existing = self._anonymous_by_email(contact.team_id, contact.email)
         else:
             existing = None
         if existing is not None:
-            stored = dataclasses.replace(contact, id=existing.id, team_id=existing.team_id)
-        elif contact.id in self.rows:
+            merged = dataclasses.replace(
+                existing,
+                email=contact.email if contact.email is not None else existing.email,
+                phone=contact.phone if contact.phone is not None else existing.phone,
+                name=contact.name if contact.name is not None else existing.name,
+                custom_fields={**existing.custom_fields, **contact.custom_fields},
+                updated_at=self._clock(),
+            )
+            self.rows[merged.id] = copy.deepcopy(merged)
+            return copy.deepcopy(merged), False
+        if contact.id in self.rows:
             raise UniqueViolation(
                 f'duplicate key value violates unique constraint "pk_contacts" ({contact.id})'
             )
-        else:
-            stored = contact
+        self._check_unique(contact)
+        now = self._clock()
+        stored = dataclasses.replace(contact, created_at=now, updated_at=now)
         self.rows[stored.id] = copy.deepcopy(stored)
-        return copy.deepcopy(stored)
+        return copy.deepcopy(stored), True
+
+    async def delete(self, team_id: str, external_id: str) -> bool:
+        found = self._by_external_id(team_id, external_id)
+        if found is None:
+            return False
+        del self.rows[found.id]
+        return True
+
+
+@dataclasses.dataclass(frozen=True)
+class TriggerRow:
+    """A row of the triggers table: the trigger an accepted event created."""
+
+    id: uuid.UUID
+    team_id: str
+    event_id: uuid.UUID
+    event_name: str
+    status: str
+    created_at: datetime
+    scheduled_for: datetime | None
+    cancelled_at: datetime | None = None
 
 
 class FakeEventRepository(FakeRepository):
-    """Accepted events and the trigger each one created, by event id."""
+    """Accepted events by id and, in `triggers`, the trigger each one created.
 
-    rows: dict[uuid.UUID, tuple[AcceptedEvent, TriggerRecord]]
+    Like the SQL adapter's tables, they are two: a trigger is seen (`trigger`) only with its
+    event, and scheduled events come back from `claim_due` with their contact as it is now.
+    """
+
+    rows: dict[uuid.UUID, AcceptedEvent]
+
+    def __init__(self, contacts: FakeContactRepository | None = None) -> None:
+        super().__init__()
+        self.triggers: dict[uuid.UUID, TriggerRow] = {}
+        self._committed_triggers: dict[uuid.UUID, TriggerRow] = {}
+        self._contacts = contacts
+
+    def begin(self) -> None:
+        super().begin()
+        self._committed_triggers = copy.deepcopy(self.triggers)
+
+    def commit(self) -> None:
+        super().commit()
+        self._committed_triggers = copy.deepcopy(self.triggers)
+
+    def rollback(self) -> None:
+        super().rollback()
+        self.triggers = copy.deepcopy(self._committed_triggers)
 
     async def add(self, event: AcceptedEvent) -> None:
-        if event.id in self.rows or any(t.id == event.trigger_id for _, t in self.rows.values()):
+        if (
+            event.id in self.rows
+            or event.trigger_id in self.triggers
+            or any(t.event_id == event.id for t in self.triggers.values())
+        ):
             raise UniqueViolation(f"event {event.id} or trigger {event.trigger_id} exists already")
-        trigger = TriggerRecord(
+        self.rows[event.id] = copy.deepcopy(event)
+        self.triggers[event.trigger_id] = TriggerRow(
             id=event.trigger_id,
+            team_id=event.team_id,
             event_id=event.id,
             event_name=event.name,
-            status="queued",
+            status=TriggerStatus.SCHEDULED if event.scheduled_for else TriggerStatus.QUEUED,
             created_at=event.accepted_at,
+            scheduled_for=event.scheduled_for,
         )
-        self.rows[event.id] = (copy.deepcopy(event), trigger)
 
     async def trigger(self, team_id: str, trigger_id: uuid.UUID) -> TriggerRecord | None:
-        return next(
-            (t for event, t in self.rows.values() if t.id == trigger_id and event.team_id == team_id), None
+        row = self.triggers.get(trigger_id)
+        if row is None or row.team_id != team_id:
+            return None
+        event = self.rows.get(row.event_id)
+        if event is None:  # the SQL adapter joins the trigger with its event
+            return None
+        return TriggerRecord(
+            id=row.id,
+            event_id=row.event_id,
+            event_name=row.event_name,
+            status=row.status,
+            created_at=row.created_at,
+            scheduled_for=row.scheduled_for,
+            contact_id=event.contact.id if event.contact else None,
+            occurred_at=event.occurred_at,
+            finished_at=row.cancelled_at,
         )
+
+    async def cancel(self, team_id: str, trigger_id: uuid.UUID, now: datetime) -> TriggerRecord | None:
+        row = self.triggers.get(trigger_id)
+        if row is None or row.team_id != team_id or row.status != TriggerStatus.SCHEDULED:
+            return None
+        self.triggers[trigger_id] = dataclasses.replace(row, status=TriggerStatus.CANCELLED, cancelled_at=now)
+        return await self.trigger(team_id, trigger_id)
+
+    async def claim_due(self, now: datetime, limit: int) -> list[AcceptedEvent]:
+        """Like the SQL adapter: the earliest due scheduled triggers of every team, marked queued,
+        with their events and each event's contact as stored now (None once deleted)."""
+        due = sorted(
+            (
+                row
+                for row in self.triggers.values()
+                if row.status == TriggerStatus.SCHEDULED
+                and row.scheduled_for is not None
+                and row.scheduled_for <= now
+            ),
+            key=lambda row: row.scheduled_for or now,
+        )[:limit]
+        claimed = []
+        for row in due:
+            self.triggers[row.id] = dataclasses.replace(row, status=TriggerStatus.QUEUED)
+            event = self.rows.get(row.event_id)
+            if event is None:
+                continue
+            contact = None
+            if event.contact is not None and self._contacts is not None:
+                current = self._contacts.rows.get(event.contact.id)
+                contact = dataclasses.replace(current, created_at=None, updated_at=None) if current else None
+            claimed.append(
+                dataclasses.replace(
+                    copy.deepcopy(event),
+                    contact=contact,
+                    scheduled_for=row.scheduled_for,
+                    idempotency_key=None,
+                )
+            )
+        return claimed
+
+    async def purge(self, team_id: str, before: datetime, limit: int) -> int:
+        """Like the SQL adapter: events accepted before `before`, and their triggers unless scheduled."""
+        old = [e.id for e in self.rows.values() if e.team_id == team_id and e.accepted_at < before][:limit]
+        for event_id in old:
+            del self.rows[event_id]
+        gone = set(old)
+        self.triggers = {
+            trigger_id: row
+            for trigger_id, row in self.triggers.items()
+            if row.event_id not in gone or row.status == TriggerStatus.SCHEDULED
+        }
+        return len(old)
 
     @property
     def events(self) -> list[AcceptedEvent]:
-        return [event for event, _ in self.rows.values()]
+        return list(self.rows.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class IdempotencyKeyRow:
+    fingerprint: str
+    trigger_id: uuid.UUID
+    expires_at: datetime
+
+
+class FakeIdempotencyRepository(FakeRepository):
+    """Idempotency keys, unique on (team, key); an expired key is free to claim again.
+
+    The SQL adapter compares expiry with the database's clock; this one asks `clock`.
+    """
+
+    rows: dict[tuple[str, str], IdempotencyKeyRow]
+
+    def __init__(self, clock: Clock = utcnow) -> None:
+        super().__init__()
+        self._clock = clock
+
+    async def claim(
+        self, team_id: str, key: str, fingerprint: str, trigger_id: uuid.UUID, expires_at: datetime
+    ) -> IdempotencyRecord | None:
+        earlier = self.rows.get((team_id, key))
+        if earlier is not None and not earlier.expires_at < self._clock():
+            return IdempotencyRecord(earlier.fingerprint, earlier.trigger_id)
+        self.rows[(team_id, key)] = IdempotencyKeyRow(fingerprint, trigger_id, expires_at)
+        return None
+
+    async def purge_expired(self, now: datetime, limit: int) -> int:
+        expired = [row_key for row_key, row in self.rows.items() if row.expires_at < now][:limit]
+        for row_key in expired:
+            del self.rows[row_key]
+        return len(expired)
+
+
+class FakeEventTypeRepository(FakeRepository):
+    """Each team's event types, unique on (team, name)."""
+
+    rows: dict[tuple[str, str], EventType]
+
+    def __init__(self, clock: Clock = utcnow) -> None:
+        super().__init__()
+        self._clock = clock
+
+    async def catalogue(self, team_id: str, name: str) -> None:
+        if (team_id, name) not in self.rows:
+            self.rows[(team_id, name)] = EventType(name, "", "catalogued", self._clock())
+
+    async def exists(self, team_id: str, name: str) -> bool:
+        return (team_id, name) in self.rows
+
+    async def register(self, team_id: str, name: str, description: str) -> EventType:
+        """An upsert: a known type takes the description and becomes registered, keeping its date."""
+        earlier = self.rows.get((team_id, name))
+        created_at = earlier.created_at if earlier is not None else self._clock()
+        registered = EventType(name, description, "registered", created_at)
+        self.rows[(team_id, name)] = registered
+        return registered
+
+    async def list(self, team_id: str) -> list[EventType]:
+        return sorted((t for (team, _), t in self.rows.items() if team == team_id), key=lambda t: t.name)
+
+    async def delete(self, team_id: str, name: str) -> bool:
+        return self.rows.pop((team_id, name), None) is not None
+
+
+class FakePolicyRepository(FakeRepository):
+    """Stored project policies; a project without one has the defaults."""
+
+    rows: dict[str, ProjectPolicy]
+
+    async def get(self, team_id: str) -> ProjectPolicy:
+        return self.rows.get(team_id, ProjectPolicy())
+
+    async def update(self, team_id: str, change: PolicyChange) -> ProjectPolicy:
+        updated = apply_change(await self.get(team_id), change)
+        self.rows[team_id] = updated
+        return updated
 
 
 class FakeIngestUnitOfWork(FakeUnitOfWork):
-    def __init__(self) -> None:
-        self._contacts = FakeContactRepository()
-        self._events = FakeEventRepository()
-        super().__init__(self._contacts, self._events)
+    def __init__(self, clock: Clock = utcnow) -> None:
+        self._contacts = FakeContactRepository(clock)
+        self._events = FakeEventRepository(self._contacts)
+        self._idempotency = FakeIdempotencyRepository(clock)
+        self._event_types = FakeEventTypeRepository(clock)
+        self._policies = FakePolicyRepository()
+        super().__init__(self._contacts, self._events, self._idempotency, self._event_types, self._policies)
 
     @property
     def contacts(self) -> FakeContactRepository:
@@ -202,6 +477,52 @@ class FakeIngestUnitOfWork(FakeUnitOfWork):
     @property
     def events(self) -> FakeEventRepository:
         return self._events
+
+    @property
+    def idempotency(self) -> FakeIdempotencyRepository:
+        return self._idempotency
+
+    @property
+    def event_types(self) -> FakeEventTypeRepository:
+        return self._event_types
+
+    @property
+    def policies(self) -> FakePolicyRepository:
+        return self._policies
+
+
+class FakePolicySource:
+    """Each project's policy as `PolicyCache` would read it; the defaults unless a test sets one."""
+
+    def __init__(self, policies: dict[str, ProjectPolicy] | None = None) -> None:
+        self.policies: dict[str, ProjectPolicy] = dict(policies or {})
+
+    async def get(self, team_id: str) -> ProjectPolicy:
+        return self.policies.get(team_id, ProjectPolicy())
+
+
+class FakeRateLimiter:
+    """`SqlRateLimiter` in memory: fixed hourly windows per team, a count that never goes past the
+    limit, and the same ResourceExhausted (with retry-after) when an event would exceed it."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, datetime], int] = {}
+
+    async def consume(self, team_id: str, limit: int, count: int, now: datetime) -> RateState:
+        window_start = now.replace(minute=0, second=0, microsecond=0)
+        reset = max(1, math.ceil((window_start + timedelta(hours=1) - now).total_seconds()))
+        used = self.counts.get((team_id, window_start), 0)
+        if count <= limit and used + count <= limit:
+            self.counts[(team_id, window_start)] = used + count
+            return RateState(limit=limit, remaining=limit - used - count, reset_seconds=reset)
+        state = RateState(limit=limit, remaining=0, reset_seconds=reset)
+        raise ResourceExhausted(
+            f"Rate limit exceeded: this project may send {limit} events per hour; "
+            f"try again in {reset} seconds",
+            reason="RATE_LIMITED",
+            metadata={"limit": str(limit), "retry_after": str(reset)},
+            headers={**state.headers(), "retry-after": str(reset)},
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from kernel.bus import OutgoingMessage
+from kernel.clock import utcnow
+from kernel.errors import Conflict, ResourceExhausted
 from services.executor.domain import Run, StepSpec, StepState
-from services.ingest.domain import Contact
-from tests.unit.fakes import FakeExecutorUnitOfWork, FakeIngestUnitOfWork, UniqueViolation
+from services.ingest.domain import AcceptedEvent, Contact, EventSource, IdempotencyRecord
+from tests.unit.fakes import FakeExecutorUnitOfWork, FakeIngestUnitOfWork, FakeRateLimiter, UniqueViolation
+
+NOW = datetime(2029, 12, 1, 9, 0, tzinfo=UTC)
 
 
 def a_message(msg_id: str) -> OutgoingMessage:
@@ -57,9 +63,11 @@ async def test_leaving_without_commit_discards_changes_and_messages() -> None:
     contact = a_contact(email="ada@example.com")
 
     async with uow:
-        await uow.contacts.add(contact)
+        stored, created = await uow.contacts.add(contact)
         uow.publish(a_message("never"))
-        assert await uow.contacts.by_email("team-1", "ada@example.com") == contact
+        assert created is True
+        assert await uow.contacts.by_email("team-1", "ada@example.com") == stored
+        assert stored.same_profile(contact) and stored.id == contact.id
 
     assert uow.contacts.rows == {}
     assert uow.published == []
@@ -97,9 +105,10 @@ async def test_contact_save_upserts_by_external_id_and_keeps_the_stored_id() -> 
 
     async with uow:
         await uow.contacts.add(first)
-        stored = await uow.contacts.add(racing)
+        stored, created = await uow.contacts.add(racing)
         await uow.commit()
 
+    assert created is False
     assert stored.id == first.id
     assert stored.name == "Ada Lovelace"
     assert list(uow.contacts.rows) == [first.id]
@@ -111,12 +120,15 @@ async def test_contact_save_upserts_anonymous_contacts_by_email() -> None:
 
     async with uow:
         await uow.contacts.add(first)
-        stored = await uow.contacts.add(a_contact(email="ada@example.com", name="Ada"))
-        identified = await uow.contacts.add(a_contact(external_id="user-9", email="ada@example.com"))
+        stored, merged_created = await uow.contacts.add(a_contact(email="ada@example.com", name="Ada"))
+        identified, identified_created = await uow.contacts.add(
+            a_contact(external_id="user-9", email="ada@example.com")
+        )
         await uow.commit()
 
-    assert stored.id == first.id
-    assert identified.id != first.id
+    assert (stored.id, merged_created) == (first.id, False)
+    assert stored.name == "Ada"
+    assert identified.id != first.id and identified_created is True
     assert len(uow.contacts.rows) == 2
 
 
@@ -142,7 +154,157 @@ async def test_by_email_prefers_the_contact_without_an_external_id() -> None:
         await uow.contacts.add(anonymous)
         found = await uow.contacts.by_email("team-1", "ada@example.com")
 
-    assert found == anonymous
+    assert found is not None and found.id == anonymous.id
+
+
+async def test_a_contact_save_that_meets_a_stored_identity_merges_like_on_conflict_do_update() -> None:
+    uow = FakeIngestUnitOfWork()
+    first = dataclasses.replace(
+        a_contact(external_id="user-1", email="ada@example.com", name="Ada"),
+        phone="+14155550100",
+        custom_fields={"plan": "pro", "age": 36},
+        tags=("vip",),
+        topics=("news",),
+    )
+
+    async with uow:
+        await uow.contacts.add(first)
+        stored, created = await uow.contacts.add(
+            dataclasses.replace(a_contact(external_id="user-1", name=None), custom_fields={"plan": "team"})
+        )
+
+    assert created is False
+    # COALESCE(excluded, stored) for email, phone and name; stored || excluded for custom fields;
+    # tags and topics are not part of the upsert.
+    assert (stored.email, stored.phone, stored.name) == ("ada@example.com", "+14155550100", "Ada")
+    assert stored.custom_fields == {"plan": "team", "age": 36}
+    assert (stored.tags, stored.topics) == (("vip",), ("news",))
+
+
+async def test_a_contact_update_keeps_the_unique_indexes() -> None:
+    uow = FakeIngestUnitOfWork()
+    ada, _ = await uow.contacts.add(a_contact(email="ada@example.com"))
+    bea, _ = await uow.contacts.add(a_contact(email="bea@example.com"))
+    await uow.contacts.add(a_contact(external_id="user-1"))
+
+    with pytest.raises(Conflict) as anonymous_clash:
+        await uow.contacts.update(dataclasses.replace(bea, email="ada@example.com"))
+    with pytest.raises(Conflict) as external_clash:
+        await uow.contacts.update(dataclasses.replace(ada, external_id="user-1"))
+    assert anonymous_clash.value.reason == external_clash.value.reason == "CONTACT_IDENTITY_CLASH"
+    with pytest.raises(LookupError):
+        await uow.contacts.update(dataclasses.replace(ada, team_id="team-2"))
+
+
+async def test_a_unit_of_work_cannot_be_entered_twice_at_once() -> None:
+    uow = FakeIngestUnitOfWork()
+
+    async with uow:
+        with pytest.raises(RuntimeError, match="still open"):
+            await uow.__aenter__()
+
+    async with uow:  # once the first transaction ended, the next may begin
+        pass
+
+
+def an_event(*, scheduled_for: datetime | None = None, contact: Contact | None = None) -> AcceptedEvent:
+    return AcceptedEvent(
+        id=uuid.uuid4(),
+        trigger_id=uuid.uuid4(),
+        team_id="team-1",
+        name="user_signup",
+        contact=contact,
+        data={},
+        variables={},
+        source=EventSource(),
+        occurred_at=NOW,
+        accepted_at=NOW,
+        scheduled_for=scheduled_for,
+    )
+
+
+async def test_triggers_roll_back_with_their_events() -> None:
+    uow = FakeIngestUnitOfWork()
+    event = an_event(scheduled_for=NOW + timedelta(hours=1))
+
+    async with uow:
+        await uow.events.add(event)
+        record = await uow.events.trigger("team-1", event.trigger_id)
+        assert record is not None and record.status == "scheduled"
+
+    assert uow.events.rows == {} and uow.events.triggers == {}
+    assert await uow.events.trigger("team-1", event.trigger_id) is None
+
+
+async def test_only_a_scheduled_trigger_can_be_cancelled() -> None:
+    uow = FakeIngestUnitOfWork()
+    scheduled, queued = an_event(scheduled_for=NOW + timedelta(hours=1)), an_event()
+    await uow.events.add(scheduled)
+    await uow.events.add(queued)
+
+    cancelled = await uow.events.cancel("team-1", scheduled.trigger_id, utcnow())
+
+    assert cancelled is not None and cancelled.status == "cancelled"
+    assert await uow.events.cancel("team-1", scheduled.trigger_id, utcnow()) is None
+    assert await uow.events.cancel("team-1", queued.trigger_id, utcnow()) is None
+    assert await uow.events.cancel("team-2", scheduled.trigger_id, utcnow()) is None
+
+
+async def test_claim_due_returns_each_due_event_once_with_its_current_contact() -> None:
+    uow = FakeIngestUnitOfWork()
+    contact, _ = await uow.contacts.add(a_contact(external_id="user-1", name="Ada"))
+    later = an_event(scheduled_for=NOW + timedelta(minutes=2), contact=contact)
+    sooner = an_event(scheduled_for=NOW + timedelta(minutes=1))
+    not_yet = an_event(scheduled_for=NOW + timedelta(hours=1))
+    for event in (later, sooner, not_yet):
+        await uow.events.add(event)
+    await uow.contacts.update(dataclasses.replace(contact, name="Ada Lovelace"))
+
+    first = await uow.events.claim_due(NOW + timedelta(minutes=5), limit=1)
+    second = await uow.events.claim_due(NOW + timedelta(minutes=5), limit=10)
+    third = await uow.events.claim_due(NOW + timedelta(minutes=5), limit=10)
+
+    assert [event.id for event in first] == [sooner.id]
+    assert [event.id for event in second] == [later.id]
+    assert third == []
+    assert second[0].contact is not None and second[0].contact.name == "Ada Lovelace"
+    record = await uow.events.trigger("team-1", later.trigger_id)
+    assert record is not None and record.status == "queued"
+
+
+async def test_an_idempotency_key_is_claimed_once_until_it_expires() -> None:
+    clock = [NOW]
+    uow = FakeIngestUnitOfWork(clock=lambda: clock[0])
+    first, second = uuid.uuid4(), uuid.uuid4()
+
+    assert await uow.idempotency.claim("team-1", "k", "fp-1", first, NOW + timedelta(hours=1)) is None
+    assert await uow.idempotency.claim("team-1", "k", "fp-2", second, NOW + timedelta(hours=1)) == (
+        IdempotencyRecord("fp-1", first)
+    )
+    assert await uow.idempotency.claim("team-2", "k", "fp-2", second, NOW + timedelta(hours=1)) is None
+    clock[0] = NOW + timedelta(hours=2)
+    assert await uow.idempotency.claim("team-1", "k", "fp-2", second, NOW + timedelta(hours=3)) is None
+    assert await uow.idempotency.claim("team-1", "k", "fp-3", uuid.uuid4(), NOW + timedelta(hours=3)) == (
+        IdempotencyRecord("fp-2", second)
+    )
+
+
+async def test_the_rate_limiter_counts_per_team_and_hour_and_refuses_past_the_limit() -> None:
+    limiter = FakeRateLimiter()
+    at = NOW.replace(minute=59, second=30)
+
+    first = await limiter.consume("team-1", 2, 1, at)
+    second = await limiter.consume("team-1", 2, 1, at)
+    with pytest.raises(ResourceExhausted) as raised:
+        await limiter.consume("team-1", 2, 1, at)
+    other_team = await limiter.consume("team-2", 2, 1, at)
+    next_hour = await limiter.consume("team-1", 2, 1, at + timedelta(minutes=1))
+
+    assert (first.remaining, second.remaining) == (1, 0)
+    assert first.reset_seconds == 30
+    assert raised.value.reason == "RATE_LIMITED"
+    assert raised.value.headers["retry-after"] == "30"
+    assert (other_team.remaining, next_hour.remaining) == (1, 1)
 
 
 def a_run(run_id: uuid.UUID) -> Run:

@@ -10,8 +10,9 @@ import grpc
 import pytest
 from aiohttp import web
 
-from gateway.errors import HTTP_STATUS_OF_CODE, error_body, from_herald_error, from_rpc_error
+from gateway.errors import error_body, from_herald_error, from_rpc_error
 from kernel.errors import (
+    HTTP_STATUS_OF_CODE,
     AlreadyExists,
     HeraldError,
     InvalidArgument,

@@ -76,7 +76,17 @@ def test_send_event_takes_an_inline_body_and_answers_201(spec: dict[str, Any]) -
     assert operation["requestBody"]["required"] is True
     assert body["type"] == "object"
     assert body["additionalProperties"] is False
-    assert set(body["properties"]) == {"event_name", "user_info", "source", "event_data", "variables"}
+    assert set(body["properties"]) == {
+        "event_name",
+        "user_info",
+        "source",
+        "event_data",
+        "variables",
+        "trigger_at",
+        "idempotency_key",
+        "occurred_at",
+        "contact_id",
+    }
     assert body["properties"]["event_data"] == {"type": "object", "additionalProperties": True}
     assert body["properties"]["user_info"] == {"$ref": "#/components/schemas/herald.ingest.v1.UserInfo"}
     success = operation["responses"]["201"]["content"]["application/json"]["schema"]

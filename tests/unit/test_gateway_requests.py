@@ -103,13 +103,13 @@ def test_camel_case_names_are_accepted() -> None:
 
 
 def test_an_unknown_field_is_named_with_the_fields_allowed_there() -> None:
-    error = shape_error({"event_name": "x", "trigger_at": "2030-01-01T00:00:00Z"})
+    error = shape_error({"event_name": "x", "send_at": "2030-01-01T00:00:00Z"})
 
     assert error.reason == "UNKNOWN_FIELD"
-    assert error.metadata == {"field": "trigger_at"}
+    assert error.metadata == {"field": "send_at"}
     assert error.message == (
-        "Unknown field 'trigger_at': allowed fields here are "
-        "event_data, event_name, source, user_info, variables"
+        "Unknown field 'send_at': allowed fields here are contact_id, event_data, event_name, "
+        "idempotency_key, occurred_at, source, trigger_at, user_info, variables"
     )
 
 
@@ -267,7 +267,10 @@ def test_a_message_field_is_not_a_query_parameter() -> None:
     with pytest.raises(BadRequest) as raised:
         query_document({"user_info": "x"}, SEND_EVENT)
 
-    assert raised.value.message == "Unknown query parameter 'user_info': allowed are event_name"
+    assert raised.value.message == (
+        "Unknown query parameter 'user_info': allowed are contact_id, event_name, idempotency_key, "
+        "occurred_at, trigger_at"
+    )
 
 
 def test_a_request_without_scalar_fields_allows_no_query_parameter() -> None:

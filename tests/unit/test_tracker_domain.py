@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.tracker.domain import Progress, Summary, TriggerState, TriggerStatus, TriggerView, next_status
+from services.tracker.domain import (
+    Progress,
+    Summary,
+    TriggerState,
+    TriggerStatus,
+    TriggerView,
+    cancel,
+    next_status,
+)
 
 CREATED = datetime(2024, 12, 10, 10, 0, tzinfo=UTC)
 MATCHED_AT = CREATED + timedelta(milliseconds=120)
@@ -41,6 +49,44 @@ def test_an_unmatched_trigger_with_a_time_to_fire_is_scheduled() -> None:
 
     assert trigger.status == TriggerStatus.SCHEDULED
     assert trigger.started_at is None
+
+
+def test_a_scheduled_trigger_whose_time_has_come_is_queued_though_its_last_fact_is_older() -> None:
+    trigger = a_trigger(status=TriggerStatus.SCHEDULED, scheduled_for=LATER)
+
+    next_status(trigger, NOT_MATCHED, CREATED, now=LATER + timedelta(milliseconds=1))
+
+    assert trigger.status == TriggerStatus.QUEUED
+
+
+def test_the_clock_not_the_facts_time_says_whether_a_trigger_still_waits() -> None:
+    trigger = a_trigger(scheduled_for=LATER)
+
+    # A fact stamped after trigger_at (a sender's clock ahead) does not make it fire early.
+    next_status(trigger, NOT_MATCHED, LATER + timedelta(seconds=1), now=MATCHED_AT)
+
+    assert trigger.status == TriggerStatus.SCHEDULED
+
+
+def test_a_cancelled_trigger_is_final_and_completed_when_cancelled() -> None:
+    trigger = a_trigger(status=TriggerStatus.SCHEDULED, scheduled_for=LATER)
+
+    cancel(trigger, MATCHED_AT)
+    next_status(trigger, progress(expected=1, finished=1), LATER, now=LATER)
+
+    assert trigger.status == TriggerStatus.CANCELLED
+    assert trigger.completed_at == MATCHED_AT
+    assert trigger.started_at is None
+
+
+@pytest.mark.parametrize("final", [TriggerStatus.COMPLETED, TriggerStatus.FAILED])
+def test_a_trigger_that_already_finished_cannot_be_cancelled(final: str) -> None:
+    trigger = a_trigger(status=final)
+    trigger.completed_at = MATCHED_AT
+
+    cancel(trigger, LATER)
+
+    assert (trigger.status, trigger.completed_at) == (final, MATCHED_AT)
 
 
 def test_a_matched_trigger_with_runs_going_is_processing_since_the_match() -> None:

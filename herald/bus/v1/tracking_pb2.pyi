@@ -91,6 +91,8 @@ class TrackingRecord(_message.Message):
     RUN_STARTED_FIELD_NUMBER: _builtins.int
     DELIVERY_RECORDED_FIELD_NUMBER: _builtins.int
     RUN_FINISHED_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIRED_FIELD_NUMBER: _builtins.int
+    TRIGGER_CANCELLED_FIELD_NUMBER: _builtins.int
     trigger_id: _builtins.str
     project_id: _builtins.str
     @_builtins.property
@@ -105,6 +107,10 @@ class TrackingRecord(_message.Message):
     def delivery_recorded(self) -> Global___DeliveryRecorded: ...
     @_builtins.property
     def run_finished(self) -> Global___RunFinished: ...
+    @_builtins.property
+    def trigger_fired(self) -> Global___TriggerFired: ...
+    @_builtins.property
+    def trigger_cancelled(self) -> Global___TriggerCancelled: ...
     def __init__(
         self,
         *,
@@ -116,12 +122,14 @@ class TrackingRecord(_message.Message):
         run_started: Global___RunStarted | None = ...,
         delivery_recorded: Global___DeliveryRecorded | None = ...,
         run_finished: Global___RunFinished | None = ...,
+        trigger_fired: Global___TriggerFired | None = ...,
+        trigger_cancelled: Global___TriggerCancelled | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery_recorded", b"delivery_recorded", "event_matched", b"event_matched", "kind", b"kind", "recorded_at", b"recorded_at", "run_finished", b"run_finished", "run_started", b"run_started", "trigger_accepted", b"trigger_accepted"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery_recorded", b"delivery_recorded", "event_matched", b"event_matched", "kind", b"kind", "recorded_at", b"recorded_at", "run_finished", b"run_finished", "run_started", b"run_started", "trigger_accepted", b"trigger_accepted", "trigger_cancelled", b"trigger_cancelled", "trigger_fired", b"trigger_fired"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_recorded", b"delivery_recorded", "event_matched", b"event_matched", "kind", b"kind", "project_id", b"project_id", "recorded_at", b"recorded_at", "run_finished", b"run_finished", "run_started", b"run_started", "trigger_accepted", b"trigger_accepted", "trigger_id", b"trigger_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_recorded", b"delivery_recorded", "event_matched", b"event_matched", "kind", b"kind", "project_id", b"project_id", "recorded_at", b"recorded_at", "run_finished", b"run_finished", "run_started", b"run_started", "trigger_accepted", b"trigger_accepted", "trigger_cancelled", b"trigger_cancelled", "trigger_fired", b"trigger_fired", "trigger_id", b"trigger_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["trigger_accepted", "event_matched", "run_started", "delivery_recorded", "run_finished"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["trigger_accepted", "event_matched", "run_started", "delivery_recorded", "run_finished", "trigger_fired", "trigger_cancelled"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -328,3 +336,47 @@ class RunFinished(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunFinished: _TypeAlias = RunFinished  # noqa: Y015
+
+@_typing.final
+class TriggerFired(_message.Message):
+    """TriggerFired: a scheduled trigger reached its time and its event was queued."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def fired_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        fired_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fired_at", b"fired_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fired_at", b"fired_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerFired: _TypeAlias = TriggerFired  # noqa: Y015
+
+@_typing.final
+class TriggerCancelled(_message.Message):
+    """TriggerCancelled: a scheduled trigger was cancelled before it fired."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANCELLED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cancelled_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        cancelled_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerCancelled: _TypeAlias = TriggerCancelled  # noqa: Y015

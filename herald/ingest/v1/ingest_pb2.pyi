@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -32,6 +34,7 @@ class UserInfo(_message.Message):
     """Your system's id for the contact."""
     email: _builtins.str
     phone: _builtins.str
+    """Stored in E.164 form (+14155550100); give it with its country code."""
     name: _builtins.str
     @_builtins.property
     def custom_fields(self) -> _struct_pb2.Struct:
@@ -91,8 +94,20 @@ class SendEventRequest(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     EVENT_DATA_FIELD_NUMBER: _builtins.int
     VARIABLES_FIELD_NUMBER: _builtins.int
+    TRIGGER_AT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
     event_name: _builtins.str
     """Required. Lowercase dot-separated segments of [a-z0-9_], e.g. "user_signup"."""
+    trigger_at: _builtins.str
+    """ISO 8601 time in the future at which the event fires; the trigger is `scheduled` until then."""
+    idempotency_key: _builtins.str
+    """Deduplicates within the project's idempotency window (default 24 hours)."""
+    occurred_at: _builtins.str
+    """ISO 8601 time the event happened in your system; defaults to the time it is accepted."""
+    contact_id: _builtins.str
+    """Herald's id of a known contact: takes precedence over user_info's identifiers."""
     @_builtins.property
     def user_info(self) -> Global___UserInfo: ...
     @_builtins.property
@@ -113,10 +128,14 @@ class SendEventRequest(_message.Message):
         source: Global___EventSource | None = ...,
         event_data: _struct_pb2.Struct | None = ...,
         variables: _struct_pb2.Struct | None = ...,
+        trigger_at: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        occurred_at: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_data", b"event_data", "source", b"source", "user_info", b"user_info", "variables", b"variables"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_data", b"event_data", "event_name", b"event_name", "source", b"source", "user_info", b"user_info", "variables", b"variables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "event_data", b"event_data", "event_name", b"event_name", "idempotency_key", b"idempotency_key", "occurred_at", b"occurred_at", "source", b"source", "trigger_at", b"trigger_at", "user_info", b"user_info", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -136,8 +155,9 @@ class SendEventResponse(_message.Message):
     trigger_id: _builtins.str
     """UUID of the trigger: use it with GET /api/v1/triggers/{trigger_id}."""
     job_id: _builtins.str
-    """The JetStream sequence number of the queued event; empty when the bus was unreachable at
-    the time (the event is stored and the outbox relay queues it as soon as the bus is back).
+    """The JetStream sequence number of the queued event; empty when the event is scheduled, is an
+    idempotent replay, or the bus was unreachable at the time (the event is stored and the
+    outbox relay queues it as soon as the bus is back).
     """
     message: _builtins.str
     scheduled_for: _builtins.str
@@ -160,6 +180,272 @@ class SendEventResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__scheduled_for) -> _WhichOneofReturnType__scheduled_for | None: ...
 
 Global___SendEventResponse: _TypeAlias = SendEventResponse  # noqa: Y015
+
+@_typing.final
+class PublishEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    event: _builtins.str
+    """Required. Lowercase dot-separated segments of [a-z0-9_], e.g. "order.completed"."""
+    contact_id: _builtins.str
+    """The contact, resolved in this order: contact_id, external_id, normalized email."""
+    external_id: _builtins.str
+    email: _builtins.str
+    occurred_at: _builtins.str
+    """ISO 8601 time the event happened; defaults to the time it is accepted."""
+    idempotency_key: _builtins.str
+    """Deduplicates by project + idempotency_key within the project's idempotency window."""
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Struct:
+        """The event's data: `event.data` in templates and conditions."""
+
+    def __init__(
+        self,
+        *,
+        event: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        payload: _struct_pb2.Struct | None = ...,
+        occurred_at: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "email", b"email", "event", b"event", "external_id", b"external_id", "idempotency_key", b"idempotency_key", "occurred_at", b"occurred_at", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventRequest: _TypeAlias = PublishEventRequest  # noqa: Y015
+
+@_typing.final
+class PublishEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    TRIGGER_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    ACCEPTED_AT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENT_REPLAYED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The event's id."""
+    event: _builtins.str
+    contact_id: _builtins.str
+    """Herald's id of the resolved contact; empty when the event identifies nobody."""
+    trigger_id: _builtins.str
+    """Track the event's workflows with GET /api/v1/triggers/{trigger_id}."""
+    status: _builtins.str
+    """"queued"."""
+    occurred_at: _builtins.str
+    accepted_at: _builtins.str
+    idempotent_replayed: _builtins.bool
+    """True when this answer is the existing event of an earlier request with the same key."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        event: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        trigger_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        occurred_at: _builtins.str = ...,
+        accepted_at: _builtins.str = ...,
+        idempotent_replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "contact_id", b"contact_id", "event", b"event", "id", b"id", "idempotent_replayed", b"idempotent_replayed", "occurred_at", b"occurred_at", "status", b"status", "trigger_id", b"trigger_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventResponse: _TypeAlias = PublishEventResponse  # noqa: Y015
+
+@_typing.final
+class SendEventBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___SendEventRequest]:
+        """1 to 500 events, each as for SendEvent."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___SendEventRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendEventBatchRequest: _TypeAlias = SendEventBatchRequest  # noqa: Y015
+
+@_typing.final
+class BatchError(_message.Message):
+    """BatchError is why one event of a batch was not accepted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    status_code: _builtins.int
+    """The HTTP status the event would have had on its own."""
+    message: _builtins.str
+    error: _builtins.str
+    reason: _builtins.str
+    """The UPPER_SNAKE reason, as in the gRPC ErrorInfo."""
+    def __init__(
+        self,
+        *,
+        status_code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        error: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "message", b"message", "reason", b"reason", "status_code", b"status_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchError: _TypeAlias = BatchError  # noqa: Y015
+
+@_typing.final
+class BatchResult(_message.Message):
+    """BatchResult answers one event of a batch, at the same index."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    TRIGGER_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FOR_FIELD_NUMBER: _builtins.int
+    IDEMPOTENT_REPLAYED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    success: _builtins.bool
+    trigger_id: _builtins.str
+    job_id: _builtins.str
+    message: _builtins.str
+    scheduled_for: _builtins.str
+    idempotent_replayed: _builtins.bool
+    @_builtins.property
+    def error(self) -> Global___BatchError:
+        """Set when success is false."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        success: _builtins.bool = ...,
+        trigger_id: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        scheduled_for: _builtins.str | None = ...,
+        idempotent_replayed: _builtins.bool = ...,
+        error: Global___BatchError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_scheduled_for", b"_scheduled_for", "error", b"error", "scheduled_for", b"scheduled_for"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_scheduled_for", b"_scheduled_for", "error", b"error", "idempotent_replayed", b"idempotent_replayed", "index", b"index", "job_id", b"job_id", "message", b"message", "scheduled_for", b"scheduled_for", "success", b"success", "trigger_id", b"trigger_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__scheduled_for: _TypeAlias = _typing.Literal["scheduled_for"]  # noqa: Y015
+    _WhichOneofArgType__scheduled_for: _TypeAlias = _typing.Literal["_scheduled_for", b"_scheduled_for"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__scheduled_for) -> _WhichOneofReturnType__scheduled_for | None: ...
+
+Global___BatchResult: _TypeAlias = BatchResult  # noqa: Y015
+
+@_typing.final
+class SendEventBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.int
+    rejected: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchResult]:
+        """One result per event, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchResult] | None = ...,
+        accepted: _builtins.int = ...,
+        rejected: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "rejected", b"rejected", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendEventBatchResponse: _TypeAlias = SendEventBatchResponse  # noqa: Y015
+
+@_typing.final
+class CancelTriggerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIGGER_ID_FIELD_NUMBER: _builtins.int
+    trigger_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        trigger_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["trigger_id", b"trigger_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTriggerRequest: _TypeAlias = CancelTriggerRequest  # noqa: Y015
+
+@_typing.final
+class CancelTriggerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FOR_FIELD_NUMBER: _builtins.int
+    CANCELLED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    status: _builtins.str
+    """"cancelled"."""
+    scheduled_for: _builtins.str
+    cancelled_at: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        scheduled_for: _builtins.str = ...,
+        cancelled_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at", "id", b"id", "scheduled_for", b"scheduled_for", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTriggerResponse: _TypeAlias = CancelTriggerResponse  # noqa: Y015
 
 @_typing.final
 class GetTriggerRecordRequest(_message.Message):
@@ -195,7 +481,7 @@ class GetTriggerRecordResponse(_message.Message):
     event_name: _builtins.str
     created_at: _builtins.str
     status: _builtins.str
-    """"queued" or "scheduled"."""
+    """"queued", "scheduled" or "cancelled"."""
     scheduled_for: _builtins.str
     def __init__(
         self,
@@ -216,3 +502,616 @@ class GetTriggerRecordResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__scheduled_for) -> _WhichOneofReturnType__scheduled_for | None: ...
 
 Global___GetTriggerRecordResponse: _TypeAlias = GetTriggerRecordResponse  # noqa: Y015
+
+@_typing.final
+class Contact(_message.Message):
+    """Contact is a person events are about."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELDS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    TOPICS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Herald's id (a UUID): usable as an event's contact_id."""
+    external_id: _builtins.str
+    email: _builtins.str
+    phone: _builtins.str
+    name: _builtins.str
+    created_at: _builtins.str
+    updated_at: _builtins.str
+    @_builtins.property
+    def custom_fields(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        name: _builtins.str = ...,
+        custom_fields: _struct_pb2.Struct | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        topics: _abc.Iterable[_builtins.str] | None = ...,
+        created_at: _builtins.str = ...,
+        updated_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["custom_fields", b"custom_fields"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "custom_fields", b"custom_fields", "email", b"email", "external_id", b"external_id", "id", b"id", "name", b"name", "phone", b"phone", "tags", b"tags", "topics", b"topics", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Contact: _TypeAlias = Contact  # noqa: Y015
+
+@_typing.final
+class PutContactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELDS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    external_id: _builtins.str
+    email: _builtins.str
+    phone: _builtins.str
+    name: _builtins.str
+    @_builtins.property
+    def custom_fields(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        external_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        name: _builtins.str = ...,
+        custom_fields: _struct_pb2.Struct | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["custom_fields", b"custom_fields"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_fields", b"custom_fields", "email", b"email", "external_id", b"external_id", "name", b"name", "phone", b"phone", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutContactRequest: _TypeAlias = PutContactRequest  # noqa: Y015
+
+@_typing.final
+class GetContactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    external_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        external_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContactRequest: _TypeAlias = GetContactRequest  # noqa: Y015
+
+@_typing.final
+class DeleteContactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    external_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        external_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteContactRequest: _TypeAlias = DeleteContactRequest  # noqa: Y015
+
+@_typing.final
+class DeleteContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteContactResponse: _TypeAlias = DeleteContactResponse  # noqa: Y015
+
+@_typing.final
+class UpdateContactTagsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    ADD_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    external_id: _builtins.str
+    @_builtins.property
+    def add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def remove(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        external_id: _builtins.str = ...,
+        add: _abc.Iterable[_builtins.str] | None = ...,
+        remove: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "external_id", b"external_id", "remove", b"remove"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateContactTagsRequest: _TypeAlias = UpdateContactTagsRequest  # noqa: Y015
+
+@_typing.final
+class SubscribeTopicRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    external_id: _builtins.str
+    topic: _builtins.str
+    def __init__(
+        self,
+        *,
+        external_id: _builtins.str = ...,
+        topic: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeTopicRequest: _TypeAlias = SubscribeTopicRequest  # noqa: Y015
+
+@_typing.final
+class UnsubscribeTopicRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    external_id: _builtins.str
+    topic: _builtins.str
+    def __init__(
+        self,
+        *,
+        external_id: _builtins.str = ...,
+        topic: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnsubscribeTopicRequest: _TypeAlias = UnsubscribeTopicRequest  # noqa: Y015
+
+@_typing.final
+class ProjectPolicy(_message.Message):
+    """ProjectPolicy is what a project allows and how long it keeps things."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_PAYLOAD_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    UNKNOWN_EVENTS_FIELD_NUMBER: _builtins.int
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_WINDOW_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_PER_HOUR_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_RATE_LIMIT_PER_HOUR_FIELD_NUMBER: _builtins.int
+    event_payload_limit_bytes: _builtins.int
+    """Largest accepted event payload (event_data + variables + custom_fields, as JSON) in bytes."""
+    unknown_events: _builtins.str
+    """"accept": new event names are accepted and catalogued; "reject": only registered names."""
+    retention_days: _builtins.int
+    """How long events and triggers are kept."""
+    idempotency_window: _builtins.str
+    """ISO 8601 duration for which an idempotency key is remembered, e.g. "PT24H"."""
+    plan: _builtins.str
+    """"starter" (1,000 events/hour), "pro" (10,000/hour) or "enterprise" (no plan limit)."""
+    rate_limit_per_hour: _builtins.int
+    """Overrides the plan's hourly limit when above 0."""
+    effective_rate_limit_per_hour: _builtins.int
+    """The limit in force: the override, else the plan's; 0 means unlimited."""
+    def __init__(
+        self,
+        *,
+        event_payload_limit_bytes: _builtins.int = ...,
+        unknown_events: _builtins.str = ...,
+        retention_days: _builtins.int = ...,
+        idempotency_window: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        rate_limit_per_hour: _builtins.int = ...,
+        effective_rate_limit_per_hour: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_rate_limit_per_hour", b"effective_rate_limit_per_hour", "event_payload_limit_bytes", b"event_payload_limit_bytes", "idempotency_window", b"idempotency_window", "plan", b"plan", "rate_limit_per_hour", b"rate_limit_per_hour", "retention_days", b"retention_days", "unknown_events", b"unknown_events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProjectPolicy: _TypeAlias = ProjectPolicy  # noqa: Y015
+
+@_typing.final
+class GetProjectPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProjectPolicyRequest: _TypeAlias = GetProjectPolicyRequest  # noqa: Y015
+
+@_typing.final
+class UpdateProjectPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_PAYLOAD_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    UNKNOWN_EVENTS_FIELD_NUMBER: _builtins.int
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_WINDOW_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_PER_HOUR_FIELD_NUMBER: _builtins.int
+    event_payload_limit_bytes: _builtins.int
+    unknown_events: _builtins.str
+    retention_days: _builtins.int
+    idempotency_window: _builtins.str
+    plan: _builtins.str
+    rate_limit_per_hour: _builtins.int
+    """0 removes the override."""
+    def __init__(
+        self,
+        *,
+        event_payload_limit_bytes: _builtins.int | None = ...,
+        unknown_events: _builtins.str | None = ...,
+        retention_days: _builtins.int | None = ...,
+        idempotency_window: _builtins.str | None = ...,
+        plan: _builtins.str | None = ...,
+        rate_limit_per_hour: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_event_payload_limit_bytes", b"_event_payload_limit_bytes", "_idempotency_window", b"_idempotency_window", "_plan", b"_plan", "_rate_limit_per_hour", b"_rate_limit_per_hour", "_retention_days", b"_retention_days", "_unknown_events", b"_unknown_events", "event_payload_limit_bytes", b"event_payload_limit_bytes", "idempotency_window", b"idempotency_window", "plan", b"plan", "rate_limit_per_hour", b"rate_limit_per_hour", "retention_days", b"retention_days", "unknown_events", b"unknown_events"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_event_payload_limit_bytes", b"_event_payload_limit_bytes", "_idempotency_window", b"_idempotency_window", "_plan", b"_plan", "_rate_limit_per_hour", b"_rate_limit_per_hour", "_retention_days", b"_retention_days", "_unknown_events", b"_unknown_events", "event_payload_limit_bytes", b"event_payload_limit_bytes", "idempotency_window", b"idempotency_window", "plan", b"plan", "rate_limit_per_hour", b"rate_limit_per_hour", "retention_days", b"retention_days", "unknown_events", b"unknown_events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__event_payload_limit_bytes: _TypeAlias = _typing.Literal["event_payload_limit_bytes"]  # noqa: Y015
+    _WhichOneofArgType__event_payload_limit_bytes: _TypeAlias = _typing.Literal["_event_payload_limit_bytes", b"_event_payload_limit_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__idempotency_window: _TypeAlias = _typing.Literal["idempotency_window"]  # noqa: Y015
+    _WhichOneofArgType__idempotency_window: _TypeAlias = _typing.Literal["_idempotency_window", b"_idempotency_window"]  # noqa: Y015
+    _WhichOneofReturnType__plan: _TypeAlias = _typing.Literal["plan"]  # noqa: Y015
+    _WhichOneofArgType__plan: _TypeAlias = _typing.Literal["_plan", b"_plan"]  # noqa: Y015
+    _WhichOneofReturnType__rate_limit_per_hour: _TypeAlias = _typing.Literal["rate_limit_per_hour"]  # noqa: Y015
+    _WhichOneofArgType__rate_limit_per_hour: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour"]  # noqa: Y015
+    _WhichOneofReturnType__retention_days: _TypeAlias = _typing.Literal["retention_days"]  # noqa: Y015
+    _WhichOneofArgType__retention_days: _TypeAlias = _typing.Literal["_retention_days", b"_retention_days"]  # noqa: Y015
+    _WhichOneofReturnType__unknown_events: _TypeAlias = _typing.Literal["unknown_events"]  # noqa: Y015
+    _WhichOneofArgType__unknown_events: _TypeAlias = _typing.Literal["_unknown_events", b"_unknown_events"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__event_payload_limit_bytes) -> _WhichOneofReturnType__event_payload_limit_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__idempotency_window) -> _WhichOneofReturnType__idempotency_window | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__plan) -> _WhichOneofReturnType__plan | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rate_limit_per_hour) -> _WhichOneofReturnType__rate_limit_per_hour | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retention_days) -> _WhichOneofReturnType__retention_days | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__unknown_events) -> _WhichOneofReturnType__unknown_events | None: ...
+
+Global___UpdateProjectPolicyRequest: _TypeAlias = UpdateProjectPolicyRequest  # noqa: Y015
+
+@_typing.final
+class EventType(_message.Message):
+    """EventType is an event name the project knows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    origin: _builtins.str
+    """"registered" (POST /api/v1/event-types) or "catalogued" (first accepted under "accept")."""
+    created_at: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        origin: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "name", b"name", "origin", b"origin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventType: _TypeAlias = EventType  # noqa: Y015
+
+@_typing.final
+class RegisterEventTypeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterEventTypeRequest: _TypeAlias = RegisterEventTypeRequest  # noqa: Y015
+
+@_typing.final
+class ListEventTypesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventTypesRequest: _TypeAlias = ListEventTypesRequest  # noqa: Y015
+
+@_typing.final
+class ListEventTypesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventType]: ...
+    def __init__(
+        self,
+        *,
+        event_types: _abc.Iterable[Global___EventType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_types", b"event_types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventTypesResponse: _TypeAlias = ListEventTypesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteEventTypeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteEventTypeRequest: _TypeAlias = DeleteEventTypeRequest  # noqa: Y015
+
+@_typing.final
+class DeleteEventTypeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteEventTypeResponse: _TypeAlias = DeleteEventTypeResponse  # noqa: Y015
+
+@_typing.final
+class PutContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> Global___Contact: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___Contact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutContactResponse: _TypeAlias = PutContactResponse  # noqa: Y015
+
+@_typing.final
+class GetContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> Global___Contact: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___Contact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContactResponse: _TypeAlias = GetContactResponse  # noqa: Y015
+
+@_typing.final
+class UpdateContactTagsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> Global___Contact: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___Contact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateContactTagsResponse: _TypeAlias = UpdateContactTagsResponse  # noqa: Y015
+
+@_typing.final
+class SubscribeTopicResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> Global___Contact: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___Contact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeTopicResponse: _TypeAlias = SubscribeTopicResponse  # noqa: Y015
+
+@_typing.final
+class UnsubscribeTopicResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> Global___Contact: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___Contact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnsubscribeTopicResponse: _TypeAlias = UnsubscribeTopicResponse  # noqa: Y015
+
+@_typing.final
+class GetProjectPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___ProjectPolicy: ...
+    def __init__(
+        self,
+        *,
+        policy: Global___ProjectPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProjectPolicyResponse: _TypeAlias = GetProjectPolicyResponse  # noqa: Y015
+
+@_typing.final
+class UpdateProjectPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___ProjectPolicy: ...
+    def __init__(
+        self,
+        *,
+        policy: Global___ProjectPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateProjectPolicyResponse: _TypeAlias = UpdateProjectPolicyResponse  # noqa: Y015
+
+@_typing.final
+class RegisterEventTypeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event_type(self) -> Global___EventType: ...
+    def __init__(
+        self,
+        *,
+        event_type: Global___EventType | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterEventTypeResponse: _TypeAlias = RegisterEventTypeResponse  # noqa: Y015

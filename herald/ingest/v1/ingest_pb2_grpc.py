@@ -26,11 +26,17 @@ if _version_not_supported:
 
 
 class IngestServiceStub:
-    """IngestService accepts events: it authenticates, validates, resolves the contact, stores the
-    event and its trigger durably and queues it for matching.
+    """IngestService accepts events: it authenticates, validates, applies the project's policy,
+    resolves the contact, stores the event and its trigger durably and queues it for matching
+    (or holds it until its trigger_at time).
 
     Credentials travel in metadata: `x-api-key` and `x-team-id` (Sendmator style) or
-    `authorization: Bearer <key>` (Sendrealm style).
+    `authorization: Bearer <key>` (Sendrealm style). An `idempotency-key` metadata entry is the
+    same as the request's idempotency_key field.
+
+    Response metadata the gateway turns into HTTP headers: `idempotent-replayed: true` on an
+    idempotent replay; `ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset`,
+    `ratelimit-policy` when the project has a rate limit, and `retry-after` when it is exceeded.
     """
 
     def __init__(self, channel):
@@ -44,6 +50,21 @@ class IngestServiceStub:
                 request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventRequest.SerializeToString,
                 response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventResponse.FromString,
                 _registered_method=True)
+        self.PublishEvent = channel.unary_unary(
+                '/herald.ingest.v1.IngestService/PublishEvent',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.PublishEventRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.PublishEventResponse.FromString,
+                _registered_method=True)
+        self.SendEventBatch = channel.unary_unary(
+                '/herald.ingest.v1.IngestService/SendEventBatch',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventBatchRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventBatchResponse.FromString,
+                _registered_method=True)
+        self.CancelTrigger = channel.unary_unary(
+                '/herald.ingest.v1.IngestService/CancelTrigger',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.CancelTriggerRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.CancelTriggerResponse.FromString,
+                _registered_method=True)
         self.GetTriggerRecord = channel.unary_unary(
                 '/herald.ingest.v1.IngestService/GetTriggerRecord',
                 request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetTriggerRecordRequest.SerializeToString,
@@ -52,15 +73,44 @@ class IngestServiceStub:
 
 
 class IngestServiceServicer:
-    """IngestService accepts events: it authenticates, validates, resolves the contact, stores the
-    event and its trigger durably and queues it for matching.
+    """IngestService accepts events: it authenticates, validates, applies the project's policy,
+    resolves the contact, stores the event and its trigger durably and queues it for matching
+    (or holds it until its trigger_at time).
 
     Credentials travel in metadata: `x-api-key` and `x-team-id` (Sendmator style) or
-    `authorization: Bearer <key>` (Sendrealm style).
+    `authorization: Bearer <key>` (Sendrealm style). An `idempotency-key` metadata entry is the
+    same as the request's idempotency_key field.
+
+    Response metadata the gateway turns into HTTP headers: `idempotent-replayed: true` on an
+    idempotent replay; `ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset`,
+    `ratelimit-policy` when the project has a rate limit, and `retry-after` when it is exceeded.
     """
 
     def SendEvent(self, request, context):
         """Queue an event for asynchronous workflow processing (Sendmator "Send Event (Async)").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishEvent(self, request, context):
+        """Submit a customer event (Sendrealm "Events"): 202 Accepted; the same idempotency_key again
+        returns the existing event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendEventBatch(self, request, context):
+        """Queue up to 500 events in one request. Each event is validated and answered on its own:
+        a bad event does not sink the good ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTrigger(self, request, context):
+        """Cancel a scheduled trigger before it fires.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,6 +132,21 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventRequest.FromString,
                     response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventResponse.SerializeToString,
             ),
+            'PublishEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishEvent,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.PublishEventRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.PublishEventResponse.SerializeToString,
+            ),
+            'SendEventBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendEventBatch,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventBatchRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventBatchResponse.SerializeToString,
+            ),
+            'CancelTrigger': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTrigger,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.CancelTriggerRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.CancelTriggerResponse.SerializeToString,
+            ),
             'GetTriggerRecord': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTriggerRecord,
                     request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetTriggerRecordRequest.FromString,
@@ -96,11 +161,17 @@ def add_IngestServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class IngestService:
-    """IngestService accepts events: it authenticates, validates, resolves the contact, stores the
-    event and its trigger durably and queues it for matching.
+    """IngestService accepts events: it authenticates, validates, applies the project's policy,
+    resolves the contact, stores the event and its trigger durably and queues it for matching
+    (or holds it until its trigger_at time).
 
     Credentials travel in metadata: `x-api-key` and `x-team-id` (Sendmator style) or
-    `authorization: Bearer <key>` (Sendrealm style).
+    `authorization: Bearer <key>` (Sendrealm style). An `idempotency-key` metadata entry is the
+    same as the request's idempotency_key field.
+
+    Response metadata the gateway turns into HTTP headers: `idempotent-replayed: true` on an
+    idempotent replay; `ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset`,
+    `ratelimit-policy` when the project has a rate limit, and `retry-after` when it is exceeded.
     """
 
     @staticmethod
@@ -131,6 +202,87 @@ class IngestService:
             _registered_method=True)
 
     @staticmethod
+    def PublishEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.IngestService/PublishEvent',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.PublishEventRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.PublishEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendEventBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.IngestService/SendEventBatch',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventBatchRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTrigger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.IngestService/CancelTrigger',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.CancelTriggerRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.CancelTriggerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetTriggerRecord(request,
             target,
             options=(),
@@ -147,6 +299,549 @@ class IngestService:
             '/herald.ingest.v1.IngestService/GetTriggerRecord',
             herald_dot_ingest_dot_v1_dot_ingest__pb2.GetTriggerRecordRequest.SerializeToString,
             herald_dot_ingest_dot_v1_dot_ingest__pb2.GetTriggerRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ContactServiceStub:
+    """ContactService manages the contacts events are about, by your system's id (external_id).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PutContact = channel.unary_unary(
+                '/herald.ingest.v1.ContactService/PutContact',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.PutContactRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.PutContactResponse.FromString,
+                _registered_method=True)
+        self.GetContact = channel.unary_unary(
+                '/herald.ingest.v1.ContactService/GetContact',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetContactRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetContactResponse.FromString,
+                _registered_method=True)
+        self.DeleteContact = channel.unary_unary(
+                '/herald.ingest.v1.ContactService/DeleteContact',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.DeleteContactRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.DeleteContactResponse.FromString,
+                _registered_method=True)
+        self.UpdateContactTags = channel.unary_unary(
+                '/herald.ingest.v1.ContactService/UpdateContactTags',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.UpdateContactTagsRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.UpdateContactTagsResponse.FromString,
+                _registered_method=True)
+        self.SubscribeTopic = channel.unary_unary(
+                '/herald.ingest.v1.ContactService/SubscribeTopic',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SubscribeTopicRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SubscribeTopicResponse.FromString,
+                _registered_method=True)
+        self.UnsubscribeTopic = channel.unary_unary(
+                '/herald.ingest.v1.ContactService/UnsubscribeTopic',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.UnsubscribeTopicRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.UnsubscribeTopicResponse.FromString,
+                _registered_method=True)
+
+
+class ContactServiceServicer:
+    """ContactService manages the contacts events are about, by your system's id (external_id).
+    """
+
+    def PutContact(self, request, context):
+        """Create or replace a contact's profile: email, phone, name, custom_fields and tags take
+        exactly the values given (absent ones become empty); topics are kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetContact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteContact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateContactTags(self, request, context):
+        """Add and remove tags in one call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubscribeTopic(self, request, context):
+        """Subscribe the contact to a topic (emits `herald.topic.subscribed` when newly subscribed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnsubscribeTopic(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ContactServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PutContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutContact,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.PutContactRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.PutContactResponse.SerializeToString,
+            ),
+            'GetContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContact,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetContactRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetContactResponse.SerializeToString,
+            ),
+            'DeleteContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteContact,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.DeleteContactRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.DeleteContactResponse.SerializeToString,
+            ),
+            'UpdateContactTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateContactTags,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.UpdateContactTagsRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.UpdateContactTagsResponse.SerializeToString,
+            ),
+            'SubscribeTopic': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubscribeTopic,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SubscribeTopicRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SubscribeTopicResponse.SerializeToString,
+            ),
+            'UnsubscribeTopic': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnsubscribeTopic,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.UnsubscribeTopicRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.UnsubscribeTopicResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'herald.ingest.v1.ContactService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('herald.ingest.v1.ContactService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ContactService:
+    """ContactService manages the contacts events are about, by your system's id (external_id).
+    """
+
+    @staticmethod
+    def PutContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.ContactService/PutContact',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.PutContactRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.PutContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.ContactService/GetContact',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.GetContactRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.GetContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.ContactService/DeleteContact',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.DeleteContactRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.DeleteContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateContactTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.ContactService/UpdateContactTags',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.UpdateContactTagsRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.UpdateContactTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.ContactService/SubscribeTopic',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.SubscribeTopicRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.SubscribeTopicResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnsubscribeTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.ContactService/UnsubscribeTopic',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.UnsubscribeTopicRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.UnsubscribeTopicResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ProjectServiceStub:
+    """ProjectService holds the project's policy and its registered event types.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetProjectPolicy = channel.unary_unary(
+                '/herald.ingest.v1.ProjectService/GetProjectPolicy',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetProjectPolicyRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetProjectPolicyResponse.FromString,
+                _registered_method=True)
+        self.UpdateProjectPolicy = channel.unary_unary(
+                '/herald.ingest.v1.ProjectService/UpdateProjectPolicy',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.UpdateProjectPolicyRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.UpdateProjectPolicyResponse.FromString,
+                _registered_method=True)
+        self.RegisterEventType = channel.unary_unary(
+                '/herald.ingest.v1.ProjectService/RegisterEventType',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.RegisterEventTypeRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.RegisterEventTypeResponse.FromString,
+                _registered_method=True)
+        self.ListEventTypes = channel.unary_unary(
+                '/herald.ingest.v1.ProjectService/ListEventTypes',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.ListEventTypesRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.ListEventTypesResponse.FromString,
+                _registered_method=True)
+        self.DeleteEventType = channel.unary_unary(
+                '/herald.ingest.v1.ProjectService/DeleteEventType',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.DeleteEventTypeRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.DeleteEventTypeResponse.FromString,
+                _registered_method=True)
+
+
+class ProjectServiceServicer:
+    """ProjectService holds the project's policy and its registered event types.
+    """
+
+    def GetProjectPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateProjectPolicy(self, request, context):
+        """Change the fields given; the others keep their values. Takes effect within a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterEventType(self, request, context):
+        """Register an event type, so that it is accepted when unknown_events is "reject".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEventTypes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteEventType(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ProjectServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetProjectPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProjectPolicy,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetProjectPolicyRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetProjectPolicyResponse.SerializeToString,
+            ),
+            'UpdateProjectPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProjectPolicy,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.UpdateProjectPolicyRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.UpdateProjectPolicyResponse.SerializeToString,
+            ),
+            'RegisterEventType': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterEventType,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.RegisterEventTypeRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.RegisterEventTypeResponse.SerializeToString,
+            ),
+            'ListEventTypes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEventTypes,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.ListEventTypesRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.ListEventTypesResponse.SerializeToString,
+            ),
+            'DeleteEventType': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEventType,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.DeleteEventTypeRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.DeleteEventTypeResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'herald.ingest.v1.ProjectService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('herald.ingest.v1.ProjectService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ProjectService:
+    """ProjectService holds the project's policy and its registered event types.
+    """
+
+    @staticmethod
+    def GetProjectPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.ProjectService/GetProjectPolicy',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.GetProjectPolicyRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.GetProjectPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProjectPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.ProjectService/UpdateProjectPolicy',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.UpdateProjectPolicyRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.UpdateProjectPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterEventType(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.ProjectService/RegisterEventType',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.RegisterEventTypeRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.RegisterEventTypeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEventTypes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.ProjectService/ListEventTypes',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.ListEventTypesRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.ListEventTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteEventType(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.ProjectService/DeleteEventType',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.DeleteEventTypeRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.DeleteEventTypeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,11 +27,17 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class IngestServiceStub:
-    """IngestService accepts events: it authenticates, validates, resolves the contact, stores the
-    event and its trigger durably and queues it for matching.
+    """IngestService accepts events: it authenticates, validates, applies the project's policy,
+    resolves the contact, stores the event and its trigger durably and queues it for matching
+    (or holds it until its trigger_at time).
 
     Credentials travel in metadata: `x-api-key` and `x-team-id` (Sendmator style) or
-    `authorization: Bearer <key>` (Sendrealm style).
+    `authorization: Bearer <key>` (Sendrealm style). An `idempotency-key` metadata entry is the
+    same as the request's idempotency_key field.
+
+    Response metadata the gateway turns into HTTP headers: `idempotent-replayed: true` on an
+    idempotent replay; `ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset`,
+    `ratelimit-policy` when the project has a rate limit, and `retry-after` when it is exceeded.
     """
 
     @_typing.overload
@@ -40,6 +46,16 @@ class IngestServiceStub:
     def __new__(cls, channel: _aio.Channel) -> IngestServiceAsyncStub: ...
     SendEvent: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.SendEventRequest, _ingest_pb2.SendEventResponse]
     """Queue an event for asynchronous workflow processing (Sendmator "Send Event (Async)")."""
+    PublishEvent: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.PublishEventRequest, _ingest_pb2.PublishEventResponse]
+    """Submit a customer event (Sendrealm "Events"): 202 Accepted; the same idempotency_key again
+    returns the existing event.
+    """
+    SendEventBatch: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.SendEventBatchRequest, _ingest_pb2.SendEventBatchResponse]
+    """Queue up to 500 events in one request. Each event is validated and answered on its own:
+    a bad event does not sink the good ones.
+    """
+    CancelTrigger: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.CancelTriggerRequest, _ingest_pb2.CancelTriggerResponse]
+    """Cancel a scheduled trigger before it fires."""
     GetTriggerRecord: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetTriggerRecordRequest, _ingest_pb2.GetTriggerRecordResponse]
     """What ingest knows of a trigger it created: used by the tracker for a trigger whose
     tracking records it has not received yet. Not exposed over REST.
@@ -47,27 +63,49 @@ class IngestServiceStub:
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
-    """IngestService accepts events: it authenticates, validates, resolves the contact, stores the
-    event and its trigger durably and queues it for matching.
+    """IngestService accepts events: it authenticates, validates, applies the project's policy,
+    resolves the contact, stores the event and its trigger durably and queues it for matching
+    (or holds it until its trigger_at time).
 
     Credentials travel in metadata: `x-api-key` and `x-team-id` (Sendmator style) or
-    `authorization: Bearer <key>` (Sendrealm style).
+    `authorization: Bearer <key>` (Sendrealm style). An `idempotency-key` metadata entry is the
+    same as the request's idempotency_key field.
+
+    Response metadata the gateway turns into HTTP headers: `idempotent-replayed: true` on an
+    idempotent replay; `ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset`,
+    `ratelimit-policy` when the project has a rate limit, and `retry-after` when it is exceeded.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SendEvent: _aio.UnaryUnaryMultiCallable[_ingest_pb2.SendEventRequest, _ingest_pb2.SendEventResponse]  # type: ignore[assignment]
     """Queue an event for asynchronous workflow processing (Sendmator "Send Event (Async)")."""
+    PublishEvent: _aio.UnaryUnaryMultiCallable[_ingest_pb2.PublishEventRequest, _ingest_pb2.PublishEventResponse]  # type: ignore[assignment]
+    """Submit a customer event (Sendrealm "Events"): 202 Accepted; the same idempotency_key again
+    returns the existing event.
+    """
+    SendEventBatch: _aio.UnaryUnaryMultiCallable[_ingest_pb2.SendEventBatchRequest, _ingest_pb2.SendEventBatchResponse]  # type: ignore[assignment]
+    """Queue up to 500 events in one request. Each event is validated and answered on its own:
+    a bad event does not sink the good ones.
+    """
+    CancelTrigger: _aio.UnaryUnaryMultiCallable[_ingest_pb2.CancelTriggerRequest, _ingest_pb2.CancelTriggerResponse]  # type: ignore[assignment]
+    """Cancel a scheduled trigger before it fires."""
     GetTriggerRecord: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetTriggerRecordRequest, _ingest_pb2.GetTriggerRecordResponse]  # type: ignore[assignment]
     """What ingest knows of a trigger it created: used by the tracker for a trigger whose
     tracking records it has not received yet. Not exposed over REST.
     """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
-    """IngestService accepts events: it authenticates, validates, resolves the contact, stores the
-    event and its trigger durably and queues it for matching.
+    """IngestService accepts events: it authenticates, validates, applies the project's policy,
+    resolves the contact, stores the event and its trigger durably and queues it for matching
+    (or holds it until its trigger_at time).
 
     Credentials travel in metadata: `x-api-key` and `x-team-id` (Sendmator style) or
-    `authorization: Bearer <key>` (Sendrealm style).
+    `authorization: Bearer <key>` (Sendrealm style). An `idempotency-key` metadata entry is the
+    same as the request's idempotency_key field.
+
+    Response metadata the gateway turns into HTTP headers: `idempotent-replayed: true` on an
+    idempotent replay; `ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset`,
+    `ratelimit-policy` when the project has a rate limit, and `retry-after` when it is exceeded.
     """
 
     @_abc_1.abstractmethod
@@ -77,6 +115,34 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ingest_pb2.SendEventResponse, _abc.Awaitable[_ingest_pb2.SendEventResponse]]:
         """Queue an event for asynchronous workflow processing (Sendmator "Send Event (Async)")."""
+
+    @_abc_1.abstractmethod
+    def PublishEvent(
+        self,
+        request: _ingest_pb2.PublishEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.PublishEventResponse, _abc.Awaitable[_ingest_pb2.PublishEventResponse]]:
+        """Submit a customer event (Sendrealm "Events"): 202 Accepted; the same idempotency_key again
+        returns the existing event.
+        """
+
+    @_abc_1.abstractmethod
+    def SendEventBatch(
+        self,
+        request: _ingest_pb2.SendEventBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.SendEventBatchResponse, _abc.Awaitable[_ingest_pb2.SendEventBatchResponse]]:
+        """Queue up to 500 events in one request. Each event is validated and answered on its own:
+        a bad event does not sink the good ones.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelTrigger(
+        self,
+        request: _ingest_pb2.CancelTriggerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.CancelTriggerResponse, _abc.Awaitable[_ingest_pb2.CancelTriggerResponse]]:
+        """Cancel a scheduled trigger before it fires."""
 
     @_abc_1.abstractmethod
     def GetTriggerRecord(
@@ -89,3 +155,161 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ContactServiceStub:
+    """ContactService manages the contacts events are about, by your system's id (external_id)."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ContactServiceAsyncStub: ...
+    PutContact: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.PutContactRequest, _ingest_pb2.PutContactResponse]
+    """Create or replace a contact's profile: email, phone, name, custom_fields and tags take
+    exactly the values given (absent ones become empty); topics are kept.
+    """
+    GetContact: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetContactRequest, _ingest_pb2.GetContactResponse]
+    DeleteContact: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.DeleteContactRequest, _ingest_pb2.DeleteContactResponse]
+    UpdateContactTags: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.UpdateContactTagsRequest, _ingest_pb2.UpdateContactTagsResponse]
+    """Add and remove tags in one call."""
+    SubscribeTopic: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.SubscribeTopicRequest, _ingest_pb2.SubscribeTopicResponse]
+    """Subscribe the contact to a topic (emits `herald.topic.subscribed` when newly subscribed)."""
+    UnsubscribeTopic: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.UnsubscribeTopicRequest, _ingest_pb2.UnsubscribeTopicResponse]
+
+@_typing.type_check_only
+class ContactServiceAsyncStub(ContactServiceStub):
+    """ContactService manages the contacts events are about, by your system's id (external_id)."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    PutContact: _aio.UnaryUnaryMultiCallable[_ingest_pb2.PutContactRequest, _ingest_pb2.PutContactResponse]  # type: ignore[assignment]
+    """Create or replace a contact's profile: email, phone, name, custom_fields and tags take
+    exactly the values given (absent ones become empty); topics are kept.
+    """
+    GetContact: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetContactRequest, _ingest_pb2.GetContactResponse]  # type: ignore[assignment]
+    DeleteContact: _aio.UnaryUnaryMultiCallable[_ingest_pb2.DeleteContactRequest, _ingest_pb2.DeleteContactResponse]  # type: ignore[assignment]
+    UpdateContactTags: _aio.UnaryUnaryMultiCallable[_ingest_pb2.UpdateContactTagsRequest, _ingest_pb2.UpdateContactTagsResponse]  # type: ignore[assignment]
+    """Add and remove tags in one call."""
+    SubscribeTopic: _aio.UnaryUnaryMultiCallable[_ingest_pb2.SubscribeTopicRequest, _ingest_pb2.SubscribeTopicResponse]  # type: ignore[assignment]
+    """Subscribe the contact to a topic (emits `herald.topic.subscribed` when newly subscribed)."""
+    UnsubscribeTopic: _aio.UnaryUnaryMultiCallable[_ingest_pb2.UnsubscribeTopicRequest, _ingest_pb2.UnsubscribeTopicResponse]  # type: ignore[assignment]
+
+class ContactServiceServicer(metaclass=_abc_1.ABCMeta):
+    """ContactService manages the contacts events are about, by your system's id (external_id)."""
+
+    @_abc_1.abstractmethod
+    def PutContact(
+        self,
+        request: _ingest_pb2.PutContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.PutContactResponse, _abc.Awaitable[_ingest_pb2.PutContactResponse]]:
+        """Create or replace a contact's profile: email, phone, name, custom_fields and tags take
+        exactly the values given (absent ones become empty); topics are kept.
+        """
+
+    @_abc_1.abstractmethod
+    def GetContact(
+        self,
+        request: _ingest_pb2.GetContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.GetContactResponse, _abc.Awaitable[_ingest_pb2.GetContactResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteContact(
+        self,
+        request: _ingest_pb2.DeleteContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.DeleteContactResponse, _abc.Awaitable[_ingest_pb2.DeleteContactResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateContactTags(
+        self,
+        request: _ingest_pb2.UpdateContactTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.UpdateContactTagsResponse, _abc.Awaitable[_ingest_pb2.UpdateContactTagsResponse]]:
+        """Add and remove tags in one call."""
+
+    @_abc_1.abstractmethod
+    def SubscribeTopic(
+        self,
+        request: _ingest_pb2.SubscribeTopicRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.SubscribeTopicResponse, _abc.Awaitable[_ingest_pb2.SubscribeTopicResponse]]:
+        """Subscribe the contact to a topic (emits `herald.topic.subscribed` when newly subscribed)."""
+
+    @_abc_1.abstractmethod
+    def UnsubscribeTopic(
+        self,
+        request: _ingest_pb2.UnsubscribeTopicRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.UnsubscribeTopicResponse, _abc.Awaitable[_ingest_pb2.UnsubscribeTopicResponse]]: ...
+
+def add_ContactServiceServicer_to_server(servicer: ContactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ProjectServiceStub:
+    """ProjectService holds the project's policy and its registered event types."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ProjectServiceAsyncStub: ...
+    GetProjectPolicy: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetProjectPolicyRequest, _ingest_pb2.GetProjectPolicyResponse]
+    UpdateProjectPolicy: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.UpdateProjectPolicyRequest, _ingest_pb2.UpdateProjectPolicyResponse]
+    """Change the fields given; the others keep their values. Takes effect within a second."""
+    RegisterEventType: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.RegisterEventTypeRequest, _ingest_pb2.RegisterEventTypeResponse]
+    """Register an event type, so that it is accepted when unknown_events is "reject"."""
+    ListEventTypes: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ListEventTypesRequest, _ingest_pb2.ListEventTypesResponse]
+    DeleteEventType: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.DeleteEventTypeRequest, _ingest_pb2.DeleteEventTypeResponse]
+
+@_typing.type_check_only
+class ProjectServiceAsyncStub(ProjectServiceStub):
+    """ProjectService holds the project's policy and its registered event types."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetProjectPolicy: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetProjectPolicyRequest, _ingest_pb2.GetProjectPolicyResponse]  # type: ignore[assignment]
+    UpdateProjectPolicy: _aio.UnaryUnaryMultiCallable[_ingest_pb2.UpdateProjectPolicyRequest, _ingest_pb2.UpdateProjectPolicyResponse]  # type: ignore[assignment]
+    """Change the fields given; the others keep their values. Takes effect within a second."""
+    RegisterEventType: _aio.UnaryUnaryMultiCallable[_ingest_pb2.RegisterEventTypeRequest, _ingest_pb2.RegisterEventTypeResponse]  # type: ignore[assignment]
+    """Register an event type, so that it is accepted when unknown_events is "reject"."""
+    ListEventTypes: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ListEventTypesRequest, _ingest_pb2.ListEventTypesResponse]  # type: ignore[assignment]
+    DeleteEventType: _aio.UnaryUnaryMultiCallable[_ingest_pb2.DeleteEventTypeRequest, _ingest_pb2.DeleteEventTypeResponse]  # type: ignore[assignment]
+
+class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
+    """ProjectService holds the project's policy and its registered event types."""
+
+    @_abc_1.abstractmethod
+    def GetProjectPolicy(
+        self,
+        request: _ingest_pb2.GetProjectPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.GetProjectPolicyResponse, _abc.Awaitable[_ingest_pb2.GetProjectPolicyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateProjectPolicy(
+        self,
+        request: _ingest_pb2.UpdateProjectPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.UpdateProjectPolicyResponse, _abc.Awaitable[_ingest_pb2.UpdateProjectPolicyResponse]]:
+        """Change the fields given; the others keep their values. Takes effect within a second."""
+
+    @_abc_1.abstractmethod
+    def RegisterEventType(
+        self,
+        request: _ingest_pb2.RegisterEventTypeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.RegisterEventTypeResponse, _abc.Awaitable[_ingest_pb2.RegisterEventTypeResponse]]:
+        """Register an event type, so that it is accepted when unknown_events is "reject"."""
+
+    @_abc_1.abstractmethod
+    def ListEventTypes(
+        self,
+        request: _ingest_pb2.ListEventTypesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.ListEventTypesResponse, _abc.Awaitable[_ingest_pb2.ListEventTypesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteEventType(
+        self,
+        request: _ingest_pb2.DeleteEventTypeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.DeleteEventTypeResponse, _abc.Awaitable[_ingest_pb2.DeleteEventTypeResponse]]: ...
+
+def add_ProjectServiceServicer_to_server(servicer: ProjectServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

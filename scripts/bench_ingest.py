@@ -1,0 +1,274 @@
+"""Ingest benchmark: how many events per second Herald accepts durably, and how fast it answers.
+
+    make bench-ingest   (or: .venv/bin/python -m scripts.bench_ingest [--seconds 10] [--clients 64])
+
+It starts the platform as `herald run` does (embedded PostgreSQL and NATS in a temporary
+directory, every service its own process), then stops the matcher, executor and tracker so that
+the figures are those of intake alone (gateway + ingest; every accepted event stays queued,
+durable, in JetStream). It measures, in the same run:
+- reference 1: one process looping "INSERT one row into PostgreSQL, await one JetStream publish";
+- reference 2: one process publishing to JetStream asynchronously, acks awaited together;
+- REST single sends (POST /api/v1/events/send) from load-generator processes, closed loop;
+- REST single sends at a fixed rate (open loop, --rate events/s): latency when not saturated;
+- REST batches (POST /api/v1/events/batch, --batch events each);
+- gRPC single sends (IngestService/SendEvent) straight to ingest.
+Each line gives accepted events/s and request latency p50/p99. The load generators run on the
+same cores as the platform. Figures depend on the machine; nothing here asserts a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import nats
+import psycopg
+
+from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from stack.launcher import Stack
+from tests.e2e.support import stack_settings
+
+DOWNSTREAM = ("matcher", "executor", "tracker")
+
+
+@dataclass
+class Result:
+    name: str
+    events: int
+    seconds: float
+    latencies_ms: list[float]
+    errors: int = 0
+
+    def line(self) -> str:
+        ordered = sorted(self.latencies_ms) or [float("nan")]
+
+        def pick(share: float) -> float:
+            return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+        rate = self.events / self.seconds if self.seconds else 0.0
+        errors = f"   errors {self.errors}" if self.errors else ""
+        return (
+            f"{self.name:<44} {rate:9.0f} events/s   p50 {pick(0.5):7.1f} ms   p99 {pick(0.99):7.1f} ms"
+            f"{errors}"
+        )
+
+
+def event_body(index: int, tag: str) -> dict[str, Any]:
+    return {
+        "event_name": "bench.event",
+        "user_info": {
+            "contact_external_id": f"{tag}_{index % 1000}",
+            "email": f"{tag}.{index % 1000}@example.com",
+        },
+        "event_data": {"index": index, "amount": 149.99},
+        "variables": {"user_name": f"user {index}"},
+    }  # fmt: skip
+
+
+async def reference_insert_and_publish(database_url: str, nats_url: str, count: int) -> Result:
+    """One process: INSERT one row, await one JetStream publish, sequentially."""
+    client = await nats.connect(nats_url)
+    js = client.jetstream()
+    await js.add_stream(name="BENCH_REF", subjects=["benchref.>"])
+    latencies = []
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as connection:
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS bench_reference (id uuid PRIMARY KEY, body text)"
+        )
+        started = time.perf_counter()
+        for index in range(count):
+            began = time.perf_counter()
+            event_id = uuid.uuid4()
+            await connection.execute(
+                "INSERT INTO bench_reference VALUES (%s, %s)", (event_id, f"index {index}")
+            )
+            await js.publish("benchref.one", b"x" * 200, headers={"Nats-Msg-Id": str(event_id)})
+            latencies.append((time.perf_counter() - began) * 1000)
+        seconds = time.perf_counter() - started
+        await connection.execute("DROP TABLE bench_reference")
+    await js.delete_stream("BENCH_REF")
+    await client.close()
+    return Result("reference: INSERT + await publish loop", count, seconds, latencies)
+
+
+async def reference_async_publish(nats_url: str, count: int) -> Result:
+    client = await nats.connect(nats_url)
+    js = client.jetstream()
+    await js.add_stream(name="BENCH_ASYNC", subjects=["benchasync.>"])
+    started = time.perf_counter()
+    futures = [await js.publish_async("benchasync.one", b"x" * 200) for _ in range(count)]
+    await asyncio.gather(*futures)
+    seconds = time.perf_counter() - started
+    await js.delete_stream("BENCH_ASYNC")
+    await client.close()
+    return Result("reference: JetStream async publish", count, seconds, [])
+
+
+async def _http_worker(
+    url: str, headers: dict[str, str], seconds: float, clients: int, batch: int, rate: float, tag: str
+) -> tuple[int, list[float], int]:
+    """Closed loop with `clients` connections (or open loop at `rate` events/s when rate > 0)."""
+    accepted = 0
+    errors = 0
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+    path = "/api/v1/events/batch" if batch > 1 else "/api/v1/events/send"
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal accepted, errors
+        if batch > 1:
+            body: dict[str, Any] = {"events": [event_body(next(counter), tag) for _ in range(batch)]}
+        else:
+            body = event_body(next(counter), tag)
+        began = time.perf_counter()
+        async with session.post(url + path, json=body, headers=headers) as answer:
+            payload = await answer.json()
+            ok = answer.status in (200, 201)
+        latencies.append((time.perf_counter() - began) * 1000)
+        if ok:
+            accepted += payload.get("accepted", 0) if batch > 1 else 1
+        else:
+            errors += 1
+
+    connector = aiohttp.TCPConnector(limit=max(clients, 1) * 2)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        if rate > 0:
+            tasks = []
+            interval = 1.0 / rate
+            next_at = time.perf_counter()
+            while next_at < deadline:
+                tasks.append(asyncio.create_task(one(session)))
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            await asyncio.gather(*tasks, return_exceptions=True)
+        else:
+
+            async def loop() -> None:
+                while time.perf_counter() < deadline:
+                    await one(session)
+
+            await asyncio.gather(*(loop() for _ in range(clients)))
+    return accepted, latencies, errors
+
+
+def _http_process(arguments: tuple[Any, ...]) -> tuple[int, list[float], int]:
+    return asyncio.run(_http_worker(*arguments))
+
+
+def http_load(
+    name: str, url: str, headers: dict[str, str], seconds: float, clients: int, *, batch: int = 1,
+    rate: float = 0.0, processes: int = 2,
+) -> Result:  # fmt: skip
+    """Run the HTTP load from `processes` load-generator processes."""
+    tag = uuid.uuid4().hex[:6]
+    jobs = [
+        (url, headers, seconds, max(1, clients // processes), batch, rate / processes, f"{tag}{n}")
+        for n in range(processes)
+    ]
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        outcomes = pool.map(_http_process, jobs)
+    elapsed = time.perf_counter() - started
+    return Result(
+        name,
+        sum(o[0] for o in outcomes),
+        min(elapsed, seconds + 1.0),
+        [latency for o in outcomes for latency in o[1]],
+        sum(o[2] for o in outcomes),
+    )
+
+
+async def grpc_load(
+    address: str, metadata: tuple[tuple[str, str], ...], seconds: float, clients: int
+) -> Result:
+    accepted = 0
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    tag = uuid.uuid4().hex[:6]
+    counter = iter(range(10**9))
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+
+        async def loop() -> None:
+            nonlocal accepted
+            while time.perf_counter() < deadline:
+                index = next(counter)
+                request = ingest_pb2.SendEventRequest(
+                    event_name="bench.event",
+                    user_info=ingest_pb2.UserInfo(
+                        contact_external_id=f"{tag}_{index % 1000}", email=f"{tag}.{index % 1000}@example.com"
+                    ),
+                )
+                request.event_data.update({"index": index})
+                began = time.perf_counter()
+                await stub.SendEvent(request, metadata=metadata)
+                latencies.append((time.perf_counter() - began) * 1000)
+                accepted += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return Result("gRPC IngestService/SendEvent (closed loop)", accepted, elapsed, latencies)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each load phase")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent clients in closed-loop phases")
+    parser.add_argument("--rate", type=float, default=1000.0, help="events/s of the open-loop phase")
+    parser.add_argument("--batch", type=int, default=500, help="events per batch request")
+    parser.add_argument("--reference-events", type=int, default=5000)
+    options = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = stack_settings(
+            Path(scratch), log_level="warning", dev_team_id=f"bench-{uuid.uuid4().hex[:6]}"
+        )
+        stack = Stack(settings, restart_crashed=False, log_directory=Path(scratch) / "logs")
+        stack.start()
+        try:
+            assert stack.credentials is not None
+            for name in DOWNSTREAM:
+                stack.kill(name)
+            headers = {"X-API-Key": stack.credentials.api_key, "X-Team-ID": stack.credentials.team_id}
+            metadata = (("x-api-key", stack.credentials.api_key), ("x-team-id", stack.credentials.team_id))
+            url, seconds, clients = stack.gateway_url, options.seconds, options.clients
+            references = options.reference_events
+            results = [
+                asyncio.run(reference_insert_and_publish(stack.database_url, stack.nats_url, references)),
+                asyncio.run(reference_async_publish(stack.nats_url, references * 4)),
+                http_load("REST /api/v1/events/send (closed loop)", url, headers, seconds, clients),
+                http_load(
+                    f"REST /api/v1/events/send at {options.rate:.0f}/s (open loop)",
+                    url, headers, seconds, clients, rate=options.rate,
+                ),
+                http_load(
+                    f"REST /api/v1/events/batch ({options.batch} per request)",
+                    url, headers, seconds, 4, batch=options.batch,
+                ),
+                asyncio.run(grpc_load(stack.settings.address("ingest"), metadata, seconds, clients)),
+            ]  # fmt: skip
+            print(f"\n{'phase':<44} {'accepted':>16}")
+            for result in results:
+                print(result.line())
+            reference = results[0].events / results[0].seconds
+            single = results[2].events / results[2].seconds
+            print(f"\nREST single sends / reference loop: {single / reference:.2f}")
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()
