@@ -9,13 +9,13 @@ context". Answers are cached for one second, so a revoked key fails within a sec
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from kernel.cache import TtlCache
 from kernel.errors import Unauthenticated
-from kernel.tenancy import Team, hash_key, team_for_secret
+from kernel.tenancy import Team, team_for_secret
 
 CACHE_SECONDS = 1.0
 Metadata = Iterable[tuple[str, str | bytes]]
@@ -41,15 +41,14 @@ def metadata_dict(metadata: Metadata | None) -> dict[str, str]:
 class Authenticator:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], cache_seconds: float = CACHE_SECONDS):
         self._sessions = sessions
-        self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, Team | None]] = {}
+        self._teams: TtlCache[str, Team | None] = TtlCache(cache_seconds, self._load)
 
     async def authenticate(self, metadata: Metadata | None) -> Team:
         values = metadata_dict(metadata)
         secret, claimed_team = credentials(values)
         if not secret:
             raise Unauthenticated("Unauthorized", reason="MISSING_API_KEY")
-        team = await self._team(secret)
+        team = await self._teams.get(secret)
         if team is None:
             raise Unauthenticated("Unauthorized", reason="INVALID_API_KEY")
         sendmator_style = "x-api-key" in values
@@ -57,15 +56,6 @@ class Authenticator:
             raise Unauthenticated("Invalid team context", reason="INVALID_TEAM_CONTEXT")
         return team
 
-    async def _team(self, secret: str) -> Team | None:
-        now = time.monotonic()
-        cache_key = hash_key(secret)
-        cached = self._cache.get(cache_key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+    async def _load(self, secret: str) -> Team | None:
         async with self._sessions() as session:
-            team = await team_for_secret(session, secret)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[cache_key] = (now + self._cache_seconds, team)
-        return team
+            return await team_for_secret(session, secret)

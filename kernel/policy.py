@@ -6,7 +6,6 @@ through `PolicyCache`, so a change made by any replica takes effect everywhere w
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -16,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from kernel.cache import TtlCache
 from kernel.database import table_of
 from kernel.errors import InvalidArgument
 from kernel.tenancy import TeamRow, TenancyBase
@@ -187,20 +187,14 @@ class PolicyCache:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], cache_seconds: float = CACHE_SECONDS):
         self._sessions = sessions
-        self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, ProjectPolicy]] = {}
+        self._policies: TtlCache[str, ProjectPolicy] = TtlCache(cache_seconds, self._load)
 
     async def get(self, team_id: str) -> ProjectPolicy:
-        now = time.monotonic()
-        cached = self._cache.get(team_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        async with self._sessions() as session:
-            policy = await load_policy(session, team_id)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[team_id] = (now + self._cache_seconds, policy)
-        return policy
+        return await self._policies.get(team_id)
 
     def forget(self, team_id: str) -> None:
-        self._cache.pop(team_id, None)
+        self._policies.forget(team_id)
+
+    async def _load(self, team_id: str) -> ProjectPolicy:
+        async with self._sessions() as session:
+            return await load_policy(session, team_id)

@@ -419,6 +419,14 @@ class ContactProfile:
     tags: tuple[str, ...] = ()
 
 
+async def _locked_contact(team_id: str, external_id: str, uow: IngestUnitOfWork) -> Contact:
+    """The contact, locked for this unit of work, or NotFound."""
+    found = await uow.contacts.by_external_id(team_id, external_id, lock=True)
+    if found is None:
+        raise _contact_not_found(external_id)
+    return found
+
+
 def _contact_not_found(external_id: str) -> NotFound:
     return NotFound(
         "Contact not found", reason="CONTACT_NOT_FOUND", metadata={"external_id": external_id[:256]}
@@ -503,9 +511,7 @@ async def change_tags(
             reason="CONFLICTING_TAGS",
         )
     async with uow:
-        found = await uow.contacts.by_external_id(team_id, external_id, lock=True)
-        if found is None:
-            raise _contact_not_found(external_id)
+        found = await _locked_contact(team_id, external_id, uow)
         tags = check_tags([tag for tag in (*found.tags, *to_add) if tag not in to_remove])
         contact = found if tags == found.tags else await uow.contacts.update(_with(found, tags=tags))
         await uow.commit()
@@ -516,9 +522,7 @@ async def subscribe_topic(team_id: str, external_id: str, topic: str, uow: Inges
     """Subscribe the contact; a new subscription announces `herald.topic.subscribed`."""
     topic = check_topic(topic)
     async with uow:
-        found = await uow.contacts.by_external_id(team_id, external_id, lock=True)
-        if found is None:
-            raise _contact_not_found(external_id)
+        found = await _locked_contact(team_id, external_id, uow)
         if topic in found.topics:
             return found
         contact = await uow.contacts.update(_with(found, topics=(*found.topics, topic)))
@@ -532,9 +536,7 @@ async def subscribe_topic(team_id: str, external_id: str, topic: str, uow: Inges
 async def unsubscribe_topic(team_id: str, external_id: str, topic: str, uow: IngestUnitOfWork) -> Contact:
     topic = check_topic(topic)
     async with uow:
-        found = await uow.contacts.by_external_id(team_id, external_id, lock=True)
-        if found is None:
-            raise _contact_not_found(external_id)
+        found = await _locked_contact(team_id, external_id, uow)
         if topic not in found.topics:
             return found
         contact = await uow.contacts.update(_with(found, topics=tuple(t for t in found.topics if t != topic)))
