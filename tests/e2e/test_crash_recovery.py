@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 from tests.e2e.conftest import RunningStack
 from tests.e2e.support import WELCOME_WORKFLOW, eventually
@@ -96,3 +98,34 @@ def test_tracker_killed_with_sigkill_keeps_exact_counts(running: RunningStack) -
     running.http.post("/api/v1/workflows", json=WELCOME_WORKFLOW, headers=running.credentials.headers)
     trigger_ids = kill_and_restart_under_load(running, "tracker")
     assert_each_trigger_completed_with_one_email(running, trigger_ids)
+
+
+def test_a_scheduled_trigger_fires_once_after_ingest_is_killed_before_its_time(running: RunningStack) -> None:
+    """Timers live in PostgreSQL: the event fires when ingest is back, exactly once."""
+    headers = running.credentials.headers
+    running.http.post("/api/v1/workflows", json=WELCOME_WORKFLOW, headers=headers)
+    at = datetime.now(UTC) + timedelta(seconds=3)
+    event = {
+        "event_name": "user_signup",
+        "user_info": {"contact_external_id": "timer_1", "email": "timer.1@example.com", "name": "Timer"},
+        "trigger_at": at.isoformat(),
+    }
+    answer = running.http.post("/api/v1/events/send", json=event, headers=headers)
+    assert answer.status_code == 201, answer.text
+    trigger_id = answer.json()["trigger_id"]
+
+    running.stack.kill("ingest")
+    time.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()) + 1)  # its time passes while ingest is down
+    assert running.http.get(f"/api/v1/triggers/{trigger_id}", headers=headers).json()["status"] == "scheduled"
+    running.stack.restart("ingest")
+    running.stack.wait_ready(["ingest"])
+
+    eventually(
+        lambda: (
+            running.http.get(f"/api/v1/triggers/{trigger_id}", headers=headers).json()["status"]
+            == "completed"
+            or None
+        ),
+        timeout=30,
+    )
+    assert len(running.sink.messages_with("X-Herald-Trigger", trigger_id)) == 1
