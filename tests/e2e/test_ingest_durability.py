@@ -186,7 +186,7 @@ def test_two_thousand_events_survive_sigkill_of_ingest_matcher_and_nats(
         )
         return Counter({str(status): int(str(count)) for status, count in rows})
 
-    eventually_true(lambda: statuses()["completed"] == EVENTS, timeout=420)
+    eventually_true(lambda: statuses()["completed"] == EVENTS, timeout=600)
     assert statuses() == Counter({"completed": EVENTS})
 
     stored = run_query(
