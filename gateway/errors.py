@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
 import grpc
 from aiohttp import web
 
-from kernel.errors import HTTP_STATUS_KEY, HTTP_STATUS_OF_CODE, HeraldError, error_info, http_status_of
+from kernel.errors import (
+    HTTP_STATUS_KEY,
+    HTTP_STATUS_OF_CODE,
+    HeraldError,
+    error_info,
+    http_phrase,
+    http_status_of,
+)
 
 
 def error_body(status: int, message: str) -> dict[str, object]:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Client Closed Request" if status == 499 else "Error"
-    return {"statusCode": status, "message": message, "error": phrase}
+    return {"statusCode": status, "message": message, "error": http_phrase(status)}
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

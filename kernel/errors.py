@@ -9,6 +9,7 @@ status is finer than the gRPC code says (413, 422), so the gateway maps errors i
 from __future__ import annotations
 
 from collections.abc import Mapping
+from http import HTTPStatus
 
 import grpc
 from google.protobuf import any_pb2
@@ -120,6 +121,14 @@ HTTP_STATUS_OF_CODE = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
+
+
+def http_phrase(status: int) -> str:
+    """The reason phrase of an HTTP status ("Bad Request"); 499 is nginx's "Client Closed Request"."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Client Closed Request" if status == 499 else "Error"
 
 
 def http_status_of(error: HeraldError) -> int:

@@ -113,8 +113,9 @@ class SendEvent:
     def payload_bytes(self) -> int:
         """The size the project's event_payload_limit_bytes applies to: data, variables and
         custom fields, as compact JSON."""
-        payload = [self.event_data, self.variables, self.user_info.custom_fields]
-        return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()) - 2
+        return (
+            json_size(self.event_data) + json_size(self.variables) + json_size(self.user_info.custom_fields)
+        )
 
 
 @dataclass(frozen=True)
@@ -322,11 +323,15 @@ def parse_contact_id(text: str, field_name: str = "contact_id") -> uuid.UUID | N
         ) from None
 
 
-def check_payload(command: SendEvent, limit: int) -> None:
-    size = command.payload_bytes()
+def json_size(value: JsonObject) -> int:
+    """Bytes of `value` as compact UTF-8 JSON."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def check_payload(size: int, limit: int, what: str = "Event payload") -> None:
     if size > limit:
         raise PayloadTooLarge(
-            f"Event payload is {size} bytes; the project's event_payload_limit_bytes is {limit}",
+            f"{what} is {size} bytes; the project's event_payload_limit_bytes is {limit}",
             metadata={"size": str(size), "limit": str(limit)},
         )
 

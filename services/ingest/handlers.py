@@ -17,6 +17,7 @@ from kernel.unit_of_work import UnitOfWork
 from services.ingest import messages
 from services.ingest.domain import (
     MAX_BATCH,
+    MAX_NAME,
     AcceptedEvent,
     Contact,
     EventQueued,
@@ -34,6 +35,7 @@ from services.ingest.domain import (
     check_tags,
     check_text,
     check_topic,
+    json_size,
     new_contact,
     normalize_email,
     normalize_phone,
@@ -168,9 +170,9 @@ async def send_event(command: SendEvent, intake: Intake) -> EventQueued:
     source = check_source(command.source)
     key = check_idempotency_key(command.idempotency_key)
     policy = await intake.policies.get(command.team_id)
-    check_payload(command, policy.event_payload_limit_bytes)
+    check_payload(command.payload_bytes(), policy.event_payload_limit_bytes)
     limit = policy.effective_rate_limit
-    rate = None
+    fingerprint = command.fingerprint() if key else ""
     event = AcceptedEvent(
         id=uuid.uuid4(),
         trigger_id=uuid.uuid4(),
@@ -188,10 +190,10 @@ async def send_event(command: SendEvent, intake: Intake) -> EventQueued:
     async with intake.unit_of_work() as uow:
         if key:
             earlier = await uow.idempotency.claim(
-                command.team_id, key, command.fingerprint(), event.trigger_id, now + policy.idempotency_period
+                command.team_id, key, fingerprint, event.trigger_id, now + policy.idempotency_period
             )
             if earlier is not None:
-                return await _replay(command, earlier, uow, rate)
+                return await _replay(command, fingerprint, earlier, uow)
         await _check_event_type(command.team_id, name, policy, uow)
         contact = await _event_contact(command.team_id, contact_id, info, now, uow)
         # Only events that passed every check count against the project's hourly limit.
@@ -218,9 +220,10 @@ async def send_event(command: SendEvent, intake: Intake) -> EventQueued:
 
 
 async def _replay(
-    command: SendEvent, earlier: IdempotencyRecord, uow: IngestUnitOfWork, rate: RateState | None
+    command: SendEvent, fingerprint: str, earlier: IdempotencyRecord, uow: IngestUnitOfWork
 ) -> EventQueued:
-    if earlier.fingerprint != command.fingerprint():
+    """The answer of the earlier request with this key (replays do not count against the rate limit)."""
+    if earlier.fingerprint != fingerprint:
         raise Unprocessable(
             "idempotency_key was already used for a different request: send the same body to "
             "replay it, or use a new key",
@@ -245,7 +248,6 @@ async def _replay(
         occurred_at=record.occurred_at,
         accepted_at=record.created_at,
         replayed=True,
-        rate=rate,
     )
 
 
@@ -434,53 +436,30 @@ def _contact_not_found(external_id: str) -> NotFound:
 
 
 async def put_contact(profile: ContactProfile, uow: IngestUnitOfWork, payload_limit: int) -> Contact:
+    """Create the contact or replace its profile (its topics are kept)."""
     external_id = check_external_id(profile.external_id)
-    email = normalize_email(profile.email, "email") if profile.email.strip() else None
-    phone = normalize_phone(profile.phone, "phone") if profile.phone.strip() else None
-    name = check_text(profile.name.strip(), "name", 256) or None
     custom_fields = dict(profile.custom_fields or {})
-    check_payload(
-        SendEvent(team_id=profile.team_id, event_name="", user_info=UserInfo(custom_fields=custom_fields)),
-        payload_limit,
+    check_payload(json_size(custom_fields), payload_limit, "custom_fields")
+    wanted = Contact(
+        id=uuid.uuid4(),
+        team_id=profile.team_id,
+        external_id=external_id,
+        email=normalize_email(profile.email, "email") if profile.email.strip() else None,
+        phone=normalize_phone(profile.phone, "phone") if profile.phone.strip() else None,
+        name=check_text(profile.name.strip(), "name", MAX_NAME) or None,
+        custom_fields=custom_fields,
+        tags=check_tags(profile.tags),
     )
-    tags = check_tags(profile.tags)
-    now = utcnow()
     async with uow:
         found = await uow.contacts.by_external_id(profile.team_id, external_id, lock=True)
         if found is None:
-            contact, created = await uow.contacts.add(
-                Contact(uuid.uuid4(), profile.team_id, external_id, email, phone, name, custom_fields, tags)
-            )
+            found, created = await uow.contacts.add(wanted)
             if created:
-                await emit_system_event(CONTACT_CREATED, contact, {"contact_id": str(contact.id)}, now, uow)
-            else:
-                contact = await uow.contacts.update(
-                    Contact(
-                        contact.id,
-                        profile.team_id,
-                        external_id,
-                        email,
-                        phone,
-                        name,
-                        custom_fields,
-                        tags,
-                        contact.topics,
-                    )
-                )
-        else:
-            contact = await uow.contacts.update(
-                Contact(
-                    found.id,
-                    profile.team_id,
-                    external_id,
-                    email,
-                    phone,
-                    name,
-                    custom_fields,
-                    tags,
-                    found.topics,
-                )
-            )
+                await emit_system_event(CONTACT_CREATED, found, {"contact_id": str(found.id)}, utcnow(), uow)
+                await uow.commit()
+                return found
+        # Known (or created by a concurrent request first): replace its profile.
+        contact = await uow.contacts.update(replace(wanted, id=found.id, topics=found.topics))
         await uow.commit()
     return contact
 
@@ -513,7 +492,7 @@ async def change_tags(
     async with uow:
         found = await _locked_contact(team_id, external_id, uow)
         tags = check_tags([tag for tag in (*found.tags, *to_add) if tag not in to_remove])
-        contact = found if tags == found.tags else await uow.contacts.update(_with(found, tags=tags))
+        contact = found if tags == found.tags else await uow.contacts.update(replace(found, tags=tags))
         await uow.commit()
     return contact
 
@@ -525,7 +504,7 @@ async def subscribe_topic(team_id: str, external_id: str, topic: str, uow: Inges
         found = await _locked_contact(team_id, external_id, uow)
         if topic in found.topics:
             return found
-        contact = await uow.contacts.update(_with(found, topics=(*found.topics, topic)))
+        contact = await uow.contacts.update(replace(found, topics=(*found.topics, topic)))
         await emit_system_event(
             TOPIC_SUBSCRIBED, contact, {"contact_id": str(contact.id), "topic": topic}, utcnow(), uow
         )
@@ -539,13 +518,11 @@ async def unsubscribe_topic(team_id: str, external_id: str, topic: str, uow: Ing
         found = await _locked_contact(team_id, external_id, uow)
         if topic not in found.topics:
             return found
-        contact = await uow.contacts.update(_with(found, topics=tuple(t for t in found.topics if t != topic)))
+        contact = await uow.contacts.update(
+            replace(found, topics=tuple(t for t in found.topics if t != topic))
+        )
         await uow.commit()
     return contact
-
-
-def _with(contact: Contact, **changes: Any) -> Contact:
-    return replace(contact, **changes)
 
 
 # Project policy and event types

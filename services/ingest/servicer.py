@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
 
 import grpc
@@ -11,7 +10,7 @@ import grpc
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from kernel.auth import Authenticator, metadata_dict
 from kernel.clock import isoformat_ms
-from kernel.errors import HeraldError, InvalidArgument, http_status_of
+from kernel.errors import HeraldError, InvalidArgument, http_phrase, http_status_of
 from kernel.policy import PolicyChange, ProjectPolicy
 from kernel.structs import from_struct, to_struct
 from services.ingest import handlers
@@ -133,7 +132,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     ingest_pb2.BatchError(
                         status_code=status,
                         message=outcome.message,
-                        error=_phrase(status),
+                        error=http_phrase(status),
                         reason=outcome.reason,
                     )
                 )
@@ -176,13 +175,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if record.scheduled_for is not None:
             response.scheduled_for = isoformat_ms(record.scheduled_for)
         return response
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
 
 
 def contact_message(contact: Contact) -> ingest_pb2.Contact:

@@ -585,7 +585,7 @@ def test_a_payload_over_the_limit_is_a_413(
     assert_error(
         running.http.put(contact_url("heavy"), json={"custom_fields": big}, headers=team.headers),
         413,
-        starts_with="Event payload is ",
+        starts_with="custom_fields is ",
     )
     batch = running.http.post(
         BATCH, json={"events": [over, {"event_name": "payload.check"}]}, headers=team.headers
