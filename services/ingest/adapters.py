@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, Row, String, func, literal_column, select, text, tuple_
+from sqlalchemy import DateTime, Index, Integer, Row, String, func, literal_column, or_, select, text, tuple_
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
@@ -31,6 +32,8 @@ from services.ingest.domain import (
     TriggerRecord,
     TriggerStatus,
 )
+from services.ingest.groups import Snapshot, Writes
+from services.ingest.handlers import Draft
 
 SCHEMA = "ingest"
 
@@ -272,30 +275,8 @@ class SqlEventRepository:
         self._session = session
 
     async def add(self, event: AcceptedEvent) -> None:
-        await self._session.execute(
-            insert(EVENTS).values(
-                id=event.id,
-                team_id=event.team_id,
-                name=event.name,
-                contact_id=event.contact.id if event.contact else None,
-                data=event.data,
-                variables=event.variables,
-                source=asdict(event.source),
-                occurred_at=event.occurred_at,
-                accepted_at=event.accepted_at,
-            )
-        )
-        await self._session.execute(
-            insert(TRIGGERS).values(
-                id=event.trigger_id,
-                team_id=event.team_id,
-                event_id=event.id,
-                event_name=event.name,
-                status=TriggerStatus.SCHEDULED if event.scheduled_for else TriggerStatus.QUEUED,
-                created_at=event.accepted_at,
-                scheduled_for=event.scheduled_for,
-            )
-        )
+        await self._session.execute(insert(EVENTS).values(**_event_values(event)))
+        await self._session.execute(insert(TRIGGERS).values(**_trigger_values(event)))
 
     async def trigger(self, team_id: str, trigger_id: uuid.UUID) -> TriggerRecord | None:
         row = (
@@ -404,6 +385,32 @@ class SqlEventRepository:
         return len(ids)
 
 
+def _event_values(event: AcceptedEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "team_id": event.team_id,
+        "name": event.name,
+        "contact_id": event.contact.id if event.contact else None,
+        "data": event.data,
+        "variables": event.variables,
+        "source": asdict(event.source),
+        "occurred_at": event.occurred_at,
+        "accepted_at": event.accepted_at,
+    }
+
+
+def _trigger_values(event: AcceptedEvent) -> dict[str, Any]:
+    return {
+        "id": event.trigger_id,
+        "team_id": event.team_id,
+        "event_id": event.id,
+        "event_name": event.name,
+        "status": TriggerStatus.SCHEDULED if event.scheduled_for else TriggerStatus.QUEUED,
+        "created_at": event.accepted_at,
+        "scheduled_for": event.scheduled_for,
+    }
+
+
 def _trigger(row: Row[Any]) -> TriggerRecord:
     return TriggerRecord(
         row.id,
@@ -418,6 +425,22 @@ def _trigger(row: Row[Any]) -> TriggerRecord:
     )
 
 
+def _claim_statement() -> Any:
+    """Claim idempotency keys; an expired key is free again: take it over. RETURNING names the
+    keys claimed."""
+    statement = insert(IDEMPOTENCY_KEYS)
+    return statement.on_conflict_do_update(
+        index_elements=["team_id", "key"],
+        set_={
+            "fingerprint": statement.excluded.fingerprint,
+            "trigger_id": statement.excluded.trigger_id,
+            "created_at": func.now(),
+            "expires_at": statement.excluded.expires_at,
+        },
+        where=IDEMPOTENCY_KEYS.c.expires_at < func.now(),
+    ).returning(IDEMPOTENCY_KEYS.c.team_id, IDEMPOTENCY_KEYS.c.key)
+
+
 class SqlIdempotencyRepository:
     def __init__(self, session: AsyncSession):
         self._session = session
@@ -425,21 +448,10 @@ class SqlIdempotencyRepository:
     async def claim(
         self, team_id: str, key: str, fingerprint: str, trigger_id: uuid.UUID, expires_at: datetime
     ) -> IdempotencyRecord | None:
-        statement = insert(IDEMPOTENCY_KEYS).values(
+        statement = _claim_statement().values(
             team_id=team_id, key=key, fingerprint=fingerprint, trigger_id=trigger_id, expires_at=expires_at
         )
-        # An expired key is free again: take it over.
-        statement = statement.on_conflict_do_update(
-            index_elements=["team_id", "key"],
-            set_={
-                "fingerprint": statement.excluded.fingerprint,
-                "trigger_id": statement.excluded.trigger_id,
-                "created_at": func.now(),
-                "expires_at": statement.excluded.expires_at,
-            },
-            where=IDEMPOTENCY_KEYS.c.expires_at < func.now(),
-        )
-        claimed = (await self._session.execute(statement.returning(IDEMPOTENCY_KEYS.c.key))).first()
+        claimed = (await self._session.execute(statement)).first()
         if claimed is not None:
             return None
         row = (
@@ -524,6 +536,33 @@ class SqlPolicyRepository:
         return await update_policy(self._session, team_id, change)
 
 
+async def consume_rate(
+    session: AsyncSession, team_id: str, limit: int, count: int, now: datetime
+) -> RateState:
+    """Count `count` events against the team's hourly `limit` in `session`'s transaction (a
+    conditional upsert on the window's row); ResourceExhausted when that would exceed it."""
+    window_start = now.replace(minute=0, second=0, microsecond=0)
+    reset = max(1, math.ceil((window_start + WINDOW - now).total_seconds()))
+    used: int | None = None
+    if count <= limit:
+        statement = insert(RATE_COUNTERS).values(team_id=team_id, window_start=window_start, count=count)
+        statement = statement.on_conflict_do_update(
+            index_elements=["team_id", "window_start"],
+            set_={"count": RATE_COUNTERS.c.count + count},
+            where=RATE_COUNTERS.c.count + count <= limit,
+        )
+        used = (await session.execute(statement.returning(RATE_COUNTERS.c.count))).scalar()
+    if used is not None:
+        return RateState(limit=limit, remaining=limit - used, reset_seconds=reset)
+    state = RateState(limit=limit, remaining=0, reset_seconds=reset)
+    raise ResourceExhausted(
+        f"Rate limit exceeded: this project may send {limit} events per hour; try again in {reset} seconds",
+        reason="RATE_LIMITED",
+        metadata={"limit": str(limit), "retry_after": str(reset)},
+        headers={**state.headers(), "retry-after": str(reset)},
+    )
+
+
 class SqlRateLimiter:
     """Fixed hourly windows counted in PostgreSQL, so every ingest replica shares one count."""
 
@@ -531,28 +570,8 @@ class SqlRateLimiter:
         self._sessions = sessions
 
     async def consume(self, team_id: str, limit: int, count: int, now: datetime) -> RateState:
-        window_start = now.replace(minute=0, second=0, microsecond=0)
-        reset = max(1, math.ceil((window_start + WINDOW - now).total_seconds()))
-        used: int | None = None
-        if count <= limit:
-            statement = insert(RATE_COUNTERS).values(team_id=team_id, window_start=window_start, count=count)
-            statement = statement.on_conflict_do_update(
-                index_elements=["team_id", "window_start"],
-                set_={"count": RATE_COUNTERS.c.count + count},
-                where=RATE_COUNTERS.c.count + count <= limit,
-            )
-            async with self._sessions() as session, session.begin():
-                used = (await session.execute(statement.returning(RATE_COUNTERS.c.count))).scalar()
-        if used is not None:
-            return RateState(limit=limit, remaining=limit - used, reset_seconds=reset)
-        state = RateState(limit=limit, remaining=0, reset_seconds=reset)
-        raise ResourceExhausted(
-            f"Rate limit exceeded: this project may send {limit} events per hour; "
-            f"try again in {reset} seconds",
-            reason="RATE_LIMITED",
-            metadata={"limit": str(limit), "retry_after": str(reset)},
-            headers={**state.headers(), "retry-after": str(reset)},
-        )
+        async with self._sessions() as session, session.begin():
+            return await consume_rate(session, team_id, limit, count, now)
 
 
 class IngestSqlUnitOfWork(SqlUnitOfWork):
@@ -568,3 +587,82 @@ class IngestSqlUnitOfWork(SqlUnitOfWork):
         self.idempotency = SqlIdempotencyRepository(session)
         self.event_types = SqlEventTypeRepository(session)
         self.policies = SqlPolicyRepository(session)
+
+
+class IngestGroupUnitOfWork(IngestSqlUnitOfWork):
+    """A group's transaction (services.ingest.groups): one snapshot query per table, one
+    multi-row statement per table."""
+
+    async def snapshot(self, drafts: Sequence[Draft]) -> Snapshot:
+        session = self.session
+        ids = {(d.event.team_id, d.contact_id) for d in drafts if d.contact_id is not None}
+        external_ids = {(d.event.team_id, d.info.external_id) for d in drafts if d.info.external_id}
+        emails = {(d.event.team_id, d.info.email) for d in drafts if d.info.email}
+        keys = {(d.event.team_id, d.event.idempotency_key) for d in drafts if d.event.idempotency_key}
+        checked = {(d.event.team_id, d.event.name) for d in drafts if d.policy.unknown_events != "accept"}
+        snapshot = Snapshot()
+        c = CONTACTS.c
+        conditions = [
+            tuple_(*columns).in_(sorted(values, key=str))
+            for columns, values in (
+                ((c.team_id, c.id), ids),
+                ((c.team_id, c.external_id), external_ids),
+                ((c.team_id, c.email), emails),
+            )
+            if values
+        ]
+        if conditions:
+            rows = await session.execute(select(CONTACTS).where(or_(*conditions)))
+            snapshot.contacts = [_contact(row) for row in rows]
+        if keys:
+            k = IDEMPOTENCY_KEYS.c
+            rows = await session.execute(
+                select(k.team_id, k.key, k.fingerprint, k.trigger_id).where(
+                    tuple_(k.team_id, k.key).in_(sorted(keys)), k.expires_at >= func.now()
+                )
+            )
+            snapshot.keys = {
+                (row.team_id, row.key): IdempotencyRecord(row.fingerprint, row.trigger_id) for row in rows
+            }
+        if checked:
+            t = EVENT_TYPES.c
+            rows = await session.execute(
+                select(t.team_id, t.name).where(tuple_(t.team_id, t.name).in_(sorted(checked)))
+            )
+            snapshot.event_types = {(row.team_id, row.name) for row in rows}
+        return snapshot
+
+    async def consume_rate(self, team_id: str, limit: int, count: int, now: datetime) -> RateState:
+        return await consume_rate(self.session, team_id, limit, count, now)
+
+    async def write(self, writes: Writes) -> None:
+        session = self.session
+        if writes.claims:
+            claimed = await session.execute(
+                _claim_statement(),
+                [
+                    {
+                        "team_id": claim.team_id,
+                        "key": claim.key,
+                        "fingerprint": claim.fingerprint,
+                        "trigger_id": claim.trigger_id,
+                        "expires_at": claim.expires_at,
+                    }
+                    for claim in writes.claims
+                ],
+            )
+            if len(claimed.all()) != len(writes.claims):
+                raise Conflict("An idempotency key of the group was claimed by another request first")
+        if writes.contacts:
+            # A plain INSERT: a contact another request created meanwhile fails the group.
+            await session.execute(insert(CONTACTS), [_contact_values(contact) for contact in writes.contacts])
+        if writes.catalogued:
+            await session.execute(
+                insert(EVENT_TYPES).on_conflict_do_nothing(index_elements=["team_id", "name"]),
+                [
+                    {"team_id": team_id, "name": name, "description": "", "origin": "catalogued"}
+                    for team_id, name in writes.catalogued
+                ],
+            )
+        await session.execute(insert(EVENTS), [_event_values(event) for event in writes.events])
+        await session.execute(insert(TRIGGERS), [_trigger_values(event) for event in writes.events])

@@ -9,9 +9,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from kernel.bus import OutgoingMessage
 from kernel.clock import utcnow
 from kernel.errors import Conflict, HeraldError, InvalidArgument, NotFound, Unprocessable
 from kernel.event_names import validate_customer_event_name
+from kernel.outbox import Receipts
 from kernel.policy import PolicyChange, ProjectPolicy
 from kernel.unit_of_work import UnitOfWork
 from services.ingest import messages
@@ -52,7 +54,9 @@ TOPIC_SUBSCRIBED = "herald.topic.subscribed"
 BATCH_CONCURRENCY = 8
 
 
-class ContactRepository(Protocol):
+class ContactResolver(Protocol):
+    """What resolving an event's contact needs of the contacts."""
+
     async def by_id(self, team_id: str, contact_id: uuid.UUID) -> Contact | None: ...
 
     async def by_external_id(
@@ -70,14 +74,20 @@ class ContactRepository(Protocol):
         """Store what changed of a contact found earlier (same id)."""
         ...
 
+
+class ContactRepository(ContactResolver, Protocol):
     async def delete(self, team_id: str, external_id: str) -> bool: ...
 
 
-class EventRepository(Protocol):
+class EventWriter(Protocol):
+    """What accepting an event needs of the events."""
+
     async def add(self, event: AcceptedEvent) -> None: ...
 
     async def trigger(self, team_id: str, trigger_id: uuid.UUID) -> TriggerRecord | None: ...
 
+
+class EventRepository(EventWriter, Protocol):
     async def cancel(self, team_id: str, trigger_id: uuid.UUID, now: datetime) -> TriggerRecord | None:
         """Mark a scheduled trigger cancelled at `now`; None when it is not (or no longer) scheduled."""
         ...
@@ -89,7 +99,7 @@ class EventRepository(Protocol):
     async def purge(self, team_id: str, before: datetime, limit: int) -> int: ...
 
 
-class IdempotencyRepository(Protocol):
+class KeyClaims(Protocol):
     async def claim(
         self, team_id: str, key: str, fingerprint: str, trigger_id: uuid.UUID, expires_at: datetime
     ) -> IdempotencyRecord | None:
@@ -98,14 +108,18 @@ class IdempotencyRepository(Protocol):
         A claim racing another transaction's waits for it to commit or roll back."""
         ...
 
+
+class IdempotencyRepository(KeyClaims, Protocol):
     async def purge_expired(self, now: datetime, limit: int) -> int: ...
 
 
-class EventTypeRepository(Protocol):
+class EventTypeCheck(Protocol):
     async def catalogue(self, team_id: str, name: str) -> None: ...
 
     async def exists(self, team_id: str, name: str) -> bool: ...
 
+
+class EventTypeRepository(EventTypeCheck, Protocol):
     async def register(self, team_id: str, name: str, description: str) -> EventType: ...
 
     async def list(self, team_id: str) -> list[EventType]: ...
@@ -136,6 +150,25 @@ class IngestUnitOfWork(UnitOfWork, Protocol):
     def policies(self) -> PolicyRepository: ...
 
 
+class AcceptingUnitOfWork(Protocol):
+    """What accepting one event needs of its unit of work: a transaction of its own
+    (IngestUnitOfWork) or its share of a group's (services.ingest.groups)."""
+
+    @property
+    def contacts(self) -> ContactResolver: ...
+
+    @property
+    def events(self) -> EventWriter: ...
+
+    @property
+    def idempotency(self) -> KeyClaims: ...
+
+    @property
+    def event_types(self) -> EventTypeCheck: ...
+
+    def publish(self, message: OutgoingMessage) -> None: ...
+
+
 class PolicySource(Protocol):
     """Each project's policy, as fresh as a second."""
 
@@ -149,6 +182,12 @@ class RateLimiter(Protocol):
         ...
 
 
+class EventGroups(Protocol):
+    """Accepts events in groups: one transaction for many concurrent events (group commit)."""
+
+    async def submit(self, draft: Draft) -> EventQueued: ...
+
+
 @dataclass(frozen=True)
 class Intake:
     """What accepting an event needs besides its unit of work."""
@@ -156,11 +195,34 @@ class Intake:
     unit_of_work: Callable[[], IngestUnitOfWork]
     policies: PolicySource
     rates: RateLimiter
+    # When set, events are stored in groups (services.ingest.groups); otherwise each alone.
+    groups: EventGroups | None = None
+
+
+@dataclass(frozen=True)
+class Draft:
+    """An event that passed every check that needs no storage; its contact is not resolved yet."""
+
+    command: SendEvent
+    event: AcceptedEvent
+    info: UserInfo
+    contact_id: uuid.UUID | None
+    policy: ProjectPolicy
+    fingerprint: str
 
 
 async def send_event(command: SendEvent, intake: Intake) -> EventQueued:
     """Check the event against the rules and the project's policy, then store it and its trigger
     and queue it for matching (or hold it until trigger_at), in one transaction."""
+    draft = await prepare(command, intake.policies)
+    if intake.groups is not None:
+        return await intake.groups.submit(draft)
+    return await store_alone(draft, intake)
+
+
+async def prepare(command: SendEvent, policies: PolicySource) -> Draft:
+    """Every check of an event that needs no storage: its name, times, identity, source, key and
+    size against the project's policy."""
     name = validate_customer_event_name(command.event_name)
     now = utcnow()
     scheduled_for = parse_trigger_at(command.trigger_at, now)
@@ -169,10 +231,8 @@ async def send_event(command: SendEvent, intake: Intake) -> EventQueued:
     info = normalized_user_info(command.user_info, command.dialect)
     source = check_source(command.source)
     key = check_idempotency_key(command.idempotency_key)
-    policy = await intake.policies.get(command.team_id)
+    policy = await policies.get(command.team_id)
     check_payload(command.payload_bytes(), policy.event_payload_limit_bytes)
-    limit = policy.effective_rate_limit
-    fingerprint = command.fingerprint() if key else ""
     event = AcceptedEvent(
         id=uuid.uuid4(),
         trigger_id=uuid.uuid4(),
@@ -187,40 +247,62 @@ async def send_event(command: SendEvent, intake: Intake) -> EventQueued:
         scheduled_for=scheduled_for,
         idempotency_key=key or None,
     )
+    return Draft(command, event, info, contact_id, policy, command.fingerprint() if key else "")
+
+
+async def store_alone(draft: Draft, intake: Intake) -> EventQueued:
+    """Store one prepared event in a transaction of its own."""
     async with intake.unit_of_work() as uow:
-        if key:
-            earlier = await uow.idempotency.claim(
-                command.team_id, key, fingerprint, event.trigger_id, now + policy.idempotency_period
-            )
-            if earlier is not None:
-                return await _replay(command, fingerprint, earlier, uow)
-        await _check_event_type(command.team_id, name, policy, uow)
-        contact = await _event_contact(command.team_id, contact_id, info, now, uow)
-        # Only events that passed every check count against the project's hourly limit.
-        rate = await intake.rates.consume(command.team_id, limit, 1, now) if limit else None
-        event = replace(event, contact=contact)
-        await uow.events.add(event)
-        if scheduled_for is None:
-            uow.publish(messages.event_message(event))
-        uow.publish(messages.accepted_record(event))
+        queued = await accept(draft, uow, intake.rates)
+        if queued.replayed:
+            return queued
         receipts = await uow.commit()
-    sequence = receipts.get(str(event.id))
+    return with_receipt(queued, receipts)
+
+
+def with_receipt(queued: EventQueued, receipts: Receipts) -> EventQueued:
+    """`queued` with its job id: the stream sequence of its event message, when it was published."""
+    sequence = receipts.get(str(queued.event_id))
+    return replace(queued, job_id=str(sequence)) if sequence is not None else queued
+
+
+async def accept(draft: Draft, uow: AcceptingUnitOfWork, rates: RateLimiter) -> EventQueued:
+    """Inside `uow`'s transaction: claim the idempotency key (or answer the earlier request),
+    catalogue or check the event type, resolve the contact, count the event against the rate
+    limit, then store the event and its trigger and stage its messages. The caller commits."""
+    command, event, policy = draft.command, draft.event, draft.policy
+    team_id, now, key = event.team_id, event.accepted_at, event.idempotency_key
+    if key:
+        expires_at = now + policy.idempotency_period
+        earlier = await uow.idempotency.claim(team_id, key, draft.fingerprint, event.trigger_id, expires_at)
+        if earlier is not None:
+            return await _replay(command, draft.fingerprint, earlier, uow)
+    await _check_event_type(team_id, event.name, policy, uow)
+    contact = await _event_contact(team_id, draft.contact_id, draft.info, now, uow)
+    # Only events that passed every check count against the project's hourly limit.
+    limit = policy.effective_rate_limit
+    rate = await rates.consume(team_id, limit, 1, now) if limit else None
+    event = replace(event, contact=contact)
+    await uow.events.add(event)
+    if event.scheduled_for is None:
+        uow.publish(messages.event_message(event))
+    uow.publish(messages.accepted_record(event))
     return EventQueued(
         trigger_id=event.trigger_id,
         event_id=event.id,
-        job_id=str(sequence) if sequence is not None else "",
-        message=queued_message(scheduled_for),
-        scheduled_for=scheduled_for,
+        job_id="",
+        message=queued_message(event.scheduled_for),
+        scheduled_for=event.scheduled_for,
         contact_id=contact.id if contact else None,
-        event_name=name,
-        occurred_at=occurred_at,
+        event_name=event.name,
+        occurred_at=event.occurred_at,
         accepted_at=now,
         rate=rate,
     )
 
 
 async def _replay(
-    command: SendEvent, fingerprint: str, earlier: IdempotencyRecord, uow: IngestUnitOfWork
+    command: SendEvent, fingerprint: str, earlier: IdempotencyRecord, uow: AcceptingUnitOfWork
 ) -> EventQueued:
     """The answer of the earlier request with this key (replays do not count against the rate limit)."""
     if earlier.fingerprint != fingerprint:
@@ -251,7 +333,7 @@ async def _replay(
     )
 
 
-async def _check_event_type(team_id: str, name: str, policy: ProjectPolicy, uow: IngestUnitOfWork) -> None:
+async def _check_event_type(team_id: str, name: str, policy: ProjectPolicy, uow: AcceptingUnitOfWork) -> None:
     if policy.unknown_events == "accept":
         await uow.event_types.catalogue(team_id, name)
     elif not await uow.event_types.exists(team_id, name):
@@ -263,7 +345,7 @@ async def _check_event_type(team_id: str, name: str, policy: ProjectPolicy, uow:
 
 
 async def _event_contact(
-    team_id: str, contact_id: uuid.UUID | None, info: UserInfo, now: datetime, uow: IngestUnitOfWork
+    team_id: str, contact_id: uuid.UUID | None, info: UserInfo, now: datetime, uow: AcceptingUnitOfWork
 ) -> Contact | None:
     if contact_id is not None:
         found = await uow.contacts.by_id(team_id, contact_id)
@@ -275,7 +357,7 @@ async def _event_contact(
     return await resolve_contact(team_id, info, now, uow)
 
 
-async def _updated(found: Contact, info: UserInfo, uow: IngestUnitOfWork) -> Contact:
+async def _updated(found: Contact, info: UserInfo, uow: AcceptingUnitOfWork) -> Contact:
     contact = updated_contact(found, info)
     if contact.same_profile(found):
         return found
@@ -283,7 +365,7 @@ async def _updated(found: Contact, info: UserInfo, uow: IngestUnitOfWork) -> Con
 
 
 async def resolve_contact(
-    team_id: str, info: UserInfo, now: datetime, uow: IngestUnitOfWork
+    team_id: str, info: UserInfo, now: datetime, uow: AcceptingUnitOfWork
 ) -> Contact | None:
     """The contact a (normalized) `info` is about: by external id, then by normalized email;
     created if new (announcing `herald.contact.created`). Known contacts are updated with what
@@ -308,7 +390,7 @@ async def resolve_contact(
 
 
 async def emit_system_event(
-    name: str, contact: Contact, data: dict[str, Any], now: datetime, uow: IngestUnitOfWork
+    name: str, contact: Contact, data: dict[str, Any], now: datetime, uow: AcceptingUnitOfWork
 ) -> AcceptedEvent:
     """Store and queue a `herald.*` event about `contact`, with its own trigger to track."""
     event = AcceptedEvent(
@@ -339,7 +421,8 @@ async def send_batch(commands: Sequence[SendEvent], intake: Intake) -> list[Even
             reason="BATCH_TOO_LARGE",
             metadata={"events": str(len(commands))},
         )
-    gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+    # Grouped, the whole batch goes to the group at once; alone, a few transactions at a time.
+    gate = asyncio.Semaphore(len(commands) if intake.groups is not None else BATCH_CONCURRENCY)
 
     async def one(command: SendEvent) -> EventQueued | HeraldError:
         async with gate:

@@ -3,6 +3,8 @@ fires scheduled events and the retention purge."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -14,7 +16,8 @@ from kernel.outbox import Outbox
 from kernel.policy import PolicyCache, retention_by_team
 from kernel.service import Runtime, run_service
 from services.ingest import handlers
-from services.ingest.adapters import OUTBOX, IngestSqlUnitOfWork, SqlRateLimiter
+from services.ingest.adapters import OUTBOX, IngestGroupUnitOfWork, IngestSqlUnitOfWork, SqlRateLimiter
+from services.ingest.groups import GroupCommit
 from services.ingest.servicer import ContactServicer, IngestServicer, ProjectServicer
 
 log = structlog.get_logger(__name__)
@@ -33,7 +36,12 @@ def registrations(
     def unit_of_work() -> IngestSqlUnitOfWork:
         return IngestSqlUnitOfWork(sessions, outbox)
 
-    intake = handlers.Intake(unit_of_work, PolicyCache(sessions), SqlRateLimiter(sessions))
+    def group_unit_of_work() -> IngestGroupUnitOfWork:
+        return IngestGroupUnitOfWork(sessions, outbox)
+
+    alone = handlers.Intake(unit_of_work, PolicyCache(sessions), SqlRateLimiter(sessions))
+    groups = GroupCommit(group_unit_of_work, lambda draft: handlers.store_alone(draft, alone))
+    intake = replace(alone, groups=groups)
     services = [
         ServiceRegistration(
             SERVICES["IngestService"].full_name,
