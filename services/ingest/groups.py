@@ -320,6 +320,8 @@ class GroupCommit:
             except Exception as error:
                 log.warning("ingest.group_deferred", events=len(drafts), error=repr(error))
                 return [Deferred("the group failed")] * len(drafts)
+            if not any(isinstance(outcome, _Accepted) for outcome in outcomes):
+                return [outcome for outcome in outcomes if not isinstance(outcome, _Accepted)]
             receipts = await uow.commit()
         return [
             handlers.with_receipt(outcome.queued, receipts) if isinstance(outcome, _Accepted) else outcome

@@ -19,7 +19,7 @@ import copy
 import dataclasses
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -41,6 +41,8 @@ from services.ingest.domain import (
     TriggerRecord,
     TriggerStatus,
 )
+from services.ingest.groups import Snapshot, Writes
+from services.ingest.handlers import Draft
 from services.matcher.domain import Decision, MatchedEvent, Workflow
 
 Clock = Callable[[], datetime]
@@ -489,6 +491,67 @@ class FakeIngestUnitOfWork(FakeUnitOfWork):
     @property
     def policies(self) -> FakePolicyRepository:
         return self._policies
+
+
+class FakeGroupUnitOfWork:
+    """A group's transaction (services.ingest.groups) over a fake ingest unit of work's tables,
+    with the SQL adapter's rules: the snapshot sees only claims in force, contacts are written
+    with a plain INSERT (a clash is a unique violation) and a key claimed meanwhile fails the write."""
+
+    def __init__(self, uow: FakeIngestUnitOfWork, rates: FakeRateLimiter, clock: Clock = utcnow) -> None:
+        self._uow = uow
+        self._rates = rates
+        self._clock = clock
+
+    async def __aenter__(self) -> Self:
+        await self._uow.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._uow.__aexit__(exc_type, exc, tb)
+
+    def publish(self, message: OutgoingMessage) -> None:
+        self._uow.publish(message)
+
+    async def commit(self) -> Receipts:
+        return await self._uow.commit()
+
+    async def snapshot(self, drafts: Sequence[Draft]) -> Snapshot:
+        teams = {draft.event.team_id for draft in drafts}
+        now = self._clock()
+        return Snapshot(
+            contacts=[copy.deepcopy(c) for c in self._uow.contacts.rows.values() if c.team_id in teams],
+            keys={
+                team_key: IdempotencyRecord(row.fingerprint, row.trigger_id)
+                for team_key, row in self._uow.idempotency.rows.items()
+                if team_key[0] in teams and not row.expires_at < now
+            },
+            event_types={team_name for team_name in self._uow.event_types.rows if team_name[0] in teams},
+        )
+
+    async def consume_rate(self, team_id: str, limit: int, count: int, now: datetime) -> RateState:
+        return await self._rates.consume(team_id, limit, count, now)
+
+    async def write(self, writes: Writes) -> None:
+        uow = self._uow
+        for claim in writes.claims:
+            earlier = await uow.idempotency.claim(
+                claim.team_id, claim.key, claim.fingerprint, claim.trigger_id, claim.expires_at
+            )
+            if earlier is not None:
+                raise UniqueViolation(f"idempotency key {claim.key} was claimed first by another request")
+        for contact in writes.contacts:
+            if contact.id in uow.contacts.rows:
+                raise UniqueViolation('duplicate key value violates unique constraint "pk_contacts"')
+            uow.contacts._check_unique(contact)
+            now = self._clock()
+            uow.contacts.rows[contact.id] = dataclasses.replace(contact, created_at=now, updated_at=now)
+        for team_id, name in writes.catalogued:
+            await uow.event_types.catalogue(team_id, name)
+        for event in writes.events:
+            await uow.events.add(event)
 
 
 class FakePolicySource:

@@ -38,6 +38,7 @@ from services.ingest.domain import (
     SendEvent,
     UserInfo,
 )
+from services.ingest.groups import GroupCommit
 from services.ingest.handlers import (
     ContactProfile,
     Intake,
@@ -59,7 +60,7 @@ from services.ingest.handlers import (
     unsubscribe_topic,
     update_policy,
 )
-from tests.unit.fakes import FakeIngestUnitOfWork, FakePolicySource, FakeRateLimiter
+from tests.unit.fakes import FakeGroupUnitOfWork, FakeIngestUnitOfWork, FakePolicySource, FakeRateLimiter
 
 TEAM = "team-1"
 NOW = datetime(2029, 12, 1, 9, 0, tzinfo=UTC)
@@ -89,10 +90,21 @@ class Ingest:
     policies: FakePolicySource
     rates: FakeRateLimiter
     clock: Clock
+    # Events accepted in groups (services.ingest.groups), as the ingest process does, or each alone.
+    grouped: bool = False
 
     @property
     def intake(self) -> Intake:
-        return Intake(lambda: self.uow, self.policies, self.rates)
+        alone = Intake(lambda: self.uow, self.policies, self.rates)
+        if not self.grouped:
+            return alone
+        return dataclasses.replace(alone, groups=self.group_commit(alone))
+
+    def group_commit(self, alone: Intake) -> GroupCommit:
+        def group() -> FakeGroupUnitOfWork:
+            return FakeGroupUnitOfWork(self.uow, self.rates, self.clock)
+
+        return GroupCommit(group, lambda draft: handlers.store_alone(draft, alone))
 
     def set_policy(self, team_id: str = TEAM, **fields: Any) -> None:
         self.policies.policies[team_id] = ProjectPolicy(**fields)
@@ -111,9 +123,16 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return clock
 
 
-@pytest.fixture
-def ingest(clock: Clock) -> Ingest:
-    return Ingest(FakeIngestUnitOfWork(clock=clock), FakePolicySource(), FakeRateLimiter(), clock)
+@pytest.fixture(params=["alone", "grouped"])
+def ingest(clock: Clock, request: pytest.FixtureRequest) -> Ingest:
+    """Every use case runs twice: events stored each in a transaction of its own, and in groups."""
+    return Ingest(
+        FakeIngestUnitOfWork(clock=clock),
+        FakePolicySource(),
+        FakeRateLimiter(),
+        clock,
+        grouped=request.param == "grouped",
+    )
 
 
 def a_signup(**fields: Any) -> SendEvent:
