@@ -8,7 +8,9 @@ the figures are those of intake alone (gateway + ingest; every accepted event st
 durable, in JetStream). It measures, in the same run:
 - reference 1: one process looping "INSERT one row into PostgreSQL, await one JetStream publish";
 - reference 2: one process publishing to JetStream asynchronously, acks awaited together;
-- REST single sends (POST /api/v1/events/send) from load-generator processes, closed loop;
+- REST single sends from `wrk` (a C load generator; Debian package `wrk`), closed loop, when it
+  is installed (the phase is left out, with a note, when it is not);
+- REST single sends (POST /api/v1/events/send) from Python load-generator processes, closed loop;
 - REST single sends at a fixed rate (open loop, --rate events/s): latency when not saturated;
 - REST batches (POST /api/v1/events/batch, --batch events each);
 - gRPC single sends (IngestService/SendEvent) straight to ingest.
@@ -21,6 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import re
+import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -197,6 +202,50 @@ def http_load(
     )
 
 
+WRK_SCRIPT = """
+counter = 0
+tag = "%s" .. math.random(1000000)
+request = function()
+  counter = counter + 1
+  local who = counter %% %d
+  local body = '{"event_name":"bench.event","user_info":{"contact_external_id":"' .. tag .. '_' .. who ..
+    '","email":"' .. tag .. '.' .. who .. '@example.com"},"event_data":{"index":' .. counter ..
+    ',"amount":149.99},"variables":{"user_name":"user ' .. counter .. '"}}'
+  return wrk.format("POST", "/api/v1/events/send", nil, body)
+end
+"""
+
+
+def wrk_load(url: str, headers: dict[str, str], seconds: float, connections: int) -> Result | None:
+    """Single sends from `wrk` (a C load generator, Debian package `wrk`), when it is installed:
+    the Python load generators cost the platform CPU on the same cores."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("wrk is not installed (Debian: apt-get install wrk): its phase is left out")
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT % (uuid.uuid4().hex[:6], CONTACTS))
+    command = [wrk, "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", script.name]
+    for name, value in {**headers, "Content-Type": "application/json"}.items():
+        command += ["-H", f"{name}: {value}"]
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    Path(script.name).unlink()
+    total = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = int(failed.group(1)) if failed else 0
+
+    def percentile(label: str) -> float:
+        value, unit = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)", output, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    p50, p99 = percentile("50"), percentile("99")
+    # Result keeps latencies as a list: these 100 points give back wrk's p50 and p99 in `line()`.
+    latencies = [p50] * 51 + [p99] * 49
+    return Result(
+        f"REST /api/v1/events/send via wrk ({connections} conn.)", total - errors, seconds, latencies, errors
+    )
+
+
 async def grpc_load(
     address: str, metadata: tuple[tuple[str, str], ...], seconds: float, clients: int
 ) -> Result:
@@ -259,6 +308,7 @@ def main() -> None:
             results = [
                 asyncio.run(reference_insert_and_publish(stack.database_url, stack.nats_url, references)),
                 asyncio.run(reference_async_publish(stack.nats_url, references * 4)),
+                wrk_load(url, headers, seconds, clients),
                 http_load("REST /api/v1/events/send (closed loop)", url, headers, seconds, clients),
                 http_load(
                     f"REST /api/v1/events/send at {options.rate:.0f}/s (open loop)",
@@ -272,9 +322,11 @@ def main() -> None:
             ]  # fmt: skip
             print(f"\n{'phase':<44} {'accepted':>16}")
             for result in results:
-                print(result.line())
+                if result is not None:
+                    print(result.line())
+            assert results[0] is not None
             reference = results[0].events / results[0].seconds
-            single = results[2].events / results[2].seconds
+            single = max(r.events / r.seconds for r in results[2:4] if r is not None)
             print(f"\nREST single sends / reference loop: {single / reference:.2f}")
         finally:
             stack.stop()
