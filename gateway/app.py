@@ -23,9 +23,11 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import openapi
+from gateway.coalesce import Coalescer, Metadata
 from gateway.errors import error_response, from_herald_error, from_rpc_error
 from gateway.requests import BadRequest, build_message, check_shape, parse_json, query_document
 from gateway.routes import Route, message_of, routes
+from herald.ingest.v1 import ingest_pb2
 from kernel.clients import channel
 from kernel.errors import HeraldError
 from kernel.grpc_server import RESPONSE_HEADER_NAMES
@@ -48,6 +50,9 @@ RESPONSE_HEADERS["ratelimit-policy"] = "RateLimit-Policy"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHANNELS: web.AppKey[dict[str, grpc.aio.Channel]] = web.AppKey("channels", dict)
+COALESCER: web.AppKey[Coalescer] = web.AppKey("coalescer", Coalescer)
+# Single sends travel to ingest together (gateway.coalesce).
+COALESCED_METHOD = "herald.ingest.v1.IngestService.SendEvent"
 # The processes /readyz waits for: every service but the development capture inbox.
 READY_SERVICES = ("ingest", "matcher", "executor", "tracker")
 
@@ -110,6 +115,7 @@ def rpc_handler(route: Route) -> Handler:
     request_class = GetMessageClass(route.method.input_type)
     response_class = GetMessageClass(route.method.output_type)
     service = route.method.containing_service.full_name
+    coalesced = route.method.full_name == COALESCED_METHOD
 
     async def handle(request: web.Request) -> web.StreamResponse:
         request_id = request["request_id"]
@@ -125,6 +131,8 @@ def rpc_handler(route: Route) -> Handler:
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=response_class.FromString,
         )
+        if coalesced:
+            return await send_coalesced(request, route, message, metadata)
         pending = call(message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
         try:
             response = await pending
@@ -140,6 +148,28 @@ def rpc_handler(route: Route) -> Handler:
         )
 
     return handle
+
+
+async def send_coalesced(
+    request: web.Request, route: Route, message: Message, metadata: Metadata
+) -> web.StreamResponse:
+    """A single send, answered as SendEvent would answer it, carried with its caller's other
+    concurrent sends in one SendEvents call (gateway.coalesce)."""
+    assert isinstance(message, ingest_pb2.SendEventRequest)
+    header_key = dict(metadata).get("idempotency-key", "")
+    item = ingest_pb2.SendEventsItem(event=message, idempotency_key_header=header_key)
+    try:
+        result = await request.app[COALESCER].send(metadata, item)
+    except grpc.aio.AioRpcError as error:
+        answer = from_rpc_error(error, route.method.containing_service.full_name)
+        answer.headers.update(response_headers(error.initial_metadata(), error.trailing_metadata()))
+        return answer
+    headers = response_headers(list(result.headers.items()))
+    if result.WhichOneof("outcome") == "error":
+        return error_response(result.error.status_code, result.error.message, headers)
+    return web.json_response(
+        response_document(route, result.response), status=route.success_status, headers=headers
+    )
 
 
 @web.middleware
@@ -208,6 +238,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def open_channels(app: web.Application) -> None:
         app[CHANNELS].update({p: channel(settings.address(p)) for p in processes})
+        app[COALESCER] = Coalescer(app[CHANNELS]["ingest"], CALL_TIMEOUT_SECONDS)
 
     async def close_channels(app: web.Application) -> None:
         await asyncio.gather(*(channel.close() for channel in app[CHANNELS].values()))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import grpc
+import structlog
 
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from kernel.auth import Authenticator, metadata_dict
@@ -14,16 +16,28 @@ from kernel.errors import HeraldError, InvalidArgument, http_phrase, http_status
 from kernel.policy import PolicyChange, ProjectPolicy
 from kernel.structs import from_struct, to_struct
 from services.ingest import handlers
-from services.ingest.domain import Contact, EventQueued, EventSource, EventType, SendEvent, UserInfo
+from services.ingest.domain import (
+    MAX_BATCH,
+    Contact,
+    EventQueued,
+    EventSource,
+    EventType,
+    SendEvent,
+    UserInfo,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
+log = structlog.get_logger(__name__)
 UnitOfWorkFactory = Callable[[], handlers.IngestUnitOfWork]
 
 
 def _header_key(context: Context, body_key: str) -> str:
     """The idempotency key: the body's field, or the Idempotency-Key header; both must agree."""
-    header_key = metadata_dict(context.invocation_metadata()).get("idempotency-key", "").strip()
-    body_key = body_key.strip()
+    return idempotency_key(metadata_dict(context.invocation_metadata()).get("idempotency-key", ""), body_key)
+
+
+def idempotency_key(header_key: str, body_key: str) -> str:
+    header_key, body_key = header_key.strip(), body_key.strip()
     if header_key and body_key and header_key != body_key:
         raise InvalidArgument(
             "The Idempotency-Key header and the body's idempotency_key differ: send one of them",
@@ -55,12 +69,34 @@ def send_event_command(team_id: str, request: ingest_pb2.SendEventRequest, idemp
     )
 
 
-def _answer_headers(context: Context, queued: EventQueued) -> None:
+def _queued_headers(queued: EventQueued) -> dict[str, str]:
     headers = dict(queued.rate.headers()) if queued.rate else {}
     if queued.replayed:
         headers["idempotent-replayed"] = "true"
+    return headers
+
+
+def _answer_headers(context: Context, queued: EventQueued) -> None:
+    headers = _queued_headers(queued)
     if headers:
         context.set_trailing_metadata(tuple(headers.items()))
+
+
+def send_event_response(queued: EventQueued) -> ingest_pb2.SendEventResponse:
+    response = ingest_pb2.SendEventResponse(
+        success=True, trigger_id=str(queued.trigger_id), job_id=queued.job_id, message=queued.message
+    )
+    if queued.scheduled_for is not None:
+        response.scheduled_for = isoformat_ms(queued.scheduled_for)
+    return response
+
+
+def batch_error(error: HeraldError) -> ingest_pb2.BatchError:
+    """An error as one event of several is answered: the status it would have had on its own."""
+    status = http_status_of(error)
+    return ingest_pb2.BatchError(
+        status_code=status, message=error.message, error=http_phrase(status), reason=error.reason
+    )
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -75,12 +111,38 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         command = send_event_command(team.id, request, _header_key(context, request.idempotency_key))
         queued = await handlers.send_event(command, self._intake)
         _answer_headers(context, queued)
-        response = ingest_pb2.SendEventResponse(
-            success=True, trigger_id=str(queued.trigger_id), job_id=queued.job_id, message=queued.message
+        return send_event_response(queued)
+
+    async def SendEvents(
+        self, request: ingest_pb2.SendEventsRequest, context: Context
+    ) -> ingest_pb2.SendEventsResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        if len(request.items) > MAX_BATCH:
+            raise InvalidArgument(
+                f"SendEvents takes at most {MAX_BATCH} events; this call has {len(request.items)}",
+                reason="BATCH_TOO_LARGE",
+            )
+
+        async def one(item: ingest_pb2.SendEventsItem) -> ingest_pb2.SendEventsResult:
+            try:
+                key = idempotency_key(item.idempotency_key_header, item.event.idempotency_key)
+                queued = await handlers.send_event(send_event_command(team.id, item.event, key), self._intake)
+            except HeraldError as error:
+                return ingest_pb2.SendEventsResult(error=batch_error(error), headers=error.headers)
+            except Exception:
+                log.exception("ingest.send_events_failed")
+                return ingest_pb2.SendEventsResult(
+                    error=ingest_pb2.BatchError(
+                        status_code=500, message="Internal server error", error=http_phrase(500), reason=""
+                    )
+                )
+            return ingest_pb2.SendEventsResult(
+                response=send_event_response(queued), headers=_queued_headers(queued)
+            )
+
+        return ingest_pb2.SendEventsResponse(
+            results=await asyncio.gather(*(one(item) for item in request.items))
         )
-        if queued.scheduled_for is not None:
-            response.scheduled_for = isoformat_ms(queued.scheduled_for)
-        return response
 
     async def PublishEvent(
         self, request: ingest_pb2.PublishEventRequest, context: Context
@@ -127,15 +189,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         for index, outcome in enumerate(outcomes):
             result = response.results.add(index=index)
             if isinstance(outcome, HeraldError):
-                status = http_status_of(outcome)
-                result.error.CopyFrom(
-                    ingest_pb2.BatchError(
-                        status_code=status,
-                        message=outcome.message,
-                        error=http_phrase(status),
-                        reason=outcome.reason,
-                    )
-                )
+                result.error.CopyFrom(batch_error(outcome))
                 response.rejected += 1
                 continue
             result.success = True

@@ -817,3 +817,57 @@ def test_another_teams_trigger_is_exactly_not_found(
     assert mine.json()["trigger_id"] != theirs.json()["trigger_id"]
     # Cleanup: the owner can cancel it.
     assert running.http.delete(f"/api/v1/triggers/{scheduled}", headers=headers).status_code == 200
+
+
+# --------------------------------------------------------------------------------------------
+# Concurrent single sends: the gateway carries them to ingest together (gateway.coalesce) and
+# ingest stores them in groups (services.ingest.groups); each is still answered on its own.
+# --------------------------------------------------------------------------------------------
+
+
+async def test_concurrent_single_sends_of_two_teams_are_each_answered_as_if_alone(
+    running: RunningStack, database: sqlalchemy.Engine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    limited = await new_team(sessions, "limited")
+    unlimited = await new_team(sessions, "unlimited")
+    answer = running.http.patch(
+        "/api/v1/project/policy", json={"rate_limit_per_hour": 20}, headers=limited.headers
+    )
+    assert answer.status_code == 200, answer.text
+    barrier = threading.Barrier(45)
+
+    def post(job: tuple[TeamCredentials, dict[str, Any], dict[str, str]]) -> httpx.Response:
+        credentials, body, extra = job
+        barrier.wait(timeout=10)
+        return running.http.post(SEND, json=body, headers={**credentials.headers, **extra})
+
+    jobs: list[tuple[TeamCredentials, dict[str, Any], dict[str, str]]] = []
+    jobs += [(limited, {"event_name": "order.completed", "event_data": {"n": n}}, {}) for n in range(25)]
+    jobs += [(limited, {"event_name": "Order-Completed"}, {}) for _ in range(5)]
+    jobs += [(unlimited, {"event_name": "page.viewed", "event_data": {"n": n}}, {}) for n in range(10)]
+    # One key sent five times at once: one event, four replays (or a 409 while it is in flight).
+    jobs += [(unlimited, {"event_name": "page.viewed"}, {"Idempotency-Key": "same-key"}) for _ in range(5)]
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        answers = list(pool.map(post, jobs))
+
+    mine = answers[:25]
+    accepted = [a for a in mine if a.status_code == 201]
+    limited_out = [a for a in mine if a.status_code == 429]
+    assert (len(accepted), len(limited_out)) == (20, 5), [a.status_code for a in mine]
+    assert sorted(int(a.headers["RateLimit-Remaining"]) for a in accepted) == list(range(20))
+    for answer in limited_out:
+        assert_error(answer, 429, starts_with="Rate limit exceeded")
+        assert int(answer.headers["Retry-After"]) > 0
+    for answer in answers[25:30]:
+        assert_error(answer, 400, contains="lowercase")
+    for answer in answers[30:40]:
+        assert_queued(answer)
+        assert "RateLimit-Remaining" not in answer.headers
+    keyed = answers[40:]
+    assert {a.status_code for a in keyed} <= {201, 409}, [a.text for a in keyed]
+    replays = [a for a in keyed if a.headers.get("Idempotent-Replayed") == "true"]
+    originals = [a for a in keyed if a.status_code == 201 and a not in replays]
+    assert len(originals) == 1
+    assert {a.json()["trigger_id"] for a in originals + replays} == {originals[0].json()["trigger_id"]}
+    assert ingest_rows(database, limited.team_id)["events"] == 20
+    assert ingest_rows(database, unlimited.team_id)["events"] == 11

@@ -662,7 +662,8 @@ async def test_a_batch_accepts_the_good_events_and_reports_the_bad_ones_by_index
     )
     assert (bad_phone.status_code, bad_phone.reason) == (400, "INVALID_PHONE")
     assert response.results[0].message == "Event queued successfully"
-    assert (await stored_count(sessions, team.team_id))["events"] == 2
+    # Two events, and the herald.contact.created of their (new) contact.
+    assert (await stored_count(sessions, team.team_id))["events"] == 3
 
 
 async def test_an_empty_batch_is_invalid_argument(
@@ -766,3 +767,55 @@ async def test_a_contact_id_with_another_contacts_external_id_is_a_client_error(
     )
 
     assert error.code() != grpc.StatusCode.INTERNAL
+
+
+async def test_send_events_answers_each_single_send_as_send_event_would(
+    ingest: ingest_pb2_grpc.IngestServiceAsyncStub,
+    team: TeamCredentials,
+    sessions: async_sessionmaker[AsyncSession],
+    team_outbox_cleanup: None,
+) -> None:
+    items = [
+        ingest_pb2.SendEventsItem(event=signup_request()),
+        ingest_pb2.SendEventsItem(event=signup_request("Bad-Name")),
+        ingest_pb2.SendEventsItem(event=signup_request(), idempotency_key_header="k-1"),
+        ingest_pb2.SendEventsItem(event=signup_request(), idempotency_key_header="k-1"),
+        ingest_pb2.SendEventsItem(
+            event=ingest_pb2.SendEventRequest(event_name="user_signup", idempotency_key="k-2"),
+            idempotency_key_header="k-3",
+        ),
+    ]
+    response = await ingest.SendEvents(
+        ingest_pb2.SendEventsRequest(items=items), metadata=team.metadata, timeout=10
+    )
+
+    outcomes = [result.WhichOneof("outcome") for result in response.results]
+    assert outcomes == ["response", "error", "response", "response", "error"]
+    first, bad, keyed, again, mismatch = response.results
+    assert first.response.success and first.response.trigger_id
+    assert (bad.error.status_code, bad.error.reason) == (400, "INVALID_EVENT_NAME"), bad.error
+    assert again.response.trigger_id == keyed.response.trigger_id
+    assert (
+        dict(again.headers) == {"idempotent-replayed": "true"} and "idempotent-replayed" not in keyed.headers
+    )
+    assert (mismatch.error.status_code, mismatch.error.reason) == (400, "IDEMPOTENCY_KEY_MISMATCH")
+    # Two events, and the herald.contact.created of their (new) contact.
+    assert (await stored_count(sessions, team.team_id))["events"] == 3
+
+
+async def test_send_events_with_bad_credentials_is_unauthenticated(
+    ingest: ingest_pb2_grpc.IngestServiceAsyncStub,
+) -> None:
+    request = ingest_pb2.SendEventsRequest(items=[ingest_pb2.SendEventsItem(event=signup_request())])
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await ingest.SendEvents(request, metadata=(("x-api-key", "hk_wrong"),), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_send_events_takes_at_most_500_events(
+    ingest: ingest_pb2_grpc.IngestServiceAsyncStub, team: TeamCredentials
+) -> None:
+    items = [ingest_pb2.SendEventsItem(event=signup_request()) for _ in range(501)]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await ingest.SendEvents(ingest_pb2.SendEventsRequest(items=items), metadata=team.metadata, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -70,6 +70,11 @@ class IngestServiceStub:
                 request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetTriggerRecordRequest.SerializeToString,
                 response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetTriggerRecordResponse.FromString,
                 _registered_method=True)
+        self.SendEvents = channel.unary_unary(
+                '/herald.ingest.v1.IngestService/SendEvents',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventsRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventsResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -124,6 +129,16 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendEvents(self, request, context):
+        """Several single sends of one caller (one set of credentials) in one call: the gateway
+        coalesces concurrent POST /api/v1/events/send requests into it, so an event does not cost
+        a unary RPC of its own. Each event is answered exactly as SendEvent would answer it.
+        Not exposed over REST.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +166,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.GetTriggerRecord,
                     request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetTriggerRecordRequest.FromString,
                     response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetTriggerRecordResponse.SerializeToString,
+            ),
+            'SendEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendEvents,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventsRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -299,6 +319,33 @@ class IngestService:
             '/herald.ingest.v1.IngestService/GetTriggerRecord',
             herald_dot_ingest_dot_v1_dot_ingest__pb2.GetTriggerRecordRequest.SerializeToString,
             herald_dot_ingest_dot_v1_dot_ingest__pb2.GetTriggerRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.IngestService/SendEvents',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventsRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,12 @@ class IngestServiceStub:
     """What ingest knows of a trigger it created: used by the tracker for a trigger whose
     tracking records it has not received yet. Not exposed over REST.
     """
+    SendEvents: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.SendEventsRequest, _ingest_pb2.SendEventsResponse]
+    """Several single sends of one caller (one set of credentials) in one call: the gateway
+    coalesces concurrent POST /api/v1/events/send requests into it, so an event does not cost
+    a unary RPC of its own. Each event is answered exactly as SendEvent would answer it.
+    Not exposed over REST.
+    """
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -92,6 +98,12 @@ class IngestServiceAsyncStub(IngestServiceStub):
     GetTriggerRecord: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetTriggerRecordRequest, _ingest_pb2.GetTriggerRecordResponse]  # type: ignore[assignment]
     """What ingest knows of a trigger it created: used by the tracker for a trigger whose
     tracking records it has not received yet. Not exposed over REST.
+    """
+    SendEvents: _aio.UnaryUnaryMultiCallable[_ingest_pb2.SendEventsRequest, _ingest_pb2.SendEventsResponse]  # type: ignore[assignment]
+    """Several single sends of one caller (one set of credentials) in one call: the gateway
+    coalesces concurrent POST /api/v1/events/send requests into it, so an event does not cost
+    a unary RPC of its own. Each event is answered exactly as SendEvent would answer it.
+    Not exposed over REST.
     """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -152,6 +164,18 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ingest_pb2.GetTriggerRecordResponse, _abc.Awaitable[_ingest_pb2.GetTriggerRecordResponse]]:
         """What ingest knows of a trigger it created: used by the tracker for a trigger whose
         tracking records it has not received yet. Not exposed over REST.
+        """
+
+    @_abc_1.abstractmethod
+    def SendEvents(
+        self,
+        request: _ingest_pb2.SendEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.SendEventsResponse, _abc.Awaitable[_ingest_pb2.SendEventsResponse]]:
+        """Several single sends of one caller (one set of credentials) in one call: the gateway
+        coalesces concurrent POST /api/v1/events/send requests into it, so an event does not cost
+        a unary RPC of its own. Each event is answered exactly as SendEvent would answer it.
+        Not exposed over REST.
         """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
