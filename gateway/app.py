@@ -237,7 +237,7 @@ def create_app(settings: Settings) -> web.Application:
     spec = openapi.document(all_routes, VERSION)
 
     async def open_channels(app: web.Application) -> None:
-        app[CHANNELS].update({p: channel(settings.address(p)) for p in processes})
+        app[CHANNELS].update({p: channel(settings.target(p)) for p in processes})
         app[COALESCER] = Coalescer(app[CHANNELS]["ingest"], CALL_TIMEOUT_SECONDS)
 
     async def close_channels(app: web.Application) -> None:

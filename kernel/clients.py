@@ -19,5 +19,6 @@ def forwarded_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> tu
     )
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address)
+def channel(target: str) -> grpc.aio.Channel:
+    """A channel to `target` (Settings.target): calls spread round-robin over its addresses."""
+    return grpc.aio.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")])

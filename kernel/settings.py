@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -77,11 +78,21 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     def address(self, service: str) -> str:
-        """The host:port where `service` answers gRPC."""
-        return self.service_addresses[service]
+        """The host:port where `service` (its first replica) answers gRPC."""
+        return self.addresses(service)[0]
+
+    def addresses(self, service: str) -> list[str]:
+        """Every replica of `service`: HERALD_<SERVICE>_ADDR may list several, comma-separated."""
+        return self.service_addresses[service].split(",")
+
+    def target(self, service: str) -> str:
+        """The gRPC channel target that reaches `service`: calls spread over its replicas
+        (kernel.clients.channel balances them round-robin)."""
+        addresses = self.addresses(service)
+        return addresses[0] if len(addresses) == 1 else "ipv4:" + ",".join(addresses)
 
     def listen_address(self, service: str) -> str:
-        """The host:port that `service` binds: its port, on the listen host."""
+        """The host:port that `service` binds: its (first) port, on the listen host."""
         port = self.address(service).rsplit(":", 1)[1]
         return f"{self.grpc_listen_host}:{port}"
 
@@ -103,11 +114,32 @@ class Settings:
 
 
 def _address(env: Mapping[str, str], name: str, default: str) -> str:
+    """One host:port, or several comma-separated (the service's replicas, on IPv4 addresses)."""
     raw = env.get(name) or default
-    host, _, port = raw.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigurationError(f"{name} must be host:port (e.g. 127.0.0.1:50051), got {raw!r}")
-    return raw
+    addresses = [entry.strip() for entry in raw.split(",")]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(
+                f"{name} must be host:port (e.g. 127.0.0.1:50051), or several separated by commas; "
+                f"got {raw!r}"
+            )
+        if len(addresses) > 1 and not _is_ipv4(host):
+            raise ConfigurationError(
+                f"{name} lists several replicas: give each as an IPv4 address and port "
+                f"(e.g. 127.0.0.1:50051,127.0.0.1:50061); got {address!r}"
+            )
+    if len(set(addresses)) != len(addresses):
+        raise ConfigurationError(f"{name} lists one address twice: {raw!r}")
+    return ",".join(addresses)
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _integer(env: Mapping[str, str], name: str, default: int) -> int:

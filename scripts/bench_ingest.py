@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import grpc
 import nats
 import psycopg
 
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from kernel.clients import channel as channel_to
+from stack.embedded import free_port
 from stack.launcher import Stack
 from tests.e2e.support import stack_settings
 
@@ -254,7 +255,7 @@ async def grpc_load(
     deadline = time.perf_counter() + seconds
     tag = uuid.uuid4().hex[:6]
     counter = iter(range(10**9))
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with channel_to(address) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
 
         async def loop() -> None:
@@ -289,12 +290,15 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s of the open-loop phase")
     parser.add_argument("--batch", type=int, default=100, help="events per batch request")
     parser.add_argument("--reference-events", type=int, default=5000)
+    parser.add_argument("--ingest-replicas", type=int, default=1, help="ingest processes (replicas)")
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
         settings = stack_settings(
             Path(scratch), log_level="warning", dev_team_id=f"bench-{uuid.uuid4().hex[:6]}"
         )
+        ingest = ",".join(f"127.0.0.1:{free_port()}" for _ in range(options.ingest_replicas))
+        settings = settings.with_changes(service_addresses={**settings.service_addresses, "ingest": ingest})
         stack = Stack(settings, restart_crashed=False, log_directory=Path(scratch) / "logs")
         stack.start()
         try:
@@ -318,7 +322,7 @@ def main() -> None:
                     f"REST /api/v1/events/batch ({options.batch} per request)",
                     url, headers, seconds, 2, batch=options.batch,
                 ),
-                asyncio.run(grpc_load(stack.settings.address("ingest"), metadata, seconds, clients)),
+                asyncio.run(grpc_load(stack.settings.target("ingest"), metadata, seconds, clients)),
             ]  # fmt: skip
             print(f"\n{'phase':<44} {'accepted':>16}")
             for result in results:

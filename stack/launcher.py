@@ -39,6 +39,11 @@ STACK_FILE = "stack.json"
 CREDENTIALS_FILE = "dev-credentials.json"
 
 
+def _service(process: str) -> str:
+    """The service a process runs: `ingest-2` runs ingest."""
+    return process.partition("-")[0]
+
+
 class StackError(Exception):
     """The platform could not start; the message says which process and why."""
 
@@ -74,8 +79,20 @@ class Stack:
 
     @property
     def processes(self) -> tuple[str, ...]:
-        names = tuple(MODULES)
-        return names if not self.settings.smtp_url else tuple(n for n in names if n != "devmail")
+        """Every process to run: a service with several addresses runs one replica on each
+        (`ingest`, `ingest-2`, …)."""
+        names: list[str] = []
+        for service in MODULES:
+            if service == "devmail" and self.settings.smtp_url:
+                continue
+            replicas = len(self.settings.addresses(service)) if service in GRPC_SERVICES else 1
+            names += [service] + [f"{service}-{n}" for n in range(2, replicas + 1)]
+        return tuple(names)
+
+    def replica_address(self, name: str) -> str:
+        """The one address the process `name` (a service or one of its replicas) answers on."""
+        service, _, number = name.partition("-")
+        return self.settings.addresses(service)[int(number or 1) - 1]
 
     @property
     def gateway_url(self) -> str:
@@ -105,7 +122,10 @@ class Stack:
         wanted = {"HERALD_HTTP_PORT": self.settings.http_port}
         for name in self.processes:
             if name != "gateway":
-                wanted[f"HERALD_{name.upper()}_ADDR"] = int(self.settings.address(name).rsplit(":", 1)[1])
+                service = _service(name)
+                wanted[f"HERALD_{service.upper()}_ADDR {name}"] = int(
+                    self.replica_address(name).rsplit(":", 1)[1]
+                )
         if "devmail" in self.processes:
             wanted["HERALD_DEVMAIL_SMTP_PORT"] = self.settings.devmail_smtp_port
         busy = [f"{port} ({variable})" for variable, port in wanted.items() if not port_is_free(port)]
@@ -115,7 +135,9 @@ class Stack:
                 "another port with the variable named"
             )
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, name: str = "") -> dict[str, str]:
+        """The environment of process `name`: a replica binds its own address; everyone else
+        reaches a service through all of its replicas."""
         settings = self.settings
         env = {
             **os.environ,
@@ -129,8 +151,10 @@ class Stack:
             "HERALD_LOG_LEVEL": settings.log_level,
             "PYTHONUNBUFFERED": "1",
         }
-        for name in GRPC_SERVICES:
-            env[f"HERALD_{name.upper()}_ADDR"] = settings.address(name)
+        for service in GRPC_SERVICES:
+            env[f"HERALD_{service.upper()}_ADDR"] = settings.service_addresses[service]
+        if name and _service(name) in GRPC_SERVICES:
+            env[f"HERALD_{_service(name).upper()}_ADDR"] = self.replica_address(name)
         if settings.smtp_url:
             env["HERALD_SMTP_URL"] = settings.smtp_url
         return env
@@ -140,7 +164,8 @@ class Stack:
         if self.log_directory is not None:
             self.log_directory.mkdir(parents=True, exist_ok=True)
             log_path = self.log_directory / f"{name}.log"
-        self.supervisor.start(name, [sys.executable, "-m", MODULES[name]], self.environment(), log_path)
+        command = [sys.executable, "-m", MODULES[_service(name)]]
+        self.supervisor.start(name, command, self.environment(name), log_path)
 
     def kill(self, name: str) -> None:
         self.supervisor.kill(name)
@@ -175,7 +200,7 @@ class Stack:
                     return bool(answer.status == 200)
             except OSError:
                 return False
-        with grpc.insecure_channel(self.settings.address(name)) as channel:
+        with grpc.insecure_channel(self.replica_address(name)) as channel:
             try:
                 answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
             except grpc.RpcError:
@@ -187,7 +212,8 @@ class Stack:
         return self.supervisor.check()
 
     def stop(self) -> None:
-        self.supervisor.stop_all(order=["gateway", *reversed(GRPC_SERVICES)])
+        grpc_processes = [name for name in self.processes if name != "gateway"]
+        self.supervisor.stop_all(order=["gateway", *reversed(grpc_processes)])
         if self.nats is not None:
             self.nats.stop()
         if self.postgres is not None:
@@ -204,7 +230,9 @@ class Stack:
                     "nats_url": self.nats_url,
                     "gateway": self.gateway_url,
                     "services": {
-                        name: self.settings.address(name) for name in GRPC_SERVICES if name in self.processes
+                        name: self.settings.service_addresses[name]
+                        for name in GRPC_SERVICES
+                        if name in self.processes
                     },
                 },
                 indent=2,
@@ -215,7 +243,7 @@ class Stack:
     def summary(self) -> str:
         lines = ["", "Herald is running.", f"  Gateway (REST):   {self.gateway_url}"]
         lines += [
-            f"  {name:<17} {self.settings.address(name)} (gRPC)"
+            f"  {name:<17} {self.settings.service_addresses[name].replace(',', ', ')} (gRPC)"
             for name in GRPC_SERVICES
             if name in self.processes
         ]

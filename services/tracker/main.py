@@ -18,7 +18,7 @@ async def serve(runtime: Runtime) -> None:
     def unit_of_work() -> TrackerSqlUnitOfWork:
         return TrackerSqlUnitOfWork(runtime.sessions)
 
-    async with channel(runtime.settings.address("ingest")) as ingest_channel:
+    async with channel(runtime.settings.target("ingest")) as ingest_channel:
         servicer = TrackerServicer(
             runtime.authenticator(), unit_of_work, ingest_pb2_grpc.IngestServiceStub(ingest_channel)
         )

@@ -8,6 +8,7 @@ import pytest
 
 from kernel.errors import ConfigurationError
 from kernel.settings import Settings
+from stack.launcher import Stack
 
 EVERY_VARIABLE = {
     "HERALD_DATABASE_URL": "postgresql://herald@db:5432/herald",
@@ -156,3 +157,45 @@ def test_with_changes_makes_a_new_settings() -> None:
 
     assert changed.http_port == 1234
     assert settings.http_port == 8080
+
+
+def test_an_address_list_names_a_service_s_replicas() -> None:
+    settings = Settings.from_env({"HERALD_INGEST_ADDR": "127.0.0.1:7001, 127.0.0.1:7011"})
+    assert settings.addresses("ingest") == ["127.0.0.1:7001", "127.0.0.1:7011"]
+    assert settings.address("ingest") == "127.0.0.1:7001"
+    assert settings.target("ingest") == "ipv4:127.0.0.1:7001,127.0.0.1:7011"
+    assert settings.listen_address("ingest") == "127.0.0.1:7001"
+    assert settings.target("matcher") == settings.address("matcher") == "127.0.0.1:50052"
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("ingest-a:7001,ingest-b:7001", "give each as an IPv4 address and port"),
+        ("127.0.0.1:7001,127.0.0.1:7001", "lists one address twice"),
+        ("127.0.0.1:7001,127.0.0.1", "must be host:port"),
+        ("127.0.0.1:7001,", "must be host:port"),
+    ],
+)
+def test_a_bad_address_list_says_what_to_fix(raw: str, says: str) -> None:
+    with pytest.raises(ConfigurationError, match=says) as raised:
+        Settings.from_env({"HERALD_INGEST_ADDR": raw})
+    assert "HERALD_INGEST_ADDR" in str(raised.value)
+
+
+def test_the_launcher_runs_one_process_per_replica(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path).with_changes(
+        service_addresses={
+            **Settings().service_addresses,
+            "ingest": "127.0.0.1:7001,127.0.0.1:7011,127.0.0.1:7021",
+        }
+    )
+    stack = Stack(settings)
+    ingest = [name for name in stack.processes if name.startswith("ingest")]
+    assert ingest == ["ingest", "ingest-2", "ingest-3"]
+    assert stack.replica_address("ingest-3") == "127.0.0.1:7021"
+    environment = stack.environment("ingest-2")
+    assert environment["HERALD_INGEST_ADDR"] == "127.0.0.1:7011"
+    assert (
+        stack.environment("gateway")["HERALD_INGEST_ADDR"] == "127.0.0.1:7001,127.0.0.1:7011,127.0.0.1:7021"
+    )
