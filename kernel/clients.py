@@ -20,5 +20,9 @@ def forwarded_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> tu
 
 
 def channel(target: str) -> grpc.aio.Channel:
-    """A channel to `target` (Settings.target): calls spread round-robin over its addresses."""
-    return grpc.aio.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")])
+    """A channel to `target` (Settings.target): calls spread round-robin over its addresses
+    when it lists several (a service's replicas)."""
+    several = "," in target
+    return grpc.aio.insecure_channel(
+        target, options=[("grpc.lb_policy_name", "round_robin")] if several else []
+    )

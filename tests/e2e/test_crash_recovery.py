@@ -63,10 +63,13 @@ def assert_each_trigger_completed_with_one_email(
     headers = running.credentials.headers
 
     def all_completed() -> bool:
-        statuses = [
-            running.http.get(f"/api/v1/triggers/{trigger_id}", headers=headers).json()["status"]
-            for trigger_id in trigger_ids
-        ]
+        statuses = []
+        for trigger_id in trigger_ids:
+            answer = running.http.get(f"/api/v1/triggers/{trigger_id}", headers=headers)
+            if answer.status_code == 503:  # the gateway is reconnecting to the restarted service
+                return False
+            assert answer.status_code == 200, answer.text
+            statuses.append(answer.json()["status"])
         return all(status == "completed" for status in statuses)
 
     eventually(all_completed, timeout=90, interval=0.5)
