@@ -111,6 +111,13 @@ def response_headers(*metadata: Any) -> dict[str, str]:
     return headers
 
 
+def failed_call_response(error: grpc.aio.AioRpcError, service: str) -> web.Response:
+    """The HTTP answer to a failed call, with the headers the service asked for."""
+    answer = from_rpc_error(error, service)
+    answer.headers.update(response_headers(error.initial_metadata(), error.trailing_metadata()))
+    return answer
+
+
 def rpc_handler(route: Route) -> Handler:
     request_class = GetMessageClass(route.method.input_type)
     response_class = GetMessageClass(route.method.output_type)
@@ -137,9 +144,7 @@ def rpc_handler(route: Route) -> Handler:
         try:
             response = await pending
         except grpc.aio.AioRpcError as error:
-            answer = from_rpc_error(error, service)
-            answer.headers.update(response_headers(error.initial_metadata(), error.trailing_metadata()))
-            return answer
+            return failed_call_response(error, service)
         headers = response_headers(await pending.initial_metadata(), await pending.trailing_metadata())
         if route.success_status == 204:
             return web.Response(status=204, headers=headers)
@@ -161,9 +166,7 @@ async def send_coalesced(
     try:
         result = await request.app[COALESCER].send(metadata, item)
     except grpc.aio.AioRpcError as error:
-        answer = from_rpc_error(error, route.method.containing_service.full_name)
-        answer.headers.update(response_headers(error.initial_metadata(), error.trailing_metadata()))
-        return answer
+        return failed_call_response(error, route.method.containing_service.full_name)
     headers = response_headers(list(result.headers.items()))
     if result.WhichOneof("outcome") == "error":
         return error_response(result.error.status_code, result.error.message, headers)

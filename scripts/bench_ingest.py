@@ -292,6 +292,8 @@ def main() -> None:
     parser.add_argument("--reference-events", type=int, default=5000)
     parser.add_argument("--ingest-replicas", type=int, default=1, help="ingest processes (replicas)")
     options = parser.parse_args()
+    if options.ingest_replicas < 1:
+        parser.error("--ingest-replicas must be 1 or more")
 
     with tempfile.TemporaryDirectory() as scratch:
         settings = stack_settings(

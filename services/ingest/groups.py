@@ -280,6 +280,7 @@ class GroupCommit:
 
     async def _write_groups(self) -> None:
         """Write groups until nobody waits."""
+        group: list[_Waiting] = []
         try:
             while self._waiting:
                 group, self._waiting = self._waiting[: self._max_group], self._waiting[self._max_group :]
@@ -292,10 +293,15 @@ class GroupCommit:
                         self._store_alone(waiting)
                     else:
                         _settle(waiting.answer, outcome)
+                group = []
         finally:
+            # Callers are left unanswered only when this writer was cancelled (the process is
+            # stopping): theirs is cancelled too rather than waiting forever.
             self._writer = None
-            if self._waiting:  # only when the loop above was cancelled
-                self._writer = asyncio.create_task(self._write_groups(), name="ingest.group_commit")
+            leftover, self._waiting = [*group, *self._waiting], []
+            for waiting in leftover:
+                if not waiting.answer.done():
+                    waiting.answer.cancel()
 
     def _store_alone(self, waiting: _Waiting) -> None:
         async def store() -> None:

@@ -5,11 +5,15 @@ email going to a real SMTP sink."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from kernel.settings import Settings
 from stack.launcher import Stack
 from tests.conftest import Infrastructure, TeamCredentials
 from tests.e2e.support import SmtpSink, stack_settings, start_smtp_sink
@@ -35,18 +39,23 @@ def smtp_sink() -> Iterator[SmtpSink]:
         controller.stop()
 
 
-@pytest.fixture(scope="module")
-def running(
-    infrastructure: Infrastructure, smtp_sink: SmtpSink, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningStack]:
-    data_dir = tmp_path_factory.mktemp("stack")
-    settings = stack_settings(
+def session_settings(
+    data_dir: Path, infrastructure: Infrastructure, smtp_sink: SmtpSink, **changes: Any
+) -> Settings:
+    """A stack of our own over the session's PostgreSQL and NATS, mailing to `smtp_sink`."""
+    return stack_settings(
         data_dir,
         database_url=infrastructure.database_url,
         nats_url=infrastructure.nats_url,
         smtp_url=smtp_sink.url,
+        **changes,
     )
-    stack = Stack(settings, restart_crashed=False, log_directory=data_dir / "logs")
+
+
+@contextmanager
+def started(settings: Settings, smtp_sink: SmtpSink) -> Iterator[RunningStack]:
+    """The platform started on `settings` (logs in the data directory), stopped on leaving."""
+    stack = Stack(settings, restart_crashed=False, log_directory=settings.data_dir / "logs")
     stack.start()
     assert stack.credentials is not None
     credentials = TeamCredentials(stack.credentials.team_id, stack.credentials.api_key)
@@ -55,3 +64,12 @@ def running(
             yield RunningStack(stack, http, credentials, smtp_sink)
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def running(
+    infrastructure: Infrastructure, smtp_sink: SmtpSink, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningStack]:
+    settings = session_settings(tmp_path_factory.mktemp("stack"), infrastructure, smtp_sink)
+    with started(settings, smtp_sink) as running:
+        yield running

@@ -13,10 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stack.embedded import free_port
-from stack.launcher import Stack
-from tests.conftest import Infrastructure, TeamCredentials
-from tests.e2e.conftest import RunningStack
-from tests.e2e.support import SmtpSink, eventually, stack_settings
+from tests.conftest import Infrastructure
+from tests.e2e.conftest import RunningStack, session_settings, started
+from tests.e2e.support import SmtpSink, eventually
 
 SEND = "/api/v1/events/send"
 
@@ -25,24 +24,12 @@ SEND = "/api/v1/events/send"
 def running(
     infrastructure: Infrastructure, smtp_sink: SmtpSink, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningStack]:
-    data_dir = tmp_path_factory.mktemp("replicas")
-    settings = stack_settings(
-        data_dir,
-        database_url=infrastructure.database_url,
-        nats_url=infrastructure.nats_url,
-        smtp_url=smtp_sink.url,
-    )
+    """A platform whose ingest runs as two replicas."""
+    settings = session_settings(tmp_path_factory.mktemp("replicas"), infrastructure, smtp_sink)
     ingest = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
     settings = settings.with_changes(service_addresses={**settings.service_addresses, "ingest": ingest})
-    stack = Stack(settings, restart_crashed=False, log_directory=data_dir / "logs")
-    stack.start()
-    assert stack.credentials is not None
-    credentials = TeamCredentials(stack.credentials.team_id, stack.credentials.api_key)
-    try:
-        with httpx.Client(base_url=stack.gateway_url, timeout=30) as http:
-            yield RunningStack(stack, http, credentials, smtp_sink)
-    finally:
-        stack.stop()
+    with started(settings, smtp_sink) as running:
+        yield running
 
 
 def served_calls(running: RunningStack, process: str) -> int:

@@ -39,6 +39,7 @@ class Groups:
         self.groups_opened = 0
         self.fail_write: Exception | None = None
         self.fail_commit: Exception | None = None
+        self.hold_write: asyncio.Event | None = None
         alone = Intake(lambda: self.uow, self.policies, self.rates)
         self.commit = GroupCommit(
             self._group, lambda draft: handlers.store_alone(draft, alone), max_group=max_group
@@ -51,6 +52,8 @@ class Groups:
 
         class Group(FakeGroupUnitOfWork):
             async def write(self, writes: Writes) -> None:
+                if outer.hold_write is not None:
+                    await outer.hold_write.wait()
                 if outer.fail_write is not None:
                     # What another replica committed meanwhile: a contact of this group.
                     failure, outer.fail_write = outer.fail_write, None
@@ -148,9 +151,7 @@ async def test_an_event_that_changes_its_contact_is_stored_alone_and_changes_it(
 async def test_a_bad_event_does_not_sink_the_group() -> None:
     groups = Groups()
     groups.policies.policies[TEAM] = ProjectPolicy(unknown_events="reject")
-    groups.uow.event_types.rows[(TEAM, "user_signup")] = EventType(
-        "user_signup", "", "registered", NOW
-    )
+    groups.uow.event_types.rows[(TEAM, "user_signup")] = EventType("user_signup", "", "registered", NOW)
     good, bad = await groups.send_together({}, {"event_name": "never.registered"})
     assert isinstance(good, EventQueued)
     assert isinstance(bad, NotFound) and bad.message == "Event type not found"
@@ -226,3 +227,18 @@ async def test_errors_are_herald_errors_with_their_own_status() -> None:
     [bad] = await groups.send_together({"event_name": "Not-A-Name"})
     assert isinstance(bad, HeraldError) and bad.reason
     assert groups.groups_opened == 0  # rejected before it reached a group
+
+
+async def test_callers_are_not_left_waiting_when_the_writer_stops() -> None:
+    groups = Groups()
+    groups.hold_write = asyncio.Event()
+    first = asyncio.create_task(send_event(SendEvent(team_id=TEAM, event_name="user_signup"), groups.intake))
+    await asyncio.sleep(0.01)  # the first group is being written
+    later = asyncio.create_task(send_event(SendEvent(team_id=TEAM, event_name="user_signup"), groups.intake))
+    await asyncio.sleep(0.01)
+    writer = groups.commit._writer
+    assert writer is not None
+    writer.cancel()
+    outcomes = await asyncio.wait_for(asyncio.gather(first, later, return_exceptions=True), timeout=2)
+    assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes), outcomes
+    assert groups.uow.events.rows == {}
