@@ -13,6 +13,7 @@ import ctypes
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +38,48 @@ class EmbeddedServerError(RuntimeError):
     pass
 
 
+# Where free_port looks first: below the kernel's ephemeral range (Linux: 32768-60999).
+PORT_FLOOR = 15000
+_ports = random.Random()
+# Ports this process handed out or was told are taken: a server may not have bound its port yet
+# when the next one is picked, so "nobody listens on it" alone could hand the same port out twice.
+_promised: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    """A port nobody listens on now and that this process has not promised to another server.
+    It is picked outside the kernel's ephemeral range: outgoing connections take their source
+    ports from that range, so a port picked there (as bind(0) does) can be taken by a client
+    before the server binds it."""
+    low, _high = ephemeral_ports()
+    if low - PORT_FLOOR > 1000:
+        for _ in range(200):
+            port = _ports.randrange(PORT_FLOOR, low)
+            if port not in _promised and port_is_free(port, host):
+                _promised.add(port)
+                return port
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        if port not in _promised:
+            _promised.add(port)
+            return port
+    raise EmbeddedServerError("no free port found")
+
+
+def promise_ports(ports: Iterable[int]) -> None:
+    """Ports configured for servers not started yet: free_port will not hand them out."""
+    _promised.update(ports)
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of source ports for outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

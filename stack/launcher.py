@@ -22,7 +22,7 @@ from kernel.errors import ConfigurationError, FailedPrecondition
 from kernel.migrations import upgrade_all
 from kernel.settings import Settings
 from kernel.tenancy import ensure_team, issue_key
-from stack.embedded import EmbeddedNats, EmbeddedPostgres, port_is_free
+from stack.embedded import EmbeddedNats, EmbeddedPostgres, port_is_free, promise_ports
 from stack.supervisor import Supervisor
 
 MODULES = {
@@ -134,6 +134,7 @@ class Stack:
                 f"port {', '.join(busy)} already in use: stop what uses it, or choose "
                 "another port with the variable named"
             )
+        promise_ports(wanted.values())  # the embedded servers must not pick them meanwhile
 
     def environment(self, name: str = "") -> dict[str, str]:
         """The environment of process `name`: a replica binds its own address; everyone else
