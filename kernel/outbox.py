@@ -2,9 +2,11 @@
 
 A unit of work writes its outgoing messages into its schema's `outbox` table in the same
 transaction as the state they announce. After the commit they are published at once (with
-`Nats-Msg-Id`) and their rows deleted; whatever a crash or a bus outage left behind, the relay
-publishes later. The relay claims rows with `FOR UPDATE SKIP LOCKED`, never by an id cursor, so
-rows that commit out of order are never skipped and several replicas never publish one row twice.
+`Nats-Msg-Id`); the rows of acknowledged messages are deleted in the background, many in one
+statement, off the caller's path. Whatever a crash or a bus outage left behind, the relay
+publishes later (a message published twice is dropped by JetStream's duplicate window). The
+relay claims rows with `FOR UPDATE SKIP LOCKED`, never by an id cursor, so rows that commit out
+of order are never skipped and several replicas never publish one row twice.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import timedelta
 
 import structlog
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Column,
     DateTime,
@@ -23,18 +26,23 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    any_,
+    bindparam,
     delete,
     func,
     select,
 )
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.bus import BusPublisher, OutgoingMessage, PublishRejected
+from kernel.database import driver, insert_many
 from kernel.errors import Unavailable
 from kernel.loops import every
 
 log = structlog.get_logger(__name__)
+
+# Acknowledged rows deleted by one statement, at most.
+DELETE_BATCH = 2000
 
 Receipts = dict[str, int]
 """Stream sequence of each published message, by message id."""
@@ -59,39 +67,60 @@ class Outbox:
         self._table = table
         self._sessions = sessions
         self._publisher = publisher
+        # One text for every batch (an IN list would be a new statement for each size).
+        self._delete = delete(table).where(table.c.msg_id == any_(bindparam("msg_ids", type_=ARRAY(String))))
+        # Message ids acknowledged by the bus whose rows are still to be deleted.
+        self._acknowledged: list[str] = []
+        self._deleter: asyncio.Task[None] | None = None
 
     async def stage(self, session: AsyncSession, messages: Sequence[OutgoingMessage]) -> None:
         """Write `messages` in the caller's transaction; a message id already staged is kept once."""
         if not messages:
             return
-        statement = insert(self._table).on_conflict_do_nothing(index_elements=["msg_id"])
-        await session.execute(
-            statement,
-            [
-                {"msg_id": m.msg_id, "subject": m.subject, "project_id": m.project_id, "payload": m.payload}
-                for m in messages
-            ],
+        rows = [
+            {"msg_id": m.msg_id, "subject": m.subject, "project_id": m.project_id, "payload": m.payload}
+            for m in messages
+        ]
+        await insert_many(
+            await driver(session), self._table, rows, on_conflict="ON CONFLICT (msg_id) DO NOTHING"
         )
 
     async def publish_committed(self, messages: Sequence[OutgoingMessage]) -> Receipts:
         """Publish messages whose rows are committed; the relay retries whatever fails here."""
-        outcomes = await asyncio.gather(
-            *(self._publisher.publish(message) for message in messages), return_exceptions=True
-        )
+        outcomes = await self._publisher.publish_many(messages)
         receipts: Receipts = {}
         for message, outcome in zip(messages, outcomes, strict=True):
             if isinstance(outcome, int):
                 receipts[message.msg_id] = outcome
             elif isinstance(outcome, Unavailable):
                 log.warning("outbox.publish_deferred", msg_id=message.msg_id, error=outcome.message)
-            elif isinstance(outcome, PublishRejected):
-                log.error("outbox.publish_rejected", msg_id=message.msg_id, error=str(outcome))
             else:
-                raise outcome
+                log.error("outbox.publish_rejected", msg_id=message.msg_id, error=str(outcome))
         if receipts:
-            async with self._sessions() as session, session.begin():
-                await session.execute(delete(self._table).where(self._table.c.msg_id.in_(list(receipts))))
+            self._acknowledged += receipts
+            if self._deleter is None:
+                self._deleter = asyncio.create_task(self._delete_acknowledged(), name="outbox.delete")
         return receipts
+
+    async def _delete_acknowledged(self) -> None:
+        """Delete acknowledged rows until none is left; what arrives meanwhile goes in the next batch."""
+        try:
+            while self._acknowledged:
+                batch = self._acknowledged[:DELETE_BATCH]
+                self._acknowledged = self._acknowledged[DELETE_BATCH:]
+                try:
+                    async with self._sessions() as session, session.begin():
+                        await session.execute(self._delete, {"msg_ids": batch})
+                except Exception as error:
+                    # Left behind, the rows are published again by the relay, and dropped as duplicates.
+                    log.warning("outbox.delete_failed", rows=len(batch), error=repr(error))
+        finally:
+            self._deleter = None
+
+    async def settled(self) -> None:
+        """Wait until the rows of every acknowledged message are deleted."""
+        while self._deleter is not None:
+            await asyncio.shield(self._deleter)
 
     async def relay_once(self, *, older_than: timedelta = timedelta(seconds=5), batch: int = 200) -> int:
         """Publish up to `batch` rows left behind for longer than `older_than`; returns how many."""
@@ -126,3 +155,4 @@ class Outbox:
 
     async def run_relay(self, stop: asyncio.Event, interval: float = 1.0) -> None:
         await every(interval, "outbox.relay", self.relay_once, stop)
+        await self.settled()

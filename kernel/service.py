@@ -47,16 +47,20 @@ class Runtime:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
-    def js(self) -> JetStreamContext:
+    def bus_client(self) -> NatsClient:
         if self.nats is None:
             raise ConfigurationError(f"{self.name} was started without a bus connection")
-        return self.nats.jetstream()
+        return self.nats
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.bus_client.jetstream()
 
     def authenticator(self) -> Authenticator:
         return Authenticator(self.sessions)
 
     def outbox(self, table: Table) -> Outbox:
-        return Outbox(table, self.sessions, bus.BusPublisher(self.js))
+        return Outbox(table, self.sessions, bus.BusPublisher(self.bus_client))
 
     def consumer(self, stream: str, durable: str, filter_subject: str, handler: bus.Handler) -> bus.Consumer:
         return bus.Consumer(

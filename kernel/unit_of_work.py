@@ -5,6 +5,7 @@ It rolls back unless `commit()` is called. Services subclass it to add their rep
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -12,6 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.bus import OutgoingMessage
 from kernel.outbox import Outbox, Receipts
+
+Publication = Callable[[], Awaitable[Receipts]]
+"""Publishes what a unit of work committed; returns the receipts."""
 
 
 class UnitOfWork(Protocol):
@@ -36,10 +40,12 @@ class SqlUnitOfWork:
         self._sessions = sessions
         self._outbox = outbox
         self._pending: list[OutgoingMessage] = []
+        self._staged: list[OutgoingMessage] = []
 
     async def __aenter__(self) -> Self:
         self.session = self._sessions()
         self._pending = []
+        self._staged = []
         self.open_repositories(self.session)
         return self
 
@@ -62,14 +68,39 @@ class SqlUnitOfWork:
         self._pending.append(message)
 
     async def commit(self) -> Receipts:
-        pending, self._pending = self._pending, []
-        if self._outbox is None or not pending:
-            await self.session.commit()
-            return {}
-        await self._outbox.stage(self.session, pending)
+        publication = await self.commit_unpublished()
+        return await publication()
+
+    async def stage_pending(self) -> None:
+        """Write the messages announced so far into the outbox now, rather than at the commit
+        (they are still published only if this unit of work commits): a caller can then send
+        them along with its other statements (the ingest group writer, in one pipeline)."""
+        if self._outbox is None or not self._pending:
+            return
+        await self._outbox.stage(self.session, self._pending)
+        self._staged += self._pending
+        self._pending = []
+
+    async def commit_unpublished(self) -> Publication:
+        """Commit, and return what publishes the committed messages: a caller that has more to
+        commit (the ingest group writer) starts its next transaction while the bus acknowledges."""
+        await self.stage_pending()
+        staged, self._staged = self._staged, []
         await self.session.commit()
-        return await self._outbox.publish_committed(pending)
+        if self._outbox is None or not staged:
+            return _nothing_published
+        outbox = self._outbox
+
+        async def publish() -> Receipts:
+            return await outbox.publish_committed(staged)
+
+        return publish
 
     async def rollback(self) -> None:
         self._pending = []
+        self._staged = []
         await self.session.rollback()
+
+
+async def _nothing_published() -> Receipts:
+    return {}

@@ -19,13 +19,13 @@ from herald.bus.v1 import tracking_pb2
 from kernel.bus import (
     MSG_ID,
     PROJECT_HEADER,
-    BusPublisher,
     Consumer,
     Delivery,
     OutgoingMessage,
     Poison,
     RetryLater,
     decode,
+    publish_to,
 )
 from tests.integration.waiting import eventually
 
@@ -108,7 +108,7 @@ def consumer_for(
 
 async def publish(js: JetStreamContext, lane: Lane, payload: bytes = b"hello", name: str = "x") -> int:
     message = OutgoingMessage(lane.subject(name), payload, msg_id=str(uuid.uuid4()), project_id=lane.project)
-    return await BusPublisher(js).publish(message)
+    return await publish_to(js, message)
 
 
 async def settled(js: JetStreamContext, lane: Lane, sequence: int) -> bool:

@@ -15,8 +15,9 @@ from nats.js.errors import NotFoundError
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from kernel.bus import MSG_ID, PROJECT_HEADER, BusPublisher, OutgoingMessage
-from kernel.outbox import Outbox
+from kernel.bus import MSG_ID, PROJECT_HEADER, BusPublisher, OutgoingMessage, PublishRejected
+from kernel.errors import Unavailable
+from kernel.outbox import DELETE_BATCH, Outbox
 from kernel.unit_of_work import SqlUnitOfWork
 from services.ingest.adapters import OUTBOX
 from tests.conftest import TeamCredentials
@@ -27,8 +28,8 @@ RELAY_NOW = timedelta(0)
 class CountingPublisher(BusPublisher):
     """The real publisher, remembering every message id it was asked to publish."""
 
-    def __init__(self, js: JetStreamContext, pause: float = 0.0):
-        super().__init__(js)
+    def __init__(self, client: NatsClient, pause: float = 0.0):
+        super().__init__(client)
         self.published: list[str] = []
         self._pause = pause
 
@@ -45,8 +46,8 @@ def js(nats_client: NatsClient) -> JetStreamContext:
 
 
 @pytest.fixture
-def outbox(sessions: async_sessionmaker[AsyncSession], js: JetStreamContext) -> Outbox:
-    return Outbox(OUTBOX, sessions, BusPublisher(js))
+def outbox(sessions: async_sessionmaker[AsyncSession], nats_client: NatsClient) -> Outbox:
+    return Outbox(OUTBOX, sessions, BusPublisher(nats_client))
 
 
 @pytest.fixture
@@ -108,6 +109,8 @@ async def test_committed_unit_of_work_publishes_with_headers_and_deletes_its_row
         assert stored.headers is not None
         assert stored.headers[MSG_ID] == message.msg_id
         assert stored.headers[PROJECT_HEADER] == team.team_id
+    # The rows of acknowledged messages go in the background.
+    await outbox.settled()
     assert await outbox_rows(sessions, [first.msg_id, second.msg_id]) == 0
 
 
@@ -183,10 +186,14 @@ async def test_relay_leaves_rows_younger_than_its_threshold(
 
 
 async def test_republishing_a_message_id_is_deduplicated_by_jetstream(
-    sessions: async_sessionmaker[AsyncSession], outbox: Outbox, js: JetStreamContext, team: TeamCredentials
+    sessions: async_sessionmaker[AsyncSession],
+    outbox: Outbox,
+    js: JetStreamContext,
+    nats_client: NatsClient,
+    team: TeamCredentials,
 ) -> None:
     message = message_on(unique_subject(team, "dedupe"), team)
-    publisher = BusPublisher(js)
+    publisher = BusPublisher(nats_client)
     first_sequence = await publisher.publish(message)
 
     # The process published, then crashed before deleting its row: the relay publishes it again.
@@ -200,11 +207,17 @@ async def test_republishing_a_message_id_is_deduplicated_by_jetstream(
 
 
 async def test_concurrent_relays_publish_each_row_once(
-    sessions: async_sessionmaker[AsyncSession], js: JetStreamContext, team: TeamCredentials
+    sessions: async_sessionmaker[AsyncSession],
+    js: JetStreamContext,
+    nats_client: NatsClient,
+    team: TeamCredentials,
 ) -> None:
     subject = unique_subject(team, "relays")
     left_behind = [message_on(subject, team, b"%d" % index) for index in range(24)]
-    first_publisher, second_publisher = CountingPublisher(js, pause=0.01), CountingPublisher(js, pause=0.01)
+    first_publisher, second_publisher = (
+        CountingPublisher(nats_client, pause=0.01),
+        CountingPublisher(nats_client, pause=0.01),
+    )
     first = Outbox(OUTBOX, sessions, first_publisher)
     second = Outbox(OUTBOX, sessions, second_publisher)
     await stage_and_commit_without_publishing(sessions, first, left_behind)
@@ -250,3 +263,63 @@ async def test_get_last_msg_finds_nothing_on_an_unused_subject(
     """The read-back used above really fails when nothing was published."""
     with pytest.raises(NotFoundError):
         await js.get_last_msg("EVENTS", unique_subject(team, "unused"))
+
+
+async def test_rows_a_failed_delete_leaves_behind_are_relayed_once_more_and_deduplicated(
+    sessions: async_sessionmaker[AsyncSession],
+    outbox: Outbox,
+    js: JetStreamContext,
+    nats_client: NatsClient,
+    team: TeamCredentials,
+) -> None:
+    def unreachable() -> AsyncSession:
+        raise ConnectionError("the database went away after the commit")
+
+    # Published and acknowledged, but the rows cannot be deleted: the database is gone.
+    cut_off = Outbox(OUTBOX, unreachable, BusPublisher(nats_client))  # type: ignore[arg-type]
+    message = message_on(unique_subject(team, "undeleted"), team)
+    async with SqlUnitOfWork(sessions, cut_off) as uow:
+        uow.publish(message)
+        receipts = await uow.commit()
+    await cut_off.settled()
+    assert await outbox_rows(sessions, [message.msg_id]) == 1
+
+    await outbox.relay_once(older_than=RELAY_NOW)
+
+    assert await outbox_rows(sessions, [message.msg_id]) == 0
+    assert await stream_count(js, message.subject) == 1
+    assert (await js.get_last_msg("EVENTS", message.subject)).seq == receipts[message.msg_id]
+
+
+async def test_many_acknowledged_rows_are_deleted_in_batches(
+    sessions: async_sessionmaker[AsyncSession], outbox: Outbox, js: JetStreamContext, team: TeamCredentials
+) -> None:
+    subject = unique_subject(team, "many")
+    messages = [message_on(subject, team, b"%d" % index) for index in range(DELETE_BATCH + 10)]
+    async with SqlUnitOfWork(sessions, outbox) as uow:
+        for message in messages:
+            uow.publish(message)
+        receipts = await uow.commit()
+    await outbox.settled()
+    assert len(receipts) == len(messages)
+    assert await outbox_rows(sessions, [m.msg_id for m in messages]) == 0
+    assert await stream_count(js, subject) == len(messages)
+
+
+async def test_publish_many_answers_each_message_on_its_own(
+    js: JetStreamContext, nats_client: NatsClient, team: TeamCredentials
+) -> None:
+    stored = [message_on(unique_subject(team, f"many{index}"), team) for index in range(3)]
+    nowhere = message_on(f"nostream.{uuid.uuid4().hex}", team)  # no stream listens: nobody acknowledges
+    refused = message_on("events.bad subject", team)  # NATS refuses a subject with a space
+    publisher = BusPublisher(nats_client, timeout=2.0)
+
+    outcomes = await publisher.publish_many([stored[0], nowhere, stored[1], refused, stored[2]])
+
+    sequences = [outcomes[0], outcomes[2], outcomes[4]]
+    for message, sequence in zip(stored, sequences, strict=True):
+        assert isinstance(sequence, int) and sequence > 0
+        assert (await js.get_last_msg("EVENTS", message.subject)).seq == sequence
+    assert isinstance(outcomes[1], Unavailable)
+    assert isinstance(outcomes[3], PublishRejected)
+    assert await publisher.publish_many([]) == []

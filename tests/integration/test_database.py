@@ -1,0 +1,100 @@
+"""kernel.database.insert_many against real PostgreSQL: every column type ingest and the outbox
+store, NULLs, text that needs escaping, conflicts, and nothing at all."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, String, Table, select
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from kernel.database import driver, insert_many
+
+
+@pytest.fixture
+async def table(engine: AsyncEngine) -> AsyncIterator[Table]:
+    metadata = MetaData()
+    table = Table(
+        f"insert_many_{uuid.uuid4().hex[:8]}",
+        metadata,
+        Column("id", UUID(as_uuid=True), primary_key=True),
+        Column("name", String(64), nullable=False),
+        Column("count", Integer),
+        Column("document", JSONB),
+        Column("at", DateTime(timezone=True)),
+        Column("payload", LargeBinary),
+    )
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    yield table
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.drop_all)
+
+
+def row(**changes: Any) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "name": "plain",
+        "count": 1,
+        "document": {"a": [1, 2.5, None, True], "nested": {"text": "x"}},
+        "at": datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        "payload": b"\x00\x01binary\xff",
+        **changes,
+    }
+
+
+async def stored(sessions: async_sessionmaker[AsyncSession], table: Table) -> dict[uuid.UUID, dict[str, Any]]:
+    async with sessions() as session:
+        return {r.id: dict(r._mapping) for r in await session.execute(select(table))}
+
+
+async def test_rows_of_every_type_come_back_as_they_were_given(
+    sessions: async_sessionmaker[AsyncSession], table: Table
+) -> None:
+    rows = [
+        row(),
+        row(name="quotes ' \" and \\ backslash, unicode é 中文 🎉", document={"k": 'it\'s "q"'}),
+        row(count=None, document=None, at=None, payload=None),
+        row(document={"empty": {}, "list": []}, payload=b""),
+    ]
+    async with sessions() as session, session.begin():
+        await insert_many(await driver(session), table, rows)
+    assert await stored(sessions, table) == {r["id"]: r for r in rows}
+
+
+async def test_the_statement_is_part_of_the_session_transaction(
+    sessions: async_sessionmaker[AsyncSession], table: Table
+) -> None:
+    async with sessions() as session:
+        await insert_many(await driver(session), table, [row()])
+        await session.rollback()
+    assert await stored(sessions, table) == {}
+
+
+async def test_on_conflict_is_applied_and_no_rows_is_no_statement(
+    sessions: async_sessionmaker[AsyncSession], table: Table
+) -> None:
+    first = row(name="first")
+    async with sessions() as session, session.begin():
+        await insert_many(await driver(session), table, [first])
+        await insert_many(await driver(session), table, [])
+        await insert_many(
+            await driver(session),
+            table,
+            [{**first, "name": "second"}],
+            on_conflict="ON CONFLICT (id) DO NOTHING",
+        )
+    assert [r["name"] for r in (await stored(sessions, table)).values()] == ["first"]
+
+
+async def test_a_value_json_cannot_carry_is_refused_before_anything_is_sent(
+    sessions: async_sessionmaker[AsyncSession], table: Table
+) -> None:
+    async with sessions() as session:
+        with pytest.raises(TypeError, match="cannot store a set"):
+            await insert_many(await driver(session), table, [row(document={"tags": {"a"}})])
