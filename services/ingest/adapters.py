@@ -9,7 +9,8 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, Row, String, func, literal_column, or_, select, text, tuple_
+from psycopg.rows import namedtuple_row
+from sqlalchemy import DateTime, Index, Integer, Row, String, func, literal_column, select, text, tuple_
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
@@ -17,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from kernel.database import schema_metadata, table_of
+from kernel.database import driver, insert_many, schema_metadata, table_of
 from kernel.errors import Conflict, ResourceExhausted
 from kernel.outbox import outbox_table
 from kernel.policy import PolicyChange, ProjectPolicy, load_policy, update_policy
@@ -425,20 +426,25 @@ def _trigger(row: Row[Any]) -> TriggerRecord:
     )
 
 
-def _claim_statement() -> Any:
-    """Claim idempotency keys; an expired key is free again: take it over. RETURNING names the
-    keys claimed."""
-    statement = insert(IDEMPOTENCY_KEYS)
-    return statement.on_conflict_do_update(
-        index_elements=["team_id", "key"],
-        set_={
-            "fingerprint": statement.excluded.fingerprint,
-            "trigger_id": statement.excluded.trigger_id,
-            "created_at": func.now(),
-            "expires_at": statement.excluded.expires_at,
-        },
-        where=IDEMPOTENCY_KEYS.c.expires_at < func.now(),
-    ).returning(IDEMPOTENCY_KEYS.c.team_id, IDEMPOTENCY_KEYS.c.key)
+# Claim idempotency keys; an expired key is free again: take it over. Inserted or taken over, a
+# row counts as claimed (insert_many's count); a key in force is left as it is.
+CLAIM_KEYS = (
+    "ON CONFLICT (team_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, "
+    "trigger_id = EXCLUDED.trigger_id, created_at = now(), expires_at = EXCLUDED.expires_at "
+    "WHERE idempotency_keys.expires_at < now()"
+)
+
+
+def _claim_values(
+    team_id: str, key: str, fingerprint: str, trigger_id: uuid.UUID, expires_at: datetime
+) -> dict[str, Any]:
+    return {
+        "team_id": team_id,
+        "key": key,
+        "fingerprint": fingerprint,
+        "trigger_id": trigger_id,
+        "expires_at": expires_at,
+    }
 
 
 class SqlIdempotencyRepository:
@@ -448,11 +454,8 @@ class SqlIdempotencyRepository:
     async def claim(
         self, team_id: str, key: str, fingerprint: str, trigger_id: uuid.UUID, expires_at: datetime
     ) -> IdempotencyRecord | None:
-        statement = _claim_statement().values(
-            team_id=team_id, key=key, fingerprint=fingerprint, trigger_id=trigger_id, expires_at=expires_at
-        )
-        claimed = (await self._session.execute(statement)).first()
-        if claimed is not None:
+        claim = _claim_values(team_id, key, fingerprint, trigger_id, expires_at)
+        if await insert_many(await driver(self._session), IDEMPOTENCY_KEYS, [claim], on_conflict=CLAIM_KEYS):
             return None
         row = (
             await self._session.execute(
@@ -536,6 +539,15 @@ class SqlPolicyRepository:
         return await update_policy(self._session, team_id, change)
 
 
+# Count events in the window's row, unless that would pass the limit (then no row comes back).
+COUNT_RATE = (
+    f"INSERT INTO {SCHEMA}.rate_counters (team_id, window_start, count) "
+    "VALUES (%(team_id)s, %(window_start)s, %(count)s) "
+    "ON CONFLICT (team_id, window_start) DO UPDATE SET count = rate_counters.count + EXCLUDED.count "
+    "WHERE rate_counters.count + EXCLUDED.count <= %(limit)s RETURNING count"
+)
+
+
 async def consume_rate(
     session: AsyncSession, team_id: str, limit: int, count: int, now: datetime
 ) -> RateState:
@@ -545,13 +557,11 @@ async def consume_rate(
     reset = max(1, math.ceil((window_start + WINDOW - now).total_seconds()))
     used: int | None = None
     if count <= limit:
-        statement = insert(RATE_COUNTERS).values(team_id=team_id, window_start=window_start, count=count)
-        statement = statement.on_conflict_do_update(
-            index_elements=["team_id", "window_start"],
-            set_={"count": RATE_COUNTERS.c.count + count},
-            where=RATE_COUNTERS.c.count + count <= limit,
+        cursor = await (await driver(session)).execute(
+            COUNT_RATE, {"team_id": team_id, "window_start": window_start, "count": count, "limit": limit}
         )
-        used = (await session.execute(statement.returning(RATE_COUNTERS.c.count))).scalar()
+        row = await cursor.fetchone()
+        used = row[0] if row else None
     if used is not None:
         return RateState(limit=limit, remaining=limit - used, reset_seconds=reset)
     state = RateState(limit=limit, remaining=0, reset_seconds=reset)
@@ -589,80 +599,113 @@ class IngestSqlUnitOfWork(SqlUnitOfWork):
         self.policies = SqlPolicyRepository(session)
 
 
+# A group's snapshot reads with statements of fixed text, whatever the number of events: each
+# names its rows as pairs (team id, value) in two arrays. (An IN list would make a new statement,
+# to compile and plan, for every size of group.) They run on the session's psycopg connection.
+_CONTACT_COLUMNS = ", ".join(f"c.{column.name}" for column in CONTACTS.c)
+SNAPSHOT_CONTACTS = (
+    f"SELECT {_CONTACT_COLUMNS} FROM {SCHEMA}.contacts c WHERE c.id IN ("
+    + " UNION ".join(
+        f"SELECT c.id FROM {SCHEMA}.contacts c "
+        f"JOIN unnest(%({column}_teams)s::text[], %({column}s)s::{kind}[]) AS w(team_id, value) "
+        f"ON c.team_id = w.team_id AND c.{column} = w.value"
+        for column, kind in (("id", "uuid"), ("external_id", "text"), ("email", "text"))
+    )
+    + ")"
+)
+SNAPSHOT_KEYS = (
+    f"SELECT k.team_id, k.key, k.fingerprint, k.trigger_id FROM {SCHEMA}.idempotency_keys k "
+    "JOIN unnest(%(key_teams)s::text[], %(keys)s::text[]) AS w(team_id, value) "
+    "ON k.team_id = w.team_id AND k.key = w.value WHERE k.expires_at >= now()"
+)
+SNAPSHOT_EVENT_TYPES = (
+    f"SELECT t.team_id, t.name FROM {SCHEMA}.event_types t "
+    "JOIN unnest(%(name_teams)s::text[], %(names)s::text[]) AS w(team_id, value) "
+    "ON t.team_id = w.team_id AND t.name = w.value"
+)
+
+
+def _pairs(column: str, pairs: set[tuple[str, Any]]) -> dict[str, list[Any]]:
+    """The parameters of one (team id, value) array pair of the snapshot statements."""
+    return {f"{column}_teams": [team for team, _ in pairs], f"{column}s": [value for _, value in pairs]}
+
+
+async def _read_together(
+    session: AsyncSession, reads: Sequence[tuple[str, dict[str, Any]]]
+) -> list[list[Any]]:
+    """The rows of each (statement, parameters), sent in one psycopg pipeline (with the
+    transaction's BEGIN): one round trip for the whole snapshot."""
+    if not reads:
+        return []
+    connection = await driver(session)
+    cursors = [connection.cursor(row_factory=namedtuple_row) for _ in reads]
+    try:
+        async with connection.pipeline():
+            for cursor, (statement, parameters) in zip(cursors, reads, strict=True):
+                await cursor.execute(statement, parameters)
+        return [await cursor.fetchall() for cursor in cursors]
+    finally:
+        for cursor in cursors:
+            await cursor.close()
+
+
 class IngestGroupUnitOfWork(IngestSqlUnitOfWork):
     """A group's transaction (services.ingest.groups): one snapshot query per table, one
-    multi-row statement per table."""
+    multi-row statement per table, all of fixed text, on the session's psycopg connection."""
 
     async def snapshot(self, drafts: Sequence[Draft]) -> Snapshot:
-        session = self.session
         ids = {(d.event.team_id, d.contact_id) for d in drafts if d.contact_id is not None}
         external_ids = {(d.event.team_id, d.info.external_id) for d in drafts if d.info.external_id}
         emails = {(d.event.team_id, d.info.email) for d in drafts if d.info.email}
         keys = {(d.event.team_id, d.event.idempotency_key) for d in drafts if d.event.idempotency_key}
         checked = {(d.event.team_id, d.event.name) for d in drafts if d.policy.unknown_events != "accept"}
-        snapshot = Snapshot()
-        c = CONTACTS.c
-        conditions = [
-            tuple_(*columns).in_(sorted(values, key=str))
-            for columns, values in (
-                ((c.team_id, c.id), ids),
-                ((c.team_id, c.external_id), external_ids),
-                ((c.team_id, c.email), emails),
-            )
-            if values
-        ]
-        if conditions:
-            rows = await session.execute(select(CONTACTS).where(or_(*conditions)))
-            snapshot.contacts = [_contact(row) for row in rows]
+        reads: list[tuple[str, dict[str, Any]]] = []
+        if ids or external_ids or emails:
+            contacts = {**_pairs("id", ids), **_pairs("external_id", external_ids), **_pairs("email", emails)}
+            reads.append((SNAPSHOT_CONTACTS, contacts))
         if keys:
-            k = IDEMPOTENCY_KEYS.c
-            rows = await session.execute(
-                select(k.team_id, k.key, k.fingerprint, k.trigger_id).where(
-                    tuple_(k.team_id, k.key).in_(sorted(keys)), k.expires_at >= func.now()
-                )
-            )
-            snapshot.keys = {
-                (row.team_id, row.key): IdempotencyRecord(row.fingerprint, row.trigger_id) for row in rows
-            }
+            reads.append((SNAPSHOT_KEYS, _pairs("key", keys)))
         if checked:
-            t = EVENT_TYPES.c
-            rows = await session.execute(
-                select(t.team_id, t.name).where(tuple_(t.team_id, t.name).in_(sorted(checked)))
-            )
-            snapshot.event_types = {(row.team_id, row.name) for row in rows}
-        return snapshot
+            reads.append((SNAPSHOT_EVENT_TYPES, _pairs("name", checked)))
+        found = dict(
+            zip((statement for statement, _ in reads), await _read_together(self.session, reads), strict=True)
+        )
+        return Snapshot(
+            contacts=[_contact(row) for row in found.get(SNAPSHOT_CONTACTS, ())],
+            keys={
+                (row.team_id, row.key): IdempotencyRecord(row.fingerprint, row.trigger_id)
+                for row in found.get(SNAPSHOT_KEYS, ())
+            },
+            event_types={(row.team_id, row.name) for row in found.get(SNAPSHOT_EVENT_TYPES, ())},
+        )
 
     async def consume_rate(self, team_id: str, limit: int, count: int, now: datetime) -> RateState:
         return await consume_rate(self.session, team_id, limit, count, now)
 
     async def write(self, writes: Writes) -> None:
-        session = self.session
+        connection = await driver(self.session)
         if writes.claims:
-            claimed = await session.execute(
-                _claim_statement(),
-                [
-                    {
-                        "team_id": claim.team_id,
-                        "key": claim.key,
-                        "fingerprint": claim.fingerprint,
-                        "trigger_id": claim.trigger_id,
-                        "expires_at": claim.expires_at,
-                    }
-                    for claim in writes.claims
-                ],
-            )
-            if len(claimed.all()) != len(writes.claims):
+            claims = [
+                _claim_values(claim.team_id, claim.key, claim.fingerprint, claim.trigger_id, claim.expires_at)
+                for claim in writes.claims
+            ]
+            if await insert_many(connection, IDEMPOTENCY_KEYS, claims, on_conflict=CLAIM_KEYS) != len(claims):
                 raise Conflict("An idempotency key of the group was claimed by another request first")
-        if writes.contacts:
-            # A plain INSERT: a contact another request created meanwhile fails the group.
-            await session.execute(insert(CONTACTS), [_contact_values(contact) for contact in writes.contacts])
-        if writes.catalogued:
-            await session.execute(
-                insert(EVENT_TYPES).on_conflict_do_nothing(index_elements=["team_id", "name"]),
-                [
+        # The rest in one round trip; the first statement that fails (a contact another request
+        # created meanwhile: a plain INSERT) raises when the pipeline ends, before any commit.
+        async with connection.pipeline():
+            if writes.contacts:
+                await insert_many(
+                    connection, CONTACTS, [_contact_values(contact) for contact in writes.contacts]
+                )
+            if writes.catalogued:
+                catalogued = [
                     {"team_id": team_id, "name": name, "description": "", "origin": "catalogued"}
                     for team_id, name in writes.catalogued
-                ],
-            )
-        await session.execute(insert(EVENTS), [_event_values(event) for event in writes.events])
-        await session.execute(insert(TRIGGERS), [_trigger_values(event) for event in writes.events])
+                ]
+                await insert_many(
+                    connection, EVENT_TYPES, catalogued, on_conflict="ON CONFLICT (team_id, name) DO NOTHING"
+                )
+            await insert_many(connection, EVENTS, [_event_values(event) for event in writes.events])
+            await insert_many(connection, TRIGGERS, [_trigger_values(event) for event in writes.events])
+            await self.stage_pending()

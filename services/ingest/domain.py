@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -113,8 +114,13 @@ class SendEvent:
     def payload_bytes(self) -> int:
         """The size the project's event_payload_limit_bytes applies to: data, variables and
         custom fields, as compact JSON."""
+        sendmator = self.dialect == "sendmator"
         return (
-            json_size(self.event_data) + json_size(self.variables) + json_size(self.user_info.custom_fields)
+            json_size(self.event_data, "event_data" if sendmator else "payload")
+            + json_size(self.variables, "variables")
+            + json_size(
+                self.user_info.custom_fields, "user_info.custom_fields" if sendmator else "custom_fields"
+            )
         )
 
 
@@ -222,20 +228,46 @@ def check_text(value: str, field_name: str, limit: int) -> str:
 def normalize_email(email: str, field_name: str = "user_info.email") -> str:
     """Trimmed, validated (email-validator), Unicode-normalized (NFC) and lowercased: the form
     identity resolution compares."""
+    normalized, problem = _checked_email(email)
+    if problem:
+        raise _invalid(f"Invalid {field_name} {email!r}: {problem}", "INVALID_EMAIL", field=field_name)
+    return normalized
+
+
+# The same addresses and numbers come back with every event about a contact: each process keeps
+# the outcome of the last ones it checked.
+NORMALIZED_CACHE_SIZE = 65536
+
+
+@functools.lru_cache(maxsize=NORMALIZED_CACHE_SIZE)
+def _checked_email(email: str) -> tuple[str, str]:
+    """(the normalized address, "") or ("", what is wrong with it)."""
     text = unicodedata.normalize("NFC", email.strip())
     try:
         validated = validate_email(
             text, check_deliverability=False, globally_deliverable=False, test_environment=True
         )
     except EmailNotValidError as error:
-        raise _invalid(
-            f"Invalid {field_name} {email!r}: {error}", "INVALID_EMAIL", field=field_name
-        ) from None
-    return validated.normalized.lower()
+        return "", str(error)
+    return validated.normalized.lower(), ""
 
 
 def normalize_phone(phone: str, field_name: str = "user_info.phone") -> str:
     """E.164 (+14155550100) from any international form (+1 (415) 555-0100)."""
+    formatted = _checked_phone(phone)
+    if formatted is None:
+        raise _invalid(
+            f"Invalid {field_name} {phone!r}: give the number in international form with its "
+            "country code, e.g. +14155550100",
+            "INVALID_PHONE",
+            field=field_name,
+        )
+    return formatted
+
+
+@functools.lru_cache(maxsize=NORMALIZED_CACHE_SIZE)
+def _checked_phone(phone: str) -> str | None:
+    """The number in E.164, or None when it is not a phone number."""
     try:
         parsed = phonenumbers.parse(phone.strip(), None)
     except phonenumbers.NumberParseException:
@@ -249,12 +281,7 @@ def normalize_phone(phone: str, field_name: str = "user_info.phone") -> str:
         or not 8 <= digits <= 15
         or not (phonenumbers.is_possible_number(parsed) or len(str(parsed.national_number)) >= 7)
     ):
-        raise _invalid(
-            f"Invalid {field_name} {phone!r}: give the number in international form with its "
-            "country code, e.g. +14155550100",
-            "INVALID_PHONE",
-            field=field_name,
-        )
+        return None
     formatted: str = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     return formatted
 
@@ -323,9 +350,17 @@ def parse_contact_id(text: str, field_name: str = "contact_id") -> uuid.UUID | N
         ) from None
 
 
-def json_size(value: JsonObject) -> int:
-    """Bytes of `value` as compact UTF-8 JSON."""
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+def json_size(value: JsonObject, field_name: str) -> int:
+    """Bytes of `value` as compact UTF-8 JSON; InvalidArgument when it holds NaN or Infinity (a
+    gRPC Struct can carry them; JSON, and PostgreSQL's jsonb, cannot)."""
+    try:
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
+    except ValueError:
+        raise _invalid(
+            f"{field_name} must hold only finite numbers: NaN and Infinity are not JSON",
+            "INVALID_NUMBER",
+            field=field_name,
+        ) from None
 
 
 def check_payload(size: int, limit: int, what: str = "Event payload") -> None:

@@ -1,7 +1,8 @@
 """Group commit: the events that arrive together are accepted in one transaction.
 
 While one group is being written, the events that arrive wait; when it has committed they form
-the next group (up to MAX_GROUP events). Under light load a group is one event; under heavy
+the next group (up to MAX_GROUP events), written while the bus acknowledges the last group's
+messages (its events are answered then). Under light load a group is one event; under heavy
 load one transaction, a handful of multi-row statements and one round of publishes carry
 hundreds of events.
 
@@ -33,7 +34,7 @@ import structlog
 
 from kernel.bus import OutgoingMessage
 from kernel.errors import HeraldError, ResourceExhausted
-from kernel.unit_of_work import UnitOfWork
+from kernel.unit_of_work import Publication, UnitOfWork
 from services.ingest import handlers
 from services.ingest.domain import (
     AcceptedEvent,
@@ -50,6 +51,8 @@ log = structlog.get_logger(__name__)
 MAX_GROUP = 500
 # Deferred events stored alone at the same time, at most (each holds a connection).
 ALONE_CONCURRENCY = 8
+# Committed groups whose messages are being published while the next group is written, at most.
+MAX_PUBLISHING = 4
 
 TeamKey = tuple[str, str]
 
@@ -102,6 +105,8 @@ class GroupUnitOfWork(UnitOfWork, Protocol):
         """Store `writes`; raise when another transaction got to one of its keys or contacts
         first (the group is then rolled back and its events stored alone)."""
         ...
+
+    async def commit_unpublished(self) -> Publication: ...
 
 
 class _View:
@@ -270,6 +275,7 @@ class GroupCommit:
         self._writer: asyncio.Task[None] | None = None
         self._alone_gate = asyncio.Semaphore(ALONE_CONCURRENCY)
         self._alone_tasks: set[asyncio.Task[None]] = set()
+        self._publishing: set[asyncio.Task[None]] = set()
 
     async def submit(self, draft: Draft) -> EventQueued:
         answer: asyncio.Future[EventQueued] = asyncio.get_running_loop().create_future()
@@ -279,21 +285,33 @@ class GroupCommit:
         return await answer
 
     async def _write_groups(self) -> None:
-        """Write groups until nobody waits."""
+        """Write groups until nobody waits. While a committed group's messages are published (its
+        events are answered once the bus acknowledges them), the next group is written."""
         group: list[_Waiting] = []
         try:
             while self._waiting:
                 group, self._waiting = self._waiting[: self._max_group], self._waiting[self._max_group :]
+                outcomes: list[Outcome | _Accepted]
+                publication: Publication | None
                 try:
-                    outcomes = await self._write_group([waiting.draft for waiting in group])
+                    outcomes, publication = await self._write_group([waiting.draft for waiting in group])
                 except Exception as error:
-                    outcomes = [error for _ in group]
+                    outcomes, publication = [error for _ in group], None
+                accepted: list[tuple[_Waiting, EventQueued]] = []
+                deferred: list[_Waiting] = []
                 for waiting, outcome in zip(group, outcomes, strict=True):
-                    if isinstance(outcome, Deferred):
-                        self._store_alone(waiting)
+                    if isinstance(outcome, _Accepted):
+                        accepted.append((waiting, outcome.queued))
+                    elif isinstance(outcome, Deferred):
+                        deferred.append(waiting)
                     else:
                         _settle(waiting.answer, outcome)
                 group = []
+                if publication is None:
+                    for waiting in deferred:
+                        self._store_alone(waiting)
+                else:
+                    await self._answer_when_published(accepted, publication, deferred)
         finally:
             # Callers are left unanswered only when this writer was cancelled (the process is
             # stopping): theirs is cancelled too rather than waiting forever.
@@ -302,6 +320,37 @@ class GroupCommit:
             for waiting in leftover:
                 if not waiting.answer.done():
                     waiting.answer.cancel()
+
+    async def _answer_when_published(
+        self, accepted: list[tuple[_Waiting, EventQueued]], publication: Publication, deferred: list[_Waiting]
+    ) -> None:
+        """Publish a committed group and answer its events, beside the writer; it waits only when
+        MAX_PUBLISHING groups are still being published. The group's deferred events are stored
+        alone after its messages are published, so that what they announce follows (a contact's
+        update after its `herald.contact.created`), as when each event is stored alone."""
+        task = asyncio.create_task(self._publish_and_answer(accepted, publication, deferred))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+        while len(self._publishing) >= MAX_PUBLISHING:
+            await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _publish_and_answer(
+        self, accepted: list[tuple[_Waiting, EventQueued]], publication: Publication, deferred: list[_Waiting]
+    ) -> None:
+        try:
+            receipts = await publication()
+        except asyncio.CancelledError:  # the process is stopping: so are the callers
+            for waiting in [*(waiting for waiting, _queued in accepted), *deferred]:
+                waiting.answer.cancel()
+            raise
+        except Exception as error:
+            # The events are committed: the relay publishes them; they answer without a job id.
+            log.error("ingest.group_publish_failed", events=len(accepted), error=repr(error))
+            receipts = {}
+        for waiting, queued in accepted:
+            _settle(waiting.answer, handlers.with_receipt(queued, receipts))
+        for waiting in deferred:
+            self._store_alone(waiting)
 
     def _store_alone(self, waiting: _Waiting) -> None:
         async def store() -> None:
@@ -316,23 +365,20 @@ class GroupCommit:
         self._alone_tasks.add(task)
         task.add_done_callback(self._alone_tasks.discard)
 
-    async def _write_group(self, drafts: list[Draft]) -> list[Outcome]:
-        """Stage and write the group, then commit. Whatever fails before the commit defers every
-        event (each is stored alone instead); a failing commit is raised: whether it took effect
-        is unknown, so storing the events again could store them twice."""
+    async def _write_group(self, drafts: list[Draft]) -> tuple[list[Outcome | _Accepted], Publication | None]:
+        """Stage and write the group, then commit; returns each event's outcome and what
+        publishes the group's messages. Whatever fails before the commit defers every event (each
+        is stored alone instead); a failing commit is raised: whether it took effect is unknown,
+        so storing the events again could store them twice."""
         async with self._unit_of_work() as uow:
             try:
                 outcomes = await self._stage_and_write(uow, drafts)
             except Exception as error:
                 log.warning("ingest.group_deferred", events=len(drafts), error=repr(error))
-                return [Deferred("the group failed")] * len(drafts)
+                return [Deferred("the group failed")] * len(drafts), None
             if not any(isinstance(outcome, _Accepted) for outcome in outcomes):
-                return [outcome for outcome in outcomes if not isinstance(outcome, _Accepted)]
-            receipts = await uow.commit()
-        return [
-            handlers.with_receipt(outcome.queued, receipts) if isinstance(outcome, _Accepted) else outcome
-            for outcome in outcomes
-        ]
+                return outcomes, None
+            return outcomes, await uow.commit_unpublished()
 
     async def _stage_and_write(self, uow: GroupUnitOfWork, drafts: list[Draft]) -> list[Outcome | _Accepted]:
         view = _View(await uow.snapshot(drafts))

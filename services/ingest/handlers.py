@@ -522,7 +522,7 @@ async def put_contact(profile: ContactProfile, uow: IngestUnitOfWork, payload_li
     """Create the contact or replace its profile (its topics are kept)."""
     external_id = check_external_id(profile.external_id)
     custom_fields = dict(profile.custom_fields or {})
-    check_payload(json_size(custom_fields), payload_limit, "custom_fields")
+    check_payload(json_size(custom_fields, "custom_fields"), payload_limit, "custom_fields")
     wanted = Contact(
         id=uuid.uuid4(),
         team_id=profile.team_id,

@@ -117,10 +117,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.SendEventsRequest, context: Context
     ) -> ingest_pb2.SendEventsResponse:
         team = await self._auth.authenticate(context.invocation_metadata())
-        if len(request.items) > MAX_BATCH:
+        if not 0 < len(request.items) <= MAX_BATCH:
             raise InvalidArgument(
-                f"SendEvents takes at most {MAX_BATCH} events; this call has {len(request.items)}",
-                reason="BATCH_TOO_LARGE",
+                f"SendEvents takes 1 to {MAX_BATCH} events; this call has {len(request.items)}",
+                reason="EMPTY_BATCH" if not request.items else "BATCH_TOO_LARGE",
             )
 
         async def one(item: ingest_pb2.SendEventsItem) -> ingest_pb2.SendEventsResult:

@@ -33,7 +33,7 @@ async def replicas(
     """Two ingest replicas' intakes over one database and bus."""
     intakes = []
     for _ in range(2):
-        outbox = Outbox(OUTBOX, sessions, BusPublisher(nats_client.jetstream()))
+        outbox = Outbox(OUTBOX, sessions, BusPublisher(nats_client))
         _services, intake = registrations(Authenticator(sessions), sessions, outbox)
         assert intake.groups is not None
         intakes.append(intake)

@@ -44,11 +44,14 @@ class Ingest:
     contacts: ingest_pb2_grpc.ContactServiceAsyncStub
     projects: ingest_pb2_grpc.ProjectServiceAsyncStub
     intake: Intake
+    outbox: Outbox
 
 
 @pytest.fixture
-async def running(sessions: async_sessionmaker[AsyncSession], js: JetStreamContext) -> AsyncIterator[Ingest]:
-    outbox = Outbox(OUTBOX, sessions, BusPublisher(js))
+async def running(
+    sessions: async_sessionmaker[AsyncSession], nats_client: NatsClient
+) -> AsyncIterator[Ingest]:
+    outbox = Outbox(OUTBOX, sessions, BusPublisher(nats_client))
     services, intake = registrations(Authenticator(sessions), sessions, outbox)
     server, port, _health = await create_server("127.0.0.1:0", services)
     await server.start()
@@ -59,6 +62,7 @@ async def running(sessions: async_sessionmaker[AsyncSession], js: JetStreamConte
                 ingest_pb2_grpc.ContactServiceStub(channel),
                 ingest_pb2_grpc.ProjectServiceStub(channel),
                 intake,
+                outbox,
             )
     finally:
         await server.stop(None)
@@ -133,6 +137,7 @@ async def rejected(
 
 
 async def test_send_event_publishes_the_event_and_answers_its_stream_sequence(
+    running: Ingest,
     ingest: ingest_pb2_grpc.IngestServiceAsyncStub,
     sessions: async_sessionmaker[AsyncSession],
     js: JetStreamContext,
@@ -177,6 +182,7 @@ async def test_send_event_publishes_the_event_and_answers_its_stream_sequence(
     assert created.contact.id == event.contact.id
     assert from_struct(created.data) == {"contact_id": event.contact.id}
     assert created.trigger_id != trigger_id
+    await running.outbox.settled()  # acknowledged rows are deleted in the background
     assert await stored_count(sessions, team.team_id) == {
         "events": 2,
         "triggers": 2,
@@ -811,10 +817,36 @@ async def test_send_events_with_bad_credentials_is_unauthenticated(
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_send_events_takes_at_most_500_events(
-    ingest: ingest_pb2_grpc.IngestServiceAsyncStub, team: TeamCredentials
+@pytest.mark.parametrize(("count", "reason"), [(0, "EMPTY_BATCH"), (501, "BATCH_TOO_LARGE")])
+async def test_send_events_takes_1_to_500_events_and_stores_nothing_otherwise(
+    ingest: ingest_pb2_grpc.IngestServiceAsyncStub,
+    sessions: async_sessionmaker[AsyncSession],
+    team: TeamCredentials,
+    count: int,
+    reason: str,
 ) -> None:
-    items = [ingest_pb2.SendEventsItem(event=signup_request()) for _ in range(501)]
+    items = [ingest_pb2.SendEventsItem(event=signup_request()) for _ in range(count)]
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await ingest.SendEvents(ingest_pb2.SendEventsRequest(items=items), metadata=team.metadata, timeout=10)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(raised.value)
+    assert info is not None and info.reason == reason
+    assert f"this call has {count}" in (raised.value.details() or "")
+    assert (await stored_count(sessions, team.team_id))["events"] == 0
+
+
+async def test_a_struct_number_json_cannot_hold_is_invalid_argument_and_stores_nothing(
+    ingest: ingest_pb2_grpc.IngestServiceAsyncStub,
+    sessions: async_sessionmaker[AsyncSession],
+    team: TeamCredentials,
+) -> None:
+    request = signup_request()
+    request.event_data.update({"ratio": float("nan")})  # gRPC can carry it; JSON and jsonb cannot
+
+    error = await rejected(ingest, request, team.metadata)
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(error)
+    assert info is not None and info.reason == "INVALID_NUMBER"
+    assert info.metadata["field"] == "event_data"
+    assert (await stored_count(sessions, team.team_id))["events"] == 0

@@ -44,7 +44,7 @@ UnitOfWorkFactory = Callable[[], IngestSqlUnitOfWork]
 
 @pytest.fixture
 def unit_of_work(sessions: async_sessionmaker[AsyncSession], nats_client: NatsClient) -> UnitOfWorkFactory:
-    outbox = Outbox(OUTBOX, sessions, BusPublisher(nats_client.jetstream()))
+    outbox = Outbox(OUTBOX, sessions, BusPublisher(nats_client))
     return lambda: IngestSqlUnitOfWork(sessions, outbox)
 
 

@@ -31,6 +31,7 @@ from kernel.clock import utcnow
 from kernel.errors import Conflict, ResourceExhausted
 from kernel.outbox import Receipts
 from kernel.policy import PolicyChange, ProjectPolicy, apply_change
+from kernel.unit_of_work import Publication
 from services.executor.domain import DeliveryError, OutgoingEmail, Run
 from services.ingest.domain import (
     AcceptedEvent,
@@ -106,19 +107,27 @@ class FakeUnitOfWork:
         self._pending.append(message)
 
     async def commit(self) -> Receipts:
+        publication = await self.commit_unpublished()
+        return await publication()
+
+    async def commit_unpublished(self) -> Publication:
         pending, self._pending = self._pending, []
         for repository in self._repositories:
             repository.commit()
         self.commits += 1
-        if not self.bus_reachable:
-            self.deferred.extend(pending)
-            return {}
-        receipts: Receipts = {}
-        for message in pending:
-            self._sequence += 1
-            self.published.append(message)
-            receipts[message.msg_id] = self._sequence
-        return receipts
+
+        async def publish() -> Receipts:
+            if not self.bus_reachable:
+                self.deferred.extend(pending)
+                return {}
+            receipts: Receipts = {}
+            for message in pending:
+                self._sequence += 1
+                self.published.append(message)
+                receipts[message.msg_id] = self._sequence
+            return receipts
+
+        return publish
 
     def subjects(self) -> list[str]:
         return [message.subject for message in self.published]
@@ -517,6 +526,9 @@ class FakeGroupUnitOfWork:
 
     async def commit(self) -> Receipts:
         return await self._uow.commit()
+
+    async def commit_unpublished(self) -> Publication:
+        return await self._uow.commit_unpublished()
 
     async def snapshot(self, drafts: Sequence[Draft]) -> Snapshot:
         teams = {draft.event.team_id for draft in drafts}

@@ -13,9 +13,10 @@ import pytest
 from kernel.errors import HeraldError, NotFound, ResourceExhausted
 from kernel.outbox import Receipts
 from kernel.policy import ProjectPolicy
+from kernel.unit_of_work import Publication
 from services.ingest import handlers
 from services.ingest.domain import EventQueued, EventType, SendEvent, UserInfo
-from services.ingest.groups import GroupCommit, Writes
+from services.ingest.groups import MAX_PUBLISHING, GroupCommit, Writes
 from services.ingest.handlers import Intake, send_event
 from tests.unit.fakes import (
     FakeGroupUnitOfWork,
@@ -40,6 +41,9 @@ class Groups:
         self.fail_write: Exception | None = None
         self.fail_commit: Exception | None = None
         self.hold_write: asyncio.Event | None = None
+        # Set: a committed group's messages reach the bus only once it is set.
+        self.hold_publish: asyncio.Event | None = None
+        self.fail_publish: Exception | None = None
         alone = Intake(lambda: self.uow, self.policies, self.rates)
         self.commit = GroupCommit(
             self._group, lambda draft: handlers.store_alone(draft, alone), max_group=max_group
@@ -60,10 +64,19 @@ class Groups:
                     raise failure
                 await super().write(writes)
 
-            async def commit(self) -> Receipts:
+            async def commit_unpublished(self) -> Publication:
                 if outer.fail_commit is not None:
                     raise outer.fail_commit
-                return await super().commit()
+                publication = await super().commit_unpublished()
+
+                async def publish() -> Receipts:
+                    if outer.hold_publish is not None:
+                        await outer.hold_publish.wait()
+                    if outer.fail_publish is not None:
+                        raise outer.fail_publish
+                    return await publication()
+
+                return publish
 
         return Group(self.uow, self.rates, lambda: NOW)
 
@@ -242,3 +255,73 @@ async def test_callers_are_not_left_waiting_when_the_writer_stops() -> None:
     outcomes = await asyncio.wait_for(asyncio.gather(first, later, return_exceptions=True), timeout=2)
     assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes), outcomes
     assert groups.uow.events.rows == {}
+
+
+def signup(groups: Groups) -> asyncio.Task[EventQueued]:
+    return asyncio.create_task(send_event(SendEvent(team_id=TEAM, event_name="user_signup"), groups.intake))
+
+
+def stored(groups: Groups) -> int:
+    return len([e for e in groups.uow.events.rows.values() if e.name == "user_signup"])
+
+
+async def test_the_next_group_is_written_while_the_last_one_waits_for_the_bus() -> None:
+    groups = Groups()
+    groups.hold_publish = asyncio.Event()
+    first = signup(groups)
+    await asyncio.sleep(0.01)
+    assert (stored(groups), first.done()) == (1, False)  # committed; answered once the bus acknowledges
+    second = signup(groups)
+    await asyncio.sleep(0.01)
+    assert (groups.groups_opened, stored(groups), second.done()) == (2, 2, False)
+    groups.hold_publish.set()
+    answers = await asyncio.wait_for(asyncio.gather(first, second), timeout=2)
+    assert all(answer.job_id for answer in answers)
+    assert len(groups.subjects("events.")) == 2
+
+
+async def test_at_most_max_publishing_groups_wait_for_the_bus_before_the_writer_waits_too() -> None:
+    groups = Groups()
+    groups.hold_publish = asyncio.Event()
+    sends = []
+    for _ in range(MAX_PUBLISHING + 2):
+        sends.append(signup(groups))
+        await asyncio.sleep(0.01)
+    assert (groups.groups_opened, stored(groups)) == (MAX_PUBLISHING, MAX_PUBLISHING)
+    groups.hold_publish.set()
+    answers = await asyncio.wait_for(asyncio.gather(*sends), timeout=2)
+    assert len({answer.trigger_id for answer in answers}) == MAX_PUBLISHING + 2
+    assert stored(groups) == MAX_PUBLISHING + 2
+
+
+async def test_a_committed_group_the_bus_refuses_is_answered_as_stored_without_a_job_id() -> None:
+    groups = Groups()
+    groups.fail_publish = RuntimeError("the publisher broke")
+    answers = accepted(await groups.send_together({}, {}))
+    assert [answer.job_id for answer in answers] == ["", ""]
+    assert stored(groups) == 2  # durable: the outbox relay publishes them
+
+
+async def test_a_deferred_event_is_stored_after_its_group_is_published() -> None:
+    groups = Groups()
+    groups.hold_publish = asyncio.Event()
+    sends = [
+        asyncio.create_task(
+            send_event(
+                SendEvent(
+                    team_id=TEAM, event_name="user_signup", user_info=UserInfo(external_id="u1", name=name)
+                ),
+                groups.intake,
+            )
+        )
+        for name in ("Ada", "Grace")  # the second changes the contact the first creates: deferred
+    ]
+    await asyncio.sleep(0.01)
+    assert stored(groups) == 1 and groups.subjects("events.") == []
+    groups.hold_publish.set()
+    answers = await asyncio.wait_for(asyncio.gather(*sends), timeout=2)
+    assert stored(groups) == 2 and all(answer.job_id for answer in answers)
+    # What the group announced (the new contact, the first event) is published before the change.
+    assert groups.subjects("events.")[-1].endswith(".user_signup")
+    assert [s.rsplit(".", 1)[-1] for s in groups.subjects("events.")].count("user_signup") == 2
+    assert groups.subjects("events.").index(f"events.{TEAM}.herald.contact.created") < 2

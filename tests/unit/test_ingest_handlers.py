@@ -37,6 +37,8 @@ from services.ingest.domain import (
     EventSource,
     SendEvent,
     UserInfo,
+    normalize_email,
+    normalize_phone,
 )
 from services.ingest.groups import GroupCommit
 from services.ingest.handlers import (
@@ -515,6 +517,31 @@ async def test_letters_after_a_phone_number_are_not_read_as_digits(ingest: Inges
 
 
 @pytest.mark.parametrize(
+    ("fields", "field_name"),
+    [
+        ({"event_data": {"amount": float("nan")}}, "event_data"),
+        ({"variables": {"deep": [1, {"x": float("inf")}]}}, "variables"),
+        (
+            {"user_info": UserInfo(external_id="u1", custom_fields={"score": -float("inf")})},
+            "user_info.custom_fields",
+        ),
+    ],
+    ids=["nan", "nested-infinity", "custom-fields"],
+)
+async def test_a_number_json_cannot_hold_is_rejected_with_its_field(
+    ingest: Ingest, fields: dict[str, Any], field_name: str
+) -> None:
+    # A gRPC Struct can carry NaN and Infinity; JSON (and PostgreSQL's jsonb) cannot.
+    with pytest.raises(InvalidArgument) as raised:
+        await ingest.send(**fields)
+
+    assert raised.value.reason == "INVALID_NUMBER"
+    assert raised.value.metadata == {"field": field_name}
+    assert field_name in raised.value.message
+    assert_nothing_kept(ingest)
+
+
+@pytest.mark.parametrize(
     ("email", "detail"),
     [
         ("not-an-email", "An email address must have an @-sign."),
@@ -531,6 +558,24 @@ async def test_an_invalid_email_is_rejected_with_the_validator_reason(
     assert raised.value.message == f"Invalid user_info.email {email!r}: {detail}"
     assert raised.value.metadata == {"field": "user_info.email"}
     assert_nothing_kept(ingest)
+
+
+async def test_an_address_checked_before_is_answered_the_same_each_time_with_its_own_field() -> None:
+    # Each process remembers the addresses and numbers it checked: a remembered outcome still
+    # names the field and the text as given.
+    for _ in range(2):
+        assert normalize_email(" Ada@Example.COM ") == "ada@example.com"
+        assert normalize_phone("+1 (415) 555-0100") == "+14155550100"
+        for field_name in ("user_info.email", "email"):
+            with pytest.raises(InvalidArgument) as raised:
+                normalize_email(" not-an-email ", field_name)
+            assert raised.value.message == (
+                f"Invalid {field_name} ' not-an-email ': An email address must have an @-sign."
+            )
+            assert raised.value.metadata == {"field": field_name}
+        with pytest.raises(InvalidArgument) as raised:
+            normalize_phone("12", "phone")
+        assert raised.value.metadata == {"field": "phone"}
 
 
 async def test_a_known_contact_is_found_by_external_id_and_updated(ingest: Ingest) -> None:
