@@ -141,13 +141,70 @@ def _json_type(item: Any) -> str:
 
 
 def build_message(document: dict[str, Any], message: Message) -> Message:
-    """`message` filled from `document`, after check_shape; 400 with json_format's words otherwise."""
+    """`message` filled from `document`, after check_shape; 400 with json_format's words otherwise.
+
+    Documents of plain fields (strings, numbers, booleans, nested messages, Struct objects: the
+    event sends) are copied field by field, several times faster than json_format; anything else,
+    and any value the direct copy refuses, goes through json_format, which words the error."""
     check_shape(document, message.DESCRIPTOR)  # type: ignore[arg-type]  # upb and Python descriptors
+    try:
+        _copy_plain(document, message)
+        return message
+    except (_NotPlain, TypeError, ValueError):
+        message.Clear()
     try:
         json_format.ParseDict(document, message)
     except json_format.ParseError as error:
         raise BadRequest(str(error).split("\n", 1)[0], reason="INVALID_FIELD") from None
     return message
+
+
+class _NotPlain(Exception):
+    """A field json_format must fill (enums, repeated and map fields, well-known types, ...)."""
+
+
+PLAIN_SCALARS = {
+    FieldDescriptor.TYPE_STRING: (str,),
+    FieldDescriptor.TYPE_BOOL: (bool,),
+    FieldDescriptor.TYPE_DOUBLE: (int, float),
+    FieldDescriptor.TYPE_FLOAT: (int, float),
+    FieldDescriptor.TYPE_INT32: (int,),
+    FieldDescriptor.TYPE_INT64: (int,),
+    FieldDescriptor.TYPE_UINT32: (int,),
+    FieldDescriptor.TYPE_UINT64: (int,),
+}
+
+
+def _copy_plain(document: Mapping[str, Any], message: Message) -> None:
+    descriptor: Descriptor = message.DESCRIPTOR  # type: ignore[assignment]  # upb and Python descriptors
+    seen: set[str] = set()
+    for key, item in document.items():
+        field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
+        if field is None or field.name in seen:
+            raise _NotPlain(key)  # a field named twice (event_name, eventName): json_format's rule
+        seen.add(field.name)
+        if field.is_repeated:
+            _copy_repeated(item, field, message)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            name = message_of(field).full_name
+            if name in FREE_FORM and name != "google.protobuf.Struct":
+                raise _NotPlain(key)  # a Value or ListValue: json_format's rules for null
+            if item is None:
+                continue  # json_format leaves a message field unset for null
+            if name.startswith("google.protobuf.") and name != "google.protobuf.Struct":
+                raise _NotPlain(key)  # Timestamp, Duration, wrappers: their own JSON forms
+            child = getattr(message, field.name)
+            child.SetInParent()  # present even when empty, as json_format leaves it
+            if name == "google.protobuf.Struct":
+                child.update(item)
+            else:
+                _copy_plain(item, child)
+        elif item is None:
+            continue
+        elif type(item) in PLAIN_SCALARS.get(field.type, ()):
+            setattr(message, field.name, item)
+        else:
+            raise _NotPlain(key)  # e.g. an int64 given as a string, an enum by name
 
 
 def query_document(query: Mapping[str, str], descriptor: Descriptor) -> dict[str, Any]:
@@ -181,3 +238,23 @@ def query_document(query: Mapping[str, str], descriptor: Descriptor) -> dict[str
         else:
             document[key] = raw
     return document
+
+
+def _copy_repeated(items: Any, field: FieldDescriptor, message: Message) -> None:
+    """An array of plain values or plain messages (a batch's events)."""
+    if items is None:
+        return
+    if is_map(field) or not isinstance(items, list):
+        raise _NotPlain(field.name)
+    container = getattr(message, field.name)
+    if field.type != FieldDescriptor.TYPE_MESSAGE:
+        if any(type(element) not in PLAIN_SCALARS.get(field.type, ()) for element in items):
+            raise _NotPlain(field.name)
+        container.extend(items)
+        return
+    if message_of(field).full_name.startswith("google.protobuf."):
+        raise _NotPlain(field.name)
+    for element in items:
+        if not isinstance(element, dict):
+            raise _NotPlain(field.name)
+        _copy_plain(element, container.add())

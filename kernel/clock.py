@@ -16,10 +16,14 @@ def isoformat_ms(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment.astimezone(UTC))
-    return stamp
+    """The Timestamp of `moment` (a naive datetime is local time), to the microsecond."""
+    since = moment.astimezone(UTC) - EPOCH
+    # Computed here rather than by Timestamp.FromDatetime (pure Python, several times slower).
+    return Timestamp(seconds=since.days * 86400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def from_timestamp(stamp: Timestamp) -> datetime:

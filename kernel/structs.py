@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 MAX_SAFE_INTEGER = 2**53
 
@@ -16,26 +16,26 @@ MAX_SAFE_INTEGER = 2**53
 def to_struct(value: dict[str, Any] | None) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     if value:
-        json_format.ParseDict(value, struct)
+        struct.update(value)  # several times faster than json_format.ParseDict, same message
     return struct
 
 
 def from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
-    result = json_format.MessageToDict(struct)
-    restored = _restore_integers(result)
-    assert isinstance(restored, dict)
-    return restored
+    return {key: from_value(value) for key, value in struct.fields.items()}
 
 
 def from_value(value: struct_pb2.Value) -> Any:
-    return _restore_integers(json_format.MessageToDict(value))
-
-
-def _restore_integers(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _restore_integers(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_restore_integers(item) for item in value]
-    return value
+    """The JSON value (as json_format.MessageToDict gives it, whole numbers as ints)."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) <= MAX_SAFE_INTEGER else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return from_struct(value.struct_value)
+    if kind == "list_value":
+        return [from_value(item) for item in value.list_value.values]
+    return None

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from kernel.clock import from_timestamp, isoformat_ms, to_timestamp, utcnow
 
 
@@ -44,3 +47,20 @@ def test_utcnow_is_aware_and_in_utc() -> None:
 
     assert now.tzinfo == UTC
     assert abs(now - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2030, 1, 15, 10, 0, 0, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ],
+    ids=["before-the-epoch", "offset", "first", "last"],
+)
+def test_to_timestamp_gives_what_from_datetime_gives(moment: datetime) -> None:
+    reference = Timestamp()
+    reference.FromDatetime(moment.astimezone(UTC))
+
+    assert to_timestamp(moment) == reference

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from google.protobuf import wrappers_pb2
+from google.protobuf import json_format, wrappers_pb2
+from google.protobuf.message import Message
 
 from gateway.requests import BadRequest, build_message, check_shape, parse_json, query_document
 from herald.executor.v1 import devmail_pb2
@@ -216,6 +217,51 @@ def test_a_value_json_format_refuses_is_an_invalid_field() -> None:
     assert raised.value.reason == "INVALID_FIELD"
     assert "\n" not in raised.value.message
     assert "version" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            {
+                "event_name": "order.completed",
+                "user_info": {"contact_external_id": "u1", "custom_fields": {"tier": {"x": [1, None]}}},
+                "source": {"type": "web", "ip": "192.168.1.1"},
+                "event_data": {"amount": 149.99, "items": [{"sku": "A", "qty": 2}], "gift": False},
+                "variables": {},
+                "trigger_at": "2030-01-15T10:00:00Z",
+            },
+            ingest_pb2.SendEventRequest(),
+        ),
+        ({"eventName": "user_signup", "userInfo": {"email": "a@b.c"}}, ingest_pb2.SendEventRequest()),
+        ({"event_name": "x", "event_data": None, "user_info": None}, ingest_pb2.SendEventRequest()),
+        ({"workflow": {"name": "w", "version": "3"}}, matcher_pb2.CreateWorkflowRequest()),
+        ({"workflow": {"name": "w", "steps": [{"subject": "s"}]}}, matcher_pb2.CreateWorkflowRequest()),
+        ({"event_name": "a", "eventName": "b", "source": {}}, ingest_pb2.SendEventRequest()),
+        (
+            {"events": [{"event_name": "a", "event_data": {"n": 1}}, {"eventName": "b"}, {}]},
+            ingest_pb2.SendEventBatchRequest(),
+        ),
+        ({"events": None}, ingest_pb2.SendEventBatchRequest()),
+        ({"add": ["vip", "beta"], "remove": []}, ingest_pb2.UpdateContactTagsRequest()),
+    ],
+    ids=[
+        "every-field",
+        "camel-case",
+        "nulls",
+        "int-as-string",
+        "repeated",
+        "named-twice-and-empty",
+        "batch",
+        "null-array",
+        "scalar-arrays",
+    ],
+)
+def test_build_message_gives_what_json_format_gives(document: dict[str, Any], message: Message) -> None:
+    reference = type(message)()
+    json_format.ParseDict(document, reference)
+
+    assert build_message(document, message) == reference
 
 
 # --------------------------------------------------------------------------------------------
