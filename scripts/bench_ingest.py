@@ -14,8 +14,10 @@ durable, in JetStream). It measures, in the same run:
 - REST single sends at a fixed rate (open loop, --rate events/s): latency when not saturated;
 - REST batches (POST /api/v1/events/batch, --batch events each);
 - gRPC single sends (IngestService/SendEvent) straight to ingest.
-Each line gives accepted events/s and request latency p50/p99. The load generators run on the
-same cores as the platform. Figures depend on the machine; nothing here asserts a target.
+Each line gives accepted events/s and request latency p50/p99; then, for the `wrk` and batch
+phases, the CPU each platform process spent per accepted event (what limits the figures). The
+load generators run on the same cores as the platform. Figures depend on the machine; nothing
+here asserts a target.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ import psycopg
 
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from kernel.clients import channel as channel_to
+from scripts.cpu import cpu_now, cpu_per_event, stack_processes
 from stack.embedded import free_port
 from stack.launcher import Stack
 from tests.e2e.support import stack_settings
@@ -311,18 +315,32 @@ def main() -> None:
             metadata = (("x-api-key", stack.credentials.api_key), ("x-team-id", stack.credentials.team_id))
             url, seconds, clients = stack.gateway_url, options.seconds, options.clients
             references = options.reference_events
+            processes = stack_processes(stack)
+            cpu: dict[str, dict[str, float]] = {}
+
+            def measured(label: str, run: Callable[[], Result | None]) -> Result | None:
+                """`run`, and the CPU each platform process spent per event accepted in it."""
+                before = cpu_now(processes)
+                result = run()
+                if result is not None:
+                    cpu[label] = cpu_per_event(processes, before, result.events)
+                return result
+
             results = [
                 asyncio.run(reference_insert_and_publish(stack.database_url, stack.nats_url, references)),
                 asyncio.run(reference_async_publish(stack.nats_url, references * 4)),
-                wrk_load(url, headers, seconds, clients),
+                measured("single sends (wrk)", lambda: wrk_load(url, headers, seconds, clients)),
                 http_load("REST /api/v1/events/send (closed loop)", url, headers, seconds, clients),
                 http_load(
                     f"REST /api/v1/events/send at {options.rate:.0f}/s (open loop)",
                     url, headers, seconds, clients, rate=options.rate,
                 ),
-                http_load(
-                    f"REST /api/v1/events/batch ({options.batch} per request)",
-                    url, headers, seconds, 2, batch=options.batch,
+                measured(
+                    f"batches of {options.batch}",
+                    lambda: http_load(
+                        f"REST /api/v1/events/batch ({options.batch} per request)",
+                        url, headers, seconds, 2, batch=options.batch,
+                    ),
                 ),
                 asyncio.run(grpc_load(stack.settings.target("ingest"), metadata, seconds, clients)),
             ]  # fmt: skip
@@ -334,6 +352,10 @@ def main() -> None:
             reference = results[0].events / results[0].seconds
             single = max(r.events / r.seconds for r in results[2:4] if r is not None)
             print(f"\nREST single sends / reference loop: {single / reference:.2f}")
+            print("\nCPU per accepted event (ms), by process (load generators not counted):")
+            for label, spent in cpu.items():
+                shares = ", ".join(f"{name} {ms:.2f}" for name, ms in spent.items())
+                print(f"  {label:<20} {shares}")
         finally:
             stack.stop()
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from scripts.cpu import cpu_now, cpu_per_event, stack_processes
 from stack.launcher import Stack
 from tests.e2e.support import WELCOME_WORKFLOW, stack_settings, start_smtp_sink
 
@@ -74,17 +75,6 @@ async def send_events(
     return sent_at, latencies, wall
 
 
-def _cpu_seconds(process: psutil.Process) -> float:
-    """CPU time of a process and all its children (PostgreSQL's backends are children)."""
-    total = sum(process.cpu_times()[:2])
-    for child in process.children(recursive=True):
-        try:
-            total += sum(child.cpu_times()[:2])
-        except psutil.NoSuchProcess:
-            continue
-    return total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -120,14 +110,8 @@ def main() -> None:
             httpx.post(
                 f"{stack.gateway_url}/api/v1/workflows", json=WELCOME_WORKFLOW, headers=headers
             ).raise_for_status()
-            processes = {
-                name: psutil.Process(child.process.pid)
-                for name, child in stack.supervisor.children.items()
-                if child.process is not None
-            }
-            if stack.postgres is not None and stack.postgres.process is not None:
-                processes["postgres"] = psutil.Process(stack.postgres.process.pid)
-            cpu_before = {name: _cpu_seconds(process) for name, process in processes.items()}
+            processes = stack_processes(stack)
+            cpu_before = cpu_now(processes)
             sent_at, latencies, wall = asyncio.run(
                 send_events(stack.gateway_url, headers, options.events, options.concurrency, options.pause)
             )
@@ -146,9 +130,8 @@ def main() -> None:
             print(describe("event sent -> email received", end_to_end))
             print(f"emails received: {len(received_at)} of {len(sent_at)}")
             print("CPU time per event (ms), by process:")
-            for name, process in processes.items():
-                spent = _cpu_seconds(process) - cpu_before[name]
-                print(f"  {name:<10} {spent / max(1, len(sent_at)) * 1000:7.2f}")
+            for name, spent in cpu_per_event(processes, cpu_before, len(sent_at)).items():
+                print(f"  {name:<10} {spent:7.2f}")
             print("resident memory after the run:")
             for name, child in stack.supervisor.children.items():
                 if child.process is not None:
