@@ -293,11 +293,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients in closed-loop phases")
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s of the open-loop phase")
     parser.add_argument("--batch", type=int, default=100, help="events per batch request")
+    parser.add_argument(
+        "--batch-clients", type=int, default=8, help="batch requests in flight in the batch phase"
+    )
     parser.add_argument("--reference-events", type=int, default=5000)
     parser.add_argument("--ingest-replicas", type=int, default=1, help="ingest processes (replicas)")
     options = parser.parse_args()
     if options.ingest_replicas < 1:
         parser.error("--ingest-replicas must be 1 or more")
+    if options.batch_clients < 2:
+        parser.error("--batch-clients must be 2 or more (one per load-generator process)")
 
     with tempfile.TemporaryDirectory() as scratch:
         settings = stack_settings(
@@ -339,7 +344,7 @@ def main() -> None:
                     f"batches of {options.batch}",
                     lambda: http_load(
                         f"REST /api/v1/events/batch ({options.batch} per request)",
-                        url, headers, seconds, 2, batch=options.batch,
+                        url, headers, seconds, options.batch_clients, batch=options.batch,
                     ),
                 ),
                 asyncio.run(grpc_load(stack.settings.target("ingest"), metadata, seconds, clients)),
