@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import re
 import unicodedata
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from kernel.clock import isoformat_ms
 from kernel.errors import InvalidArgument, PayloadTooLarge
+from kernel.labels import MAX_TAG, MAX_TAGS, TOPIC_PATTERN, TOPIC_RULE
 
 JsonObject = dict[str, Any]
 
@@ -24,10 +24,7 @@ MAX_EXTERNAL_ID = 256
 MAX_NAME = 256
 MAX_IDEMPOTENCY_KEY = 255
 MAX_SOURCE_FIELD = 1024
-MAX_TAG = 128
-MAX_TAGS = 200
 MAX_BATCH = 500
-TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # How far ahead an event may be scheduled, and how far occurred_at may lie in the future
 # (clock skew between the sender and Herald).
 MAX_SCHEDULE_AHEAD = timedelta(days=366)
@@ -420,8 +417,7 @@ def check_tags(tags: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 def check_topic(topic: str) -> str:
     if not TOPIC_PATTERN.fullmatch(topic):
         raise _invalid(
-            f"Invalid topic {topic[:64]!r}: use 1-128 letters, digits, '.', '_', ':' or '-', "
-            "starting with a letter or digit",
+            f"Invalid topic {topic[:64]!r}: {TOPIC_RULE}",
             "INVALID_TOPIC",
         )
     return topic

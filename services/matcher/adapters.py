@@ -6,7 +6,19 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, Row, Select, String, UniqueConstraint, func, select
+from sqlalchemy import (
+    DateTime,
+    Index,
+    Integer,
+    Row,
+    Select,
+    String,
+    UniqueConstraint,
+    false,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -40,6 +52,9 @@ class WorkflowVersionRow(MatcherBase):
     trigger_event: Mapped[str] = mapped_column(String(128))
     definition: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # A deleted workflow's last row: it matches nothing and is not listed; the versions before
+    # it stay for the runs that used them.
+    deleted: Mapped[bool] = mapped_column(server_default=false())
 
 
 class MatchDecisionRow(MatcherBase):
@@ -68,6 +83,18 @@ class EventDecidedRow(MatcherBase):
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class CooldownRow(MatcherBase):
+    """When a workflow last ran for a contact, and until when it may not run again for them."""
+
+    __tablename__ = "cooldowns"
+
+    team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workflow_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    contact_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 OUTBOX = outbox_table(MatcherBase.metadata)
 
 
@@ -86,7 +113,7 @@ def _workflow(row: Row[Any]) -> Workflow:
         if len(_PARSED) >= _PARSED_LIMIT:
             _PARSED.clear()
         definition = _PARSED[row.id] = definition_from_document(row.definition)
-    return Workflow(row.team_id, definition, row.version, row.created_at)
+    return Workflow(row.team_id, definition, row.version, row.created_at, deleted=row.deleted)
 
 
 def _latest_versions(team_id: str) -> Select[Any]:
@@ -116,12 +143,25 @@ class SqlWorkflowRepository:
         return _workflow(row) if row else None
 
     async def all_latest(self, team_id: str) -> list[Workflow]:
-        return [_workflow(row) for row in await self._session.execute(_latest_versions(team_id))]
+        latest = _latest_versions(team_id).subquery()
+        rows = await self._session.execute(select(latest).where(~latest.c.deleted).order_by(latest.c.key))
+        return [_workflow(row) for row in rows]
 
     async def listening_to(self, team_id: str, event_name: str) -> list[Workflow]:
         latest = _latest_versions(team_id).subquery()
         rows = await self._session.execute(
-            select(latest).where(latest.c.trigger_event == event_name).order_by(latest.c.key)
+            select(latest)
+            .where(latest.c.trigger_event == event_name, ~latest.c.deleted)
+            .order_by(latest.c.key)
+        )
+        return [_workflow(row) for row in rows]
+
+    async def versions(self, team_id: str, key: str) -> list[Workflow]:
+        columns = WORKFLOW_VERSIONS.c
+        rows = await self._session.execute(
+            select(WORKFLOW_VERSIONS)
+            .where(columns.team_id == team_id, columns.key == key, ~columns.deleted)
+            .order_by(columns.version.desc())
         )
         return [_workflow(row) for row in rows]
 
@@ -138,8 +178,43 @@ class SqlWorkflowRepository:
                 trigger_event=definition.trigger_event,
                 definition=definition_document(definition),
                 created_at=workflow.created_at,
+                deleted=workflow.deleted,
             )
         )
+
+
+# Claim a cooldown: insert, or take over one that has expired; no row back means it still runs.
+CLAIM_COOLDOWN = text(
+    """
+    INSERT INTO matcher.cooldowns AS held (team_id, workflow_key, contact_id, last_run_at, until)
+    VALUES (:team_id, :workflow_key, :contact_id, :now, :until)
+    ON CONFLICT (team_id, workflow_key, contact_id) DO UPDATE
+        SET last_run_at = EXCLUDED.last_run_at, until = EXCLUDED.until
+        WHERE held.until <= EXCLUDED.last_run_at
+    RETURNING until
+    """
+)
+HELD_UNTIL = text(
+    "SELECT until FROM matcher.cooldowns "
+    "WHERE team_id = :team_id AND workflow_key = :workflow_key AND contact_id = :contact_id"
+)
+
+
+class SqlCooldownRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def claim(
+        self, team_id: str, workflow_key: str, contact_id: str, now: datetime, until: datetime
+    ) -> datetime | None:
+        """Start the cooldown and return None, or return when the running one ends. Two
+        replicas claiming at once queue on the row's key: the second sees the first's claim."""
+        key = {"team_id": team_id, "workflow_key": workflow_key, "contact_id": contact_id}
+        claimed = (await self._session.execute(CLAIM_COOLDOWN, {**key, "now": now, "until": until})).first()
+        if claimed is not None:
+            return None
+        held: datetime = (await self._session.execute(HELD_UNTIL, key)).scalar_one()
+        return held
 
 
 class SqlDecisionRepository:
@@ -182,7 +257,9 @@ class SqlDecisionRepository:
 class MatcherSqlUnitOfWork(SqlUnitOfWork):
     workflows: SqlWorkflowRepository
     decisions: SqlDecisionRepository
+    cooldowns: SqlCooldownRepository
 
     def open_repositories(self, session: AsyncSession) -> None:
         self.workflows = SqlWorkflowRepository(session)
         self.decisions = SqlDecisionRepository(session)
+        self.cooldowns = SqlCooldownRepository(session)

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
+import isodate
+
+from kernel.conditions import ConditionError, compile_condition
 from kernel.errors import InvalidArgument
 from kernel.event_names import check_format
+from kernel.labels import MAX_TAG, TOPIC_PATTERN, TOPIC_RULE
 from kernel.templates import TemplateError, compile_template
 
 WORKFLOW_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 STEP_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MESSAGE_STEP_TYPES = frozenset({"email"})
 RUN_ID_NAMESPACE = uuid.UUID("6f1d3c1e-3c55-4c8e-9a55-6b1f0f0e8a10")
+# What a workflow's condition may read.
+CONDITION_NAMES = ("event", "contact", "variables")
+MAX_FILTER_TAGS = 50
+MAX_COOLDOWN = timedelta(days=366)
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,22 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Filters:
+    """Which (event, contact) pairs a workflow runs for: every filter set must pass."""
+
+    tags_any: tuple[str, ...] = ()
+    tags_all: tuple[str, ...] = ()
+    tags_none: tuple[str, ...] = ()
+    cooldown: str = ""  # an ISO 8601 duration, as written
+    condition: str = ""
+    topic: str = ""
+
+    @property
+    def cooldown_period(self) -> timedelta | None:
+        return _duration(self.cooldown) if self.cooldown else None
+
+
+@dataclass(frozen=True)
 class WorkflowDefinition:
     """What a user writes: a workflow without its version bookkeeping."""
 
@@ -36,6 +60,7 @@ class WorkflowDefinition:
     active: bool
     trigger_event: str
     steps: tuple[Step, ...]
+    filters: Filters = Filters()
 
 
 @dataclass(frozen=True)
@@ -46,6 +71,7 @@ class Workflow:
     definition: WorkflowDefinition
     version: int
     created_at: datetime
+    deleted: bool = False
 
     @property
     def key(self) -> str:
@@ -54,13 +80,17 @@ class Workflow:
 
 @dataclass(frozen=True)
 class MatchedEvent:
-    """What the matcher needs to know of an event."""
+    """What the matcher needs to know of an event: who it is about, and what conditions read
+    (`data`: `event`, `contact` and `variables` as JSON)."""
 
     event_id: uuid.UUID
     trigger_id: uuid.UUID
     team_id: str
     name: str
     contact_id: str
+    tags: tuple[str, ...] = ()
+    topics: tuple[str, ...] = ()
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,10 +146,54 @@ def validate_definition(definition: WorkflowDefinition) -> WorkflowDefinition:
         if step.id in seen:
             problems.add(f"steps[{index}].id", f"{step.id!r} is used by an earlier step")
         seen.add(step.id)
+    filters = _validated_filters(definition.filters, problems)
     problems.raise_if_any()
     return WorkflowDefinition(
-        definition.key, definition.name.strip(), definition.active, definition.trigger_event, steps
+        definition.key, definition.name.strip(), definition.active, definition.trigger_event, steps, filters
     )
+
+
+def _validated_filters(filters: Filters, problems: DefinitionProblems) -> Filters:
+    lists: dict[str, tuple[str, ...]] = {}
+    for name in ("tags_any", "tags_all", "tags_none"):
+        tags = tuple(dict.fromkeys(tag.strip() for tag in getattr(filters, name)))
+        if len(tags) > MAX_FILTER_TAGS:
+            problems.add(f"filters.{name}", f"at most {MAX_FILTER_TAGS} tags")
+        for index, tag in enumerate(tags):
+            if not tag or len(tag) > MAX_TAG:
+                problems.add(f"filters.{name}[{index}]", f"a tag has 1 to {MAX_TAG} characters")
+        lists[name] = tags
+    both = set(lists["tags_none"]) & (set(lists["tags_any"]) | set(lists["tags_all"]))
+    if both:
+        problems.add("filters.tags_none", f"{', '.join(sorted(both))} also required: no contact could pass")
+    if filters.cooldown:
+        try:
+            period = _duration(filters.cooldown)
+            if not timedelta(0) < period <= MAX_COOLDOWN:
+                problems.add("filters.cooldown", "must be longer than zero and at most 366 days")
+        except ValueError as error:
+            problems.add("filters.cooldown", str(error))
+    if filters.condition:
+        try:
+            compile_condition(filters.condition, CONDITION_NAMES)
+        except ConditionError as error:
+            problems.add("filters.condition", str(error))
+    if filters.topic and not TOPIC_PATTERN.fullmatch(filters.topic):
+        problems.add("filters.topic", f"{filters.topic[:64]!r}: {TOPIC_RULE}")
+    return replace(
+        filters, tags_any=lists["tags_any"], tags_all=lists["tags_all"], tags_none=lists["tags_none"]
+    )
+
+
+def _duration(text: str) -> timedelta:
+    """An ISO 8601 duration in days, hours, minutes and seconds (months and years vary in length)."""
+    try:
+        parsed = isodate.parse_duration(text)
+    except (isodate.ISO8601Error, ValueError):
+        raise ValueError(f"{text[:40]!r} is not an ISO 8601 duration such as PT24H or P7D") from None
+    if not isinstance(parsed, timedelta):
+        raise ValueError(f"{text[:40]!r}: use days, hours, minutes or seconds (P30D, not P1M)")
+    return parsed
 
 
 def _validated_step(index: int, step: Step, problems: DefinitionProblems) -> Step:
@@ -153,13 +227,13 @@ def run_id_for(event_id: uuid.UUID, workflow_key: str, contact_id: str) -> uuid.
 
 
 def decide(event: MatchedEvent, workflows: list[Workflow]) -> list[Decision]:
-    """For each workflow listening to the event: does it run, and if not, why not."""
+    """For each workflow listening to the event: does it run, and if not, why not. A matched
+    workflow with a cooldown still has to claim it (see `in_cooldown`)."""
     decisions = []
     for workflow in workflows:
-        if not workflow.definition.active:
-            decisions.append(
-                Decision(workflow, matched=False, reason="workflow is inactive", contact_id=event.contact_id)
-            )
+        reason = filtered_because(event, workflow)
+        if reason:
+            decisions.append(Decision(workflow, matched=False, reason=reason, contact_id=event.contact_id))
             continue
         decisions.append(
             Decision(
@@ -170,3 +244,47 @@ def decide(event: MatchedEvent, workflows: list[Workflow]) -> list[Decision]:
             )
         )
     return decisions
+
+
+def filtered_because(event: MatchedEvent, workflow: Workflow) -> str:
+    """Why `workflow` does not run for `event`, or "" when every filter passes."""
+    if not workflow.definition.active:
+        return "workflow is inactive"
+    filters = workflow.definition.filters
+    if filters.topic and filters.topic not in event.topics:
+        return f"contact is not subscribed to topic {filters.topic!r}"
+    tags = set(event.tags)
+    if filters.tags_any and not tags.intersection(filters.tags_any):
+        return f"contact has none of the tags {_listed(filters.tags_any)} (tags_any)"
+    missing = [tag for tag in filters.tags_all if tag not in tags]
+    if missing:
+        return f"contact lacks the tags {_listed(missing)} (tags_all)"
+    excluded = [tag for tag in filters.tags_none if tag in tags]
+    if excluded:
+        return f"contact has the excluded tags {_listed(excluded)} (tags_none)"
+    if filters.condition:
+        condition = compile_condition(filters.condition, CONDITION_NAMES)
+        try:
+            passed, failure = condition.evaluate(event.data), "was false"
+        except ConditionError as error:
+            passed, failure = False, f"could not be evaluated ({error})"
+        if not passed:
+            return f"condition {failure}: {filters.condition} [{condition.values_seen(event.data)}]"
+    return ""
+
+
+def in_cooldown(decision: Decision, until: datetime) -> Decision:
+    """`decision`, filtered: the workflow ran for this contact within its cooldown."""
+    return Decision(
+        decision.workflow,
+        matched=False,
+        reason=(
+            f"cooldown: ran for this contact within {decision.workflow.definition.filters.cooldown}; "
+            f"it may run again after {until.isoformat(timespec='seconds')}"
+        ),
+        contact_id=decision.contact_id,
+    )
+
+
+def _listed(tags: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(tags)

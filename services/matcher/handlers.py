@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
+from datetime import datetime
 from typing import Protocol
 
 import structlog
 
 from herald.bus.v1 import event_pb2
 from kernel.clock import utcnow
-from kernel.errors import AlreadyExists, NotFound
+from kernel.errors import AlreadyExists, InvalidArgument, NotFound
 from kernel.unit_of_work import UnitOfWork
 from services.matcher import messages
 from services.matcher.domain import (
@@ -18,6 +20,7 @@ from services.matcher.domain import (
     Workflow,
     WorkflowDefinition,
     decide,
+    in_cooldown,
     validate_definition,
 )
 
@@ -33,7 +36,20 @@ class WorkflowRepository(Protocol):
         """The latest version of every workflow whose trigger names `event_name`."""
         ...
 
+    async def versions(self, team_id: str, key: str) -> list[Workflow]:
+        """Every stored version of the workflow, newest first (not the deletion marker)."""
+        ...
+
     async def add(self, workflow: Workflow) -> None: ...
+
+
+class CooldownRepository(Protocol):
+    async def claim(
+        self, team_id: str, workflow_key: str, contact_id: str, now: datetime, until: datetime
+    ) -> datetime | None:
+        """Start the workflow's cooldown for the contact and return None, or return when the
+        cooldown already running ends."""
+        ...
 
 
 class DecisionRepository(Protocol):
@@ -49,28 +65,84 @@ class MatcherUnitOfWork(UnitOfWork, Protocol):
     @property
     def decisions(self) -> DecisionRepository: ...
 
+    @property
+    def cooldowns(self) -> CooldownRepository: ...
+
 
 async def create_workflow(team_id: str, definition: WorkflowDefinition, uow: MatcherUnitOfWork) -> Workflow:
     definition = validate_definition(definition)
     async with uow:
-        if await uow.workflows.latest(team_id, definition.key) is not None:
+        latest = await uow.workflows.latest(team_id, definition.key)
+        if latest is not None and not latest.deleted:
             raise AlreadyExists(
-                f"Workflow {definition.key!r} already exists",
+                f"Workflow {definition.key!r} already exists: change it with PUT /api/v1/workflows/"
+                f"{definition.key}",
                 reason="WORKFLOW_EXISTS",
                 metadata={"key": definition.key},
             )
-        workflow = Workflow(team_id=team_id, definition=definition, version=1, created_at=utcnow())
+        workflow = _next_version(team_id, definition, latest)
         await uow.workflows.add(workflow)
         await uow.commit()
     return workflow
 
 
+async def update_workflow(
+    team_id: str, key: str, definition: WorkflowDefinition, uow: MatcherUnitOfWork
+) -> tuple[Workflow, bool]:
+    """Store the definition as the workflow's next version (the first, when the key is new);
+    the same definition again stores nothing. Returns the version and whether it is new."""
+    if definition.key and definition.key != key:
+        raise InvalidArgument(
+            f"The body's key {definition.key!r} differs from the path's {key!r}: a workflow's key "
+            "cannot change (create a workflow under the new key instead)",
+            reason="WORKFLOW_KEY_MISMATCH",
+        )
+    definition = validate_definition(replace(definition, key=key))
+    async with uow:
+        latest = await uow.workflows.latest(team_id, key)
+        if latest is not None and not latest.deleted and latest.definition == definition:
+            return latest, False
+        workflow = _next_version(team_id, definition, latest)
+        await uow.workflows.add(workflow)
+        await uow.commit()
+    return workflow, True
+
+
+async def delete_workflow(team_id: str, key: str, uow: MatcherUnitOfWork) -> Workflow:
+    """Delete the workflow; its versions stay for the runs that used them."""
+    async with uow:
+        latest = await uow.workflows.latest(team_id, key)
+        if latest is None or latest.deleted:
+            raise _not_found(key)
+        marker = Workflow(team_id, latest.definition, latest.version + 1, utcnow(), deleted=True)
+        await uow.workflows.add(marker)
+        await uow.commit()
+    return latest
+
+
+def _next_version(team_id: str, definition: WorkflowDefinition, latest: Workflow | None) -> Workflow:
+    version = latest.version + 1 if latest is not None else 1
+    return Workflow(team_id=team_id, definition=definition, version=version, created_at=utcnow())
+
+
+def _not_found(key: str) -> NotFound:
+    return NotFound(f"Workflow {key!r} not found", reason="WORKFLOW_NOT_FOUND", metadata={"key": key})
+
+
 async def get_workflow(team_id: str, key: str, uow: MatcherUnitOfWork) -> Workflow:
     async with uow:
         workflow = await uow.workflows.latest(team_id, key)
-    if workflow is None:
-        raise NotFound(f"Workflow {key!r} not found", reason="WORKFLOW_NOT_FOUND", metadata={"key": key})
+    if workflow is None or workflow.deleted:
+        raise _not_found(key)
     return workflow
+
+
+async def list_versions(team_id: str, key: str, uow: MatcherUnitOfWork) -> list[Workflow]:
+    async with uow:
+        latest = await uow.workflows.latest(team_id, key)
+        if latest is None or latest.deleted:
+            raise _not_found(key)
+        return await uow.workflows.versions(team_id, key)
 
 
 async def list_workflows(team_id: str, uow: MatcherUnitOfWork) -> list[Workflow]:
@@ -90,7 +162,7 @@ async def match_event(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[De
             log.info("match.already_decided", event_id=event.event_id)
             return []
         workflows = await uow.workflows.listening_to(matched.team_id, matched.name)
-        decisions = decide(matched, workflows)
+        decisions = [await _claim_cooldown(decision, matched, uow) for decision in decide(matched, workflows)]
         await uow.decisions.add(matched, decisions)
         for decision in decisions:
             if decision.matched:
@@ -105,3 +177,15 @@ async def match_event(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[De
         filtered=sum(not d.matched for d in decisions),
     )
     return decisions
+
+
+async def _claim_cooldown(decision: Decision, event: MatchedEvent, uow: MatcherUnitOfWork) -> Decision:
+    """A matched workflow with a cooldown runs only if no run for this contact is within it."""
+    period = decision.workflow.definition.filters.cooldown_period
+    if not decision.matched or period is None:
+        return decision
+    now = utcnow()
+    held_until = await uow.cooldowns.claim(
+        event.team_id, decision.workflow.key, event.contact_id, now, now + period
+    )
+    return decision if held_until is None else in_cooldown(decision, held_until)

@@ -9,10 +9,10 @@ from google.protobuf import json_format
 from herald.bus.v1 import event_pb2, run_pb2, tracking_pb2
 from herald.workflow.v1 import workflow_pb2
 from kernel.bus import OutgoingMessage, run_subject
-from kernel.clock import isoformat_ms
-from kernel.structs import from_value
+from kernel.clock import from_timestamp, isoformat_ms
+from kernel.structs import from_struct, from_value
 from kernel.tracking import tracking_message
-from services.matcher.domain import Decision, MatchedEvent, Step, Workflow, WorkflowDefinition
+from services.matcher.domain import Decision, Filters, MatchedEvent, Step, Workflow, WorkflowDefinition
 
 
 def definition_from_proto(message: workflow_pb2.Workflow) -> WorkflowDefinition:
@@ -31,6 +31,14 @@ def definition_from_proto(message: workflow_pb2.Workflow) -> WorkflowDefinition:
             )
             for step in message.steps
         ),
+        filters=Filters(
+            tags_any=tuple(message.filters.tags_any),
+            tags_all=tuple(message.filters.tags_all),
+            tags_none=tuple(message.filters.tags_none),
+            cooldown=message.filters.cooldown.strip(),
+            condition=message.filters.condition.strip(),
+            topic=message.filters.topic.strip(),
+        ),
     )
 
 
@@ -41,6 +49,18 @@ def definition_to_proto(definition: WorkflowDefinition) -> workflow_pb2.Workflow
         active=definition.active,
         trigger=workflow_pb2.WorkflowTrigger(event=definition.trigger_event),
     )
+    filters = definition.filters
+    if filters != Filters():
+        message.filters.CopyFrom(
+            workflow_pb2.WorkflowFilters(
+                tags_any=filters.tags_any,
+                tags_all=filters.tags_all,
+                tags_none=filters.tags_none,
+                cooldown=filters.cooldown,
+                condition=filters.condition,
+                topic=filters.topic,
+            )
+        )
     for step in definition.steps:
         proto_step = message.steps.add(id=step.id, type=step.type, subject=step.subject, html=step.html)
         if step.body is not None:
@@ -65,13 +85,46 @@ def definition_from_document(document: dict[str, object]) -> WorkflowDefinition:
 
 
 def matched_event(event: event_pb2.Event) -> MatchedEvent:
+    contact = event.contact
     return MatchedEvent(
         event_id=uuid.UUID(event.event_id),
         trigger_id=uuid.UUID(event.trigger_id),
         team_id=event.project_id,
         name=event.name,
-        contact_id=event.contact.id,
+        contact_id=contact.id,
+        tags=tuple(contact.tags),
+        topics=tuple(contact.topics),
+        data=condition_data(event),
     )
+
+
+def condition_data(event: event_pb2.Event) -> dict[str, object]:
+    """What a condition reads: `event`, `contact` and `variables`, as JSON."""
+    contact = event.contact
+    return {
+        "event": {
+            "id": event.event_id,
+            "name": event.name,
+            "data": from_struct(event.data),
+            "source": {
+                "type": event.source.type,
+                "ip": event.source.ip,
+                "user_agent": event.source.user_agent,
+            },
+            "occurred_at": isoformat_ms(from_timestamp(event.occurred_at)),
+        },
+        "contact": {
+            "id": contact.id,
+            "external_id": contact.external_id,
+            "email": contact.email,
+            "phone": contact.phone,
+            "name": contact.name,
+            "tags": list(contact.tags),
+            "topics": list(contact.topics),
+            "custom_fields": from_struct(contact.custom_fields),
+        },
+        "variables": from_struct(event.variables),
+    }
 
 
 def run_start(decision: Decision, event: event_pb2.Event) -> OutgoingMessage:

@@ -42,3 +42,26 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         team = await self._auth.authenticate(context.invocation_metadata())
         workflows = await handlers.list_workflows(team.id, self._uow())
         return matcher_pb2.ListWorkflowsResponse(workflows=[workflow_to_proto(w) for w in workflows])
+
+    async def UpdateWorkflow(
+        self, request: matcher_pb2.UpdateWorkflowRequest, context: Context
+    ) -> matcher_pb2.UpdateWorkflowResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        workflow, _stored = await handlers.update_workflow(
+            team.id, request.key, definition_from_proto(request.workflow), self._uow()
+        )
+        return matcher_pb2.UpdateWorkflowResponse(workflow=workflow_to_proto(workflow))
+
+    async def DeleteWorkflow(
+        self, request: matcher_pb2.DeleteWorkflowRequest, context: Context
+    ) -> matcher_pb2.DeleteWorkflowResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        workflow = await handlers.delete_workflow(team.id, request.key, self._uow())
+        return matcher_pb2.DeleteWorkflowResponse(key=workflow.key, version=workflow.version, deleted=True)
+
+    async def ListWorkflowVersions(
+        self, request: matcher_pb2.ListWorkflowVersionsRequest, context: Context
+    ) -> matcher_pb2.ListWorkflowVersionsResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        versions = await handlers.list_versions(team.id, request.key, self._uow())
+        return matcher_pb2.ListWorkflowVersionsResponse(versions=[workflow_to_proto(w) for w in versions])

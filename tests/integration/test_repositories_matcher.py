@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import uuid
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.clock import utcnow
-from services.matcher.adapters import SqlDecisionRepository, SqlWorkflowRepository
+from services.matcher.adapters import SqlCooldownRepository, SqlDecisionRepository, SqlWorkflowRepository
 from services.matcher.domain import Decision, MatchedEvent, Step, Workflow, WorkflowDefinition
 from tests.conftest import TeamCredentials
 
@@ -168,3 +171,70 @@ async def test_an_event_with_no_listening_workflow_is_still_decided_once(
     with pytest.raises(IntegrityError):
         async with sessions() as session, session.begin():
             await SqlDecisionRepository(session).add(event, [])
+
+
+async def test_a_deleted_workflow_is_neither_listed_nor_listening_but_its_versions_stay(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    first, second = (workflow(team.team_id, "welcome", n, "user_signup") for n in (1, 2))
+    marker = dataclasses.replace(workflow(team.team_id, "welcome", 3, "user_signup"), deleted=True)
+    await add_all(sessions, first, second, marker, workflow(team.team_id, "other", 1, "user_signup"))
+
+    async with sessions() as session:
+        repository = SqlWorkflowRepository(session)
+        latest = await repository.latest(team.team_id, "welcome")
+        listed = await repository.all_latest(team.team_id)
+        listening = await repository.listening_to(team.team_id, "user_signup")
+        stored = await repository.versions(team.team_id, "welcome")
+
+    assert latest is not None and latest.deleted and latest.version == 3
+    assert versions(listed) == versions(listening) == [("other", 1)]
+    assert versions(stored) == [("welcome", 2), ("welcome", 1)]
+
+
+async def test_a_cooldown_is_claimed_once_until_it_ends(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    now = utcnow()
+
+    async def claim(at: datetime, contact: str = "contact-1") -> datetime | None:
+        async with sessions() as session, session.begin():
+            return await SqlCooldownRepository(session).claim(
+                team.team_id, "welcome", contact, at, at + timedelta(hours=1)
+            )
+
+    assert await claim(now) is None
+    assert await claim(now + timedelta(minutes=30)) == now + timedelta(hours=1)
+    assert await claim(now + timedelta(minutes=30), contact="contact-2") is None
+    assert await claim(now + timedelta(hours=1)) is None  # the first cooldown has ended
+    assert await claim(now + timedelta(hours=1, minutes=1)) == now + timedelta(hours=2)
+
+
+async def test_two_transactions_claiming_one_cooldown_at_once_let_one_through(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    """As two matcher replicas deciding events of one contact at once: the second claim waits
+    for the first transaction and then sees its cooldown."""
+    now = utcnow()
+    first_claimed = asyncio.Event()
+    release_first = asyncio.Event()
+
+    async def claimer(hold: bool) -> datetime | None:
+        async with sessions() as session, session.begin():
+            held = await SqlCooldownRepository(session).claim(
+                team.team_id, "welcome", "contact-1", now, now + timedelta(hours=1)
+            )
+            if hold:
+                first_claimed.set()
+                await release_first.wait()
+            return held
+
+    first = asyncio.create_task(claimer(hold=True))
+    await first_claimed.wait()
+    second = asyncio.create_task(claimer(hold=False))
+    await asyncio.sleep(0.3)
+    assert not second.done()  # waiting on the first transaction's row
+    release_first.set()
+
+    assert await first is None
+    assert await second == now + timedelta(hours=1)

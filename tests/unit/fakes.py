@@ -616,10 +616,15 @@ class FakeWorkflowRepository(FakeRepository):
 
     async def all_latest(self, team_id: str) -> list[Workflow]:
         keys = sorted({key for team, key, _ in self.rows if team == team_id})
-        return [workflow for key in keys if (workflow := await self.latest(team_id, key)) is not None]
+        latest = [await self.latest(team_id, key) for key in keys]
+        return [workflow for workflow in latest if workflow is not None and not workflow.deleted]
 
     async def listening_to(self, team_id: str, event_name: str) -> list[Workflow]:
         return [w for w in await self.all_latest(team_id) if w.definition.trigger_event == event_name]
+
+    async def versions(self, team_id: str, key: str) -> list[Workflow]:
+        found = [w for (team, k, _), w in self.rows.items() if team == team_id and k == key and not w.deleted]
+        return sorted(found, key=lambda workflow: -workflow.version)
 
     async def add(self, workflow: Workflow) -> None:
         row_key = (workflow.team_id, workflow.key, workflow.version)
@@ -643,11 +648,31 @@ class FakeDecisionRepository(FakeRepository):
         self.rows[event.event_id] = (event, list(decisions))
 
 
+class FakeCooldownRepository(FakeRepository):
+    """Until when each (team, workflow, contact) may not run again."""
+
+    rows: dict[tuple[str, str, str], datetime]
+
+    async def claim(
+        self, team_id: str, workflow_key: str, contact_id: str, now: datetime, until: datetime
+    ) -> datetime | None:
+        held = self.rows.get((team_id, workflow_key, contact_id))
+        if held is not None and held > now:
+            return held
+        self.rows[(team_id, workflow_key, contact_id)] = until
+        return None
+
+
 class FakeMatcherUnitOfWork(FakeUnitOfWork):
     def __init__(self) -> None:
         self._workflows = FakeWorkflowRepository()
         self._decisions = FakeDecisionRepository()
-        super().__init__(self._workflows, self._decisions)
+        self._cooldowns = FakeCooldownRepository()
+        super().__init__(self._workflows, self._decisions, self._cooldowns)
+
+    @property
+    def cooldowns(self) -> FakeCooldownRepository:
+        return self._cooldowns
 
     @property
     def workflows(self) -> FakeWorkflowRepository:

@@ -27,7 +27,7 @@ from herald.api.v1 import options_pb2 as herald_dot_api_dot_v1_dot_options__pb2
 from herald.workflow.v1 import workflow_pb2 as herald_dot_workflow_dot_v1_dot_workflow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fherald/matcher/v1/matcher.proto\x12\x11herald.matcher.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bherald/api/v1/options.proto\x1a!herald/workflow/v1/workflow.proto\"G\n\x15\x43reateWorkflowRequest\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"H\n\x16\x43reateWorkflowResponse\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"!\n\x12GetWorkflowRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"E\n\x13GetWorkflowResponse\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"\x16\n\x14ListWorkflowsRequest\"H\n\x15ListWorkflowsResponse\x12/\n\tworkflows\x18\x01 \x03(\x0b\x32\x1c.herald.workflow.v1.Workflow2\xb5\x03\n\x0eMatcherService\x12\x99\x01\n\x0e\x43reateWorkflow\x12(.herald.matcher.v1.CreateWorkflowRequest\x1a).herald.matcher.v1.CreateWorkflowResponse\"2\xc8\xf3\x18\xc9\x01\x82\xd3\xe4\x93\x02\'\"\x11/api/v1/workflows:\x08workflowb\x08workflow\x12\x87\x01\n\x0bGetWorkflow\x12%.herald.matcher.v1.GetWorkflowRequest\x1a&.herald.matcher.v1.GetWorkflowResponse\")\x82\xd3\xe4\x93\x02#\x12\x17/api/v1/workflows/{key}b\x08workflow\x12}\n\rListWorkflows\x12\'.herald.matcher.v1.ListWorkflowsRequest\x1a(.herald.matcher.v1.ListWorkflowsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/workflowsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fherald/matcher/v1/matcher.proto\x12\x11herald.matcher.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bherald/api/v1/options.proto\x1a!herald/workflow/v1/workflow.proto\"G\n\x15\x43reateWorkflowRequest\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"H\n\x16\x43reateWorkflowResponse\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"!\n\x12GetWorkflowRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"E\n\x13GetWorkflowResponse\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"\x16\n\x14ListWorkflowsRequest\"H\n\x15ListWorkflowsResponse\x12/\n\tworkflows\x18\x01 \x03(\x0b\x32\x1c.herald.workflow.v1.Workflow\"T\n\x15UpdateWorkflowRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x08workflow\x18\x02 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"H\n\x16UpdateWorkflowResponse\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"$\n\x15\x44\x65leteWorkflowRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"G\n\x16\x44\x65leteWorkflowResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\"*\n\x1bListWorkflowVersionsRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"N\n\x1cListWorkflowVersionsResponse\x12.\n\x08versions\x18\x01 \x03(\x0b\x32\x1c.herald.workflow.v1.Workflow2\xff\x06\n\x0eMatcherService\x12\x99\x01\n\x0e\x43reateWorkflow\x12(.herald.matcher.v1.CreateWorkflowRequest\x1a).herald.matcher.v1.CreateWorkflowResponse\"2\xc8\xf3\x18\xc9\x01\x82\xd3\xe4\x93\x02\'\"\x11/api/v1/workflows:\x08workflowb\x08workflow\x12\x87\x01\n\x0bGetWorkflow\x12%.herald.matcher.v1.GetWorkflowRequest\x1a&.herald.matcher.v1.GetWorkflowResponse\")\x82\xd3\xe4\x93\x02#\x12\x17/api/v1/workflows/{key}b\x08workflow\x12\x9a\x01\n\x0eUpdateWorkflow\x12(.herald.matcher.v1.UpdateWorkflowRequest\x1a).herald.matcher.v1.UpdateWorkflowResponse\"3\x82\xd3\xe4\x93\x02-\x1a\x17/api/v1/workflows/{key}:\x08workflowb\x08workflow\x12\x86\x01\n\x0e\x44\x65leteWorkflow\x12(.herald.matcher.v1.DeleteWorkflowRequest\x1a).herald.matcher.v1.DeleteWorkflowResponse\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/api/v1/workflows/{key}\x12\xa1\x01\n\x14ListWorkflowVersions\x12..herald.matcher.v1.ListWorkflowVersionsRequest\x1a/.herald.matcher.v1.ListWorkflowVersionsResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /api/v1/workflows/{key}/versions\x12}\n\rListWorkflows\x12\'.herald.matcher.v1.ListWorkflowsRequest\x1a(.herald.matcher.v1.ListWorkflowsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/workflowsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MATCHERSERVICE'].methods_by_name['CreateWorkflow']._serialized_options = b'\310\363\030\311\001\202\323\344\223\002\'\"\021/api/v1/workflows:\010workflowb\010workflow'
   _globals['_MATCHERSERVICE'].methods_by_name['GetWorkflow']._loaded_options = None
   _globals['_MATCHERSERVICE'].methods_by_name['GetWorkflow']._serialized_options = b'\202\323\344\223\002#\022\027/api/v1/workflows/{key}b\010workflow'
+  _globals['_MATCHERSERVICE'].methods_by_name['UpdateWorkflow']._loaded_options = None
+  _globals['_MATCHERSERVICE'].methods_by_name['UpdateWorkflow']._serialized_options = b'\202\323\344\223\002-\032\027/api/v1/workflows/{key}:\010workflowb\010workflow'
+  _globals['_MATCHERSERVICE'].methods_by_name['DeleteWorkflow']._loaded_options = None
+  _globals['_MATCHERSERVICE'].methods_by_name['DeleteWorkflow']._serialized_options = b'\202\323\344\223\002\031*\027/api/v1/workflows/{key}'
+  _globals['_MATCHERSERVICE'].methods_by_name['ListWorkflowVersions']._loaded_options = None
+  _globals['_MATCHERSERVICE'].methods_by_name['ListWorkflowVersions']._serialized_options = b'\202\323\344\223\002\"\022 /api/v1/workflows/{key}/versions'
   _globals['_MATCHERSERVICE'].methods_by_name['ListWorkflows']._loaded_options = None
   _globals['_MATCHERSERVICE'].methods_by_name['ListWorkflows']._serialized_options = b'\202\323\344\223\002\023\022\021/api/v1/workflows'
   _globals['_CREATEWORKFLOWREQUEST']._serialized_start=148
@@ -52,6 +58,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTWORKFLOWSREQUEST']._serialized_end=423
   _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=425
   _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=497
-  _globals['_MATCHERSERVICE']._serialized_start=500
-  _globals['_MATCHERSERVICE']._serialized_end=937
+  _globals['_UPDATEWORKFLOWREQUEST']._serialized_start=499
+  _globals['_UPDATEWORKFLOWREQUEST']._serialized_end=583
+  _globals['_UPDATEWORKFLOWRESPONSE']._serialized_start=585
+  _globals['_UPDATEWORKFLOWRESPONSE']._serialized_end=657
+  _globals['_DELETEWORKFLOWREQUEST']._serialized_start=659
+  _globals['_DELETEWORKFLOWREQUEST']._serialized_end=695
+  _globals['_DELETEWORKFLOWRESPONSE']._serialized_start=697
+  _globals['_DELETEWORKFLOWRESPONSE']._serialized_end=768
+  _globals['_LISTWORKFLOWVERSIONSREQUEST']._serialized_start=770
+  _globals['_LISTWORKFLOWVERSIONSREQUEST']._serialized_end=812
+  _globals['_LISTWORKFLOWVERSIONSRESPONSE']._serialized_start=814
+  _globals['_LISTWORKFLOWVERSIONSRESPONSE']._serialized_end=892
+  _globals['_MATCHERSERVICE']._serialized_start=895
+  _globals['_MATCHERSERVICE']._serialized_end=1790
 # @@protoc_insertion_point(module_scope)

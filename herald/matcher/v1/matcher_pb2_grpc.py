@@ -45,6 +45,21 @@ class MatcherServiceStub:
                 request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.GetWorkflowRequest.SerializeToString,
                 response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.GetWorkflowResponse.FromString,
                 _registered_method=True)
+        self.UpdateWorkflow = channel.unary_unary(
+                '/herald.matcher.v1.MatcherService/UpdateWorkflow',
+                request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.UpdateWorkflowRequest.SerializeToString,
+                response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.UpdateWorkflowResponse.FromString,
+                _registered_method=True)
+        self.DeleteWorkflow = channel.unary_unary(
+                '/herald.matcher.v1.MatcherService/DeleteWorkflow',
+                request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DeleteWorkflowRequest.SerializeToString,
+                response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DeleteWorkflowResponse.FromString,
+                _registered_method=True)
+        self.ListWorkflowVersions = channel.unary_unary(
+                '/herald.matcher.v1.MatcherService/ListWorkflowVersions',
+                request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowVersionsRequest.SerializeToString,
+                response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowVersionsResponse.FromString,
+                _registered_method=True)
         self.ListWorkflows = channel.unary_unary(
                 '/herald.matcher.v1.MatcherService/ListWorkflows',
                 request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsRequest.SerializeToString,
@@ -70,6 +85,29 @@ class MatcherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateWorkflow(self, request, context):
+        """Store a new version of a workflow (version 1 when the key is new). Runs already started
+        keep the version they started with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWorkflow(self, request, context):
+        """Delete a workflow: it matches nothing and is no longer listed. Its versions are kept for
+        the runs that used them; creating the key again continues its version numbers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkflowVersions(self, request, context):
+        """Every stored version of a workflow, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkflows(self, request, context):
         """The latest version of every workflow of the project, ordered by key.
         """
@@ -89,6 +127,21 @@ def add_MatcherServiceServicer_to_server(servicer, server):
                     servicer.GetWorkflow,
                     request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.GetWorkflowRequest.FromString,
                     response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.GetWorkflowResponse.SerializeToString,
+            ),
+            'UpdateWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateWorkflow,
+                    request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.UpdateWorkflowRequest.FromString,
+                    response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.UpdateWorkflowResponse.SerializeToString,
+            ),
+            'DeleteWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWorkflow,
+                    request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DeleteWorkflowRequest.FromString,
+                    response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DeleteWorkflowResponse.SerializeToString,
+            ),
+            'ListWorkflowVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkflowVersions,
+                    request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowVersionsRequest.FromString,
+                    response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowVersionsResponse.SerializeToString,
             ),
             'ListWorkflows': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkflows,
@@ -151,6 +204,87 @@ class MatcherService:
             '/herald.matcher.v1.MatcherService/GetWorkflow',
             herald_dot_matcher_dot_v1_dot_matcher__pb2.GetWorkflowRequest.SerializeToString,
             herald_dot_matcher_dot_v1_dot_matcher__pb2.GetWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.matcher.v1.MatcherService/UpdateWorkflow',
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.UpdateWorkflowRequest.SerializeToString,
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.UpdateWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.matcher.v1.MatcherService/DeleteWorkflow',
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.DeleteWorkflowRequest.SerializeToString,
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.DeleteWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkflowVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.matcher.v1.MatcherService/ListWorkflowVersions',
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowVersionsRequest.SerializeToString,
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

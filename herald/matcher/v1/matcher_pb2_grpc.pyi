@@ -37,6 +37,16 @@ class MatcherServiceStub:
     """Create a workflow (version 1)."""
     GetWorkflow: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.GetWorkflowRequest, _matcher_pb2.GetWorkflowResponse]
     """The latest version of a workflow."""
+    UpdateWorkflow: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.UpdateWorkflowRequest, _matcher_pb2.UpdateWorkflowResponse]
+    """Store a new version of a workflow (version 1 when the key is new). Runs already started
+    keep the version they started with.
+    """
+    DeleteWorkflow: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.DeleteWorkflowRequest, _matcher_pb2.DeleteWorkflowResponse]
+    """Delete a workflow: it matches nothing and is no longer listed. Its versions are kept for
+    the runs that used them; creating the key again continues its version numbers.
+    """
+    ListWorkflowVersions: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.ListWorkflowVersionsRequest, _matcher_pb2.ListWorkflowVersionsResponse]
+    """Every stored version of a workflow, newest first."""
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.ListWorkflowsRequest, _matcher_pb2.ListWorkflowsResponse]
     """The latest version of every workflow of the project, ordered by key."""
 
@@ -49,6 +59,16 @@ class MatcherServiceAsyncStub(MatcherServiceStub):
     """Create a workflow (version 1)."""
     GetWorkflow: _aio.UnaryUnaryMultiCallable[_matcher_pb2.GetWorkflowRequest, _matcher_pb2.GetWorkflowResponse]  # type: ignore[assignment]
     """The latest version of a workflow."""
+    UpdateWorkflow: _aio.UnaryUnaryMultiCallable[_matcher_pb2.UpdateWorkflowRequest, _matcher_pb2.UpdateWorkflowResponse]  # type: ignore[assignment]
+    """Store a new version of a workflow (version 1 when the key is new). Runs already started
+    keep the version they started with.
+    """
+    DeleteWorkflow: _aio.UnaryUnaryMultiCallable[_matcher_pb2.DeleteWorkflowRequest, _matcher_pb2.DeleteWorkflowResponse]  # type: ignore[assignment]
+    """Delete a workflow: it matches nothing and is no longer listed. Its versions are kept for
+    the runs that used them; creating the key again continues its version numbers.
+    """
+    ListWorkflowVersions: _aio.UnaryUnaryMultiCallable[_matcher_pb2.ListWorkflowVersionsRequest, _matcher_pb2.ListWorkflowVersionsResponse]  # type: ignore[assignment]
+    """Every stored version of a workflow, newest first."""
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_matcher_pb2.ListWorkflowsRequest, _matcher_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
     """The latest version of every workflow of the project, ordered by key."""
 
@@ -70,6 +90,34 @@ class MatcherServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_matcher_pb2.GetWorkflowResponse, _abc.Awaitable[_matcher_pb2.GetWorkflowResponse]]:
         """The latest version of a workflow."""
+
+    @_abc_1.abstractmethod
+    def UpdateWorkflow(
+        self,
+        request: _matcher_pb2.UpdateWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matcher_pb2.UpdateWorkflowResponse, _abc.Awaitable[_matcher_pb2.UpdateWorkflowResponse]]:
+        """Store a new version of a workflow (version 1 when the key is new). Runs already started
+        keep the version they started with.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteWorkflow(
+        self,
+        request: _matcher_pb2.DeleteWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matcher_pb2.DeleteWorkflowResponse, _abc.Awaitable[_matcher_pb2.DeleteWorkflowResponse]]:
+        """Delete a workflow: it matches nothing and is no longer listed. Its versions are kept for
+        the runs that used them; creating the key again continues its version numbers.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWorkflowVersions(
+        self,
+        request: _matcher_pb2.ListWorkflowVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matcher_pb2.ListWorkflowVersionsResponse, _abc.Awaitable[_matcher_pb2.ListWorkflowVersionsResponse]]:
+        """Every stored version of a workflow, newest first."""
 
     @_abc_1.abstractmethod
     def ListWorkflows(

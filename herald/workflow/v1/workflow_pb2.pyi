@@ -35,6 +35,7 @@ class Workflow(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    FILTERS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """Stable identifier chosen by the user, e.g. "welcome-email"."""
     name: _builtins.str
@@ -50,6 +51,10 @@ class Workflow(_message.Message):
     def trigger(self) -> Global___WorkflowTrigger: ...
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]: ...
+    @_builtins.property
+    def filters(self) -> Global___WorkflowFilters:
+        """Which contacts and events the workflow runs for; every filter set must pass."""
+
     def __init__(
         self,
         *,
@@ -60,16 +65,69 @@ class Workflow(_message.Message):
         steps: _abc.Iterable[Global___Step] | None = ...,
         version: _builtins.int = ...,
         created_at: _builtins.str = ...,
+        filters: Global___WorkflowFilters | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "trigger", b"trigger"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "filters", b"filters", "trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "created_at", b"created_at", "key", b"key", "name", b"name", "steps", b"steps", "trigger", b"trigger", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "created_at", b"created_at", "filters", b"filters", "key", b"key", "name", b"name", "steps", b"steps", "trigger", b"trigger", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__active: _TypeAlias = _typing.Literal["active"]  # noqa: Y015
     _WhichOneofArgType__active: _TypeAlias = _typing.Literal["_active", b"_active"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__active) -> _WhichOneofReturnType__active | None: ...
 
 Global___Workflow: _TypeAlias = Workflow  # noqa: Y015
+
+@_typing.final
+class WorkflowFilters(_message.Message):
+    """WorkflowFilters narrow down which (event, contact) pairs start a run. Each filter that does
+    not pass is recorded as the reason the workflow was filtered.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAGS_ANY_FIELD_NUMBER: _builtins.int
+    TAGS_ALL_FIELD_NUMBER: _builtins.int
+    TAGS_NONE_FIELD_NUMBER: _builtins.int
+    COOLDOWN_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    cooldown: _builtins.str
+    """ISO 8601 duration (e.g. "PT24H"): the workflow runs at most once per contact within it."""
+    condition: _builtins.str
+    """A CEL expression over `event`, `contact` and `variables` that must be true, e.g.
+    `event.data.amount > 100.0 && contact.custom_fields.plan == "Pro"`.
+    """
+    topic: _builtins.str
+    """The contact must be subscribed to this topic."""
+    @_builtins.property
+    def tags_any(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The contact has at least one of these tags."""
+
+    @_builtins.property
+    def tags_all(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The contact has every one of these tags."""
+
+    @_builtins.property
+    def tags_none(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The contact has none of these tags."""
+
+    def __init__(
+        self,
+        *,
+        tags_any: _abc.Iterable[_builtins.str] | None = ...,
+        tags_all: _abc.Iterable[_builtins.str] | None = ...,
+        tags_none: _abc.Iterable[_builtins.str] | None = ...,
+        cooldown: _builtins.str = ...,
+        condition: _builtins.str = ...,
+        topic: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "cooldown", b"cooldown", "tags_all", b"tags_all", "tags_any", b"tags_any", "tags_none", b"tags_none", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowFilters: _TypeAlias = WorkflowFilters  # noqa: Y015
 
 @_typing.final
 class WorkflowTrigger(_message.Message):
