@@ -20,10 +20,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from kernel.database import schema_metadata, table_of
+from kernel.errors import Conflict
 from kernel.outbox import outbox_table
 from kernel.unit_of_work import SqlUnitOfWork
 from services.matcher.domain import Decision, MatchedEvent, Workflow, WorkflowDefinition
@@ -166,7 +168,20 @@ class SqlWorkflowRepository:
         return [_workflow(row) for row in rows]
 
     async def add(self, workflow: Workflow) -> None:
+        """Store a version; Conflict when another request stored that version number first."""
         definition = workflow.definition
+        try:
+            async with self._session.begin_nested():
+                await self._insert(workflow, definition)
+        except IntegrityError:
+            raise Conflict(
+                f"Workflow {definition.key!r} was changed by another request at the same time: "
+                "read it again and send your change again",
+                reason="WORKFLOW_CHANGED_CONCURRENTLY",
+                metadata={"key": definition.key},
+            ) from None
+
+    async def _insert(self, workflow: Workflow, definition: WorkflowDefinition) -> None:
         await self._session.execute(
             insert(WORKFLOW_VERSIONS).values(
                 id=uuid.uuid4(),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import isodate
@@ -90,7 +92,12 @@ class MatchedEvent:
     contact_id: str
     tags: tuple[str, ...] = ()
     topics: tuple[str, ...] = ()
-    data: dict[str, Any] = field(default_factory=dict)
+    # Built only when a workflow's condition needs it: most events are matched without one.
+    condition_data: Callable[[], dict[str, Any]] = dict
+
+    @cached_property
+    def data(self) -> dict[str, Any]:
+        return self.condition_data()
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def matched_event(event: event_pb2.Event) -> MatchedEvent:
         contact_id=contact.id,
         tags=tuple(contact.tags),
         topics=tuple(contact.topics),
-        data=condition_data(event),
+        condition_data=lambda: condition_data(event),
     )
 
 

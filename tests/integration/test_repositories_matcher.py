@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.clock import utcnow
+from kernel.errors import Conflict
 from services.matcher.adapters import SqlCooldownRepository, SqlDecisionRepository, SqlWorkflowRepository
 from services.matcher.domain import Decision, MatchedEvent, Step, Workflow, WorkflowDefinition
 from tests.conftest import TeamCredentials
@@ -120,9 +121,12 @@ async def test_workflows_are_scoped_per_team(
 async def test_a_version_number_is_stored_once_per_workflow(
     sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
 ) -> None:
+    """Two requests changing one workflow at once: the second is a Conflict, not a crash."""
     await add_all(sessions, workflow(team.team_id, "welcome", 1, "user_signup"))
-    with pytest.raises(IntegrityError):
+    with pytest.raises(Conflict) as raised:
         await add_all(sessions, workflow(team.team_id, "welcome", 1, "user_signup"))
+    assert raised.value.reason == "WORKFLOW_CHANGED_CONCURRENTLY"
+    assert "'welcome' was changed by another request at the same time" in raised.value.message
 
 
 def matched_event(team_id: str) -> MatchedEvent:

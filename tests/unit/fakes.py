@@ -628,8 +628,10 @@ class FakeWorkflowRepository(FakeRepository):
 
     async def add(self, workflow: Workflow) -> None:
         row_key = (workflow.team_id, workflow.key, workflow.version)
-        if row_key in self.rows:
-            raise UniqueViolation(f"workflow version {row_key} exists already")
+        if row_key in self.rows:  # as the SQL repository answers a concurrent change
+            raise Conflict(
+                f"workflow version {row_key} exists already", reason="WORKFLOW_CHANGED_CONCURRENTLY"
+            )
         self.rows[row_key] = workflow
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -47,7 +48,7 @@ def test_a_condition_evaluates_over_json(source: str, expected: bool) -> None:
     ],
 )
 def test_a_bad_condition_is_refused_when_compiled(source: str, message: str) -> None:
-    with pytest.raises(ConditionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConditionError, match=re.escape(message)):
         compile_condition(source, NAMES)
 
 

@@ -11,7 +11,7 @@ import pytest
 from herald.bus.v1 import event_pb2
 from kernel.errors import AlreadyExists, InvalidArgument, NotFound
 from kernel.structs import to_struct
-from services.matcher.domain import Filters, validate_definition
+from services.matcher.domain import Filters, MatchedEvent, decide, validate_definition
 from services.matcher.handlers import (
     create_workflow,
     delete_workflow,
@@ -236,3 +236,24 @@ async def test_a_deleted_workflow_matches_nothing_and_is_gone_until_created_agai
     assert [w.version for w in await list_versions(TEAM, "welcome-email", uow)] == [4, 2, 1]
     with pytest.raises(AlreadyExists):
         await create_workflow(TEAM, a_definition(), uow)
+
+
+async def test_the_condition_data_is_built_only_for_a_workflow_with_a_condition() -> None:
+    built: list[int] = []
+
+    def condition_data() -> dict[str, Any]:
+        built.append(1)
+        return {"event": {"data": {"amount": 5}}}
+
+    event = MatchedEvent(
+        uuid.uuid4(), uuid.uuid4(), TEAM, "user_signup", "contact-1", condition_data=condition_data
+    )
+    plain = await create_workflow(TEAM, a_definition(), FakeMatcherUnitOfWork())
+    conditional = await create_workflow(
+        TEAM, a_definition(filters=Filters(condition="event.data.amount > 1")), FakeMatcherUnitOfWork()
+    )
+
+    assert [d.matched for d in decide(event, [plain])] == [True]
+    assert built == []
+    assert [d.matched for d in decide(event, [conditional, conditional])] == [True, True]
+    assert built == [1]  # once per event, however many conditions read it
