@@ -16,14 +16,67 @@ Safety model
   Values are classified through ``type(value)``, so not even an object's ``__class__`` is read.
   ``{{__class__}}``, ``{{constructor}}`` and ``{{this.__dict__}}`` are just keys that are
   missing from the data, so they render as an empty string.
-* The only helpers are the built-in blocks ``#if``, ``#unless``, ``#each`` and ``#with``, plus
-  ``lookup``. Any other helper, and any malformed tag, is rejected at compile time with a
+* The only helpers are the built-in blocks ``#if``, ``#unless``, ``#each`` and ``#with``, and
+  the value helpers ``lookup``, ``default``, ``upper``, ``lower`` and ``date`` (see "Value
+  helpers" below). Each is plain Python in this module that works on JSON values; none runs
+  tenant code. Any other helper, and any malformed tag, is rejected at compile time with a
   :class:`TemplateSyntaxError` that gives the line and column.
-* The work is bounded. Sources larger than 64 KiB and blocks nested more than 32 levels deep are
-  rejected at compile time. Rendering stops with :class:`TemplateRenderError` when the output or
-  the number of evaluation steps goes over :class:`RenderLimits`.
+* The work is bounded. Sources larger than 64 KiB, blocks nested more than 32 levels deep and
+  sub-expressions nested more than 32 levels deep are rejected at compile time. Rendering stops
+  with :class:`TemplateRenderError` when the output or the number of evaluation steps goes over
+  :class:`RenderLimits`. Every helper call is a step, and the text ``upper`` or ``lower`` makes
+  may not be longer than the output limit even when it is not output.
 * A compiled :class:`Template` is immutable and keeps no per-render state, so several threads
   or tasks can render one template at the same time.
+
+Value helpers
+-------------
+A value helper is written as a tag (``{{upper contact.name}}``), as an unescaped tag
+(``{{{upper x}}}``) or as a sub-expression wherever an expression is accepted
+(``{{upper (default contact.name "friend")}}``, ``{{#if (lower x)}}``, ``{{lookup obj (lower
+key)}}``). Its result is output like any other value, so ``{{...}}`` HTML-escapes it. None is a
+block helper: ``{{#upper x}}`` is a compile error.
+
+* ``lookup object key``: ``object[key]``, with the key converted to text as JavaScript does.
+* ``default value fallback``: ``value`` unchanged, unless it is null, missing or the empty string;
+  then ``fallback`` (which is only evaluated in that case). ``false``, ``0``, ``[]`` and ``{}``
+  are kept: they are values, not gaps.
+* ``upper value`` / ``lower value``: the value's text, exactly as ``{{value}}`` would show it
+  (null and missing give ""; ``true`` gives "true", so ``upper`` gives "TRUE"), upper- or
+  lower-cased with Unicode's default case mapping, which never depends on the process locale.
+  The result is always a string.
+* ``date value [format]``: ``value`` is a timestamp string in RFC 3339 / ISO 8601 extended form,
+  or a number of seconds (not milliseconds) since 1970-01-01T00:00:00Z. The string is a date
+  ``YYYY-MM-DD`` (midnight), optionally followed by ``T``, ``t`` or a space, ``hh:mm``, optional
+  ``:ss`` and fraction (up to 9 digits, cut to microseconds) and an optional offset ``Z``,
+  ``+02:00``, ``+0200`` or ``+02``: ``2026-11-23T10:00:00Z``, ``2026-11-23T10:00:00.250+02:00``,
+  ``2026-11-23 10:00``. The time is shown in the offset the string was written with; a string
+  without an offset and a number are UTC. Anything else (another string, a string over 64
+  characters, a boolean, null, a list, an object, a date or time that does not exist such as
+  ``2026-02-30`` or ``23:59:60``, a year outside 1-9999) renders as "", like a missing value,
+  so one bad field does not fail a delivery. A value that is not JSON at all is a
+  :class:`TemplateRenderError`, as for ``{{value}}``.
+
+  ``format`` is text with these directives, and nothing else: ``%Y`` year (2026), ``%y`` year
+  in two digits (26), ``%m`` month (01-12), ``%d`` day (01-31), ``%j`` day of the year
+  (001-366), ``%H`` hour (00-23), ``%I`` hour (01-12), ``%M`` minute, ``%S`` second, ``%B``
+  month name (November), ``%b`` short month name (Nov), ``%A`` weekday name (Monday), ``%a``
+  short weekday name (Mon), ``%p`` AM or PM, ``%Z`` zone name (UTC, or UTC+02:00), ``%z``
+  offset (+0000, +0200) and ``%%`` for a percent sign. A ``-`` after ``%`` drops the leading
+  zeros of a number directive (``%-d`` gives 3, not 03). Names are always English. A format is
+  at most 200 characters long. Without a format, the result is RFC 3339:
+  ``2026-11-23T10:00:00Z``, or ``2026-11-23T10:00:00+02:00`` when written with that offset.
+
+  A literal format is checked at compile time (:class:`TemplateSyntaxError`). A format computed
+  from the data, as in ``{{date at (lookup formats lang)}}``, is checked when rendering: one
+  that is not a string, is too long or uses another directive raises
+  :class:`TemplateRenderError`; a null or missing one means the default format.
+
+A helper name written alone stays a data lookup: ``{{date}}`` and ``{{#if upper}}`` read the keys
+"date" and "upper", so templates written before these helpers existed keep their meaning. The
+same goes for a block parameter with a helper's name, as in ``{{#each xs as |date|}}{{date}}``.
+Wrong argument counts, ``key=value`` options and ``as |...|`` on a value helper are compile
+errors.
 
 Where this engine differs from Handlebars.js
 ---------------------------------------------
@@ -31,6 +84,8 @@ Where this engine differs from Handlebars.js
   go past ``Mapping`` keys and list indexes.
 * A number segment at the end of a path, such as ``{{items.0}}``, is accepted. Handlebars.js
   only accepts ``{{items.[0]}}`` there.
+* ``default``, ``upper``, ``lower`` and ``date`` are built in here; Handlebars.js has none of
+  them built in.
 * Things Handlebars.js reports only at render time, or ignores, are compile errors here: unknown
   helpers, unknown ``@variables``, block helpers used without ``#``, extra arguments, options
   other than ``includeZero``, and more block parameters than a helper provides.
@@ -52,8 +107,9 @@ import functools
 import math
 import re
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
 from typing import Final, TypeAlias, TypeGuard
@@ -74,7 +130,7 @@ MAX_SOURCE_BYTES: Final = 64 * 1024
 """Largest accepted template source, in UTF-8 bytes."""
 
 MAX_NESTING_DEPTH: Final = 32
-"""Deepest accepted nesting of blocks, and separately of ``(lookup ...)`` sub-expressions."""
+"""Deepest accepted nesting of blocks, and separately of ``( ... )`` sub-expressions."""
 
 _MAX_VALUE_DEPTH: Final = 32
 """Deepest list nesting that is turned into text (``[[1, 2], 3]`` has depth 2)."""
@@ -112,7 +168,7 @@ class RenderLimits:
 
     ``max_output_chars`` limits the length of the rendered text. ``max_steps`` limits the
     number of evaluation steps. A step is one template node rendered, one ``#each``
-    iteration or one list element turned into text.
+    iteration, one helper call or one list element turned into text.
     """
 
     max_output_chars: int = 262_144
@@ -181,7 +237,52 @@ class Lookup:
     key: Expression
 
 
-Expression: TypeAlias = "Constant | ContextPath | DataVariable | BlockParam | Lookup"
+@dataclass(frozen=True)
+class Default:
+    """``default value fallback``: ``value``, or ``fallback`` when ``value`` is null, missing or ""."""
+
+    value: Expression
+    fallback: Expression
+
+
+@dataclass(frozen=True)
+class ChangeCase:
+    """``upper value`` (``upper`` is true) or ``lower value``: the value's text in that case."""
+
+    value: Expression
+    upper: bool
+
+
+@dataclass(frozen=True)
+class DateField:
+    """One directive of a date format: ``directive`` is ``Y`` for ``%Y``; ``%-d`` is not ``padded``."""
+
+    directive: str
+    padded: bool
+
+
+@dataclass(frozen=True)
+class DatePattern:
+    """A checked date format: literal text and fields, in order."""
+
+    pieces: tuple[str | DateField, ...]
+
+
+@dataclass(frozen=True)
+class FormatDate:
+    """``date value [format]``.
+
+    ``pattern`` is the format checked at compile time, or, when the format is computed from the
+    data, the expression that computes it (checked at render time).
+    """
+
+    value: Expression
+    pattern: DatePattern | Expression
+
+
+Expression: TypeAlias = (
+    "Constant | ContextPath | DataVariable | BlockParam | Lookup | Default | ChangeCase | FormatDate"
+)
 
 
 @dataclass(frozen=True)
@@ -248,6 +349,26 @@ Body: TypeAlias = "tuple[Node, ...]"
 _BLOCK_HELPERS: Final = ("if", "unless", "each", "with")
 _MAX_BLOCK_PARAMS: Final = {"if": 0, "unless": 0, "each": 2, "with": 1}
 _DATA_VARIABLES: Final = ("root", "index", "key", "first", "last")
+
+
+@dataclass(frozen=True)
+class _HelperSignature:
+    """How many arguments a value helper takes, in words for error messages, and an example call."""
+
+    min_arguments: int
+    max_arguments: int
+    arity: str
+    example: str
+
+
+_VALUE_HELPERS: Final[Mapping[str, _HelperSignature]] = {
+    "lookup": _HelperSignature(2, 2, "exactly two arguments", "{{lookup object key}}"),
+    "default": _HelperSignature(2, 2, "exactly two arguments", '{{default value "fallback"}}'),
+    "upper": _HelperSignature(1, 1, "exactly one argument", "{{upper value}}"),
+    "lower": _HelperSignature(1, 1, "exactly one argument", "{{lower value}}"),
+    "date": _HelperSignature(1, 2, "one or two arguments", '{{date value "%d %B %Y"}}'),
+}
+_VALUE_HELPER_LIST: Final = "lookup, default, upper, lower and date"
 
 
 # --------------------------------------------------------------------------------------------
@@ -923,9 +1044,11 @@ class _Parser:
 
     def _branch_head(self, call: _RawCall, prefix: str) -> _BranchHead:
         name = call.name.simple_name if isinstance(call.name, _RawPath) else None
-        if name == "lookup":
+        if name is not None and name in _VALUE_HELPERS:
             raise self._locator.error(
-                call.offset, "'lookup' is not a block helper; write {{lookup object key}} without '#'"
+                call.offset,
+                f"'{name}' is not a block helper; write {_VALUE_HELPERS[name].example} without '#', "
+                f"or use it in a sub-expression as in {{{{#if ({name} ...)}}}}",
             )
         if name is None or name not in _BLOCK_HELPERS:
             raise self._locator.error(
@@ -962,18 +1085,15 @@ class _Parser:
         assert call is not None
         escape = token.kind is _TagKind.OUTPUT
         name = self._helper_name(call.name)
-        if name == "lookup":
-            return Output(self._lookup(call), escape)
         if name in _BLOCK_HELPERS:
             raise self._locator.error(
                 call.offset, f"'{name}' is a block helper; write {{{{#{name} ...}}}}...{{{{/{name}}}}}"
             )
+        # A value helper's name alone, as in {{date}}, is data; {{lookup}} alone stays an error.
+        if name is not None and name in _VALUE_HELPERS and (name == "lookup" or call.params or call.options):
+            return Output(self._helper_call(name, call), escape)
         if call.params or call.options:
-            raise self._locator.error(
-                call.offset,
-                f"unknown helper '{call.name.original}'; the only helper that takes arguments "
-                "is lookup, as in {{lookup object key}}",
-            )
+            raise self._unknown_helper(call, in_subexpression=False)
         if call.block_params:
             raise self._locator.error(
                 call.offset, "'as |...|' is only allowed on {{#each ...}} and {{#with ...}}"
@@ -982,12 +1102,62 @@ class _Parser:
             return Output(ContextPath(0, (_constant_as_key(call.name),)), escape)
         return Output(self._resolve_path(call.name), escape)
 
-    def _lookup(self, call: _RawCall) -> Lookup:
-        if len(call.params) != 2 or call.options or call.block_params:
+    def _helper_call(self, name: str, call: _RawCall) -> Expression:
+        """The expression for a call of the value helper ``name``, after checking its arguments."""
+        signature = _VALUE_HELPERS[name]
+        if call.options:
             raise self._locator.error(
-                call.offset, "lookup takes exactly two arguments, as in {{lookup object key}}"
+                call.options[0].offset,
+                f"{name} does not accept key=value options; write it as {signature.example}",
             )
-        return Lookup(self._resolve(call.params[0]), self._resolve(call.params[1]))
+        if call.block_params:
+            raise self._locator.error(
+                call.offset, "'as |...|' is only allowed on {{#each ...}} and {{#with ...}}"
+            )
+        count = len(call.params)
+        if not signature.min_arguments <= count <= signature.max_arguments:
+            raise self._locator.error(
+                call.offset, f"{name} takes {signature.arity}, got {count}, as in {signature.example}"
+            )
+        if name == "date":
+            return self._date_call(call.params)
+        arguments = [self._resolve(param) for param in call.params]
+        if name == "lookup":
+            return Lookup(arguments[0], arguments[1])
+        if name == "default":
+            return Default(arguments[0], arguments[1])
+        return ChangeCase(arguments[0], upper=name == "upper")
+
+    def _date_call(self, params: tuple[_RawExpression, ...]) -> FormatDate:
+        value = self._resolve(params[0])
+        if len(params) == 1:
+            return FormatDate(value, _DEFAULT_DATE_PATTERN)
+        written = params[1]
+        if not isinstance(written, _RawConstant):
+            return FormatDate(value, self._resolve(written))
+        if not _is_string(written.value):
+            raise self._locator.error(
+                written.offset,
+                f"the format of date must be a string, as in {_VALUE_HELPERS['date'].example}",
+            )
+        try:
+            return FormatDate(value, _parse_date_format(written.value))
+        except _DateFormatError as error:
+            raise self._locator.error(written.offset, f"invalid date format: {error}") from None
+
+    def _unknown_helper(self, call: _RawCall, in_subexpression: bool) -> TemplateSyntaxError:
+        written = call.name.original
+        if isinstance(call.name, _RawPath) and call.name.simple_name in _VALUE_HELPERS:
+            return self._locator.error(
+                call.offset,
+                f"'{written}' is a block parameter here, so it cannot be called as the {written} helper; "
+                "rename the block parameter",
+            )
+        where = " in sub-expression" if in_subexpression else ""
+        message = (
+            f"unknown helper '{written}'{where}; the helpers that take arguments are {_VALUE_HELPER_LIST}"
+        )
+        return self._locator.error(call.offset, f"{message}, as in {{{{upper (default name 'friend')}}}}")
 
     def _helper_name(self, name: _RawPath | _RawConstant) -> str | None:
         """The helper a tag names, or None when the name is data (block parameters win)."""
@@ -1002,13 +1172,10 @@ class _Parser:
             return Constant(expression.value)
         if isinstance(expression, _RawPath):
             return self._resolve_path(expression)
-        if self._helper_name(expression.name) != "lookup":
-            raise self._locator.error(
-                expression.offset,
-                f"unknown helper '{expression.name.original}' in sub-expression; "
-                "only (lookup object key) is supported",
-            )
-        return self._lookup(expression)
+        name = self._helper_name(expression.name)
+        if name is None or name not in _VALUE_HELPERS:
+            raise self._unknown_helper(expression, in_subexpression=True)
+        return self._helper_call(name, expression)
 
     def _resolve_path(self, path: _RawPath) -> Expression:
         if path.is_data:
@@ -1075,6 +1242,22 @@ def _is_number(value: object) -> TypeGuard[int | float]:
 
 def _is_float(value: object) -> TypeGuard[float]:
     return issubclass(type(value), float)
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return issubclass(type(value), int) and not _is_bool(value)
+
+
+def _is_json(value: object) -> bool:
+    """Whether ``value`` is one of the JSON-like types (its items are not checked)."""
+    return value is None or issubclass(type(value), (str, int, float, list, tuple, Mapping))
+
+
+def _not_json_error(value: object) -> TemplateRenderError:
+    return TemplateRenderError(
+        f"cannot render a value of type {type(value).__name__}; template data must be JSON values "
+        "(dict, list, str, int, float, bool or None)"
+    )
 
 
 _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
@@ -1191,6 +1374,210 @@ _HTML_ESCAPES: Final = str.maketrans(
         "=": "&#x3D;",
     }
 )
+
+
+# --------------------------------------------------------------------------------------------
+# Dates: timestamps in, text out through a fixed set of directives
+# --------------------------------------------------------------------------------------------
+# Formatting is done here, not by strftime, so the output never depends on the platform or the
+# process locale, and no directive outside the documented set can be reached.
+
+_MAX_DATE_FORMAT_CHARS: Final = 200
+_MAX_TIMESTAMP_CHARS: Final = 64
+
+# 2026-11-23, 2026-11-23T10:00, 2026-11-23T10:00:00.123456789+02:00, 2026-11-23 10:00:00Z
+_TIMESTAMP = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+    r"(?:[Tt ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:[.,]([0-9]{1,9}))?)?"
+    r"([Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
+)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_FIRST_EPOCH_SECOND: Final = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(seconds=1)
+_LAST_EPOCH_SECOND: Final = (datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - _EPOCH) // timedelta(seconds=1)
+
+_MONTHS: Final = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+_WEEKDAYS: Final = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def _utc_offset(moment: datetime, separator: str) -> str:
+    """``+0200`` (or ``+02:00`` with ``separator=":"``) for a moment two hours ahead of UTC."""
+    offset = moment.utcoffset() or timedelta(0)
+    minutes = offset // timedelta(minutes=1)
+    sign = "-" if minutes < 0 else "+"
+    hours, minutes = divmod(abs(minutes), 60)
+    return f"{sign}{hours:02d}{separator}{minutes:02d}"
+
+
+def _zone_name(moment: datetime) -> str:
+    return "UTC" if not moment.utcoffset() else "UTC" + _utc_offset(moment, ":")
+
+
+def _rfc3339_offset(moment: datetime) -> str:
+    return "Z" if not moment.utcoffset() else _utc_offset(moment, ":")
+
+
+# Number directives: the number and its width with leading zeros (dropped by %-d and the like).
+_NUMBER_DIRECTIVES: Final[Mapping[str, tuple[Callable[[datetime], int], int]]] = {
+    "Y": (lambda moment: moment.year, 4),
+    "y": (lambda moment: moment.year % 100, 2),
+    "m": (lambda moment: moment.month, 2),
+    "d": (lambda moment: moment.day, 2),
+    "j": (lambda moment: moment.timetuple().tm_yday, 3),
+    "H": (lambda moment: moment.hour, 2),
+    "I": (lambda moment: moment.hour % 12 or 12, 2),
+    "M": (lambda moment: moment.minute, 2),
+    "S": (lambda moment: moment.second, 2),
+}
+_TEXT_DIRECTIVES: Final[Mapping[str, Callable[[datetime], str]]] = {
+    "B": lambda moment: _MONTHS[moment.month - 1],
+    "b": lambda moment: _MONTHS[moment.month - 1][:3],
+    "A": lambda moment: _WEEKDAYS[moment.weekday()],
+    "a": lambda moment: _WEEKDAYS[moment.weekday()][:3],
+    "p": lambda moment: "AM" if moment.hour < 12 else "PM",
+    "Z": _zone_name,
+    "z": lambda moment: _utc_offset(moment, ""),
+}
+_DIRECTIVE_LIST: Final = "%Y %y %m %d %j %H %I %M %S %B %b %A %a %p %Z %z %%"
+_DIRECTIVE = re.compile(r"%(-?)(.?)", re.DOTALL)
+# Not a directive tenants can write: only the default format uses it, for "Z" or "+02:00".
+_RFC3339_OFFSET_FIELD: Final = DateField("RFC 3339 offset", padded=True)
+
+
+class _DateFormatError(Exception):
+    """A date format that is too long or uses something other than the documented directives."""
+
+
+def _parse_date_format(text: str) -> DatePattern:
+    """Split a date format into literal text and fields; raise _DateFormatError if it is invalid."""
+    if len(text) > _MAX_DATE_FORMAT_CHARS:
+        raise _DateFormatError(
+            f"the format is {len(text)} characters long; the maximum is {_MAX_DATE_FORMAT_CHARS}"
+        )
+    pieces: list[str | DateField] = []
+    literal: list[str] = []
+    position = 0
+    while (percent := text.find("%", position)) != -1:
+        literal.append(text[position:percent])
+        directive = _DIRECTIVE.match(text, percent)
+        assert directive is not None  # the pattern matches any '%'
+        unpadded, name = directive.groups()
+        position = directive.end()
+        if name == "%" and not unpadded:
+            literal.append("%")
+        elif name in _NUMBER_DIRECTIVES or (name in _TEXT_DIRECTIVES and not unpadded):
+            pieces.append("".join(literal))
+            literal.clear()
+            pieces.append(DateField(name, padded=not unpadded))
+        else:
+            raise _DateFormatError(_directive_problem(directive.group(), name))
+    pieces.append("".join(literal) + text[position:])
+    return DatePattern(tuple(piece for piece in pieces if piece != ""))
+
+
+def _directive_problem(written: str, name: str) -> str:
+    if not name:
+        return f"'{written}' at the end of the format is incomplete; write %% for a percent sign"
+    if name in _TEXT_DIRECTIVES or name == "%":
+        return f"'{written}': '-' only goes with a number directive, as in %-d"
+    return f"unsupported directive {written!r}; use {_DIRECTIVE_LIST}"
+
+
+_DEFAULT_DATE_PATTERN: Final = DatePattern(
+    (
+        *_parse_date_format("%Y-%m-%dT%H:%M:%S").pieces,
+        _RFC3339_OFFSET_FIELD,
+    )
+)
+
+
+def _format_moment(pattern: DatePattern, moment: datetime) -> str:
+    parts: list[str] = []
+    for piece in pattern.pieces:
+        if isinstance(piece, str):
+            parts.append(piece)
+        elif piece == _RFC3339_OFFSET_FIELD:
+            parts.append(_rfc3339_offset(moment))
+        elif piece.directive in _NUMBER_DIRECTIVES:
+            number_of, width = _NUMBER_DIRECTIVES[piece.directive]
+            number = number_of(moment)
+            parts.append(f"{number:0{width}d}" if piece.padded else str(number))
+        else:
+            parts.append(_TEXT_DIRECTIVES[piece.directive](moment))
+    return "".join(parts)
+
+
+def _timestamp(value: object) -> datetime | None:
+    """The moment a JSON value names, or None when it is not a timestamp.
+
+    A string must be RFC 3339 / ISO 8601 (see ``_TIMESTAMP``); a number counts seconds since
+    the Unix epoch. Booleans, null, lists and objects are not timestamps.
+    """
+    if _is_string(value):
+        return _parse_timestamp(str.__str__(value))
+    seconds: float
+    if _is_float(value):
+        seconds = float.__float__(value)
+    elif _is_int(value):
+        seconds = int.__int__(value)
+    else:
+        return None
+    if not _FIRST_EPOCH_SECOND <= seconds <= _LAST_EPOCH_SECOND:  # also false for NaN
+        return None
+    try:
+        return _EPOCH + timedelta(seconds=seconds)
+    except OverflowError:  # a float just below the last second, rounded up to a microsecond
+        return None
+
+
+def _parse_timestamp(text: str) -> datetime | None:
+    match = _TIMESTAMP.fullmatch(text) if len(text) <= _MAX_TIMESTAMP_CHARS else None
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    zone = _parse_utc_offset(offset)
+    if zone is None:
+        return None
+    microsecond = int((fraction or "")[:6].ljust(6, "0"))
+    try:
+        return datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            microsecond,
+            tzinfo=zone,
+        )
+    except ValueError:  # a field out of range: year 0, February 30, 24:00, a leap second
+        return None
+
+
+def _parse_utc_offset(text: str | None) -> timezone | None:
+    """The zone of ``Z``, ``+02:00``, ``-0530`` or ``+05``; UTC when there is none; None if invalid."""
+    if text is None or text in ("Z", "z"):
+        return UTC
+    hours = int(text[1:3])
+    minutes = int(text[-2:]) if len(text) > 3 else 0
+    if hours > 23 or minutes > 59:
+        return None
+    offset = timedelta(hours=hours, minutes=minutes)
+    if not offset:
+        return UTC
+    return timezone(-offset if text.startswith("-") else offset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1337,11 +1724,60 @@ class _Renderer:
             if params is None or expression.position >= len(params.values):
                 return None
             return _descend(params.values[expression.position], expression.keys)
+        if isinstance(expression, Constant):
+            return expression.value
+        self._count_step()  # every helper call is a step
         if isinstance(expression, Lookup):
             target_value = self._evaluate(expression.target, scope)
             key = _key_text(self._evaluate(expression.key, scope))
             return None if key is None else _child(target_value, key)
-        return expression.value
+        if isinstance(expression, Default):
+            value = self._evaluate(expression.value, scope)
+            if value is None or (_is_string(value) and str.__len__(value) == 0):
+                return self._evaluate(expression.fallback, scope)
+            return value
+        if isinstance(expression, ChangeCase):
+            return self._change_case(expression, scope)
+        return self._format_date(expression, scope)
+
+    # -- value helpers --------------------------------------------------------------------
+
+    def _change_case(self, call: ChangeCase, scope: _Scope) -> str:
+        name = "upper" if call.upper else "lower"
+        text = self._to_text(self._evaluate(call.value, scope), depth=0)
+        self._check_helper_result(name, text)
+        changed = str.upper(text) if call.upper else str.lower(text)
+        self._check_helper_result(name, changed)  # "ß".upper() is "SS": the text can grow
+        return changed
+
+    def _format_date(self, call: FormatDate, scope: _Scope) -> str:
+        value = self._evaluate(call.value, scope)
+        pattern = (
+            call.pattern if isinstance(call.pattern, DatePattern) else self._date_pattern(call.pattern, scope)
+        )
+        if not _is_json(value):
+            raise _not_json_error(value)
+        moment = _timestamp(value)
+        return "" if moment is None else _format_moment(pattern, moment)
+
+    def _date_pattern(self, expression: Expression, scope: _Scope) -> DatePattern:
+        """Check a date format computed from the data; null or missing means the default format."""
+        written = self._evaluate(expression, scope)
+        if written is None:
+            return _DEFAULT_DATE_PATTERN
+        if not _is_string(written):
+            raise TemplateRenderError("the format of date must be a string")
+        try:
+            return _parse_date_format(str.__str__(written))
+        except _DateFormatError as error:
+            raise TemplateRenderError(f"invalid date format: {error}") from None
+
+    def _check_helper_result(self, name: str, text: str) -> None:
+        if len(text) > self._limits.max_output_chars:
+            raise TemplateRenderError(
+                f"the text of {name} is longer than the output limit of "
+                f"{self._limits.max_output_chars} characters"
+            )
 
     # -- output ---------------------------------------------------------------------------
 
@@ -1364,10 +1800,7 @@ class _Renderer:
             return self._array_to_text(value, depth + 1)
         if _is_mapping(value):
             return "[object Object]"
-        raise TemplateRenderError(
-            f"cannot render a value of type {type(value).__name__}; template data must be JSON values "
-            "(dict, list, str, int, float, bool or None)"
-        )
+        raise _not_json_error(value)
 
     def _array_to_text(self, items: Sequence[object], depth: int) -> str:
         """``Array.prototype.toString``: the items joined with commas, null items as ""."""
