@@ -13,8 +13,10 @@ import asyncio
 import itertools
 import json
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 import nats
@@ -378,6 +380,45 @@ class Consumer:
             await message.nak(delay=backoff_delay(delivery.attempt))  # keep it until the DLQ is writable
             return
         await message.term()
+
+
+async def read_since(
+    js: JetStreamContext, stream: str, subject: str, since: datetime, batch: int = 256
+) -> AsyncIterator[bytes]:
+    """Every message on `subject` that `stream` stored since `since`, oldest first, up to the
+    last one stored when the read began. A short-lived consumer reads them; it is deleted after."""
+    name = f"read-since-{uuid.uuid4().hex}"
+    config = api.ConsumerConfig(
+        name=name,
+        deliver_policy=api.DeliverPolicy.BY_START_TIME,
+        opt_start_time=since,
+        ack_policy=api.AckPolicy.NONE,
+        filter_subject=subject,
+        inactive_threshold=60.0,
+        mem_storage=True,
+    )
+    info = await js.add_consumer(stream, config)
+    try:
+        left = info.num_pending or 0
+        if not left:
+            return
+        subscription = await js.pull_subscribe_bind(name=name, stream=stream)
+        try:
+            while left > 0:
+                try:
+                    messages = await subscription.fetch(min(batch, left), timeout=2.0)
+                except (TimeoutError, NatsTimeoutError):
+                    return
+                for message in messages:
+                    yield message.data
+                left = messages[-1].metadata.num_pending if messages else 0
+        finally:
+            await subscription.unsubscribe()
+    finally:
+        try:
+            await js.delete_consumer(stream, name)
+        except Exception as error:  # it goes away by itself after its inactive threshold
+            log.info("bus.read_since_cleanup_failed", consumer=name, error=str(error))
 
 
 def event_subject(project_id: str, event_name: str) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-import isodate
 from sqlalchemy import DateTime, Integer, String, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from kernel import durations
 from kernel.cache import TtlCache
 from kernel.database import table_of
 from kernel.errors import InvalidArgument
@@ -84,20 +84,11 @@ class PolicyChange:
 def parse_duration(text: str, field: str) -> timedelta:
     """An ISO 8601 duration such as PT24H or P1D, without years or months (their length varies)."""
     try:
-        duration = isodate.parse_duration(text.strip())
-    except (isodate.ISO8601Error, ValueError):
+        return durations.parse_duration(text)
+    except ValueError as error:
         raise InvalidArgument(
-            f"Invalid {field} {text!r}: use an ISO 8601 duration such as PT24H or P7D",
-            reason="INVALID_DURATION",
-            metadata={"field": field},
+            f"Invalid {field}: {error}", reason="INVALID_DURATION", metadata={"field": field}
         ) from None
-    if not isinstance(duration, timedelta):
-        raise InvalidArgument(
-            f"Invalid {field} {text!r}: years and months have no fixed length; use days (P30D)",
-            reason="INVALID_DURATION",
-            metadata={"field": field},
-        )
-    return duration
 
 
 def _invalid(field: str, message: str) -> InvalidArgument:

@@ -62,14 +62,23 @@ class Runtime:
     def outbox(self, table: Table) -> Outbox:
         return Outbox(table, self.sessions, bus.BusPublisher(self.bus_client))
 
-    def consumer(self, stream: str, durable: str, filter_subject: str, handler: bus.Handler) -> bus.Consumer:
+    def consumer(
+        self,
+        stream: str,
+        durable: str,
+        filter_subject: str,
+        handler: bus.Handler,
+        max_attempts: int | None = None,
+    ) -> bus.Consumer:
+        """A durable consumer; after `max_attempts` deliveries (default HERALD_MAX_DELIVERY_ATTEMPTS)
+        a message that still fails goes to the DLQ stream."""
         return bus.Consumer(
             js=self.js,
             stream=stream,
             durable=durable,
             filter_subject=filter_subject,
             handler=handler,
-            max_attempts=self.settings.max_delivery_attempts,
+            max_attempts=max_attempts or self.settings.max_delivery_attempts,
             concurrency=self.settings.consumer_concurrency,
         )
 

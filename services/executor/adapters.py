@@ -1,27 +1,28 @@
-"""The executor's PostgreSQL schema `executor` (runs and their steps) and its SMTP sender."""
+"""The executor's PostgreSQL schema `executor`: runs and their steps, timers and waits, in-app
+feeds, dead letters, channel providers and the development capture of SMS and push."""
 
 from __future__ import annotations
 
-import ssl
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict
 from datetime import datetime
-from email.message import EmailMessage
-from email.utils import formatdate
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-import aiosmtplib
 from sqlalchemy import (
+    Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
+    Row,
     Select,
     String,
     Text,
     bindparam,
+    delete,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
@@ -30,8 +31,19 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from kernel.database import schema_metadata, table_of
 from kernel.outbox import outbox_table
+from kernel.steps import StepSpec
 from kernel.unit_of_work import SqlUnitOfWork
-from services.executor.domain import DeliveryError, OutgoingEmail, Run, StepSpec, StepState
+from services.executor.domain import (
+    DeadLetter,
+    FeedItem,
+    OutgoingText,
+    ProviderSettings,
+    Run,
+    StepState,
+    Timer,
+    TimerKind,
+    new_webhook_secret,
+)
 
 SCHEMA = "executor"
 
@@ -54,6 +66,7 @@ class RunRow(ExecutorBase):
     context: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    replays: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class RunStepRow(ExecutorBase):
@@ -69,13 +82,116 @@ class RunStepRow(ExecutorBase):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class TimerRow(ExecutorBase):
+    """A run's delay, or its wait for an event (which times out at `due_at`)."""
+
+    __tablename__ = "timers"
+    __table_args__ = (
+        Index("ix_executor_timers_due_at", "due_at"),
+        Index(
+            "ix_executor_timers_waits",
+            "team_id",
+            "event",
+            "contact_id",
+            postgresql_where=text("kind = 'wait'"),
+        ),
+        Index(
+            "ix_executor_timers_not_caught_up",
+            "run_id",
+            postgresql_where=text("kind = 'wait' AND NOT caught_up"),
+        ),
+    )
+
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    step_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    contact_id: Mapped[str] = mapped_column(String(64), default="")
+    event: Mapped[str] = mapped_column(String(200), default="")
+    since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A wait's look-back over the events that arrived before it existed has run.
+    caught_up: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class FeedItemRow(ExecutorBase):
+    __tablename__ = "feed_items"
+    __table_args__ = (Index("ix_executor_feed_items_contact", "team_id", "external_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(64))
+    contact_id: Mapped[str] = mapped_column(String(64))
+    external_id: Mapped[str] = mapped_column(String(255))
+    run_id: Mapped[uuid.UUID]
+    step_id: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    url: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeadLetterRow(ExecutorBase):
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_executor_dead_letters_team", "team_id", "failed_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[uuid.UUID]
+    trigger_id: Mapped[uuid.UUID]
+    step_id: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))
+    replays: Mapped[int] = mapped_column(Integer, default=0)
+    replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ChannelProviderRow(ExecutorBase):
+    __tablename__ = "channel_providers"
+
+    team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    headers: Mapped[dict[str, str]] = mapped_column(JSONB)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookSecretRow(ExecutorBase):
+    __tablename__ = "webhook_secrets"
+
+    team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class DevMessageRow(ExecutorBase):
+    """An SMS or push notification kept by the development provider."""
+
+    __tablename__ = "dev_messages"
+    __table_args__ = (Index("ix_executor_dev_messages_team", "team_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(16))
+    to: Mapped[str] = mapped_column(String(255))
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    url: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 OUTBOX = outbox_table(ExecutorBase.metadata)
 RUNS = table_of(RunRow)
 RUN_STEPS = table_of(RunStepRow)
-
-
-def _step_definition(spec: StepSpec) -> dict[str, Any]:
-    return {"id": spec.id, "type": spec.type, "subject": spec.subject, "body": spec.body, "html": spec.html}
+TIMERS = table_of(TimerRow)
+FEED_ITEMS = table_of(FeedItemRow)
+DEAD_LETTERS = table_of(DeadLetterRow)
+CHANNEL_PROVIDERS = table_of(ChannelProviderRow)
+WEBHOOK_SECRETS = table_of(WebhookSecretRow)
+DEV_MESSAGES = table_of(DevMessageRow)
 
 
 class SqlRunRepository:
@@ -96,6 +212,7 @@ class SqlRunRepository:
             "contact_id": run.contact_id,
             "status": run.status,
             "context": run.context,
+            "replays": run.replays,
         }
         if run.created_at:
             values["created_at"] = run.created_at
@@ -116,7 +233,7 @@ class SqlRunRepository:
                     "run_id": run.id,
                     "step_id": step.spec.id,
                     "position": step.position,
-                    "definition": _step_definition(step.spec),
+                    "definition": step.spec.document(),
                     "status": step.status,
                     "attempts": 0,
                     "detail": "",
@@ -150,7 +267,7 @@ class SqlRunRepository:
             context=row.context,
             steps=[
                 StepState(
-                    spec=StepSpec(**step.definition),
+                    spec=StepSpec.from_document(step.definition),
                     position=step.position,
                     status=step.status,
                     attempts=step.attempts,
@@ -162,11 +279,14 @@ class SqlRunRepository:
             status=row.status,
             created_at=row.created_at,
             finished_at=row.finished_at,
+            replays=row.replays,
         )
 
     async def save(self, run: Run) -> None:
         await self._session.execute(
-            update(RUNS).where(RUNS.c.id == run.id).values(status=run.status, finished_at=run.finished_at)
+            update(RUNS)
+            .where(RUNS.c.id == run.id)
+            .values(status=run.status, finished_at=run.finished_at, replays=run.replays)
         )
         await self._session.execute(
             update(RUN_STEPS)
@@ -191,79 +311,240 @@ class SqlRunRepository:
         )
 
 
-class ExecutorSqlUnitOfWork(SqlUnitOfWork):
-    runs: SqlRunRepository
+class SqlTimerRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
 
-    def open_repositories(self, session: AsyncSession) -> None:
-        self.runs = SqlRunRepository(session)
+    async def add(self, timer: Timer) -> None:
+        values = {field: getattr(timer, field) for field in TIMER_FIELDS}
+        await self._session.execute(
+            insert(TIMERS)
+            .values(**values, caught_up=False)
+            .on_conflict_do_update(index_elements=["run_id", "step_id"], set_={**values, "caught_up": False})
+        )
 
+    async def due(self, now: datetime, limit: int) -> list[Timer]:
+        rows = await self._session.execute(
+            select(TIMERS)
+            .where(TIMERS.c.due_at <= now)
+            .order_by(TIMERS.c.due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [_timer(row) for row in rows]
 
-@dataclass(frozen=True)
-class SmtpServer:
-    """Where email goes: smtp://[user:password@]host[:port] (STARTTLS when offered) or smtps://."""
+    async def waits_for(self, team_id: str, event: str, contact_id: str) -> list[Timer]:
+        rows = await self._session.execute(
+            select(TIMERS)
+            .where(
+                TIMERS.c.team_id == team_id,
+                TIMERS.c.event == event,
+                TIMERS.c.contact_id == contact_id,
+                TIMERS.c.kind == TimerKind.WAIT,
+            )
+            .order_by(TIMERS.c.run_id, TIMERS.c.step_id)
+            .with_for_update()
+        )
+        return [_timer(row) for row in rows]
 
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    implicit_tls: bool = False
+    async def not_caught_up(self, limit: int) -> list[Timer]:
+        rows = await self._session.execute(
+            select(TIMERS)
+            .where(TIMERS.c.kind == TimerKind.WAIT, TIMERS.c.caught_up.is_(False))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [_timer(row) for row in rows]
 
-    @classmethod
-    def from_url(cls, url: str) -> SmtpServer:
-        parts = urlsplit(url)
-        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-            raise ValueError(f"HERALD_SMTP_URL must look like smtp://user:password@host:587, got {url!r}")
-        implicit_tls = parts.scheme == "smtps"
-        return cls(
-            host=parts.hostname,
-            port=parts.port or (465 if implicit_tls else 25),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            implicit_tls=implicit_tls,
+    async def caught_up(self, timer: Timer) -> None:
+        await self._session.execute(
+            update(TIMERS)
+            .where(TIMERS.c.run_id == timer.run_id, TIMERS.c.step_id == timer.step_id)
+            .values(caught_up=True)
+        )
+
+    async def delete(self, timer: Timer) -> None:
+        await self._session.execute(
+            delete(TIMERS).where(TIMERS.c.run_id == timer.run_id, TIMERS.c.step_id == timer.step_id)
         )
 
 
-class SmtpEmailSender:
-    """Sends through an SMTP server with aiosmtplib. Each email keeps a deterministic Message-ID."""
+TIMER_FIELDS = ("run_id", "step_id", "team_id", "kind", "due_at", "contact_id", "event", "since")
 
-    def __init__(self, server: SmtpServer, mail_from: str, timeout: float = 15.0):
-        self._server = server
-        self._mail_from = mail_from
-        self._timeout = timeout
-        self._tls = ssl.create_default_context()  # loading the CA store is slow: once per sender
 
-    async def send(self, email: OutgoingEmail) -> str:
-        message = EmailMessage()
-        message["From"] = self._mail_from
-        message["To"] = email.to
-        message["Subject"] = email.subject
-        message["Message-ID"] = email.message_id
-        message["Date"] = formatdate(localtime=False, usegmt=True)
-        for name, value in email.headers.items():
-            message[name] = value
-        message.set_content(email.text)
-        if email.html:
-            message.add_alternative(email.html, subtype="html")
-        server = self._server
-        try:
-            _errors, response = await aiosmtplib.send(
-                message,
-                hostname=server.host,
-                port=server.port,
-                username=server.username,
-                password=server.password,
-                use_tls=server.implicit_tls,
-                start_tls=None if not server.implicit_tls else False,
-                tls_context=self._tls,
-                timeout=self._timeout,
+def _timer(row: Row[Any]) -> Timer:
+    return Timer(**{field: getattr(row, field) for field in TIMER_FIELDS})
+
+
+class SqlFeedRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def add(self, item: FeedItem) -> None:
+        await self._session.execute(
+            insert(FEED_ITEMS).values(**asdict(item)).on_conflict_do_nothing(index_elements=["id"])
+        )
+
+    async def newest(self, team_id: str, external_id: str, limit: int, unread_only: bool) -> list[FeedItem]:
+        query = select(FEED_ITEMS).where(
+            FEED_ITEMS.c.team_id == team_id, FEED_ITEMS.c.external_id == external_id
+        )
+        if unread_only:
+            query = query.where(FEED_ITEMS.c.read_at.is_(None))
+        rows = await self._session.execute(query.order_by(FEED_ITEMS.c.created_at.desc()).limit(limit))
+        return [FeedItem(**row._mapping) for row in rows]
+
+    async def mark_read(self, team_id: str, external_id: str, ids: list[uuid.UUID], at: datetime) -> int:
+        statement = update(FEED_ITEMS).where(
+            FEED_ITEMS.c.team_id == team_id,
+            FEED_ITEMS.c.external_id == external_id,
+            FEED_ITEMS.c.read_at.is_(None),
+        )
+        if ids:
+            statement = statement.where(FEED_ITEMS.c.id.in_(ids))
+        result = await self._session.execute(statement.values(read_at=at))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+class SqlDeadLetterRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def add(self, letter: DeadLetter) -> None:
+        values = asdict(letter)
+        again = {name: values[name] for name in ("error", "attempts", "failed_at", "status")}
+        await self._session.execute(
+            insert(DEAD_LETTERS).values(**values).on_conflict_do_update(index_elements=["id"], set_=again)
+        )
+
+    async def newest(self, team_id: str, limit: int) -> list[DeadLetter]:
+        rows = await self._session.execute(
+            select(DEAD_LETTERS)
+            .where(DEAD_LETTERS.c.team_id == team_id)
+            .order_by(DEAD_LETTERS.c.failed_at.desc())
+            .limit(limit)
+        )
+        return [DeadLetter(**row._mapping) for row in rows]
+
+    async def lock(self, team_id: str, letter_id: uuid.UUID) -> DeadLetter | None:
+        row = (
+            await self._session.execute(
+                select(DEAD_LETTERS)
+                .where(DEAD_LETTERS.c.id == letter_id, DEAD_LETTERS.c.team_id == team_id)
+                .with_for_update()
             )
-        except aiosmtplib.SMTPRecipientsRefused as error:
-            permanent = all(500 <= refusal.code < 600 for refusal in error.recipients)
-            raise DeliveryError(f"recipient refused: {error}", permanent=permanent) from error
-        except aiosmtplib.SMTPResponseException as error:
-            raise DeliveryError(
-                f"SMTP {error.code}: {error.message}", permanent=500 <= error.code < 600
-            ) from error
-        except (aiosmtplib.SMTPException, OSError) as error:
-            raise DeliveryError(f"SMTP server unreachable: {error}") from error
-        return f"{response} {email.message_id}".strip()
+        ).first()
+        return DeadLetter(**row._mapping) if row else None
+
+    async def save(self, letter: DeadLetter) -> None:
+        await self._session.execute(
+            update(DEAD_LETTERS)
+            .where(DEAD_LETTERS.c.id == letter.id)
+            .values(status=letter.status, replays=letter.replays, replayed_at=letter.replayed_at)
+        )
+
+
+class SqlChannelRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def provider(self, team_id: str, channel: str) -> ProviderSettings | None:
+        row = (
+            await self._session.execute(
+                select(CHANNEL_PROVIDERS).where(
+                    CHANNEL_PROVIDERS.c.team_id == team_id, CHANNEL_PROVIDERS.c.channel == channel
+                )
+            )
+        ).first()
+        return ProviderSettings(**row._mapping) if row else None
+
+    async def put_provider(self, settings: ProviderSettings) -> ProviderSettings:
+        values = {"url": settings.url, "headers": settings.headers, "updated_at": func.now()}
+        row = (
+            await self._session.execute(
+                insert(CHANNEL_PROVIDERS)
+                .values(team_id=settings.team_id, channel=settings.channel, **values)
+                .on_conflict_do_update(index_elements=["team_id", "channel"], set_=values)
+                .returning(*CHANNEL_PROVIDERS.c)
+            )
+        ).one()
+        return ProviderSettings(**row._mapping)
+
+    async def webhook_secret(self, team_id: str) -> str:
+        await self._session.execute(
+            insert(WEBHOOK_SECRETS)
+            .values(team_id=team_id, secret=new_webhook_secret())
+            .on_conflict_do_nothing(index_elements=["team_id"])
+        )
+        secret = await self._session.scalar(
+            select(WEBHOOK_SECRETS.c.secret).where(WEBHOOK_SECRETS.c.team_id == team_id)
+        )
+        assert secret is not None
+        return str(secret)
+
+    async def set_webhook_secret(self, team_id: str, secret: str) -> None:
+        values = {"secret": secret, "updated_at": func.now()}
+        await self._session.execute(
+            insert(WEBHOOK_SECRETS)
+            .values(team_id=team_id, **values)
+            .on_conflict_do_update(index_elements=["team_id"], set_=values)
+        )
+
+
+class SqlDevMessageRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def add(self, message: OutgoingText, at: datetime) -> None:
+        await self._session.execute(
+            insert(DEV_MESSAGES)
+            .values(
+                id=message.idempotency_key,
+                team_id=message.project_id,
+                channel=message.channel,
+                to=message.to,
+                title=message.title,
+                body=message.body,
+                url=message.url,
+                created_at=at,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+
+    async def newest(self, team_id: str, channel: str, limit: int) -> list[tuple[OutgoingText, datetime]]:
+        query = select(DEV_MESSAGES).where(DEV_MESSAGES.c.team_id == team_id)
+        if channel:
+            query = query.where(DEV_MESSAGES.c.channel == channel)
+        rows = await self._session.execute(query.order_by(DEV_MESSAGES.c.created_at.desc()).limit(limit))
+        return [
+            (
+                OutgoingText(
+                    channel=row.channel,
+                    project_id=row.team_id,
+                    to=row.to,
+                    body=row.body,
+                    idempotency_key=row.id,
+                    title=row.title,
+                    url=row.url,
+                ),
+                row.created_at,
+            )
+            for row in rows
+        ]
+
+
+class ExecutorSqlUnitOfWork(SqlUnitOfWork):
+    runs: SqlRunRepository
+    timers: SqlTimerRepository
+    feed: SqlFeedRepository
+    dead_letters: SqlDeadLetterRepository
+    channels: SqlChannelRepository
+    dev_messages: SqlDevMessageRepository
+
+    def open_repositories(self, session: AsyncSession) -> None:
+        self.runs = SqlRunRepository(session)
+        self.timers = SqlTimerRepository(session)
+        self.feed = SqlFeedRepository(session)
+        self.dead_letters = SqlDeadLetterRepository(session)
+        self.channels = SqlChannelRepository(session)
+        self.dev_messages = SqlDevMessageRepository(session)

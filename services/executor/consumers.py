@@ -1,17 +1,29 @@
-"""The executor's bus consumers: run starts (RUNS) and the email channel worker (STEPS)."""
+"""The executor's bus side: run starts (RUNS), one worker per channel (STEPS), the waits that
+events end (EVENTS), and the look-back over EVENTS for waits that began after their event."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 
 import structlog
+from google.protobuf.message import DecodeError
+from nats.js import JetStreamContext
 
-from herald.bus.v1 import run_pb2
-from kernel.bus import Delivery, Handler, decode
+from herald.bus.v1 import event_pb2, run_pb2
+from kernel.bus import Delivery, Handler, decode, event_subject, read_since
+from kernel.steps import CHANNEL_OF_STEP_TYPE
 from services.executor import handlers
 
+log = structlog.get_logger(__name__)
 RUNS_DURABLE, RUNS_FILTER = "executor-runs", "runs.>"
-EMAIL_DURABLE, EMAIL_FILTER = "executor-email", "steps.email.>"
+WAITS_DURABLE, WAITS_FILTER = "executor-waits", "events.>"
+CHANNELS = tuple(sorted(set(CHANNEL_OF_STEP_TYPE.values())))
+
+
+def step_consumer(channel: str) -> tuple[str, str]:
+    """The durable name and subject filter of a channel's worker."""
+    return f"executor-{channel}", f"steps.{channel}.>"
 
 
 def run_start_handler(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) -> Handler:
@@ -34,3 +46,27 @@ def step_handler(
             await handlers.perform_step(task, unit_of_work(), channels)
 
     return handle
+
+
+def wait_handler(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) -> Handler:
+    async def handle(delivery: Delivery) -> None:
+        event = decode(event_pb2.Event, delivery)
+        resumed = await handlers.resume_waits(event, unit_of_work())
+        if resumed:
+            log.info("waits.resumed", event=event.name, event_id=event.event_id, runs=resumed)
+
+    return handle
+
+
+class JetStreamEventLog:
+    """The events a project sent, read back from the EVENTS stream."""
+
+    def __init__(self, js: JetStreamContext):
+        self._js = js
+
+    async def since(self, team_id: str, event: str, since: datetime) -> AsyncIterator[event_pb2.Event]:
+        async for data in read_since(self._js, "EVENTS", event_subject(team_id, event), since):
+            try:
+                yield event_pb2.Event.FromString(data)
+            except DecodeError:
+                log.warning("waits.unreadable_event", event=event)

@@ -1,30 +1,57 @@
-"""The executor's use cases: start runs, perform their steps one by one, report every fact."""
+"""The executor's use cases: start runs, move them step by step, deliver their messages, fire
+their timers, resume their waits, and report every fact."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import structlog
 
-from herald.bus.v1 import run_pb2
-from kernel.bus import Poison, RetryLater
-from kernel.clock import utcnow
-from kernel.errors import NotFound
+from herald.bus.v1 import event_pb2, run_pb2
+from kernel.bus import OutgoingMessage, Poison, RetryLater
+from kernel.clock import from_timestamp, utcnow
+from kernel.conditions import ConditionError, compile_condition
+from kernel.durations import parse_duration
+from kernel.errors import FailedPrecondition, InvalidArgument, NotFound
+from kernel.steps import CONDITION_NAMES, HEADER_NAME_PATTERN, MAX_HEADERS, Problems
 from kernel.unit_of_work import UnitOfWork
 from services.executor import messages
 from services.executor.domain import (
+    DeadLetter,
+    DeadLetterStatus,
     DeliveryError,
+    FeedItem,
     OutgoingEmail,
+    OutgoingText,
+    OutgoingWebhook,
+    ProviderSettings,
     Run,
     RunStatus,
     StepState,
     StepStatus,
+    Timer,
+    TimerKind,
+    is_webhook_secret,
+    new_webhook_secret,
+    render,
     render_email,
+    render_feed_item,
+    render_text,
+    render_webhook,
 )
 
 log = structlog.get_logger(__name__)
+# A provider's Retry-After is honoured up to this many seconds.
+MAX_RETRY_AFTER = 3600.0
+FEED_LIMIT, MAX_FEED_LIMIT = 50, 200
+PROVIDER_CHANNELS = ("sms", "push")
+# Stream timestamps and acceptance times come from different clocks: look back a little further.
+LOOK_BACK_SLACK = timedelta(seconds=5)
 
 
 class RunRepository(Protocol):
@@ -41,9 +68,86 @@ class RunRepository(Protocol):
     async def save(self, run: Run) -> None: ...
 
 
+class TimerRepository(Protocol):
+    async def add(self, timer: Timer) -> None: ...
+
+    async def due(self, now: datetime, limit: int) -> list[Timer]:
+        """Timers due at `now`, locked; timers another worker holds are skipped."""
+        ...
+
+    async def waits_for(self, team_id: str, event: str, contact_id: str) -> list[Timer]:
+        """The waits for `event` from the contact, locked (waiting for a worker that holds one)."""
+        ...
+
+    async def not_caught_up(self, limit: int) -> list[Timer]:
+        """Waits whose look-back over earlier events has not run yet, locked, skipping held ones."""
+        ...
+
+    async def caught_up(self, timer: Timer) -> None: ...
+
+    async def delete(self, timer: Timer) -> None: ...
+
+
+class FeedRepository(Protocol):
+    async def add(self, item: FeedItem) -> None:
+        """Store an item; storing the same id again changes nothing."""
+        ...
+
+    async def newest(
+        self, team_id: str, external_id: str, limit: int, unread_only: bool
+    ) -> list[FeedItem]: ...
+
+    async def mark_read(self, team_id: str, external_id: str, ids: list[uuid.UUID], at: datetime) -> int: ...
+
+
+class DeadLetterRepository(Protocol):
+    async def add(self, letter: DeadLetter) -> None:
+        """Store a dead letter; a delivery that fails again after a replay is dead again."""
+        ...
+
+    async def newest(self, team_id: str, limit: int) -> list[DeadLetter]: ...
+
+    async def lock(self, team_id: str, letter_id: uuid.UUID) -> DeadLetter | None: ...
+
+    async def save(self, letter: DeadLetter) -> None: ...
+
+
+class ChannelRepository(Protocol):
+    async def provider(self, team_id: str, channel: str) -> ProviderSettings | None: ...
+
+    async def put_provider(self, settings: ProviderSettings) -> ProviderSettings: ...
+
+    async def webhook_secret(self, team_id: str) -> str:
+        """The project's webhook signing secret, created on first use."""
+        ...
+
+    async def set_webhook_secret(self, team_id: str, secret: str) -> None: ...
+
+
+class DevMessageRepository(Protocol):
+    async def add(self, message: OutgoingText, at: datetime) -> None: ...
+
+    async def newest(self, team_id: str, channel: str, limit: int) -> list[tuple[OutgoingText, datetime]]: ...
+
+
 class ExecutorUnitOfWork(UnitOfWork, Protocol):
     @property
     def runs(self) -> RunRepository: ...
+
+    @property
+    def timers(self) -> TimerRepository: ...
+
+    @property
+    def feed(self) -> FeedRepository: ...
+
+    @property
+    def dead_letters(self) -> DeadLetterRepository: ...
+
+    @property
+    def channels(self) -> ChannelRepository: ...
+
+    @property
+    def dev_messages(self) -> DevMessageRepository: ...
 
 
 class EmailSender(Protocol):
@@ -52,17 +156,45 @@ class EmailSender(Protocol):
         ...
 
 
+class TextSender(Protocol):
+    async def send(self, message: OutgoingText, provider: ProviderSettings) -> str:
+        """Send an SMS or push notification through the project's HTTP provider."""
+        ...
+
+
+class WebhookSender(Protocol):
+    async def send(self, request: OutgoingWebhook, secret: str) -> str:
+        """Make the request, signed with `secret` per Standard Webhooks."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    sms: ProviderSettings | None
+    push: ProviderSettings | None
+    webhook_secret: str
+
+
 @dataclass(frozen=True)
 class Channels:
     """The senders of each channel and how hard to try."""
 
     email: EmailSender
+    text: TextSender
+    webhook: WebhookSender
     message_domain: str = "herald.local"
     max_attempts: int = 5
 
 
+class EventLog(Protocol):
+    def since(self, team_id: str, event: str, since: datetime) -> AsyncIterator[event_pb2.Event]:
+        """The events named `event` the project sent since `since`, oldest first."""
+        ...
+
+
 async def start_run(start: run_pb2.RunStart, uow: ExecutorUnitOfWork) -> None:
-    """Store a requested run and queue its first step; a repeated request changes nothing."""
+    """Store a requested run and move it to its first step that waits; a repeated request
+    changes nothing."""
     run = messages.run_from_start(start)
     run.created_at = utcnow()
     async with uow:
@@ -70,27 +202,101 @@ async def start_run(start: run_pb2.RunStart, uow: ExecutorUnitOfWork) -> None:
             log.info("run.already_started", run_id=str(run.id))
             return
         uow.publish(messages.run_started_record(run))
-        advance(run, uow)
+        await advance(run, uow)
         await uow.runs.save(run)
         await uow.commit()
     log.info("run.started", run_id=str(run.id), workflow=run.workflow_key, version=run.workflow_version)
 
 
-def advance(run: Run, uow: ExecutorUnitOfWork) -> None:
-    """Queue the run's next step, or finish the run when no step is left."""
-    if run.status != RunStatus.RUNNING:
-        return
-    if any(step.status == StepStatus.FAILED for step in run.steps):
-        run.finish(RunStatus.FAILED, utcnow())
-        uow.publish(messages.run_finished_record(run))
-        return
-    step = run.next_pending()
-    if step is None:
-        run.finish(RunStatus.COMPLETED, utcnow())
-        uow.publish(messages.run_finished_record(run))
-        return
-    step.status = StepStatus.QUEUED
-    uow.publish(messages.step_task(run, step))
+async def advance(run: Run, uow: ExecutorUnitOfWork) -> None:
+    """Run flow steps until a step has to wait (a message queued to its channel, a delay, a
+    wait_for_event) or the run ends."""
+    while run.status == RunStatus.RUNNING:
+        now = utcnow()
+        step = run.next_pending()
+        failed = any(step.status == StepStatus.FAILED for step in run.steps)
+        if failed or step is None:
+            run.finish(RunStatus.FAILED if failed else RunStatus.COMPLETED, now)
+            uow.publish(messages.run_finished_record(run))
+            _publish_events(uow, messages.run_events(run))
+            return
+        if step.spec.channel is not None:
+            step.status = StepStatus.QUEUED
+            uow.publish(messages.step_task(run, step))
+            return
+        if not await _flow_step(run, step, uow, now):
+            return
+
+
+async def _flow_step(run: Run, step: StepState, uow: ExecutorUnitOfWork, now: datetime) -> bool:
+    """Perform a flow step; True when the run moves on at once, False when it waits."""
+    spec = step.spec
+    if spec.type == "exit":
+        step.finish(StepStatus.DONE, "exit: the run ends here", now)
+        run.skip_rest("skipped: the run exited before this step", now)
+        return True
+    if spec.type == "branch":
+        taken, why = _branch(run, step)
+        target = spec.then if taken else spec.else_
+        step.finish(StepStatus.DONE, f"{why}: {'then' if taken else 'else'} → {target or 'next step'}", now)
+        if target:
+            run.jump_to(target, now)
+        return True
+    if spec.type == "delay":
+        try:
+            due = _delay_until(run, step, now)
+        except DeliveryError as error:
+            step.finish(StepStatus.FAILED, str(error), now)
+            return True
+        if due <= now:
+            step.finish(StepStatus.DONE, f"no delay: {due.isoformat(timespec='seconds')} has passed", now)
+            return True
+        step.status, step.detail = StepStatus.WAITING, f"waiting until {due.isoformat(timespec='seconds')}"
+        await uow.timers.add(Timer(run.id, spec.id, run.team_id, TimerKind.DELAY, due))
+        return False
+    if spec.type == "wait_for_event":
+        due = now + parse_duration(spec.timeout)
+        step.status = StepStatus.WAITING
+        step.detail = f"waiting for {spec.event} until {due.isoformat(timespec='seconds')}"
+        await uow.timers.add(
+            Timer(
+                run.id,
+                spec.id,
+                run.team_id,
+                TimerKind.WAIT,
+                due,
+                contact_id=run.contact_id,
+                event=spec.event,
+                since=run.accepted_at or run.created_at,
+            )
+        )
+        return False
+    step.finish(StepStatus.FAILED, f"unknown step type {spec.type!r}", now)
+    return True
+
+
+def _branch(run: Run, step: StepState) -> tuple[bool, str]:
+    """Which way a branch goes; a condition that cannot be evaluated takes the else path."""
+    condition = compile_condition(step.spec.condition, CONDITION_NAMES)
+    data = run.condition_data
+    try:
+        taken = condition.evaluate(data)
+    except ConditionError as error:
+        return False, f"condition could not be evaluated ({error})"
+    return taken, f"condition was {str(taken).lower()} [{condition.values_seen(data)}]"
+
+
+def _delay_until(run: Run, step: StepState, now: datetime) -> datetime:
+    if step.spec.duration:
+        return now + parse_duration(step.spec.duration)
+    text = render(step.spec.until, run).strip()
+    try:
+        due = datetime.fromisoformat(text)
+    except ValueError:
+        raise DeliveryError(f"until rendered {text[:100]!r}, which is not an RFC 3339 timestamp") from None
+    if due.tzinfo is None:
+        raise DeliveryError(f"until rendered {text[:100]!r}, which has no time zone (add Z or +00:00)")
+    return due
 
 
 async def perform_step(task: run_pb2.StepTask, uow: ExecutorUnitOfWork, channels: Channels) -> None:
@@ -98,31 +304,35 @@ async def perform_step(task: run_pb2.StepTask, uow: ExecutorUnitOfWork, channels
 
     The run stays locked while the message is sent, so two workers never send the same step;
     a step already sent or failed is skipped. A transient failure is retried by the bus with
-    backoff, up to `max_attempts`; a permanent one, or the last attempt, fails the step and
-    the run.
+    backoff (or after the provider's Retry-After), up to the step's `max_attempts`; a permanent
+    one, or the last attempt, fails the step, records a dead letter and fails the run.
     """
     async with uow:
         run = await uow.runs.lock(uuid.UUID(task.run_id))
         step = run.step(task.step_id) if run else None
         if run is None or step is None:
             raise Poison(f"run {task.run_id} has no step {task.step_id!r}")
-        if step.status in StepStatus.FINISHED:
+        if step.status != StepStatus.QUEUED:
             log.info("step.already_done", run_id=task.run_id, step_id=task.step_id, status=step.status)
             return
         step.attempts += 1
+        max_attempts = step.spec.max_attempts or channels.max_attempts
         try:
-            step.detail = await _deliver(run, step, channels)
+            step.detail = await _deliver(run, step, uow, channels)
             step.status = StepStatus.SENT
         except DeliveryError as error:
-            step.detail = str(error)
-            if not error.permanent and step.attempts < channels.max_attempts:
+            step.detail = f"attempt {step.attempts} of {max_attempts}: {error}"
+            if not error.permanent and step.attempts < max_attempts:
                 await uow.runs.save(run)
                 await uow.commit()
-                raise RetryLater(str(error)) from error
+                delay = min(error.retry_after, MAX_RETRY_AFTER) if error.retry_after is not None else None
+                raise RetryLater(str(error), delay=delay) from error
             step.status = StepStatus.FAILED
+            await uow.dead_letters.add(messages.dead_letter(run, step, utcnow()))
         step.finished_at = utcnow()
         uow.publish(messages.delivery_record(run, step))
-        advance(run, uow)
+        _publish_events(uow, messages.delivery_events(run, step))
+        await advance(run, uow)
         await uow.runs.save(run)
         await uow.commit()
     log.info(
@@ -130,17 +340,277 @@ async def perform_step(task: run_pb2.StepTask, uow: ExecutorUnitOfWork, channels
     )
 
 
-async def _deliver(run: Run, step: StepState, channels: Channels) -> str:
-    if step.spec.channel != "email":
-        raise DeliveryError(f"no channel for step type {step.spec.type!r}", permanent=True)
-    email = render_email(run, step.spec, channels.message_domain)
+def _publish_events(uow: ExecutorUnitOfWork, events: list[OutgoingMessage]) -> None:
+    for event in events:
+        uow.publish(event)
+        uow.publish(messages.system_trigger_record(event))
+
+
+async def _deliver(run: Run, step: StepState, uow: ExecutorUnitOfWork, channels: Channels) -> str:
+    spec = step.spec
     try:
-        return await channels.email.send(email)
+        if spec.channel == "email":
+            return await channels.email.send(render_email(run, spec, channels.message_domain))
+        if spec.channel in ("sms", "push"):
+            message = render_text(run, spec)
+            provider = await uow.channels.provider(run.team_id, spec.channel)
+            if provider is None:
+                await uow.dev_messages.add(message, utcnow())
+                return (
+                    f"captured by the development {spec.channel} provider: this project has no "
+                    f"{spec.channel} provider (PUT /api/v1/channels/{spec.channel})"
+                )
+            return await channels.text.send(message, provider)
+        if spec.channel == "webhook":
+            request = render_webhook(run, spec)
+            return await channels.webhook.send(request, await uow.channels.webhook_secret(run.team_id))
+        if spec.channel == "in_app":
+            item = render_feed_item(run, spec, utcnow())
+            await uow.feed.add(item)
+            return f"added to the feed of contact {item.external_id or item.contact_id} as {item.id}"
     except DeliveryError:
         raise
     except Exception as error:  # a sender's own bug or an unforeseen failure: count it, retry it
-        log.exception("step.sender_failed", run_id=str(run.id), step_id=step.spec.id)
+        log.exception("step.sender_failed", run_id=str(run.id), step_id=spec.id)
         raise DeliveryError(f"sending failed unexpectedly: {error!r}") from error
+    raise DeliveryError(f"no channel for step type {spec.type!r}", permanent=True)
+
+
+async def fire_timers(uow: ExecutorUnitOfWork, limit: int = 50) -> int:
+    """Fire the timers that are due: delays end, waits time out. Any replica may call this; a
+    timer fires once (SKIP LOCKED in one transaction with the run's change)."""
+    async with uow:
+        timers = await uow.timers.due(utcnow(), limit)
+        for timer in timers:
+            await uow.timers.delete(timer)
+            run = await uow.runs.lock(timer.run_id)
+            step = run.step(timer.step_id) if run else None
+            if run is None or step is None or step.status != StepStatus.WAITING:
+                continue
+            now = utcnow()
+            if timer.kind == TimerKind.DELAY:
+                step.finish(
+                    StepStatus.DONE, f"waited until {timer.due_at.isoformat(timespec='seconds')}", now
+                )
+            else:
+                _time_out(run, step, now)
+            await advance(run, uow)
+            await uow.runs.save(run)
+        if timers:
+            await uow.commit()
+    return len(timers)
+
+
+def _time_out(run: Run, step: StepState, now: datetime) -> None:
+    spec = step.spec
+    waited = f"timed out after {spec.timeout} waiting for {spec.event}"
+    if spec.on_timeout:
+        step.finish(StepStatus.DONE, f"{waited}: → {spec.on_timeout}", now)
+        run.jump_to(spec.on_timeout, now)
+    else:
+        step.finish(StepStatus.DONE, f"{waited}: the run ends", now)
+        run.skip_rest(f"skipped: {spec.id!r} timed out", now)
+
+
+async def resume_waits(event: event_pb2.Event, uow: ExecutorUnitOfWork) -> int:
+    """Resume the runs of the event's contact that wait for this event; how many resumed."""
+    if not event.contact.id:
+        return 0
+    resumed = 0
+    async with uow:
+        waits = await uow.timers.waits_for(event.project_id, event.name, event.contact.id)
+        for wait in waits:
+            resumed += await _resume(event, wait, uow)
+        if waits:
+            await uow.commit()
+    return resumed
+
+
+async def _resume(event: event_pb2.Event, wait: Timer, uow: ExecutorUnitOfWork) -> bool:
+    """End `wait` with `event` when it is the awaited one; the wait must be locked."""
+    run = await uow.runs.lock(wait.run_id)
+    step = run.step(wait.step_id) if run else None
+    if run is None or step is None or step.status != StepStatus.WAITING:
+        await uow.timers.delete(wait)
+        return False
+    if not _ends_wait(event, run, step, wait):
+        return False
+    await uow.timers.delete(wait)
+    step.finish(StepStatus.DONE, f"{event.name} arrived (event {event.event_id})", utcnow())
+    await advance(run, uow)
+    await uow.runs.save(run)
+    return True
+
+
+def _ends_wait(event: event_pb2.Event, run: Run, step: StepState, wait: Timer) -> bool:
+    """Is `event` the one the step waits for: another event than the run's own, accepted after
+    it, from the same contact, and matching the step's `match`."""
+    if event.event_id == str(run.event_id) or event.contact.id != wait.contact_id:
+        return False
+    if wait.since and event.HasField("accepted_at") and from_timestamp(event.accepted_at) < wait.since:
+        return False
+    if not step.spec.match:
+        return True
+    data = {**run.condition_data, "event": messages.event_document(event)}
+    try:
+        return compile_condition(step.spec.match, CONDITION_NAMES).evaluate(data)
+    except ConditionError as error:
+        log.info("wait.match_failed", run_id=str(run.id), step_id=step.spec.id, error=str(error))
+        return False
+
+
+async def catch_up_waits(uow: ExecutorUnitOfWork, events: EventLog, limit: int = 20) -> int:
+    """Look back, for each new wait, over the events that arrived before the wait existed (while
+    the run was being set up, or during an earlier delay): one of them may end it at once.
+    Events that arrive later are seen by `resume_waits`; the wait stays locked meanwhile."""
+    async with uow:
+        waits = await uow.timers.not_caught_up(limit)
+        for wait in waits:
+            since = (wait.since or utcnow()) - LOOK_BACK_SLACK
+            async for event in events.since(wait.team_id, wait.event, since):
+                if await _resume(event, wait, uow):
+                    break
+            else:
+                await uow.timers.caught_up(wait)
+        if waits:
+            await uow.commit()
+    return len(waits)
+
+
+async def list_feed(
+    team_id: str, external_id: str, limit: int, unread_only: bool, uow: ExecutorUnitOfWork
+) -> list[FeedItem]:
+    limit = limit or FEED_LIMIT
+    if not 1 <= limit <= MAX_FEED_LIMIT:
+        raise InvalidArgument(f"limit must be between 1 and {MAX_FEED_LIMIT}", reason="INVALID_LIMIT")
+    async with uow:
+        return await uow.feed.newest(team_id, external_id, limit, unread_only)
+
+
+async def mark_feed_read(team_id: str, external_id: str, ids: list[str], uow: ExecutorUnitOfWork) -> int:
+    """Mark the contact's feed items read; no ids marks every item. How many changed."""
+    parsed = []
+    for index, text in enumerate(ids):
+        try:
+            parsed.append(uuid.UUID(text))
+        except ValueError:
+            raise InvalidArgument(
+                f"ids[{index}]: {text[:64]!r} is not a feed item id", reason="INVALID_FEED_ITEM_ID"
+            ) from None
+    async with uow:
+        changed = await uow.feed.mark_read(team_id, external_id, parsed, utcnow())
+        await uow.commit()
+    return changed
+
+
+async def list_dead_letters(team_id: str, limit: int, uow: ExecutorUnitOfWork) -> list[DeadLetter]:
+    limit = limit or FEED_LIMIT
+    if not 1 <= limit <= MAX_FEED_LIMIT:
+        raise InvalidArgument(f"limit must be between 1 and {MAX_FEED_LIMIT}", reason="INVALID_LIMIT")
+    async with uow:
+        return await uow.dead_letters.newest(team_id, limit)
+
+
+async def replay_dead_letter(team_id: str, letter_id: str, uow: ExecutorUnitOfWork) -> DeadLetter:
+    """Queue a dead delivery again with a fresh set of attempts; the run carries on from it. A
+    delivery that was sent is never sent again."""
+    try:
+        parsed = uuid.UUID(letter_id)
+    except ValueError:
+        raise NotFound("Dead letter not found", reason="DEAD_LETTER_NOT_FOUND") from None
+    async with uow:
+        letter = await uow.dead_letters.lock(team_id, parsed)
+        if letter is None:
+            raise NotFound(
+                "Dead letter not found", reason="DEAD_LETTER_NOT_FOUND", metadata={"id": letter_id}
+            )
+        run = await uow.runs.lock(letter.run_id)
+        step = run.step(letter.step_id) if run else None
+        if run is None or step is None:
+            raise NotFound("The dead letter's run is gone", reason="RUN_NOT_FOUND")
+        if letter.status == DeadLetterStatus.REPLAYED or step.status != StepStatus.FAILED:
+            raise FailedPrecondition(
+                f"Dead letter {letter_id} was replayed already: its delivery is {step.status}",
+                reason="DEAD_LETTER_REPLAYED",
+            )
+        now = utcnow()
+        letter.status, letter.replays, letter.replayed_at = DeadLetterStatus.REPLAYED, letter.replays + 1, now
+        run.replays += 1
+        run.status, run.finished_at = RunStatus.RUNNING, None
+        step.status, step.attempts, step.finished_at = StepStatus.QUEUED, 0, None
+        step.detail = f"replayed from the dead letters ({letter.replays}): {letter.error}"[:2000]
+        uow.publish(messages.step_task(run, step))
+        await uow.dead_letters.save(letter)
+        await uow.runs.save(run)
+        await uow.commit()
+    return letter
+
+
+async def channel_settings(team_id: str, uow: ExecutorUnitOfWork) -> ChannelSettings:
+    """The project's SMS and push providers and its webhook signing secret (created on first use)."""
+    async with uow:
+        settings = ChannelSettings(
+            sms=await uow.channels.provider(team_id, "sms"),
+            push=await uow.channels.provider(team_id, "push"),
+            webhook_secret=await uow.channels.webhook_secret(team_id),
+        )
+        await uow.commit()
+    return settings
+
+
+async def put_provider(
+    team_id: str, channel: str, url: str, headers: dict[str, str], uow: ExecutorUnitOfWork
+) -> ProviderSettings:
+    """Set the project's HTTP provider for `channel` (sms or push)."""
+    problems = Problems()
+    if channel not in PROVIDER_CHANNELS:
+        raise NotFound(
+            f"No channel {channel[:40]!r} takes a provider: use sms or push", reason="CHANNEL_NOT_FOUND"
+        )
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.add("url", f"{url[:200]!r} is not an http:// or https:// URL")
+    if len(headers) > MAX_HEADERS:
+        problems.add("headers", f"at most {MAX_HEADERS} headers")
+    for name, value in headers.items():
+        if not HEADER_NAME_PATTERN.fullmatch(name):
+            problems.add("headers", f"{name[:100]!r} is not a valid header name")
+        elif len(value) > 4096 or "\n" in value or "\r" in value:
+            problems.add(f"headers.{name}", "a value has at most 4096 characters and no line breaks")
+    problems.raise_if_any("provider")
+    async with uow:
+        stored = await uow.channels.put_provider(
+            ProviderSettings(team_id, channel, url.strip(), dict(headers))
+        )
+        await uow.commit()
+    return stored
+
+
+async def set_webhook_secret(team_id: str, secret: str, uow: ExecutorUnitOfWork) -> str:
+    """Replace the webhook signing secret: `secret` (whsec_ and base64) or, when empty, a new one."""
+    if secret and not is_webhook_secret(secret):
+        raise InvalidArgument(
+            "signing_secret must be whsec_ followed by 24 to 64 bytes in base64; send none for a new one",
+            reason="INVALID_SIGNING_SECRET",
+        )
+    if not secret:
+        secret = new_webhook_secret()
+    async with uow:
+        await uow.channels.set_webhook_secret(team_id, secret)
+        await uow.commit()
+    return secret
+
+
+async def list_dev_messages(
+    team_id: str, channel: str, limit: int, uow: ExecutorUnitOfWork
+) -> list[tuple[OutgoingText, datetime]]:
+    if channel and channel not in PROVIDER_CHANNELS:
+        raise InvalidArgument("channel must be sms or push", reason="INVALID_CHANNEL")
+    limit = limit or FEED_LIMIT
+    if not 1 <= limit <= MAX_FEED_LIMIT:
+        raise InvalidArgument(f"limit must be between 1 and {MAX_FEED_LIMIT}", reason="INVALID_LIMIT")
+    async with uow:
+        return await uow.dev_messages.newest(team_id, channel, limit)
 
 
 async def get_run(team_id: str, run_id: str, uow: ExecutorUnitOfWork) -> Run:

@@ -1,29 +1,45 @@
-"""The executor process: run starts, the email channel worker, GetRun, and the outbox relay."""
+"""The executor process: run starts, one worker per channel, waits, timers, its gRPC services and
+the outbox relay."""
 
 from __future__ import annotations
 
+import asyncio
 from email.utils import parseaddr
 
 import structlog
 
 from herald.executor.v1 import executor_pb2, executor_pb2_grpc
 from kernel.grpc_server import ServiceRegistration
+from kernel.loops import every
 from kernel.service import Runtime, run_service
 from kernel.settings import Settings
-from services.executor.adapters import OUTBOX, ExecutorSqlUnitOfWork, SmtpEmailSender, SmtpServer
+from kernel.steps import MAX_ATTEMPTS
+from services.executor import handlers
+from services.executor.adapters import OUTBOX, ExecutorSqlUnitOfWork
 from services.executor.consumers import (
-    EMAIL_DURABLE,
-    EMAIL_FILTER,
+    CHANNELS,
     RUNS_DURABLE,
     RUNS_FILTER,
+    WAITS_DURABLE,
+    WAITS_FILTER,
+    JetStreamEventLog,
     run_start_handler,
+    step_consumer,
     step_handler,
+    wait_handler,
 )
-from services.executor.handlers import Channels
+from services.executor.senders import (
+    HttpTextSender,
+    SmtpEmailSender,
+    SmtpServer,
+    WebhookHttpSender,
+    http_client,
+)
 from services.executor.servicer import ExecutorServicer
 
 log = structlog.get_logger(__name__)
 SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name
+TIMER_INTERVAL = 0.2
 
 
 def smtp_url(settings: Settings) -> str:
@@ -33,7 +49,7 @@ def smtp_url(settings: Settings) -> str:
     return f"smtp://127.0.0.1:{settings.devmail_smtp_port}"
 
 
-def channels(settings: Settings) -> Channels:
+def channels(settings: Settings) -> handlers.Channels:
     url = smtp_url(settings)
     if not settings.smtp_url:
         log.warning(
@@ -41,8 +57,11 @@ def channels(settings: Settings) -> Channels:
             detail=f"HERALD_SMTP_URL is not set: email goes to the capture inbox at {url}",
         )
     domain = parseaddr(settings.mail_from)[1].rpartition("@")[2] or "herald.local"
-    return Channels(
+    client = http_client()
+    return handlers.Channels(
         email=SmtpEmailSender(SmtpServer.from_url(url), settings.mail_from),
+        text=HttpTextSender(client),
+        webhook=WebhookHttpSender(client),
         message_domain=domain,
         max_attempts=settings.max_delivery_attempts,
     )
@@ -50,10 +69,31 @@ def channels(settings: Settings) -> Channels:
 
 async def serve(runtime: Runtime) -> None:
     outbox = runtime.outbox(OUTBOX)
+    senders = channels(runtime.settings)
+    events = JetStreamEventLog(runtime.js)
 
     def unit_of_work() -> ExecutorSqlUnitOfWork:
         return ExecutorSqlUnitOfWork(runtime.sessions, outbox)
 
+    async def timers(stop: asyncio.Event) -> None:
+        await every(TIMER_INTERVAL, "timers", lambda: handlers.fire_timers(unit_of_work()), stop)
+
+    async def catch_up(stop: asyncio.Event) -> None:
+        await every(
+            TIMER_INTERVAL, "wait-catch-up", lambda: handlers.catch_up_waits(unit_of_work(), events), stop
+        )
+
+    # A step's own attempt budget (up to MAX_ATTEMPTS) decides when it fails; the bus's limit
+    # only catches a worker that crashes on a message again and again.
+    step_workers = [
+        runtime.consumer(
+            "STEPS",
+            *step_consumer(channel),
+            step_handler(unit_of_work, senders),
+            max_attempts=MAX_ATTEMPTS + 5,
+        )
+        for channel in CHANNELS
+    ]
     await runtime.serve(
         [
             ServiceRegistration(
@@ -64,11 +104,10 @@ async def serve(runtime: Runtime) -> None:
         ],
         consumers=[
             runtime.consumer("RUNS", RUNS_DURABLE, RUNS_FILTER, run_start_handler(unit_of_work)),
-            runtime.consumer(
-                "STEPS", EMAIL_DURABLE, EMAIL_FILTER, step_handler(unit_of_work, channels(runtime.settings))
-            ),
+            runtime.consumer("EVENTS", WAITS_DURABLE, WAITS_FILTER, wait_handler(unit_of_work)),
+            *step_workers,
         ],
-        background=[outbox.run_relay],
+        background=[outbox.run_relay, timers, catch_up],
     )
 
 

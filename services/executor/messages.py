@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from herald.bus.v1 import event_pb2, run_pb2, tracking_pb2
-from kernel.bus import OutgoingMessage, step_subject
-from kernel.clock import from_timestamp, isoformat_ms
-from kernel.structs import from_struct, from_value
+from kernel.bus import OutgoingMessage, event_subject, step_subject
+from kernel.clock import from_timestamp, isoformat_ms, to_timestamp, utcnow
+from kernel.steps import step_from_proto
+from kernel.structs import from_struct, to_struct
 from kernel.tracking import tracking_message
-from services.executor.domain import Run, RunStatus, StepSpec, StepState, StepStatus, delivery_id
+from services.executor.domain import DeadLetter, Run, RunStatus, StepState, StepStatus, delivery_id
 
 
 def render_context(event: event_pb2.Event) -> dict[str, Any]:
@@ -30,34 +32,30 @@ def render_context(event: event_pb2.Event) -> dict[str, Any]:
             "topics": list(contact.topics),
             "custom_fields": from_struct(contact.custom_fields),
         },
-        "event": {
-            "id": event.event_id,
-            "name": event.name,
-            "data": from_struct(event.data),
-            "source": {
-                "type": event.source.type,
-                "ip": event.source.ip,
-                "user_agent": event.source.user_agent,
-            },
-            "occurred_at": isoformat_ms(from_timestamp(event.occurred_at))
-            if event.HasField("occurred_at")
-            else "",
-        },
+        "event": event_document(event),
+    }
+
+
+def event_document(event: event_pb2.Event) -> dict[str, Any]:
+    """An event as templates and conditions read it."""
+    return {
+        "id": event.event_id,
+        "name": event.name,
+        "data": from_struct(event.data),
+        "source": {"type": event.source.type, "ip": event.source.ip, "user_agent": event.source.user_agent},
+        "occurred_at": isoformat_ms(from_timestamp(event.occurred_at))
+        if event.HasField("occurred_at")
+        else "",
+        "accepted_at": isoformat_ms(from_timestamp(event.accepted_at))
+        if event.HasField("accepted_at")
+        else "",
+        "depth": event.depth,
     }
 
 
 def run_from_start(start: run_pb2.RunStart) -> Run:
     steps = [
-        StepState(
-            spec=StepSpec(
-                id=step.id,
-                type=step.type,
-                subject=step.subject,
-                body=from_value(step.body) if step.HasField("body") else None,
-                html=step.html,
-            ),
-            position=position,
-        )
+        StepState(spec=step_from_proto(step), position=position)
         for position, step in enumerate(start.workflow.steps)
     ]
     return Run(
@@ -73,6 +71,11 @@ def run_from_start(start: run_pb2.RunStart) -> Run:
     )
 
 
+def _fact(fact_id: str, run: Run) -> str:
+    """Facts of a run that was replayed from the dead letters are new facts."""
+    return f"{fact_id}:replay-{run.replays}" if run.replays else fact_id
+
+
 def step_task(run: Run, step: StepState) -> OutgoingMessage:
     channel = step.spec.channel
     assert channel is not None
@@ -86,7 +89,7 @@ def step_task(run: Run, step: StepState) -> OutgoingMessage:
     return OutgoingMessage(
         step_subject(channel, run.team_id),
         task.SerializeToString(),
-        msg_id=f"{run.id}:{step.spec.id}",
+        msg_id=_fact(f"{run.id}:{step.spec.id}", run),
         project_id=run.team_id,
     )
 
@@ -127,7 +130,7 @@ def delivery_record(run: Run, step: StepState) -> OutgoingMessage:
             detail=step.detail[:2000],
         ),
     )
-    return tracking_message(record, fact_id=str(identifier))
+    return tracking_message(record, fact_id=_fact(str(identifier), run))
 
 
 def run_finished_record(run: Run) -> OutgoingMessage:
@@ -145,4 +148,113 @@ def run_finished_record(run: Run) -> OutgoingMessage:
             detail=f"step {failed.spec.id!r} failed: {failed.detail}"[:2000] if failed else "",
         ),
     )
-    return tracking_message(record, fact_id=str(run.id))
+    return tracking_message(record, fact_id=_fact(str(run.id), run))
+
+
+def dead_letter(run: Run, step: StepState, at: datetime) -> DeadLetter:
+    return DeadLetter(
+        id=delivery_id(run.id, step.spec.id),
+        team_id=run.team_id,
+        run_id=run.id,
+        trigger_id=run.trigger_id,
+        step_id=step.spec.id,
+        channel=step.spec.channel or "",
+        error=step.detail[:2000],
+        attempts=step.attempts,
+        failed_at=at,
+    )
+
+
+# The system events a message step's outcome emits, by channel: (on sent, on failed).
+SYSTEM_EVENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "email": (("herald.mail.send", "herald.mail.delivery"), ("herald.mail.delivery",)),
+    "sms": (("herald.sms.send",), ("herald.sms.send",)),
+    "push": (("herald.push.send",), ("herald.push.send",)),
+    "webhook": (("herald.webhook.delivery",), ("herald.webhook.delivery",)),
+}
+
+
+def delivery_events(run: Run, step: StepState) -> list[OutgoingMessage]:
+    """The `herald.*` events a delivery's outcome emits onto EVENTS."""
+    on_sent, on_failed = SYSTEM_EVENTS.get(step.spec.channel or "", ((), ()))
+    names = on_sent if step.status == StepStatus.SENT else on_failed
+    data = {
+        "outcome": step.status,
+        "channel": step.spec.channel,
+        "workflow": run.workflow_key,
+        "run_id": str(run.id),
+        "step_id": step.spec.id,
+        "delivery_id": str(delivery_id(run.id, step.spec.id)),
+        "attempts": step.attempts,
+        "detail": step.detail[:1000],
+    }
+    return [system_event(run, name, data, f"{step.spec.id}") for name in names]
+
+
+def run_events(run: Run) -> list[OutgoingMessage]:
+    """herald.workflow.completed or herald.workflow.failed, when the run has ended."""
+    if run.status == RunStatus.RUNNING:
+        return []
+    failed = next((step for step in run.steps if step.status == StepStatus.FAILED), None)
+    data = {
+        "workflow": run.workflow_key,
+        "workflow_version": run.workflow_version,
+        "run_id": str(run.id),
+        "trigger_id": str(run.trigger_id),
+        "failed_step": failed.spec.id if failed else "",
+        "detail": failed.detail[:1000] if failed else "",
+    }
+    return [system_event(run, f"herald.workflow.{run.status}", data, "run")]
+
+
+def system_event(run: Run, name: str, data: dict[str, Any], part: str) -> OutgoingMessage:
+    """A `herald.*` event about the run's contact, on EVENTS, as its own trigger: its id is
+    derived from the run, so a repeated publish is dropped."""
+    event_id = uuid.uuid5(run.id, _fact(f"{name}/{part}", run))
+    contact = run.context.get("contact") or {}
+    depth = int((run.context.get("event") or {}).get("depth") or 0) + 1
+    now = to_timestamp(utcnow())
+    event = event_pb2.Event(
+        event_id=str(event_id),
+        trigger_id=str(event_id),
+        project_id=run.team_id,
+        name=name,
+        contact=event_pb2.Contact(
+            id=str(contact.get("id") or run.contact_id),
+            external_id=str(contact.get("external_id") or ""),
+            email=str(contact.get("email") or ""),
+            phone=str(contact.get("phone") or ""),
+            name=str(contact.get("name") or ""),
+            tags=list(contact.get("tags") or []),
+            custom_fields=to_struct(contact.get("custom_fields") or {}),
+            topics=list(contact.get("topics") or []),
+        ),
+        data=to_struct(data),
+        variables=to_struct(run.context.get("variables") or {}),
+        source=event_pb2.Source(type="system"),
+        occurred_at=now,
+        accepted_at=now,
+        depth=depth,
+    )
+    return OutgoingMessage(
+        event_subject(run.team_id, name),
+        event.SerializeToString(),
+        msg_id=str(event_id),
+        project_id=run.team_id,
+    )
+
+
+def system_trigger_record(message: OutgoingMessage) -> OutgoingMessage:
+    """The tracker's TriggerAccepted for a system event, so its trigger can be followed too."""
+    event = event_pb2.Event.FromString(message.payload)
+    record = tracking_pb2.TrackingRecord(
+        trigger_id=event.trigger_id,
+        project_id=event.project_id,
+        trigger_accepted=tracking_pb2.TriggerAccepted(
+            event_id=event.event_id,
+            event_name=event.name,
+            contact_id=event.contact.id,
+            created_at=event.accepted_at,
+        ),
+    )
+    return tracking_message(record, fact_id=event.event_id)

@@ -1,8 +1,9 @@
-"""ExecutorService over gRPC: runs and their steps."""
+"""ExecutorService over gRPC: runs and their steps, in-app feeds, dead letters, channels."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -11,7 +12,7 @@ from herald.executor.v1 import executor_pb2, executor_pb2_grpc
 from kernel.auth import Authenticator
 from kernel.clock import isoformat_ms
 from services.executor import handlers
-from services.executor.domain import Run
+from services.executor.domain import DeadLetter, FeedItem, OutgoingText, ProviderSettings, Run
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -42,6 +43,64 @@ def run_to_proto(run: Run) -> executor_pb2.Run:
     return message
 
 
+def feed_item_to_proto(item: FeedItem) -> executor_pb2.FeedItem:
+    message = executor_pb2.FeedItem(
+        id=str(item.id),
+        title=item.title,
+        body=item.body,
+        url=item.url,
+        created_at=isoformat_ms(item.created_at),
+        run_id=str(item.run_id),
+        step_id=item.step_id,
+    )
+    if item.read_at:
+        message.read_at = isoformat_ms(item.read_at)
+    return message
+
+
+def dead_letter_to_proto(letter: DeadLetter) -> executor_pb2.DeadLetter:
+    message = executor_pb2.DeadLetter(
+        id=str(letter.id),
+        run_id=str(letter.run_id),
+        trigger_id=str(letter.trigger_id),
+        step_id=letter.step_id,
+        channel=letter.channel,
+        error=letter.error,
+        attempts=letter.attempts,
+        failed_at=isoformat_ms(letter.failed_at),
+        status=letter.status,
+        replays=letter.replays,
+    )
+    if letter.replayed_at:
+        message.replayed_at = isoformat_ms(letter.replayed_at)
+    return message
+
+
+def provider_to_proto(provider: ProviderSettings) -> executor_pb2.ChannelProvider:
+    """The provider with its header values masked: they usually hold credentials."""
+    return executor_pb2.ChannelProvider(
+        url=provider.url,
+        headers={name: _masked(value) for name, value in provider.headers.items()},
+        updated_at=isoformat_ms(provider.updated_at) if provider.updated_at else "",
+    )
+
+
+def _masked(value: str) -> str:
+    return "****" + value[-4:] if len(value) > 12 else "****"
+
+
+def dev_message_to_proto(message: OutgoingText, at: datetime) -> executor_pb2.DevMessage:
+    return executor_pb2.DevMessage(
+        id=message.idempotency_key,
+        channel=message.channel,
+        to=message.to,
+        title=message.title,
+        body=message.body,
+        url=message.url,
+        created_at=isoformat_ms(at),
+    )
+
+
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     def __init__(self, authenticator: Authenticator, unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]):
         self._auth = authenticator
@@ -53,3 +112,74 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         team = await self._auth.authenticate(context.invocation_metadata())
         run = await handlers.get_run(team.id, request.run_id, self._uow())
         return executor_pb2.GetRunResponse(run=run_to_proto(run))
+
+    async def ListFeed(
+        self, request: executor_pb2.ListFeedRequest, context: Context
+    ) -> executor_pb2.ListFeedResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        items = await handlers.list_feed(
+            team.id, request.external_id, request.limit, request.unread_only, self._uow()
+        )
+        return executor_pb2.ListFeedResponse(items=[feed_item_to_proto(item) for item in items])
+
+    async def MarkFeedRead(
+        self, request: executor_pb2.MarkFeedReadRequest, context: Context
+    ) -> executor_pb2.MarkFeedReadResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        marked = await handlers.mark_feed_read(team.id, request.external_id, list(request.ids), self._uow())
+        return executor_pb2.MarkFeedReadResponse(marked=marked)
+
+    async def ListDeadLetters(
+        self, request: executor_pb2.ListDeadLettersRequest, context: Context
+    ) -> executor_pb2.ListDeadLettersResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        letters = await handlers.list_dead_letters(team.id, request.limit, self._uow())
+        return executor_pb2.ListDeadLettersResponse(
+            dead_letters=[dead_letter_to_proto(letter) for letter in letters]
+        )
+
+    async def ReplayDeadLetter(
+        self, request: executor_pb2.ReplayDeadLetterRequest, context: Context
+    ) -> executor_pb2.ReplayDeadLetterResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        letter = await handlers.replay_dead_letter(team.id, request.id, self._uow())
+        return executor_pb2.ReplayDeadLetterResponse(dead_letter=dead_letter_to_proto(letter))
+
+    async def GetChannels(
+        self, request: executor_pb2.GetChannelsRequest, context: Context
+    ) -> executor_pb2.GetChannelsResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        settings = await handlers.channel_settings(team.id, self._uow())
+        response = executor_pb2.GetChannelsResponse(
+            webhook=executor_pb2.WebhookChannel(signing_secret=settings.webhook_secret)
+        )
+        if settings.sms:
+            response.sms.CopyFrom(provider_to_proto(settings.sms))
+        if settings.push:
+            response.push.CopyFrom(provider_to_proto(settings.push))
+        return response
+
+    async def PutChannelProvider(
+        self, request: executor_pb2.PutChannelProviderRequest, context: Context
+    ) -> executor_pb2.PutChannelProviderResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        provider = await handlers.put_provider(
+            team.id, request.channel, request.provider.url, dict(request.provider.headers), self._uow()
+        )
+        return executor_pb2.PutChannelProviderResponse(provider=provider_to_proto(provider))
+
+    async def SetWebhookSecret(
+        self, request: executor_pb2.SetWebhookSecretRequest, context: Context
+    ) -> executor_pb2.SetWebhookSecretResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        secret = await handlers.set_webhook_secret(team.id, request.signing_secret.strip(), self._uow())
+        return executor_pb2.SetWebhookSecretResponse(signing_secret=secret)
+
+    async def ListDevMessages(
+        self, request: executor_pb2.ListDevMessagesRequest, context: Context
+    ) -> executor_pb2.ListDevMessagesResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        found = await handlers.list_dev_messages(team.id, request.channel, request.limit, self._uow())
+        return executor_pb2.ListDevMessagesResponse(
+            messages=[dev_message_to_proto(message, at) for message, at in found]
+        )

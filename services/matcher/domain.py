@@ -5,36 +5,24 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-import isodate
-
 from kernel.conditions import ConditionError, compile_condition
+from kernel.durations import parse_duration
 from kernel.errors import InvalidArgument
 from kernel.event_names import check_format
 from kernel.labels import MAX_TAG, TOPIC_PATTERN, TOPIC_RULE
-from kernel.templates import TemplateError, compile_template
+from kernel.steps import CONDITION_NAMES, Problems, StepSpec, validated_steps
 
 WORKFLOW_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
-STEP_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-MESSAGE_STEP_TYPES = frozenset({"email"})
 RUN_ID_NAMESPACE = uuid.UUID("6f1d3c1e-3c55-4c8e-9a55-6b1f0f0e8a10")
-# What a workflow's condition may read.
-CONDITION_NAMES = ("event", "contact", "variables")
 MAX_FILTER_TAGS = 50
 MAX_COOLDOWN = timedelta(days=366)
-
-
-@dataclass(frozen=True)
-class Step:
-    id: str
-    type: str
-    subject: str = ""
-    body: Any = None
-    html: str = ""
+# A system event emitted by a run of a system event... is followed this deep, no deeper.
+MAX_EVENT_DEPTH = 3
 
 
 @dataclass(frozen=True)
@@ -50,7 +38,7 @@ class Filters:
 
     @property
     def cooldown_period(self) -> timedelta | None:
-        return _duration(self.cooldown) if self.cooldown else None
+        return parse_duration(self.cooldown) if self.cooldown else None
 
 
 @dataclass(frozen=True)
@@ -61,7 +49,7 @@ class WorkflowDefinition:
     name: str
     active: bool
     trigger_event: str
-    steps: tuple[Step, ...]
+    steps: tuple[StepSpec, ...]
     filters: Filters = Filters()
 
 
@@ -92,6 +80,8 @@ class MatchedEvent:
     contact_id: str
     tags: tuple[str, ...] = ()
     topics: tuple[str, ...] = ()
+    # How many system events led to this one (0 for a customer's event).
+    depth: int = 0
     # Built only when a workflow's condition needs it: most events are matched without one.
     condition_data: Callable[[], dict[str, Any]] = dict
 
@@ -109,27 +99,9 @@ class Decision:
     contact_id: str = ""
 
 
-@dataclass
-class DefinitionProblems:
-    """Every problem of a definition, each naming the field it is about."""
-
-    problems: list[str] = field(default_factory=list)
-
-    def add(self, where: str, what: str) -> None:
-        self.problems.append(f"{where}: {what}")
-
-    def raise_if_any(self) -> None:
-        if self.problems:
-            raise InvalidArgument(
-                "Invalid workflow: " + "; ".join(self.problems),
-                reason="INVALID_WORKFLOW",
-                metadata={"problems": " | ".join(self.problems)[:2000]},
-            )
-
-
 def validate_definition(definition: WorkflowDefinition) -> WorkflowDefinition:
     """`definition` with default step ids filled in, or an InvalidArgument listing every problem."""
-    problems = DefinitionProblems()
+    problems = Problems()
     if not definition.key:
         problems.add("key", "is required")
     elif not WORKFLOW_KEY_PATTERN.fullmatch(definition.key):
@@ -145,14 +117,7 @@ def validate_definition(definition: WorkflowDefinition) -> WorkflowDefinition:
             check_format(definition.trigger_event)
         except InvalidArgument as error:
             problems.add("trigger.event", error.message)
-    if not definition.steps:
-        problems.add("steps", "a workflow needs at least one step")
-    steps = tuple(_validated_step(index, step, problems) for index, step in enumerate(definition.steps))
-    seen: set[str] = set()
-    for index, step in enumerate(steps):
-        if step.id in seen:
-            problems.add(f"steps[{index}].id", f"{step.id!r} is used by an earlier step")
-        seen.add(step.id)
+    steps = validated_steps(definition.steps, problems)
     filters = _validated_filters(definition.filters, problems)
     problems.raise_if_any()
     return WorkflowDefinition(
@@ -160,7 +125,7 @@ def validate_definition(definition: WorkflowDefinition) -> WorkflowDefinition:
     )
 
 
-def _validated_filters(filters: Filters, problems: DefinitionProblems) -> Filters:
+def _validated_filters(filters: Filters, problems: Problems) -> Filters:
     lists: dict[str, tuple[str, ...]] = {}
     for name in ("tags_any", "tags_all", "tags_none"):
         tags = tuple(dict.fromkeys(tag.strip() for tag in getattr(filters, name)))
@@ -175,7 +140,7 @@ def _validated_filters(filters: Filters, problems: DefinitionProblems) -> Filter
         problems.add("filters.tags_none", f"{', '.join(sorted(both))} also required: no contact could pass")
     if filters.cooldown:
         try:
-            period = _duration(filters.cooldown)
+            period = parse_duration(filters.cooldown)
             if not timedelta(0) < period <= MAX_COOLDOWN:
                 problems.add("filters.cooldown", "must be longer than zero and at most 366 days")
         except ValueError as error:
@@ -190,42 +155,6 @@ def _validated_filters(filters: Filters, problems: DefinitionProblems) -> Filter
     return replace(
         filters, tags_any=lists["tags_any"], tags_all=lists["tags_all"], tags_none=lists["tags_none"]
     )
-
-
-def _duration(text: str) -> timedelta:
-    """An ISO 8601 duration in days, hours, minutes and seconds (months and years vary in length)."""
-    try:
-        parsed = isodate.parse_duration(text)
-    except (isodate.ISO8601Error, ValueError):
-        raise ValueError(f"{text[:40]!r} is not an ISO 8601 duration such as PT24H or P7D") from None
-    if not isinstance(parsed, timedelta):
-        raise ValueError(f"{text[:40]!r}: use days, hours, minutes or seconds (P30D, not P1M)")
-    return parsed
-
-
-def _validated_step(index: int, step: Step, problems: DefinitionProblems) -> Step:
-    where = f"steps[{index}]"
-    step_id = step.id or f"step-{index + 1}"
-    if not STEP_ID_PATTERN.fullmatch(step_id):
-        problems.add(f"{where}.id", "use 1-64 letters, digits, '-' or '_'")
-    if step.type not in MESSAGE_STEP_TYPES:
-        supported = ", ".join(sorted(MESSAGE_STEP_TYPES))
-        problems.add(
-            f"{where}.type", f"{step.type or '(empty)'!r} is not a step type (supported: {supported})"
-        )
-        return Step(step_id, step.type)
-    if not step.subject:
-        problems.add(f"{where}.subject", "is required for an email step")
-    if not isinstance(step.body, str) or not step.body:
-        problems.add(f"{where}.body", "is required for an email step and must be a string")
-    for name in ("subject", "body", "html"):
-        source = getattr(step, name)
-        if isinstance(source, str) and source:
-            try:
-                compile_template(source)
-            except TemplateError as error:
-                problems.add(f"{where}.{name}", str(error))
-    return Step(step_id, step.type, step.subject, step.body, step.html)
 
 
 def run_id_for(event_id: uuid.UUID, workflow_key: str, contact_id: str) -> uuid.UUID:
@@ -257,6 +186,11 @@ def filtered_because(event: MatchedEvent, workflow: Workflow) -> str:
     """Why `workflow` does not run for `event`, or "" when every filter passes."""
     if not workflow.definition.active:
         return "workflow is inactive"
+    if event.depth > MAX_EVENT_DEPTH:
+        return (
+            f"{event.name} is the {event.depth}th system event in a chain of runs; at most "
+            f"{MAX_EVENT_DEPTH} are followed, so workflows cannot trigger each other for ever"
+        )
     filters = workflow.definition.filters
     if filters.topic and filters.topic not in event.topics:
         return f"contact is not subscribed to topic {filters.topic!r}"

@@ -10,9 +10,10 @@ from herald.bus.v1 import event_pb2, run_pb2, tracking_pb2
 from herald.workflow.v1 import workflow_pb2
 from kernel.bus import OutgoingMessage, run_subject
 from kernel.clock import from_timestamp, isoformat_ms
-from kernel.structs import from_struct, from_value
+from kernel.steps import step_from_proto, step_to_proto
+from kernel.structs import from_struct
 from kernel.tracking import tracking_message
-from services.matcher.domain import Decision, Filters, MatchedEvent, Step, Workflow, WorkflowDefinition
+from services.matcher.domain import Decision, Filters, MatchedEvent, Workflow, WorkflowDefinition
 
 
 def definition_from_proto(message: workflow_pb2.Workflow) -> WorkflowDefinition:
@@ -21,16 +22,7 @@ def definition_from_proto(message: workflow_pb2.Workflow) -> WorkflowDefinition:
         name=message.name,
         active=message.active if message.HasField("active") else True,
         trigger_event=message.trigger.event,
-        steps=tuple(
-            Step(
-                id=step.id,
-                type=step.type,
-                subject=step.subject,
-                body=from_value(step.body) if step.HasField("body") else None,
-                html=step.html,
-            )
-            for step in message.steps
-        ),
+        steps=tuple(step_from_proto(step) for step in message.steps),
         filters=Filters(
             tags_any=tuple(message.filters.tags_any),
             tags_all=tuple(message.filters.tags_all),
@@ -62,9 +54,7 @@ def definition_to_proto(definition: WorkflowDefinition) -> workflow_pb2.Workflow
             )
         )
     for step in definition.steps:
-        proto_step = message.steps.add(id=step.id, type=step.type, subject=step.subject, html=step.html)
-        if step.body is not None:
-            json_format.ParseDict(step.body, proto_step.body)
+        step_to_proto(step, message.steps.add())
     return message
 
 
@@ -94,6 +84,7 @@ def matched_event(event: event_pb2.Event) -> MatchedEvent:
         contact_id=contact.id,
         tags=tuple(contact.tags),
         topics=tuple(contact.topics),
+        depth=event.depth,
         condition_data=lambda: condition_data(event),
     )
 

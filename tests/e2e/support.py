@@ -1,7 +1,8 @@
-"""What the end-to-end tests share: a real SMTP sink, free-port settings, and polling."""
+"""What the end-to-end tests share: real SMTP and HTTP sinks, free-port settings, and polling."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,6 +81,74 @@ def start_smtp_sink() -> tuple[SmtpSink, Controller]:
     controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
     controller.start()
     return sink, controller
+
+
+@dataclass
+class HttpRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class HttpSink:
+    """A real HTTP server that keeps every request and answers from a script: each path answers
+    the statuses queued for it first (e.g. two 503s), then 200."""
+
+    server: ThreadingHTTPServer
+    received: list[HttpRequest] = field(default_factory=list)
+    answers: dict[str, list[int]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def answer(self, path: str, *statuses: int) -> None:
+        with self.lock:
+            self.answers[path] = list(statuses)
+
+    def requests_to(self, path: str) -> list[HttpRequest]:
+        with self.lock:
+            return [request for request in self.received if request.path == path]
+
+    def record(self, request: HttpRequest) -> int:
+        with self.lock:
+            self.received.append(request)
+            queued = self.answers.get(request.path)
+            return queued.pop(0) if queued else 200
+
+
+def start_http_sink() -> HttpSink:
+    """An HttpSink serving on a free port in a thread; `sink.server.shutdown()` stops it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            request = HttpRequest(
+                self.command, self.path, dict(self.headers.items()), self.rfile.read(length)
+            )
+            status = sink.record(request)
+            answer = b'{"ok": true}' if status < 400 else b'{"error": "scripted failure"}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    sink = HttpSink(ThreadingHTTPServer(("127.0.0.1", free_port()), Handler))
+    threading.Thread(target=sink.server.serve_forever, daemon=True).start()
+    return sink
 
 
 def stack_settings(data_dir: Path, **changes: Any) -> Settings:

@@ -529,10 +529,13 @@ def test_patching_the_policy_changes_only_what_is_given(running: RunningStack, t
         ({"unknown_events": "REJECT"}, "Invalid unknown_events: must be 'accept' or 'reject'"),
         ({"retention_days": 0}, "Invalid retention_days: must be between 1 and 3650"),
         ({"retention_days": 3651}, "Invalid retention_days: must be between 1 and 3650"),
-        ({"idempotency_window": "24 hours"}, "Invalid idempotency_window '24 hours'"),
+        (
+            {"idempotency_window": "24 hours"},
+            "Invalid idempotency_window: '24 hours' is not an ISO 8601 duration",
+        ),
         (
             {"idempotency_window": "P1M"},
-            "Invalid idempotency_window 'P1M': years and months have no fixed length",
+            "Invalid idempotency_window: 'P1M': years and months have no fixed length",
         ),
         ({"idempotency_window": "PT10S"}, "Invalid idempotency_window: must be between PT1M and P30D"),
         ({"idempotency_window": "P31D"}, "Invalid idempotency_window: must be between PT1M and P30D"),

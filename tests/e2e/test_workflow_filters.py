@@ -67,7 +67,7 @@ def test_bad_definitions_are_refused_with_the_field_to_fix(running: RunningStack
     assert refused.status_code == 400
     message = refused.json()["message"]
     assert "filters.condition: unknown name 'order': a condition can use event, contact, variables" in message
-    assert "filters.cooldown: 'P1M': use days, hours, minutes or seconds" in message
+    assert "filters.cooldown: 'P1M': years and months have no fixed length" in message
     assert "filters.topic: 'a b'" in message
     mismatch = http.put("/api/v1/workflows/other-key", json=a_workflow("bad-flow"), headers=headers)
     assert mismatch.status_code == 400

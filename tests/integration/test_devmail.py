@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from herald.executor.v1 import devmail_pb2, devmail_pb2_grpc
 from kernel.auth import Authenticator
 from kernel.grpc_server import ServiceRegistration, create_server
-from services.executor.adapters import SmtpEmailSender, SmtpServer
 from services.executor.devmail import SERVICE_NAME, CaptureInbox, DevMailServicer
 from services.executor.domain import OutgoingEmail
+from services.executor.senders import SmtpEmailSender, SmtpServer
 from tests.conftest import TeamCredentials
 
 MAIL_FROM = "Herald <noreply@herald.test>"

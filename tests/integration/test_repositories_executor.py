@@ -8,8 +8,9 @@ import uuid
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.clock import utcnow
+from kernel.steps import StepSpec
 from services.executor.adapters import SqlRunRepository
-from services.executor.domain import Run, RunStatus, StepSpec, StepState, StepStatus
+from services.executor.domain import Run, RunStatus, StepState, StepStatus
 from tests.conftest import TeamCredentials
 from tests.integration.waiting import backend_pid, until_waiting_on_lock
 

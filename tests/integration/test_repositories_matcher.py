@@ -13,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.clock import utcnow
 from kernel.errors import Conflict
+from kernel.steps import StepSpec
 from services.matcher.adapters import SqlCooldownRepository, SqlDecisionRepository, SqlWorkflowRepository
-from services.matcher.domain import Decision, MatchedEvent, Step, Workflow, WorkflowDefinition
+from services.matcher.domain import Decision, MatchedEvent, Workflow, WorkflowDefinition
 from tests.conftest import TeamCredentials
 
 
@@ -26,7 +27,9 @@ def workflow(
         name=name or f"{key} v{version}",
         active=active,
         trigger_event=trigger_event,
-        steps=(Step(id="welcome", type="email", subject="Hi {{contact.name}}", body=f"Hello v{version}"),),
+        steps=(
+            StepSpec(id="welcome", type="email", subject="Hi {{contact.name}}", body=f"Hello v{version}"),
+        ),
     )
     return Workflow(team_id, definition, version, utcnow())
 
@@ -58,7 +61,7 @@ async def test_latest_version_wins(sessions: async_sessionmaker[AsyncSession], t
     assert latest.version == 3
     assert latest.definition.name == "Welcome, third"
     assert latest.definition.steps == (
-        Step(id="welcome", type="email", subject="Hi {{contact.name}}", body="Hello v3"),
+        StepSpec(id="welcome", type="email", subject="Hi {{contact.name}}", body="Hello v3"),
     )
     assert missing is None
 

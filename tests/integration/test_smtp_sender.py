@@ -15,8 +15,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from services.executor.adapters import SmtpEmailSender, SmtpServer
-from services.executor.domain import DeliveryError, OutgoingEmail, Run, StepSpec, StepState, render_email
+from kernel.steps import StepSpec
+from services.executor.domain import DeliveryError, OutgoingEmail, Run, StepState, render_email
+from services.executor.senders import SmtpEmailSender, SmtpServer
 from stack.embedded import free_port
 
 MAIL_FROM = "Herald <noreply@herald.test>"

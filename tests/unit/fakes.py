@@ -32,7 +32,19 @@ from kernel.errors import Conflict, ResourceExhausted
 from kernel.outbox import Receipts
 from kernel.policy import PolicyChange, ProjectPolicy, apply_change
 from kernel.unit_of_work import Publication
-from services.executor.domain import DeliveryError, OutgoingEmail, Run
+from services.executor.domain import (
+    DeadLetter,
+    DeliveryError,
+    FeedItem,
+    OutgoingEmail,
+    OutgoingText,
+    OutgoingWebhook,
+    ProviderSettings,
+    Run,
+    Timer,
+    TimerKind,
+    new_webhook_secret,
+)
 from services.ingest.domain import (
     AcceptedEvent,
     Contact,
@@ -721,16 +733,169 @@ class FakeRunRepository(FakeRepository):
             step.attempts = state.attempts
             step.detail = state.detail
             step.finished_at = state.finished_at
+        stored.replays = run.replays
+
+
+class FakeTimerRepository(FakeRepository):
+    """Timers by (run id, step id); locks are not modelled (one worker in unit tests)."""
+
+    rows: dict[tuple[uuid.UUID, str], tuple[Timer, bool]]
+
+    async def add(self, timer: Timer) -> None:
+        self.rows[(timer.run_id, timer.step_id)] = (timer, False)
+
+    async def due(self, now: datetime, limit: int) -> list[Timer]:
+        due = sorted(
+            (timer for timer, _ in self.rows.values() if timer.due_at <= now), key=lambda t: t.due_at
+        )
+        return due[:limit]
+
+    async def waits_for(self, team_id: str, event: str, contact_id: str) -> list[Timer]:
+        return [
+            timer
+            for timer, _ in self.rows.values()
+            if timer.kind == TimerKind.WAIT
+            and (timer.team_id, timer.event, timer.contact_id) == (team_id, event, contact_id)
+        ]
+
+    async def not_caught_up(self, limit: int) -> list[Timer]:
+        return [timer for timer, done in self.rows.values() if timer.kind == TimerKind.WAIT and not done][
+            :limit
+        ]
+
+    async def caught_up(self, timer: Timer) -> None:
+        self.rows[(timer.run_id, timer.step_id)] = (timer, True)
+
+    async def delete(self, timer: Timer) -> None:
+        self.rows.pop((timer.run_id, timer.step_id), None)
+
+    @property
+    def timers(self) -> list[Timer]:
+        return [timer for timer, _ in self.rows.values()]
+
+
+class FakeFeedRepository(FakeRepository):
+    rows: dict[uuid.UUID, FeedItem]
+
+    async def add(self, item: FeedItem) -> None:
+        self.rows.setdefault(item.id, item)
+
+    async def newest(self, team_id: str, external_id: str, limit: int, unread_only: bool) -> list[FeedItem]:
+        items = [
+            item
+            for item in self.rows.values()
+            if (item.team_id, item.external_id) == (team_id, external_id)
+            and not (unread_only and item.read_at)
+        ]
+        return sorted(items, key=lambda item: item.created_at, reverse=True)[:limit]
+
+    async def mark_read(self, team_id: str, external_id: str, ids: list[uuid.UUID], at: datetime) -> int:
+        marked = 0
+        for item in list(self.rows.values()):
+            if (item.team_id, item.external_id) != (team_id, external_id) or item.read_at:
+                continue
+            if ids and item.id not in ids:
+                continue
+            self.rows[item.id] = dataclasses.replace(item, read_at=at)
+            marked += 1
+        return marked
+
+
+class FakeDeadLetterRepository(FakeRepository):
+    rows: dict[uuid.UUID, DeadLetter]
+
+    async def add(self, letter: DeadLetter) -> None:
+        stored = self.rows.get(letter.id)
+        if stored is None:
+            self.rows[letter.id] = copy.deepcopy(letter)
+        else:
+            stored.error, stored.attempts = letter.error, letter.attempts
+            stored.failed_at, stored.status = letter.failed_at, letter.status
+
+    async def newest(self, team_id: str, limit: int) -> list[DeadLetter]:
+        letters = [copy.deepcopy(letter) for letter in self.rows.values() if letter.team_id == team_id]
+        return sorted(letters, key=lambda letter: letter.failed_at, reverse=True)[:limit]
+
+    async def lock(self, team_id: str, letter_id: uuid.UUID) -> DeadLetter | None:
+        letter = self.rows.get(letter_id)
+        return copy.deepcopy(letter) if letter is not None and letter.team_id == team_id else None
+
+    async def save(self, letter: DeadLetter) -> None:
+        stored = self.rows[letter.id]
+        stored.status, stored.replays, stored.replayed_at = letter.status, letter.replays, letter.replayed_at
+
+
+class FakeChannelRepository(FakeRepository):
+    rows: dict[tuple[str, str], Any]
+
+    async def provider(self, team_id: str, channel: str) -> ProviderSettings | None:
+        found = self.rows.get((team_id, channel))
+        return found if isinstance(found, ProviderSettings) else None
+
+    async def put_provider(self, settings: ProviderSettings) -> ProviderSettings:
+        stored = dataclasses.replace(settings, updated_at=utcnow())
+        self.rows[(settings.team_id, settings.channel)] = stored
+        return stored
+
+    async def webhook_secret(self, team_id: str) -> str:
+        secret = self.rows.setdefault((team_id, "webhook"), new_webhook_secret())
+        assert isinstance(secret, str)
+        return secret
+
+    async def set_webhook_secret(self, team_id: str, secret: str) -> None:
+        self.rows[(team_id, "webhook")] = secret
+
+
+class FakeDevMessageRepository(FakeRepository):
+    rows: dict[str, tuple[OutgoingText, datetime]]
+
+    async def add(self, message: OutgoingText, at: datetime) -> None:
+        self.rows.setdefault(message.idempotency_key, (message, at))
+
+    async def newest(self, team_id: str, channel: str, limit: int) -> list[tuple[OutgoingText, datetime]]:
+        found = [
+            (message, at)
+            for message, at in self.rows.values()
+            if message.project_id == team_id and (not channel or message.channel == channel)
+        ]
+        return sorted(found, key=lambda pair: pair[1], reverse=True)[:limit]
 
 
 class FakeExecutorUnitOfWork(FakeUnitOfWork):
     def __init__(self) -> None:
         self._runs = FakeRunRepository()
-        super().__init__(self._runs)
+        self._timers = FakeTimerRepository()
+        self._feed = FakeFeedRepository()
+        self._dead_letters = FakeDeadLetterRepository()
+        self._channels = FakeChannelRepository()
+        self._dev_messages = FakeDevMessageRepository()
+        super().__init__(
+            self._runs, self._timers, self._feed, self._dead_letters, self._channels, self._dev_messages
+        )
 
     @property
     def runs(self) -> FakeRunRepository:
         return self._runs
+
+    @property
+    def timers(self) -> FakeTimerRepository:
+        return self._timers
+
+    @property
+    def feed(self) -> FakeFeedRepository:
+        return self._feed
+
+    @property
+    def dead_letters(self) -> FakeDeadLetterRepository:
+        return self._dead_letters
+
+    @property
+    def channels(self) -> FakeChannelRepository:
+        return self._channels
+
+    @property
+    def dev_messages(self) -> FakeDevMessageRepository:
+        return self._dev_messages
 
 
 class FakeEmailSender:
@@ -751,6 +916,34 @@ class FakeEmailSender:
             raise self._failures.pop(0)
         self.sent.append(email)
         return f"250 2.0.0 queued {email.message_id}"
+
+
+class FakeTextSender:
+    """Records SMS and push notifications; can be told to fail the next sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[OutgoingText, ProviderSettings]] = []
+        self.failures: list[DeliveryError] = []
+
+    async def send(self, message: OutgoingText, provider: ProviderSettings) -> str:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append((message, provider))
+        return "HTTP 202: accepted"
+
+
+class FakeWebhookSender:
+    """Records webhook requests with the secret they would be signed with."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[OutgoingWebhook, str]] = []
+        self.failures: list[DeliveryError] = []
+
+    async def send(self, request: OutgoingWebhook, secret: str) -> str:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append((request, secret))
+        return "HTTP 200: ok"
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from kernel.errors import NotFound
 from kernel.structs import to_struct
 from services.executor.domain import DELIVERY_ID_NAMESPACE, OutgoingEmail, RunStatus, StepStatus, delivery_id
 from services.executor.handlers import Channels, get_run, perform_step, start_run
-from tests.unit.fakes import FakeEmailSender, FakeExecutorUnitOfWork
+from tests.unit.fakes import FakeEmailSender, FakeExecutorUnitOfWork, FakeTextSender, FakeWebhookSender
 
 TEAM = "team-1"
 RUN_ID = uuid.UUID("5b0d1d0e-64a3-4a43-9d43-46e0c1c1a001")
@@ -69,8 +69,25 @@ def tracking(message: OutgoingMessage) -> tracking_pb2.TrackingRecord:
     return tracking_pb2.TrackingRecord.FromString(message.payload)
 
 
+def run_facts(messages: list[OutgoingMessage]) -> list[OutgoingMessage]:
+    """The tracking facts about the run itself (not the triggers of the system events it emits)."""
+    return [
+        m
+        for m in messages
+        if m.subject.startswith("tracking.") and not m.subject.endswith("trigger_accepted")
+    ]
+
+
+def system_events(messages: list[OutgoingMessage]) -> list[event_pb2.Event]:
+    return [event_pb2.Event.FromString(m.payload) for m in messages if m.subject.startswith("events.")]
+
+
 def step_tasks(messages: list[OutgoingMessage]) -> list[run_pb2.StepTask]:
     return [run_pb2.StepTask.FromString(m.payload) for m in messages if m.subject.startswith("steps.")]
+
+
+def channels_with(email: Any, **settings: Any) -> Channels:
+    return Channels(email=email, text=FakeTextSender(), webhook=FakeWebhookSender(), **settings)
 
 
 async def started(*steps: workflow_pb2.Step, **fields: Any) -> FakeExecutorUnitOfWork:
@@ -143,7 +160,7 @@ async def test_perform_step_sends_the_rendered_email_once() -> None:
     uow = await started()
     sender = FakeEmailSender()
 
-    await perform_step(a_task(), uow, Channels(email=sender, message_domain="example.com"))
+    await perform_step(a_task(), uow, channels_with(email=sender, message_domain="example.com"))
 
     [email] = sender.sent
     expected_delivery = uuid.uuid5(DELIVERY_ID_NAMESPACE, f"{RUN_ID}/welcome")
@@ -166,7 +183,7 @@ async def test_a_sent_last_step_completes_the_run_and_reports_both_facts() -> No
     sender = FakeEmailSender()
     already = len(uow.published)
 
-    await perform_step(a_task(), uow, Channels(email=sender))
+    await perform_step(a_task(), uow, channels_with(email=sender))
 
     run = await get_run(TEAM, str(RUN_ID), uow)
     [step] = run.steps
@@ -175,7 +192,7 @@ async def test_a_sent_last_step_completes_the_run_and_reports_both_facts() -> No
     assert step.finished_at is not None
     assert run.status == RunStatus.COMPLETED
     assert run.finished_at is not None
-    delivery, finished = uow.published[already:]
+    delivery, finished = run_facts(uow.published[already:])
     assert delivery.subject == "tracking.team-1.delivery_recorded"
     recorded = tracking(delivery).delivery_recorded
     assert recorded.outcome == tracking_pb2.DELIVERY_OUTCOME_SENT
@@ -191,10 +208,10 @@ async def test_a_sent_last_step_completes_the_run_and_reports_both_facts() -> No
 async def test_performing_a_sent_step_again_sends_nothing() -> None:
     uow = await started()
     sender = FakeEmailSender()
-    await perform_step(a_task(), uow, Channels(email=sender))
+    await perform_step(a_task(), uow, channels_with(email=sender))
     published = list(uow.published)
 
-    await perform_step(a_task(), uow, Channels(email=sender))
+    await perform_step(a_task(), uow, channels_with(email=sender))
 
     assert len(sender.sent) == 1
     assert sender.tries == 1
@@ -208,12 +225,12 @@ async def test_a_transient_failure_asks_for_a_retry_and_keeps_the_attempt() -> N
     already = len(uow.published)
 
     with pytest.raises(RetryLater, match="SMTP server unreachable"):
-        await perform_step(a_task(), uow, Channels(email=sender, max_attempts=3))
+        await perform_step(a_task(), uow, channels_with(email=sender, max_attempts=3))
 
     run = await get_run(TEAM, str(RUN_ID), uow)
     [step] = run.steps
     assert (step.status, step.attempts) == (StepStatus.QUEUED, 1)
-    assert step.detail == "SMTP server unreachable: timed out"
+    assert step.detail == "attempt 1 of 3: SMTP server unreachable: timed out"
     assert run.status == RunStatus.RUNNING
     assert uow.published[already:] == []
     assert sender.sent == []
@@ -223,7 +240,7 @@ async def test_a_retry_after_a_transient_failure_sends_and_counts_both_attempts(
     uow = await started()
     sender = FakeEmailSender()
     sender.fail_next()
-    channels = Channels(email=sender, max_attempts=3)
+    channels = channels_with(email=sender, max_attempts=3)
     with pytest.raises(RetryLater):
         await perform_step(a_task(), uow, channels)
 
@@ -241,7 +258,7 @@ async def test_the_last_allowed_attempt_fails_the_step_and_the_run() -> None:
     uow = await started()
     sender = FakeEmailSender()
     sender.fail_next(times=3)
-    channels = Channels(email=sender, max_attempts=3)
+    channels = channels_with(email=sender, max_attempts=3)
     for _ in range(2):
         with pytest.raises(RetryLater):
             await perform_step(a_task(), uow, channels)
@@ -253,14 +270,20 @@ async def test_the_last_allowed_attempt_fails_the_step_and_the_run() -> None:
     [step] = run.steps
     assert (step.status, step.attempts) == (StepStatus.FAILED, 3)
     assert run.status == RunStatus.FAILED
-    delivery, finished = uow.published[already:]
+    delivery, finished = run_facts(uow.published[already:])
     assert tracking(delivery).delivery_recorded.outcome == tracking_pb2.DELIVERY_OUTCOME_FAILED
     assert tracking(delivery).delivery_recorded.attempts == 3
-    assert tracking(delivery).delivery_recorded.detail == "SMTP server unreachable: timed out"
+    assert tracking(delivery).delivery_recorded.detail == "attempt 3 of 3: SMTP server unreachable: timed out"
     assert tracking(finished).run_finished.outcome == tracking_pb2.RUN_OUTCOME_FAILED
     assert tracking(finished).run_finished.detail == (
-        "step 'welcome' failed: SMTP server unreachable: timed out"
+        "step 'welcome' failed: attempt 3 of 3: SMTP server unreachable: timed out"
     )
+    assert [event.name for event in system_events(uow.published[already:])] == [
+        "herald.mail.delivery",
+        "herald.workflow.failed",
+    ]
+    [letter] = await uow.dead_letters.newest(TEAM, 10)
+    assert (letter.step_id, letter.attempts, letter.channel) == ("welcome", 3, "email")
     assert sender.sent == []
 
 
@@ -268,15 +291,15 @@ async def test_a_contact_without_email_fails_at_once_without_retry() -> None:
     uow = await started(email="")
     sender = FakeEmailSender()
 
-    await perform_step(a_task(), uow, Channels(email=sender, max_attempts=5))
+    await perform_step(a_task(), uow, channels_with(email=sender, max_attempts=5))
 
     run = await get_run(TEAM, str(RUN_ID), uow)
     [step] = run.steps
     assert (step.status, step.attempts) == (StepStatus.FAILED, 1)
-    assert step.detail == "the contact has no email address"
+    assert step.detail == "attempt 1 of 5: the contact has no email address"
     assert run.status == RunStatus.FAILED
     assert sender.tries == 0
-    outcomes = [tracking(m).WhichOneof("kind") for m in uow.published[2:]]
+    outcomes = [tracking(m).WhichOneof("kind") for m in run_facts(uow.published[2:])]
     assert outcomes == ["delivery_recorded", "run_finished"]
 
 
@@ -285,25 +308,25 @@ async def test_a_permanent_refusal_by_the_server_fails_at_once() -> None:
     sender = FakeEmailSender()
     sender.fail_next(permanent=True)
 
-    await perform_step(a_task(), uow, Channels(email=sender, max_attempts=5))
+    await perform_step(a_task(), uow, channels_with(email=sender, max_attempts=5))
 
     run = await get_run(TEAM, str(RUN_ID), uow)
     assert (run.steps[0].status, run.steps[0].attempts) == (StepStatus.FAILED, 1)
-    assert run.steps[0].detail == "SMTP 550: mailbox unavailable"
+    assert run.steps[0].detail == "attempt 1 of 5: SMTP 550: mailbox unavailable"
     assert run.status == RunStatus.FAILED
 
 
 async def test_a_workflow_with_two_email_steps_sends_them_in_order() -> None:
     uow = await started(WELCOME, FOLLOW_UP)
     sender = FakeEmailSender()
-    channels = Channels(email=sender)
+    channels = channels_with(email=sender)
 
     await perform_step(a_task("welcome"), uow, channels)
     after_first = len(uow.published)
 
     [first_task, second_task] = step_tasks(uow.published)
     assert (first_task.step_id, second_task.step_id) == ("welcome", "follow-up")
-    assert uow.published[after_first - 1].msg_id == f"{RUN_ID}:follow-up"
+    assert step_tasks(uow.published[after_first - 1 :]) == [second_task]
     assert (await get_run(TEAM, str(RUN_ID), uow)).status == RunStatus.RUNNING
     assert not any(m.subject.endswith("run_finished") for m in uow.published)
 
@@ -315,7 +338,7 @@ async def test_a_workflow_with_two_email_steps_sends_them_in_order() -> None:
     run = await get_run(TEAM, str(RUN_ID), uow)
     assert [s.status for s in run.steps] == [StepStatus.SENT, StepStatus.SENT]
     assert run.status == RunStatus.COMPLETED
-    assert tracking(uow.published[-1]).run_finished.outcome == tracking_pb2.RUN_OUTCOME_COMPLETED
+    assert tracking(run_facts(uow.published)[-1]).run_finished.outcome == tracking_pb2.RUN_OUTCOME_COMPLETED
 
 
 async def test_a_failed_first_step_fails_the_run_and_never_queues_the_second() -> None:
@@ -323,7 +346,7 @@ async def test_a_failed_first_step_fails_the_run_and_never_queues_the_second() -
     sender = FakeEmailSender()
     sender.fail_next(permanent=True)
 
-    await perform_step(a_task("welcome"), uow, Channels(email=sender))
+    await perform_step(a_task("welcome"), uow, channels_with(email=sender))
 
     run = await get_run(TEAM, str(RUN_ID), uow)
     assert [s.status for s in run.steps] == [StepStatus.FAILED, StepStatus.PENDING]
@@ -340,7 +363,7 @@ async def test_an_unexpected_sender_error_is_counted_and_retried() -> None:
     published = list(uow.published)
 
     with pytest.raises(RetryLater):
-        await perform_step(a_task(), uow, Channels(email=CrashingSender()))
+        await perform_step(a_task(), uow, channels_with(email=CrashingSender()))
 
     run = await get_run(TEAM, str(RUN_ID), uow)
     assert run.steps[0].attempts == 1
@@ -355,7 +378,7 @@ async def test_a_task_for_an_unknown_run_or_step_is_poison(run_id: uuid.UUID, st
     uow = await started()
 
     with pytest.raises(Poison):
-        await perform_step(a_task(step_id, run_id=run_id), uow, Channels(email=FakeEmailSender()))
+        await perform_step(a_task(step_id, run_id=run_id), uow, channels_with(email=FakeEmailSender()))
 
 
 async def test_plain_text_parts_are_not_html_escaped() -> None:
@@ -373,7 +396,7 @@ async def test_plain_text_parts_are_not_html_escaped() -> None:
     await start_run(start, uow)
     sender = FakeEmailSender()
 
-    await perform_step(a_task(), uow, Channels(email=sender))
+    await perform_step(a_task(), uow, channels_with(email=sender))
 
     [email] = sender.sent
     assert email.html == "<p>Smith &amp; Sons</p>"

@@ -11,7 +11,8 @@ import pytest
 from kernel.bus import OutgoingMessage
 from kernel.clock import utcnow
 from kernel.errors import Conflict, ResourceExhausted
-from services.executor.domain import Run, StepSpec, StepState
+from kernel.steps import StepSpec
+from services.executor.domain import Run, StepState
 from services.ingest.domain import AcceptedEvent, Contact, EventSource, IdempotencyRecord
 from tests.unit.fakes import FakeExecutorUnitOfWork, FakeIngestUnitOfWork, FakeRateLimiter, UniqueViolation
 

@@ -11,8 +11,9 @@ import pytest
 from herald.bus.v1 import event_pb2, run_pb2, tracking_pb2
 from herald.workflow.v1 import workflow_pb2
 from kernel.errors import AlreadyExists, InvalidArgument, NotFound
+from kernel.steps import StepSpec
 from kernel.structs import from_struct, to_struct
-from services.matcher.domain import Step, WorkflowDefinition, run_id_for, validate_definition
+from services.matcher.domain import WorkflowDefinition, run_id_for, validate_definition
 from services.matcher.handlers import create_workflow, get_workflow, list_workflows, match_event
 from services.matcher.messages import definition_from_proto, definition_to_proto
 from tests.unit.fakes import FakeMatcherUnitOfWork
@@ -28,7 +29,7 @@ def a_definition(**fields: Any) -> WorkflowDefinition:
         "active": True,
         "trigger_event": "user_signup",
         "steps": (
-            Step(id="welcome", type="email", subject="Welcome, {{contact.name}}", body="Hello {{name}}"),
+            StepSpec(id="welcome", type="email", subject="Welcome, {{contact.name}}", body="Hello {{name}}"),
         ),
     }
     values.update(fields)
@@ -65,8 +66,8 @@ async def test_create_workflow_stores_version_one_with_default_step_ids() -> Non
     definition = a_definition(
         name="  Welcome Email ",
         steps=(
-            Step(id="", type="email", subject="Hi", body="One"),
-            Step(id="", type="email", subject="Again", body="Two", html="<p>Two</p>"),
+            StepSpec(id="", type="email", subject="Hi", body="One"),
+            StepSpec(id="", type="email", subject="Again", body="Two", html="<p>Two</p>"),
         ),
     )
 
@@ -88,9 +89,9 @@ async def test_create_workflow_reports_every_problem_at_once_with_its_field() ->
         name=" ",
         trigger_event="UserSignup",
         steps=(
-            Step(id="", type="sms", subject="Hi"),
-            Step(id="", type="email", subject="", body=None),
-            Step(id="third", type="email", subject="{{#if vip}}Hi", body={"not": "a string"}),
+            StepSpec(id="", type="fax", subject="Hi"),
+            StepSpec(id="", type="email", subject="", body=None),
+            StepSpec(id="third", type="email", subject="{{#if vip}}Hi", body={"not": "a string"}),
         ),
     )
 
@@ -123,26 +124,26 @@ async def test_create_workflow_reports_every_problem_at_once_with_its_field() ->
         ({"trigger_event": ""}, "trigger.event", "is required"),
         ({"trigger_event": "purchase-completed"}, "trigger.event", "Invalid event name"),
         ({"steps": ()}, "steps", "at least one step"),
-        ({"steps": (Step(id="s", type="push"),)}, "steps[0].type", "'push' is not a step type"),
-        ({"steps": (Step(id="s", type=""),)}, "steps[0].type", "'(empty)' is not a step type"),
-        ({"steps": (Step(id="s", type="email", body="b"),)}, "steps[0].subject", "is required"),
-        ({"steps": (Step(id="s", type="email", subject="s"),)}, "steps[0].body", "is required"),
+        ({"steps": (StepSpec(id="s", type="fax"),)}, "steps[0].type", "'fax' is not a step type"),
+        ({"steps": (StepSpec(id="s", type=""),)}, "steps[0].type", "'(empty)' is not a step type"),
+        ({"steps": (StepSpec(id="s", type="email", body="b"),)}, "steps[0].subject", "is required"),
+        ({"steps": (StepSpec(id="s", type="email", subject="s"),)}, "steps[0].body", "is required"),
         (
-            {"steps": (Step(id="s", type="email", subject="s", body="{{#if x}}open"),)},
+            {"steps": (StepSpec(id="s", type="email", subject="s", body="{{#if x}}open"),)},
             "steps[0].body",
             "unclosed {{#if}}",
         ),
         (
-            {"steps": (Step(id="s", type="email", subject="s", body="b", html="{{#each x}}"),)},
+            {"steps": (StepSpec(id="s", type="email", subject="s", body="b", html="{{#each x}}"),)},
             "steps[0].html",
             "unclosed {{#each}}",
         ),
-        ({"steps": (Step(id="bad id!", type="email", subject="s", body="b"),)}, "steps[0].id", "1-64"),
+        ({"steps": (StepSpec(id="bad id!", type="email", subject="s", body="b"),)}, "steps[0].id", "1-64"),
         (
             {
                 "steps": (
-                    Step(id="same", type="email", subject="s", body="b"),
-                    Step(id="same", type="email", subject="s", body="b"),
+                    StepSpec(id="same", type="email", subject="s", body="b"),
+                    StepSpec(id="same", type="email", subject="s", body="b"),
                 )
             },
             "steps[1].id",
@@ -151,8 +152,8 @@ async def test_create_workflow_reports_every_problem_at_once_with_its_field() ->
         (
             {
                 "steps": (
-                    Step(id="step-2", type="email", subject="s", body="b"),
-                    Step(id="", type="email", subject="s", body="b"),
+                    StepSpec(id="step-2", type="email", subject="s", body="b"),
+                    StepSpec(id="", type="email", subject="s", body="b"),
                 )
             },
             "steps[1].id",
@@ -184,7 +185,7 @@ def test_a_workflow_may_listen_to_a_system_event() -> None:
     ("changes", "field"),
     [
         ({"key": "welcome\n"}, "key"),
-        ({"steps": (Step(id="welcome\n", type="email", subject="s", body="b"),)}, "steps[0].id"),
+        ({"steps": (StepSpec(id="welcome\n", type="email", subject="s", body="b"),)}, "steps[0].id"),
         ({"trigger_event": "user_signup\n"}, "trigger.event"),
     ],
 )
@@ -405,8 +406,8 @@ def test_a_workflow_without_active_is_active() -> None:
 def test_a_definition_survives_the_trip_through_its_proto() -> None:
     definition = a_definition(
         steps=(
-            Step(id="a", type="email", subject="S", body="B", html="<b>H</b>"),
-            Step(id="b", type="email", subject="S2", body="B2"),
+            StepSpec(id="a", type="email", subject="S", body="B", html="<b>H</b>"),
+            StepSpec(id="b", type="email", subject="S2", body="B2"),
         )
     )
 

@@ -112,10 +112,16 @@ class Event(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     trigger_id: _builtins.str
     project_id: _builtins.str
     name: _builtins.str
+    depth: _builtins.int
+    """How many system events led to this one: 0 for an event a customer sent, n + 1 for a
+    `herald.*` event emitted by a run of an event of depth n. The matcher starts no run for
+    an event deeper than 3, so workflows triggered by system events cannot loop for ever.
+    """
     @_builtins.property
     def contact(self) -> Global___Contact: ...
     @_builtins.property
@@ -141,10 +147,11 @@ class Event(_message.Message):
         source: Global___Source | None = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         accepted_at: _timestamp_pb2.Timestamp | None = ...,
+        depth: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "contact", b"contact", "data", b"data", "occurred_at", b"occurred_at", "source", b"source", "variables", b"variables"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "contact", b"contact", "data", b"data", "event_id", b"event_id", "name", b"name", "occurred_at", b"occurred_at", "project_id", b"project_id", "source", b"source", "trigger_id", b"trigger_id", "variables", b"variables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "contact", b"contact", "data", b"data", "depth", b"depth", "event_id", b"event_id", "name", b"name", "occurred_at", b"occurred_at", "project_id", b"project_id", "source", b"source", "trigger_id", b"trigger_id", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

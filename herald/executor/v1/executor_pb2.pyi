@@ -19,6 +19,557 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ListFeedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    UNREAD_ONLY_FIELD_NUMBER: _builtins.int
+    external_id: _builtins.str
+    limit: _builtins.int
+    """At most this many items (default 50, at most 200)."""
+    unread_only: _builtins.bool
+    def __init__(
+        self,
+        *,
+        external_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        unread_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "limit", b"limit", "unread_only", b"unread_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeedRequest: _TypeAlias = ListFeedRequest  # noqa: Y015
+
+@_typing.final
+class ListFeedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___FeedItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeedResponse: _TypeAlias = ListFeedResponse  # noqa: Y015
+
+@_typing.final
+class FeedItem(_message.Message):
+    """FeedItem is one in-app message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    READ_AT_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    title: _builtins.str
+    body: _builtins.str
+    url: _builtins.str
+    created_at: _builtins.str
+    read_at: _builtins.str
+    run_id: _builtins.str
+    step_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        body: _builtins.str = ...,
+        url: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        read_at: _builtins.str | None = ...,
+        run_id: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_read_at", b"_read_at", "read_at", b"read_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_read_at", b"_read_at", "body", b"body", "created_at", b"created_at", "id", b"id", "read_at", b"read_at", "run_id", b"run_id", "step_id", b"step_id", "title", b"title", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__read_at: _TypeAlias = _typing.Literal["read_at"]  # noqa: Y015
+    _WhichOneofArgType__read_at: _TypeAlias = _typing.Literal["_read_at", b"_read_at"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__read_at) -> _WhichOneofReturnType__read_at | None: ...
+
+Global___FeedItem: _TypeAlias = FeedItem  # noqa: Y015
+
+@_typing.final
+class MarkFeedReadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    external_id: _builtins.str
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        external_id: _builtins.str = ...,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkFeedReadRequest: _TypeAlias = MarkFeedReadRequest  # noqa: Y015
+
+@_typing.final
+class MarkFeedReadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MARKED_FIELD_NUMBER: _builtins.int
+    marked: _builtins.int
+    """How many items were unread and are read now."""
+    def __init__(
+        self,
+        *,
+        marked: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["marked", b"marked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkFeedReadResponse: _TypeAlias = MarkFeedReadResponse  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many (default 50, at most 200)."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]: ...
+    def __init__(
+        self,
+        *,
+        dead_letters: _abc.Iterable[Global___DeadLetter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letters", b"dead_letters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class DeadLetter(_message.Message):
+    """DeadLetter is a delivery that failed for good, with its last error."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    TRIGGER_ID_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    FAILED_AT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REPLAYS_FIELD_NUMBER: _builtins.int
+    REPLAYED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The delivery id."""
+    run_id: _builtins.str
+    trigger_id: _builtins.str
+    step_id: _builtins.str
+    channel: _builtins.str
+    error: _builtins.str
+    attempts: _builtins.int
+    failed_at: _builtins.str
+    status: _builtins.str
+    """dead, or replayed (queued again; dead again if it fails again)."""
+    replays: _builtins.int
+    replayed_at: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        trigger_id: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        error: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        failed_at: _builtins.str = ...,
+        status: _builtins.str = ...,
+        replays: _builtins.int = ...,
+        replayed_at: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_replayed_at", b"_replayed_at", "replayed_at", b"replayed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_replayed_at", b"_replayed_at", "attempts", b"attempts", "channel", b"channel", "error", b"error", "failed_at", b"failed_at", "id", b"id", "replayed_at", b"replayed_at", "replays", b"replays", "run_id", b"run_id", "status", b"status", "step_id", b"step_id", "trigger_id", b"trigger_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__replayed_at: _TypeAlias = _typing.Literal["replayed_at"]  # noqa: Y015
+    _WhichOneofArgType__replayed_at: _TypeAlias = _typing.Literal["_replayed_at", b"_replayed_at"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__replayed_at) -> _WhichOneofReturnType__replayed_at | None: ...
+
+Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
+
+@_typing.final
+class ReplayDeadLetterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayDeadLetterRequest: _TypeAlias = ReplayDeadLetterRequest  # noqa: Y015
+
+@_typing.final
+class ReplayDeadLetterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dead_letter(self) -> Global___DeadLetter: ...
+    def __init__(
+        self,
+        *,
+        dead_letter: Global___DeadLetter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dead_letter", b"dead_letter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter", b"dead_letter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayDeadLetterResponse: _TypeAlias = ReplayDeadLetterResponse  # noqa: Y015
+
+@_typing.final
+class GetChannelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetChannelsRequest: _TypeAlias = GetChannelsRequest  # noqa: Y015
+
+@_typing.final
+class GetChannelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SMS_FIELD_NUMBER: _builtins.int
+    PUSH_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sms(self) -> Global___ChannelProvider:
+        """Unset when the project has none: messages go to the development provider."""
+
+    @_builtins.property
+    def push(self) -> Global___ChannelProvider: ...
+    @_builtins.property
+    def webhook(self) -> Global___WebhookChannel: ...
+    def __init__(
+        self,
+        *,
+        sms: Global___ChannelProvider | None = ...,
+        push: Global___ChannelProvider | None = ...,
+        webhook: Global___WebhookChannel | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["push", b"push", "sms", b"sms", "webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["push", b"push", "sms", b"sms", "webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetChannelsResponse: _TypeAlias = GetChannelsResponse  # noqa: Y015
+
+@_typing.final
+class ChannelProvider(_message.Message):
+    """ChannelProvider is an HTTP provider: Herald POSTs JSON {channel, to, title, body, url,
+    idempotency_key} to `url` with `headers` and an Idempotency-Key header.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class HeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    URL_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    updated_at: _builtins.str
+    """Output only."""
+    @_builtins.property
+    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Output: the values are masked."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        updated_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["headers", b"headers", "updated_at", b"updated_at", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelProvider: _TypeAlias = ChannelProvider  # noqa: Y015
+
+@_typing.final
+class WebhookChannel(_message.Message):
+    """WebhookChannel holds the Standard Webhooks signing secret of the project's webhooks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNING_SECRET_FIELD_NUMBER: _builtins.int
+    signing_secret: _builtins.str
+    def __init__(
+        self,
+        *,
+        signing_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signing_secret", b"signing_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookChannel: _TypeAlias = WebhookChannel  # noqa: Y015
+
+@_typing.final
+class PutChannelProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    """sms or push."""
+    @_builtins.property
+    def provider(self) -> Global___ChannelProvider: ...
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        provider: Global___ChannelProvider | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutChannelProviderRequest: _TypeAlias = PutChannelProviderRequest  # noqa: Y015
+
+@_typing.final
+class PutChannelProviderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> Global___ChannelProvider: ...
+    def __init__(
+        self,
+        *,
+        provider: Global___ChannelProvider | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutChannelProviderResponse: _TypeAlias = PutChannelProviderResponse  # noqa: Y015
+
+@_typing.final
+class SetWebhookSecretRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNING_SECRET_FIELD_NUMBER: _builtins.int
+    signing_secret: _builtins.str
+    """whsec_ and base64; empty for a new random secret."""
+    def __init__(
+        self,
+        *,
+        signing_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signing_secret", b"signing_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetWebhookSecretRequest: _TypeAlias = SetWebhookSecretRequest  # noqa: Y015
+
+@_typing.final
+class SetWebhookSecretResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNING_SECRET_FIELD_NUMBER: _builtins.int
+    signing_secret: _builtins.str
+    def __init__(
+        self,
+        *,
+        signing_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signing_secret", b"signing_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetWebhookSecretResponse: _TypeAlias = SetWebhookSecretResponse  # noqa: Y015
+
+@_typing.final
+class ListDevMessagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    """sms or push; empty for both."""
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevMessagesRequest: _TypeAlias = ListDevMessagesRequest  # noqa: Y015
+
+@_typing.final
+class ListDevMessagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___DevMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___DevMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevMessagesResponse: _TypeAlias = ListDevMessagesResponse  # noqa: Y015
+
+@_typing.final
+class DevMessage(_message.Message):
+    """DevMessage is an SMS or push notification kept by the development provider."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    channel: _builtins.str
+    to: _builtins.str
+    title: _builtins.str
+    body: _builtins.str
+    url: _builtins.str
+    created_at: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        to: _builtins.str = ...,
+        title: _builtins.str = ...,
+        body: _builtins.str = ...,
+        url: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel", b"channel", "created_at", b"created_at", "id", b"id", "title", b"title", "to", b"to", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DevMessage: _TypeAlias = DevMessage  # noqa: Y015
+
+@_typing.final
 class GetRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -124,7 +675,7 @@ class RunStep(_message.Message):
     step_id: _builtins.str
     type: _builtins.str
     status: _builtins.str
-    """One of: pending, queued, sent, failed."""
+    """One of: pending, queued, waiting, sent, failed, done, skipped."""
     attempts: _builtins.int
     detail: _builtins.str
     """The provider's answer or the last error."""

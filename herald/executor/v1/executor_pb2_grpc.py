@@ -40,6 +40,46 @@ class ExecutorServiceStub:
                 request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.GetRunRequest.SerializeToString,
                 response_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.GetRunResponse.FromString,
                 _registered_method=True)
+        self.ListFeed = channel.unary_unary(
+                '/herald.executor.v1.ExecutorService/ListFeed',
+                request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListFeedRequest.SerializeToString,
+                response_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListFeedResponse.FromString,
+                _registered_method=True)
+        self.MarkFeedRead = channel.unary_unary(
+                '/herald.executor.v1.ExecutorService/MarkFeedRead',
+                request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.MarkFeedReadRequest.SerializeToString,
+                response_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.MarkFeedReadResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/herald.executor.v1.ExecutorService/ListDeadLetters',
+                request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.ReplayDeadLetter = channel.unary_unary(
+                '/herald.executor.v1.ExecutorService/ReplayDeadLetter',
+                request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.ReplayDeadLetterRequest.SerializeToString,
+                response_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.ReplayDeadLetterResponse.FromString,
+                _registered_method=True)
+        self.GetChannels = channel.unary_unary(
+                '/herald.executor.v1.ExecutorService/GetChannels',
+                request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.GetChannelsRequest.SerializeToString,
+                response_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.GetChannelsResponse.FromString,
+                _registered_method=True)
+        self.PutChannelProvider = channel.unary_unary(
+                '/herald.executor.v1.ExecutorService/PutChannelProvider',
+                request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.PutChannelProviderRequest.SerializeToString,
+                response_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.PutChannelProviderResponse.FromString,
+                _registered_method=True)
+        self.SetWebhookSecret = channel.unary_unary(
+                '/herald.executor.v1.ExecutorService/SetWebhookSecret',
+                request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.SetWebhookSecretRequest.SerializeToString,
+                response_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.SetWebhookSecretResponse.FromString,
+                _registered_method=True)
+        self.ListDevMessages = channel.unary_unary(
+                '/herald.executor.v1.ExecutorService/ListDevMessages',
+                request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDevMessagesRequest.SerializeToString,
+                response_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDevMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -53,6 +93,64 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFeed(self, request, context):
+        """The in-app feed of a contact, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkFeedRead(self, request, context):
+        """Mark items of a contact's feed read (all unread items when `ids` is empty).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """Deliveries that failed for good, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayDeadLetter(self, request, context):
+        """Queue a dead delivery again; its run carries on from it. What was delivered is never
+        sent again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChannels(self, request, context):
+        """The project's SMS and push providers and its webhook signing secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutChannelProvider(self, request, context):
+        """Set the HTTP provider of the sms or push channel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetWebhookSecret(self, request, context):
+        """Replace the webhook signing secret (a new random one when none is given).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDevMessages(self, request, context):
+        """The SMS and push notifications kept by the development provider (projects without a
+        provider), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +158,46 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.GetRun,
                     request_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.GetRunRequest.FromString,
                     response_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.GetRunResponse.SerializeToString,
+            ),
+            'ListFeed': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeed,
+                    request_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListFeedRequest.FromString,
+                    response_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListFeedResponse.SerializeToString,
+            ),
+            'MarkFeedRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkFeedRead,
+                    request_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.MarkFeedReadRequest.FromString,
+                    response_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.MarkFeedReadResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'ReplayDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayDeadLetter,
+                    request_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.ReplayDeadLetterRequest.FromString,
+                    response_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.ReplayDeadLetterResponse.SerializeToString,
+            ),
+            'GetChannels': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChannels,
+                    request_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.GetChannelsRequest.FromString,
+                    response_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.GetChannelsResponse.SerializeToString,
+            ),
+            'PutChannelProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutChannelProvider,
+                    request_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.PutChannelProviderRequest.FromString,
+                    response_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.PutChannelProviderResponse.SerializeToString,
+            ),
+            'SetWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWebhookSecret,
+                    request_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.SetWebhookSecretRequest.FromString,
+                    response_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.SetWebhookSecretResponse.SerializeToString,
+            ),
+            'ListDevMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevMessages,
+                    request_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDevMessagesRequest.FromString,
+                    response_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDevMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +228,222 @@ class ExecutorService:
             '/herald.executor.v1.ExecutorService/GetRun',
             herald_dot_executor_dot_v1_dot_executor__pb2.GetRunRequest.SerializeToString,
             herald_dot_executor_dot_v1_dot_executor__pb2.GetRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.executor.v1.ExecutorService/ListFeed',
+            herald_dot_executor_dot_v1_dot_executor__pb2.ListFeedRequest.SerializeToString,
+            herald_dot_executor_dot_v1_dot_executor__pb2.ListFeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkFeedRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.executor.v1.ExecutorService/MarkFeedRead',
+            herald_dot_executor_dot_v1_dot_executor__pb2.MarkFeedReadRequest.SerializeToString,
+            herald_dot_executor_dot_v1_dot_executor__pb2.MarkFeedReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.executor.v1.ExecutorService/ListDeadLetters',
+            herald_dot_executor_dot_v1_dot_executor__pb2.ListDeadLettersRequest.SerializeToString,
+            herald_dot_executor_dot_v1_dot_executor__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.executor.v1.ExecutorService/ReplayDeadLetter',
+            herald_dot_executor_dot_v1_dot_executor__pb2.ReplayDeadLetterRequest.SerializeToString,
+            herald_dot_executor_dot_v1_dot_executor__pb2.ReplayDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChannels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.executor.v1.ExecutorService/GetChannels',
+            herald_dot_executor_dot_v1_dot_executor__pb2.GetChannelsRequest.SerializeToString,
+            herald_dot_executor_dot_v1_dot_executor__pb2.GetChannelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutChannelProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.executor.v1.ExecutorService/PutChannelProvider',
+            herald_dot_executor_dot_v1_dot_executor__pb2.PutChannelProviderRequest.SerializeToString,
+            herald_dot_executor_dot_v1_dot_executor__pb2.PutChannelProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.executor.v1.ExecutorService/SetWebhookSecret',
+            herald_dot_executor_dot_v1_dot_executor__pb2.SetWebhookSecretRequest.SerializeToString,
+            herald_dot_executor_dot_v1_dot_executor__pb2.SetWebhookSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.executor.v1.ExecutorService/ListDevMessages',
+            herald_dot_executor_dot_v1_dot_executor__pb2.ListDevMessagesRequest.SerializeToString,
+            herald_dot_executor_dot_v1_dot_executor__pb2.ListDevMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

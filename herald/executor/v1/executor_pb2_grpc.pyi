@@ -35,6 +35,26 @@ class ExecutorServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ExecutorServiceAsyncStub: ...
     GetRun: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetRunRequest, _executor_pb2.GetRunResponse]
     """One run with each of its steps."""
+    ListFeed: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListFeedRequest, _executor_pb2.ListFeedResponse]
+    """The in-app feed of a contact, newest first."""
+    MarkFeedRead: _grpc.UnaryUnaryMultiCallable[_executor_pb2.MarkFeedReadRequest, _executor_pb2.MarkFeedReadResponse]
+    """Mark items of a contact's feed read (all unread items when `ids` is empty)."""
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListDeadLettersRequest, _executor_pb2.ListDeadLettersResponse]
+    """Deliveries that failed for good, newest first."""
+    ReplayDeadLetter: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ReplayDeadLetterRequest, _executor_pb2.ReplayDeadLetterResponse]
+    """Queue a dead delivery again; its run carries on from it. What was delivered is never
+    sent again.
+    """
+    GetChannels: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetChannelsRequest, _executor_pb2.GetChannelsResponse]
+    """The project's SMS and push providers and its webhook signing secret."""
+    PutChannelProvider: _grpc.UnaryUnaryMultiCallable[_executor_pb2.PutChannelProviderRequest, _executor_pb2.PutChannelProviderResponse]
+    """Set the HTTP provider of the sms or push channel."""
+    SetWebhookSecret: _grpc.UnaryUnaryMultiCallable[_executor_pb2.SetWebhookSecretRequest, _executor_pb2.SetWebhookSecretResponse]
+    """Replace the webhook signing secret (a new random one when none is given)."""
+    ListDevMessages: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListDevMessagesRequest, _executor_pb2.ListDevMessagesResponse]
+    """The SMS and push notifications kept by the development provider (projects without a
+    provider), newest first.
+    """
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -43,6 +63,26 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetRunRequest, _executor_pb2.GetRunResponse]  # type: ignore[assignment]
     """One run with each of its steps."""
+    ListFeed: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListFeedRequest, _executor_pb2.ListFeedResponse]  # type: ignore[assignment]
+    """The in-app feed of a contact, newest first."""
+    MarkFeedRead: _aio.UnaryUnaryMultiCallable[_executor_pb2.MarkFeedReadRequest, _executor_pb2.MarkFeedReadResponse]  # type: ignore[assignment]
+    """Mark items of a contact's feed read (all unread items when `ids` is empty)."""
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListDeadLettersRequest, _executor_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """Deliveries that failed for good, newest first."""
+    ReplayDeadLetter: _aio.UnaryUnaryMultiCallable[_executor_pb2.ReplayDeadLetterRequest, _executor_pb2.ReplayDeadLetterResponse]  # type: ignore[assignment]
+    """Queue a dead delivery again; its run carries on from it. What was delivered is never
+    sent again.
+    """
+    GetChannels: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetChannelsRequest, _executor_pb2.GetChannelsResponse]  # type: ignore[assignment]
+    """The project's SMS and push providers and its webhook signing secret."""
+    PutChannelProvider: _aio.UnaryUnaryMultiCallable[_executor_pb2.PutChannelProviderRequest, _executor_pb2.PutChannelProviderResponse]  # type: ignore[assignment]
+    """Set the HTTP provider of the sms or push channel."""
+    SetWebhookSecret: _aio.UnaryUnaryMultiCallable[_executor_pb2.SetWebhookSecretRequest, _executor_pb2.SetWebhookSecretResponse]  # type: ignore[assignment]
+    """Replace the webhook signing secret (a new random one when none is given)."""
+    ListDevMessages: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListDevMessagesRequest, _executor_pb2.ListDevMessagesResponse]  # type: ignore[assignment]
+    """The SMS and push notifications kept by the development provider (projects without a
+    provider), newest first.
+    """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     """ExecutorService answers about the runs it executes."""
@@ -54,5 +94,73 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_executor_pb2.GetRunResponse, _abc.Awaitable[_executor_pb2.GetRunResponse]]:
         """One run with each of its steps."""
+
+    @_abc_1.abstractmethod
+    def ListFeed(
+        self,
+        request: _executor_pb2.ListFeedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ListFeedResponse, _abc.Awaitable[_executor_pb2.ListFeedResponse]]:
+        """The in-app feed of a contact, newest first."""
+
+    @_abc_1.abstractmethod
+    def MarkFeedRead(
+        self,
+        request: _executor_pb2.MarkFeedReadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.MarkFeedReadResponse, _abc.Awaitable[_executor_pb2.MarkFeedReadResponse]]:
+        """Mark items of a contact's feed read (all unread items when `ids` is empty)."""
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _executor_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ListDeadLettersResponse, _abc.Awaitable[_executor_pb2.ListDeadLettersResponse]]:
+        """Deliveries that failed for good, newest first."""
+
+    @_abc_1.abstractmethod
+    def ReplayDeadLetter(
+        self,
+        request: _executor_pb2.ReplayDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ReplayDeadLetterResponse, _abc.Awaitable[_executor_pb2.ReplayDeadLetterResponse]]:
+        """Queue a dead delivery again; its run carries on from it. What was delivered is never
+        sent again.
+        """
+
+    @_abc_1.abstractmethod
+    def GetChannels(
+        self,
+        request: _executor_pb2.GetChannelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.GetChannelsResponse, _abc.Awaitable[_executor_pb2.GetChannelsResponse]]:
+        """The project's SMS and push providers and its webhook signing secret."""
+
+    @_abc_1.abstractmethod
+    def PutChannelProvider(
+        self,
+        request: _executor_pb2.PutChannelProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.PutChannelProviderResponse, _abc.Awaitable[_executor_pb2.PutChannelProviderResponse]]:
+        """Set the HTTP provider of the sms or push channel."""
+
+    @_abc_1.abstractmethod
+    def SetWebhookSecret(
+        self,
+        request: _executor_pb2.SetWebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.SetWebhookSecretResponse, _abc.Awaitable[_executor_pb2.SetWebhookSecretResponse]]:
+        """Replace the webhook signing secret (a new random one when none is given)."""
+
+    @_abc_1.abstractmethod
+    def ListDevMessages(
+        self,
+        request: _executor_pb2.ListDevMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ListDevMessagesResponse, _abc.Awaitable[_executor_pb2.ListDevMessagesResponse]]:
+        """The SMS and push notifications kept by the development provider (projects without a
+        provider), newest first.
+        """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,19 +25,23 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!herald/workflow/v1/workflow.proto\x12\x12herald.workflow.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xff\x01\n\x08Workflow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x06\x61\x63tive\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x34\n\x07trigger\x18\x04 \x01(\x0b\x32#.herald.workflow.v1.WorkflowTrigger\x12\'\n\x05steps\x18\x05 \x03(\x0b\x32\x18.herald.workflow.v1.Step\x12\x0f\n\x07version\x18\x06 \x01(\x05\x12\x12\n\ncreated_at\x18\x07 \x01(\t\x12\x34\n\x07\x66ilters\x18\x08 \x01(\x0b\x32#.herald.workflow.v1.WorkflowFiltersB\t\n\x07_active\"|\n\x0fWorkflowFilters\x12\x10\n\x08tags_any\x18\x01 \x03(\t\x12\x10\n\x08tags_all\x18\x02 \x03(\t\x12\x11\n\ttags_none\x18\x03 \x03(\t\x12\x10\n\x08\x63ooldown\x18\x04 \x01(\t\x12\x11\n\tcondition\x18\x05 \x01(\t\x12\r\n\x05topic\x18\x06 \x01(\t\" \n\x0fWorkflowTrigger\x12\r\n\x05\x65vent\x18\x01 \x01(\t\"e\n\x04Step\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12$\n\x04\x62ody\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0c\n\x04html\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!herald/workflow/v1/workflow.proto\x12\x12herald.workflow.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xff\x01\n\x08Workflow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x06\x61\x63tive\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x34\n\x07trigger\x18\x04 \x01(\x0b\x32#.herald.workflow.v1.WorkflowTrigger\x12\'\n\x05steps\x18\x05 \x03(\x0b\x32\x18.herald.workflow.v1.Step\x12\x0f\n\x07version\x18\x06 \x01(\x05\x12\x12\n\ncreated_at\x18\x07 \x01(\t\x12\x34\n\x07\x66ilters\x18\x08 \x01(\x0b\x32#.herald.workflow.v1.WorkflowFiltersB\t\n\x07_active\"|\n\x0fWorkflowFilters\x12\x10\n\x08tags_any\x18\x01 \x03(\t\x12\x10\n\x08tags_all\x18\x02 \x03(\t\x12\x11\n\ttags_none\x18\x03 \x03(\t\x12\x10\n\x08\x63ooldown\x18\x04 \x01(\t\x12\x11\n\tcondition\x18\x05 \x01(\t\x12\r\n\x05topic\x18\x06 \x01(\t\" \n\x0fWorkflowTrigger\x12\r\n\x05\x65vent\x18\x01 \x01(\t\"\xa2\x03\n\x04Step\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12$\n\x04\x62ody\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0c\n\x04html\x18\x05 \x01(\t\x12\r\n\x05title\x18\x06 \x01(\t\x12\x0b\n\x03url\x18\x07 \x01(\t\x12\x0e\n\x06method\x18\x08 \x01(\t\x12\x36\n\x07headers\x18\t \x03(\x0b\x32%.herald.workflow.v1.Step.HeadersEntry\x12\x14\n\x0cmax_attempts\x18\n \x01(\x05\x12\x10\n\x08\x64uration\x18\x0b \x01(\t\x12\r\n\x05until\x18\x0c \x01(\t\x12\r\n\x05\x65vent\x18\r \x01(\t\x12\x0f\n\x07timeout\x18\x0e \x01(\t\x12\r\n\x05match\x18\x0f \x01(\t\x12\x12\n\non_timeout\x18\x10 \x01(\t\x12\x11\n\tcondition\x18\x11 \x01(\t\x12\x0c\n\x04then\x18\x12 \x01(\t\x12\x0c\n\x04\x65lse\x18\x13 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'herald.workflow.v1.workflow_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_STEP_HEADERSENTRY']._loaded_options = None
+  _globals['_STEP_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_WORKFLOW']._serialized_start=88
   _globals['_WORKFLOW']._serialized_end=343
   _globals['_WORKFLOWFILTERS']._serialized_start=345
   _globals['_WORKFLOWFILTERS']._serialized_end=469
   _globals['_WORKFLOWTRIGGER']._serialized_start=471
   _globals['_WORKFLOWTRIGGER']._serialized_end=503
-  _globals['_STEP']._serialized_start=505
-  _globals['_STEP']._serialized_end=606
+  _globals['_STEP']._serialized_start=506
+  _globals['_STEP']._serialized_end=924
+  _globals['_STEP_HEADERSENTRY']._serialized_start=878
+  _globals['_STEP_HEADERSENTRY']._serialized_end=924
 # @@protoc_insertion_point(module_scope)

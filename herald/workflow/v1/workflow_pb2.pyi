@@ -153,26 +153,101 @@ Global___WorkflowTrigger: _TypeAlias = WorkflowTrigger  # noqa: Y015
 
 @_typing.final
 class Step(_message.Message):
-    """Step is one step of a workflow. `type` says which of the other fields apply."""
+    """Step is one step of a workflow. `type` says which of the other fields apply. Steps run in
+    order; `branch` and `on_timeout` jump forward to a step id. Every template field uses the
+    Handlebars syntax over `variables` (also at the top level), `contact` and `event`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class HeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     ID_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     HTML_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    MATCH_FIELD_NUMBER: _builtins.int
+    ON_TIMEOUT_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    THEN_FIELD_NUMBER: _builtins.int
+    ELSE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Identifier of the step within the workflow; "step-<n>" (1-based) when omitted."""
     type: _builtins.str
-    """One of: email."""
+    """One of: email, sms, push, webhook, in_app, delay, wait_for_event, branch, exit."""
     subject: _builtins.str
     """email: the subject line (a template)."""
     html: _builtins.str
     """email: an optional HTML body (a template)."""
+    title: _builtins.str
+    """push, in_app: the title (a template)."""
+    url: _builtins.str
+    """webhook: the endpoint (a template), required. push, in_app: an optional link opened from
+    the message (a template).
+    """
+    method: _builtins.str
+    """webhook: the HTTP method (default POST)."""
+    max_attempts: _builtins.int
+    """Message steps: how many times to try before the delivery goes to the dead letters
+    (default: the executor's HERALD_MAX_DELIVERY_ATTEMPTS).
+    """
+    duration: _builtins.str
+    """delay: an ISO 8601 duration (e.g. "P1D")."""
+    until: _builtins.str
+    """delay: wait until this RFC 3339 timestamp instead (a template, e.g.
+    "{{event.data.starts_at}}"); a time in the past does not wait.
+    """
+    event: _builtins.str
+    """wait_for_event: the event name to wait for, from the same contact."""
+    timeout: _builtins.str
+    """wait_for_event: an ISO 8601 duration; required."""
+    match: _builtins.str
+    """wait_for_event: an optional CEL expression over the awaited `event`, `contact` and
+    `variables` that the event must satisfy.
+    """
+    on_timeout: _builtins.str
+    """wait_for_event: the step to jump to on timeout; without it a timeout ends the run."""
+    condition: _builtins.str
+    """branch: a CEL expression over `event`, `contact` and `variables`."""
+    then: _builtins.str
+    """branch: the step to jump to when the condition is true (default: the next step)."""
     @_builtins.property
     def body(self) -> _struct_pb2.Value:
-        """email: the plain-text body (a template string)."""
+        """email, sms, push, in_app: the text (a template string).
+        webhook: the JSON body; every string in it is a template.
+        """
+
+    @_builtins.property
+    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """webhook: extra request headers (values are templates)."""
 
     def __init__(
         self,
@@ -182,10 +257,23 @@ class Step(_message.Message):
         subject: _builtins.str = ...,
         body: _struct_pb2.Value | None = ...,
         html: _builtins.str = ...,
+        title: _builtins.str = ...,
+        url: _builtins.str = ...,
+        method: _builtins.str = ...,
+        headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        max_attempts: _builtins.int = ...,
+        duration: _builtins.str = ...,
+        until: _builtins.str = ...,
+        event: _builtins.str = ...,
+        timeout: _builtins.str = ...,
+        match: _builtins.str = ...,
+        on_timeout: _builtins.str = ...,
+        condition: _builtins.str = ...,
+        then: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "html", b"html", "id", b"id", "subject", b"subject", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "condition", b"condition", "duration", b"duration", "else", b"else", "event", b"event", "headers", b"headers", "html", b"html", "id", b"id", "match", b"match", "max_attempts", b"max_attempts", "method", b"method", "on_timeout", b"on_timeout", "subject", b"subject", "then", b"then", "timeout", b"timeout", "title", b"title", "type", b"type", "until", b"until", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

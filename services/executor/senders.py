@@ -1,0 +1,193 @@
+"""The executor's senders: SMTP for email, HTTP providers for SMS and push, signed webhooks.
+
+Each sender turns a provider's answer into a DeliveryError that says whether trying again can
+help: timeouts, 408, 429 and 5xx are transient (with the provider's Retry-After, when it gives
+one); any other 4xx and an invalid address are permanent.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import formatdate, parsedate_to_datetime
+from urllib.parse import unquote, urlsplit
+
+import aiosmtplib
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+from kernel.clock import utcnow
+from services.executor.domain import (
+    DeliveryError,
+    OutgoingEmail,
+    OutgoingText,
+    OutgoingWebhook,
+    ProviderSettings,
+)
+
+USER_AGENT = "Herald/1 (+https://github.com/herald)"
+MAX_ANSWER = 500
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where email goes: smtp://[user:password@]host[:port] (STARTTLS when offered) or smtps://."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    implicit_tls: bool = False
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpServer:
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError(f"HERALD_SMTP_URL must look like smtp://user:password@host:587, got {url!r}")
+        implicit_tls = parts.scheme == "smtps"
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (465 if implicit_tls else 25),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            implicit_tls=implicit_tls,
+        )
+
+
+class SmtpEmailSender:
+    """Sends through an SMTP server with aiosmtplib. Each email keeps a deterministic Message-ID."""
+
+    def __init__(self, server: SmtpServer, mail_from: str, timeout: float = 15.0):
+        self._server = server
+        self._mail_from = mail_from
+        self._timeout = timeout
+        self._tls = ssl.create_default_context()  # loading the CA store is slow: once per sender
+
+    async def send(self, email: OutgoingEmail) -> str:
+        message = EmailMessage()
+        message["From"] = self._mail_from
+        message["To"] = email.to
+        message["Subject"] = email.subject
+        message["Message-ID"] = email.message_id
+        message["Date"] = formatdate(localtime=False, usegmt=True)
+        for name, value in email.headers.items():
+            message[name] = value
+        message.set_content(email.text)
+        if email.html:
+            message.add_alternative(email.html, subtype="html")
+        server = self._server
+        try:
+            _errors, response = await aiosmtplib.send(
+                message,
+                hostname=server.host,
+                port=server.port,
+                username=server.username,
+                password=server.password,
+                use_tls=server.implicit_tls,
+                start_tls=None if not server.implicit_tls else False,
+                tls_context=self._tls,
+                timeout=self._timeout,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as error:
+            permanent = all(500 <= refusal.code < 600 for refusal in error.recipients)
+            raise DeliveryError(f"recipient refused: {error}", permanent=permanent) from error
+        except aiosmtplib.SMTPResponseException as error:
+            raise DeliveryError(
+                f"SMTP {error.code}: {error.message}", permanent=500 <= error.code < 600
+            ) from error
+        except (aiosmtplib.SMTPException, OSError) as error:
+            raise DeliveryError(f"SMTP server unreachable: {error}") from error
+        return f"{response} {email.message_id}".strip()
+
+
+class HttpTextSender:
+    """Sends SMS and push notifications to a project's HTTP provider: a JSON POST of
+    {"channel", "to", "title", "body", "url", "idempotency_key"} with the provider's headers and
+    an Idempotency-Key header, so a provider that honours it never sends twice."""
+
+    def __init__(self, client: httpx.AsyncClient):
+        self._client = client
+
+    async def send(self, message: OutgoingText, provider: ProviderSettings) -> str:
+        document = {
+            "channel": message.channel,
+            "to": message.to,
+            "title": message.title,
+            "body": message.body,
+            "url": message.url,
+            "idempotency_key": message.idempotency_key,
+        }
+        headers = {**provider.headers, "Idempotency-Key": message.idempotency_key}
+        return await _request(self._client, "POST", provider.url, headers, json.dumps(document).encode())
+
+
+class WebhookHttpSender:
+    """Makes webhook requests signed per Standard Webhooks (webhook-id, webhook-timestamp,
+    webhook-signature); the webhook-id, also sent as Idempotency-Key, is the same on every attempt."""
+
+    def __init__(self, client: httpx.AsyncClient):
+        self._client = client
+
+    async def send(self, request: OutgoingWebhook, secret: str) -> str:
+        payload = "" if request.body is None else json.dumps(request.body, separators=(",", ":"))
+        now = utcnow()
+        signature = Webhook(secret).sign(request.webhook_id, now, payload)
+        headers = {
+            **request.headers,
+            "webhook-id": request.webhook_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signature,
+            "Idempotency-Key": request.webhook_id,
+        }
+        return await _request(self._client, request.method, request.url, headers, payload.encode() or None)
+
+
+def http_client(timeout: float = 10.0) -> httpx.AsyncClient:
+    """One client per process: connections are kept and reused; redirects are not followed."""
+    return httpx.AsyncClient(
+        timeout=timeout,
+        follow_redirects=False,
+        headers={"User-Agent": USER_AGENT},
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+    )
+
+
+async def _request(
+    client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str], body: bytes | None
+) -> str:
+    if body is not None:
+        headers = {"Content-Type": "application/json", **headers}
+    try:
+        response = await client.request(method, url, headers=headers, content=body)
+    except httpx.InvalidURL as error:
+        raise DeliveryError(f"invalid URL {url[:200]!r}: {error}", permanent=True) from error
+    except httpx.TimeoutException as error:
+        raise DeliveryError(f"{method} {url[:200]} timed out: {error!r}") from error
+    except httpx.HTTPError as error:
+        raise DeliveryError(f"{method} {url[:200]} failed: {error!r}") from error
+    answer = f"HTTP {response.status_code}: {response.text[:MAX_ANSWER]}".strip()
+    status = response.status_code
+    if 200 <= status < 300:
+        return answer
+    if status in (408, 429) or status >= 500:
+        raise DeliveryError(answer, retry_after=retry_after(response.headers.get("Retry-After")))
+    raise DeliveryError(answer, permanent=True)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait, from a Retry-After header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
