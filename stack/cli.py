@@ -1,4 +1,5 @@
-"""The `herald` command: run the whole platform, one service, migrations, and API keys."""
+"""The `herald` command: run the whole platform, one service, migrations, API keys, and
+workflows as code."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 
 from kernel.database import create_engine, session_factory
@@ -17,6 +19,7 @@ from kernel.logs import configure_logging
 from kernel.migrations import upgrade_all
 from kernel.settings import Settings
 from kernel.tenancy import ensure_team, issue_key, list_keys, revoke_key
+from stack import workflow_files
 from stack.embedded import EmbeddedServerError
 from stack.launcher import MODULES, STACK_FILE, Stack, StackError
 
@@ -101,6 +104,18 @@ def keys(settings: Settings, options: argparse.Namespace) -> int:
     return asyncio.run(_keys(settings, options))
 
 
+def workflows(settings: Settings, options: argparse.Namespace) -> int:
+    """`diff` exits 1 when something differs (like diff(1)); `apply` exits 0 once all is stored."""
+    local = workflow_files.read_directory(Path(options.directory))
+    api = workflow_files.api_for(settings, options.url, options.api_key, options.team)
+    if options.workflows_command == "diff":
+        lines, changes = workflow_files.diff(local, api.latest())
+        print("\n".join(lines))
+        return 1 if changes else 0
+    print("\n".join(workflow_files.apply(local, api)))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="herald", description="Herald: event-triggered messaging workflows.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -118,6 +133,17 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--team")
     revoke = keys_commands.add_parser("revoke", help="revoke a key by its secret, id or prefix")
     revoke.add_argument("key")
+    workflows_parser = commands.add_parser("workflows", help="workflows as code: YAML or JSON files")
+    workflows_commands = workflows_parser.add_subparsers(dest="workflows_command", required=True)
+    for name, text in (
+        ("diff", "show what apply would change (exit 1 when something differs)"),
+        ("apply", "store every workflow of the directory that differs as a new version"),
+    ):
+        command = workflows_commands.add_parser(name, help=text)
+        command.add_argument("-f", "--directory", required=True, help="directory of .yaml/.yml/.json files")
+        command.add_argument("--url", help="the API (default HERALD_URL, else the running `herald run`)")
+        command.add_argument("--api-key", help="default HERALD_API_KEY, else the development key")
+        command.add_argument("--team", help="the team id (default HERALD_TEAM_ID, else the development team)")
     return root
 
 
@@ -126,6 +152,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "serve": serve,
     "migrate": migrate,
     "keys": keys,
+    "workflows": workflows,
 }
 
 

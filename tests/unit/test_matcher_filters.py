@@ -257,3 +257,19 @@ async def test_the_condition_data_is_built_only_for_a_workflow_with_a_condition(
     assert built == []
     assert [d.matched for d in decide(event, [conditional, conditional])] == [True, True]
     assert built == [1]  # once per event, however many conditions read it
+
+
+async def test_a_chain_of_system_events_is_followed_three_deep_and_no_deeper() -> None:
+    third = an_event()
+    third.depth = 3
+    fourth = an_event()
+    fourth.depth = 4
+
+    assert await decision_for(Filters(), third) == (True, "")
+    matched, reason = await decision_for(Filters(), fourth)
+
+    assert not matched
+    assert reason == (
+        "user_signup is the 4th system event in a chain of runs; at most 3 are followed, "
+        "so workflows cannot trigger each other for ever"
+    )
