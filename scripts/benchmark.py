@@ -1,12 +1,18 @@
 """Herald's benchmark: start the whole platform, push events through it, print the figures.
 
-    make benchmark   (or: .venv/bin/python -m scripts.benchmark [--events 2000] [--concurrency 32])
+    make benchmark   (or: .venv/bin/python -m scripts.benchmark [--events 2000] [--concurrency 32]
+                      [--rate 200] [--channel email|webhook|sms|in_app])
 
 It starts the same stack as `herald run` (embedded PostgreSQL and NATS in a temporary directory,
 every service as its own process) with email going to a real local SMTP sink, creates one
-one-step email workflow, then sends events over HTTP from `--concurrency` clients and reports:
+one-step workflow (an email by default; `--channel` picks a webhook to a local HTTP sink, an SMS
+to the development provider, or an in-app message), then sends events over HTTP from
+`--concurrency` clients — as fast as they can, or at `--rate` events per second (open loop: each
+event leaves at its scheduled time whatever the answers do) — and reports:
 - ingest: accepted events per second and the latency of POST /api/v1/events/send;
-- end to end: from sending the event to the SMTP sink receiving the email;
+- end to end: from sending the event to the SMTP sink receiving the email (other channels: to the
+  step being recorded as sent);
+- delivery throughput of the channel;
 - memory: resident set size of every process after the run.
 Figures depend on the machine; nothing here asserts a target.
 """
@@ -23,10 +29,11 @@ from pathlib import Path
 
 import httpx
 import psutil
+import psycopg
 
 from scripts.cpu import cpu_now, cpu_per_event, stack_processes
 from stack.launcher import Stack
-from tests.e2e.support import WELCOME_WORKFLOW, stack_settings, start_smtp_sink
+from tests.e2e.support import WELCOME_WORKFLOW, stack_settings, start_http_sink, start_smtp_sink
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -41,9 +48,15 @@ def describe(name: str, milliseconds: list[float]) -> str:
 
 
 async def send_events(
-    gateway: str, headers: dict[str, str], count: int, concurrency: int, pause: float = 0.0
+    gateway: str,
+    headers: dict[str, str],
+    count: int,
+    concurrency: int,
+    pause: float = 0.0,
+    rate: float = 0.0,
 ) -> tuple[dict[str, float], list[float], float]:
-    """Send `count` events; returns send time per trigger id, request latencies (ms), wall time (s)."""
+    """Send `count` events (at `rate` per second when given); returns send time per trigger id
+    (time.time()), request latencies (ms), wall time (s)."""
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -53,26 +66,48 @@ async def send_events(
     async def client(http: httpx.AsyncClient) -> None:
         while not queue.empty():
             index = queue.get_nowait()
+            if rate:
+                await asyncio.sleep(max(0.0, began + index / rate - time.perf_counter()))
             event = {
                 "event_name": "user_signup",
                 "user_info": {"contact_external_id": f"bench_{index}", "email": f"bench.{index}@example.com",
                               "name": f"Bench {index}"},
                 "variables": {"user_name": f"bench {index}"},
             }  # fmt: skip
-            started = time.perf_counter()
+            started, wall_clock = time.perf_counter(), time.time()
             answer = await http.post("/api/v1/events/send", json=event)
             latencies.append((time.perf_counter() - started) * 1000)
             answer.raise_for_status()
-            sent_at[answer.json()["trigger_id"]] = started
+            sent_at[answer.json()["trigger_id"]] = wall_clock
             if pause:
                 await asyncio.sleep(pause)
 
     limits = httpx.Limits(max_connections=concurrency)
+    began = time.perf_counter()
     async with httpx.AsyncClient(base_url=gateway, headers=headers, timeout=60, limits=limits) as http:
-        began = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         wall = time.perf_counter() - began
     return sent_at, latencies, wall
+
+
+def workflow_for(channel: str, hook_url: str) -> dict[str, object]:
+    steps = {
+        "email": WELCOME_WORKFLOW["steps"],
+        "webhook": [{"type": "webhook", "url": hook_url, "body": {"who": "{{contact.external_id}}"}}],
+        "in_app": [{"type": "in_app", "title": "Hi", "body": "Hello {{contact.name}}"}],
+    }[channel]
+    return {**WELCOME_WORKFLOW, "key": f"bench-{channel}", "steps": steps}
+
+
+def recorded_sends(database_url: str, team_id: str) -> dict[str, float]:
+    """When each run's step was recorded as sent (epoch seconds), by trigger id."""
+    with psycopg.connect(database_url) as connection:
+        rows = connection.execute(
+            "SELECT r.trigger_id::text, extract(epoch FROM s.finished_at)::float8 FROM executor.runs r "
+            "JOIN executor.run_steps s ON s.run_id = r.id WHERE r.team_id = %s AND s.status = 'sent'",
+            (team_id,),
+        ).fetchall()
+    return {trigger: float(at) for trigger, at in rows}
 
 
 def main() -> None:
@@ -84,16 +119,19 @@ def main() -> None:
     parser.add_argument(
         "--pause", type=float, default=0.0, help="seconds each client waits between events (isolated latency)"
     )
+    parser.add_argument("--rate", type=float, default=0.0, help="events per second, open loop (0: flat out)")
+    parser.add_argument("--channel", choices=("email", "webhook", "in_app"), default="email")
     options = parser.parse_args()
 
     sink, controller = start_smtp_sink()
+    hooks = start_http_sink()
     received_at: dict[str, float] = {}
     original = sink.handle_DATA
 
     async def timed_handle(server, session, envelope):  # type: ignore[no-untyped-def]
         answer = await original(server, session, envelope)
         trigger = sink.received[-1].message["X-Herald-Trigger"]
-        received_at.setdefault(str(trigger), time.perf_counter())
+        received_at.setdefault(str(trigger), time.time())
         return answer
 
     sink.handle_DATA = timed_handle  # type: ignore[method-assign]
@@ -108,27 +146,41 @@ def main() -> None:
             assert stack.credentials is not None
             headers = {"X-API-Key": stack.credentials.api_key, "X-Team-ID": stack.credentials.team_id}
             httpx.post(
-                f"{stack.gateway_url}/api/v1/workflows", json=WELCOME_WORKFLOW, headers=headers
+                f"{stack.gateway_url}/api/v1/workflows",
+                json=workflow_for(options.channel, f"{hooks.url}/hook"),
+                headers=headers,
             ).raise_for_status()
             processes = stack_processes(stack)
             cpu_before = cpu_now(processes)
             sent_at, latencies, wall = asyncio.run(
-                send_events(stack.gateway_url, headers, options.events, options.concurrency, options.pause)
+                send_events(
+                    stack.gateway_url,
+                    headers,
+                    options.events,
+                    options.concurrency,
+                    options.pause,
+                    options.rate,
+                )
             )
             deadline = time.monotonic() + 300
-            while len(received_at) < len(sent_at) and time.monotonic() < deadline:
-                time.sleep(0.2)
+            while time.monotonic() < deadline:
+                if options.channel != "email":
+                    received_at = recorded_sends(stack.database_url, stack.credentials.team_id)
+                if len(received_at) >= len(sent_at):
+                    break
+                time.sleep(0.5)
             drained = max(received_at.values()) - min(sent_at.values()) if received_at else float("nan")
             end_to_end = [(received_at[t] - sent_at[t]) * 1000 for t in sent_at if t in received_at]
-            print(f"events sent: {len(sent_at)}, concurrency {options.concurrency}")
+            pace = f"at {options.rate:g}/s" if options.rate else f"concurrency {options.concurrency}"
+            print(f"events sent: {len(sent_at)}, {pace}, channel {options.channel}")
             print(f"ingest throughput: {len(sent_at) / wall:8.1f} events/s accepted ({wall:.1f} s)")
             print(
-                f"delivery throughput: {len(received_at) / drained:6.1f} emails/s"
+                f"delivery throughput: {len(received_at) / drained:6.1f} {options.channel} deliveries/s"
                 f" (all sent in {drained:.1f} s)"
             )
             print(describe("POST /api/v1/events/send", latencies))
-            print(describe("event sent -> email received", end_to_end))
-            print(f"emails received: {len(received_at)} of {len(sent_at)}")
+            print(describe(f"event sent -> {options.channel} delivered", end_to_end))
+            print(f"delivered: {len(received_at)} of {len(sent_at)}")
             print("CPU time per event (ms), by process:")
             for name, spent in cpu_per_event(processes, cpu_before, len(sent_at)).items():
                 print(f"  {name:<10} {spent:7.2f}")
@@ -140,6 +192,7 @@ def main() -> None:
         finally:
             stack.stop()
             controller.stop()
+            hooks.server.shutdown()
 
 
 if __name__ == "__main__":

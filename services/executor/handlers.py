@@ -343,7 +343,6 @@ async def perform_step(task: run_pb2.StepTask, uow: ExecutorUnitOfWork, channels
 def _publish_events(uow: ExecutorUnitOfWork, events: list[OutgoingMessage]) -> None:
     for event in events:
         uow.publish(event)
-        uow.publish(messages.system_trigger_record(event))
 
 
 async def _deliver(run: Run, step: StepState, uow: ExecutorUnitOfWork, channels: Channels) -> str:

@@ -242,19 +242,3 @@ def system_event(run: Run, name: str, data: dict[str, Any], part: str) -> Outgoi
         msg_id=str(event_id),
         project_id=run.team_id,
     )
-
-
-def system_trigger_record(message: OutgoingMessage) -> OutgoingMessage:
-    """The tracker's TriggerAccepted for a system event, so its trigger can be followed too."""
-    event = event_pb2.Event.FromString(message.payload)
-    record = tracking_pb2.TrackingRecord(
-        trigger_id=event.trigger_id,
-        project_id=event.project_id,
-        trigger_accepted=tracking_pb2.TriggerAccepted(
-            event_id=event.event_id,
-            event_name=event.name,
-            contact_id=event.contact.id,
-            created_at=event.accepted_at,
-        ),
-    )
-    return tracking_message(record, fact_id=event.event_id)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from herald.bus.v1 import event_pb2
+from herald.matcher.v1 import matcher_pb2
 from kernel.bus import OutgoingMessage
 from kernel.clock import utcnow
 from kernel.errors import Conflict, HeraldError, InvalidArgument, NotFound, Unprocessable
@@ -373,20 +375,24 @@ async def resolve_contact(
     """
     if not info.identifies_someone:
         return None
-    contacts = uow.contacts
-    found = None
-    if info.external_id:
-        found = await contacts.by_external_id(team_id, info.external_id)
+    found = await _find_contact(team_id, info, uow.contacts)
+    if found is not None:
+        return await _updated(found, info, uow)
+    contact, created = await uow.contacts.add(new_contact(team_id, info))
+    if created:
+        await emit_system_event(CONTACT_CREATED, contact, {"contact_id": str(contact.id)}, now, uow)
+    return contact
+
+
+async def _find_contact(team_id: str, info: UserInfo, contacts: ContactResolver) -> Contact | None:
+    """The known contact `info` names: by external id, then by normalized email (unless that
+    contact has another external id)."""
+    found = await contacts.by_external_id(team_id, info.external_id) if info.external_id else None
     if found is None and info.email:
         by_email = await contacts.by_email(team_id, info.email)
         if by_email is not None and (not info.external_id or by_email.external_id is None):
             found = by_email
-    if found is not None:
-        return await _updated(found, info, uow)
-    contact, created = await contacts.add(new_contact(team_id, info))
-    if created:
-        await emit_system_event(CONTACT_CREATED, contact, {"contact_id": str(contact.id)}, now, uow)
-    return contact
+    return found
 
 
 async def emit_system_event(
@@ -409,6 +415,55 @@ async def emit_system_event(
     uow.publish(messages.event_message(event))
     uow.publish(messages.accepted_record(event))
     return event
+
+
+class WorkflowMatcher(Protocol):
+    async def dry_run(self, event: event_pb2.Event) -> list[matcher_pb2.WorkflowMatch]:
+        """Which workflows `event` would run, and why the others would not."""
+        ...
+
+
+@dataclass(frozen=True)
+class MatchPreview:
+    """The answer of a dry run: the contact the event would be about, and each workflow's fate."""
+
+    event_name: str
+    contact: Contact | None
+    known_contact: bool
+    workflows: list[matcher_pb2.WorkflowMatch]
+
+
+async def preview_match(
+    command: SendEvent, policies: PolicySource, uow: IngestUnitOfWork, matcher: WorkflowMatcher
+) -> MatchPreview:
+    """Validate the event as `send_event` would, find its contact without creating or changing
+    it, and ask the matcher what would run. Nothing is stored or sent."""
+    draft = await prepare(command, policies)
+    async with uow:
+        contact, known = await _contact_as_sent(draft, uow)
+    event = replace(draft.event, contact=contact)
+    workflows = await matcher.dry_run(event_pb2.Event.FromString(messages.event_message(event).payload))
+    return MatchPreview(event.name, contact, known, workflows)
+
+
+async def _contact_as_sent(draft: Draft, uow: IngestUnitOfWork) -> tuple[Contact | None, bool]:
+    """The contact as the event would leave it, and whether it exists already."""
+    team_id, info = draft.event.team_id, draft.info
+    if draft.contact_id is not None:
+        found = await uow.contacts.by_id(team_id, draft.contact_id)
+        if found is None:
+            raise NotFound(
+                "Contact not found",
+                reason="CONTACT_NOT_FOUND",
+                metadata={"contact_id": str(draft.contact_id)},
+            )
+        return updated_contact(found, info), True
+    if not info.identifies_someone:
+        return None, False
+    found = await _find_contact(team_id, info, uow.contacts)
+    if found is not None:
+        return updated_contact(found, info), True
+    return new_contact(team_id, info), False
 
 
 async def send_batch(commands: Sequence[SendEvent], intake: Intake) -> list[EventQueued | HeraldError]:

@@ -9,7 +9,9 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from herald.matcher.v1 import matcher_pb2_grpc
 from kernel.auth import Authenticator
+from kernel.clients import channel
 from kernel.grpc_server import ServiceRegistration
 from kernel.loops import every
 from kernel.outbox import Outbox
@@ -29,9 +31,13 @@ PURGE_INTERVAL_SECONDS = 600.0
 
 
 def registrations(
-    authenticator: Authenticator, sessions: async_sessionmaker[AsyncSession], outbox: Outbox
+    authenticator: Authenticator,
+    sessions: async_sessionmaker[AsyncSession],
+    outbox: Outbox,
+    matcher: matcher_pb2_grpc.MatcherServiceAsyncStub | None = None,
 ) -> tuple[list[ServiceRegistration], handlers.Intake]:
-    """Ingest's three gRPC services over `sessions` and `outbox`, and the intake they share."""
+    """Ingest's three gRPC services over `sessions` and `outbox`, and the intake they share;
+    `matcher` answers dry runs (POST /api/v1/events/match)."""
 
     def unit_of_work() -> IngestSqlUnitOfWork:
         return IngestSqlUnitOfWork(sessions, outbox)
@@ -45,7 +51,7 @@ def registrations(
     services = [
         ServiceRegistration(
             SERVICES["IngestService"].full_name,
-            IngestServicer(authenticator, intake),
+            IngestServicer(authenticator, intake, matcher),
             ingest_pb2_grpc.add_IngestServiceServicer_to_server,
         ),
         ServiceRegistration(
@@ -63,8 +69,13 @@ def registrations(
 
 
 async def serve(runtime: Runtime) -> None:
+    async with channel(runtime.settings.target("matcher")) as matcher_channel:
+        await _serve(runtime, matcher_pb2_grpc.MatcherServiceStub(matcher_channel))
+
+
+async def _serve(runtime: Runtime, matcher: matcher_pb2_grpc.MatcherServiceAsyncStub) -> None:
     outbox = runtime.outbox(OUTBOX)
-    services, intake = registrations(runtime.authenticator(), runtime.sessions, outbox)
+    services, intake = registrations(runtime.authenticator(), runtime.sessions, outbox, matcher)
 
     async def fire_due() -> int:
         return await handlers.fire_due(intake.unit_of_work())

@@ -9,10 +9,20 @@ from typing import Any
 import grpc
 import structlog
 
+from herald.bus.v1 import event_pb2
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from herald.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from kernel.auth import Authenticator, metadata_dict
+from kernel.clients import CALL_TIMEOUT_SECONDS, forwarded_metadata
 from kernel.clock import isoformat_ms
-from kernel.errors import HeraldError, InvalidArgument, http_phrase, http_status_of
+from kernel.errors import (
+    HeraldError,
+    InvalidArgument,
+    Unavailable,
+    from_rpc_error,
+    http_phrase,
+    http_status_of,
+)
 from kernel.policy import PolicyChange, ProjectPolicy
 from kernel.structs import from_struct, to_struct
 from services.ingest import handlers
@@ -99,10 +109,61 @@ def batch_error(error: HeraldError) -> ingest_pb2.BatchError:
     )
 
 
+class MatcherDryRun:
+    """Asks the matcher about a dry run, with the caller's own credentials."""
+
+    def __init__(self, stub: matcher_pb2_grpc.MatcherServiceAsyncStub, metadata: tuple[tuple[str, str], ...]):
+        self._stub = stub
+        self._metadata = metadata
+
+    async def dry_run(self, event: event_pb2.Event) -> list[matcher_pb2.WorkflowMatch]:
+        try:
+            answer = await self._stub.DryRunMatch(
+                matcher_pb2.DryRunMatchRequest(event=event),
+                metadata=self._metadata,
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from error
+        return list(answer.workflows)
+
+
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, authenticator: Authenticator, intake: handlers.Intake):
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        intake: handlers.Intake,
+        matcher: matcher_pb2_grpc.MatcherServiceAsyncStub | None = None,
+    ):
         self._auth = authenticator
         self._intake = intake
+        self._matcher = matcher
+
+    async def MatchEvent(
+        self, request: ingest_pb2.MatchEventRequest, context: Context
+    ) -> ingest_pb2.MatchEventResponse:
+        metadata = context.invocation_metadata()
+        team = await self._auth.authenticate(metadata)
+        if self._matcher is None:
+            raise Unavailable("Dry runs need the matcher, which this ingest was started without")
+        command = send_event_command(team.id, request.event, "")
+        preview = await handlers.preview_match(
+            command,
+            self._intake.policies,
+            self._intake.unit_of_work(),
+            MatcherDryRun(self._matcher, forwarded_metadata(metadata)),
+        )
+        contact = preview.contact
+        return ingest_pb2.MatchEventResponse(
+            event_name=preview.event_name,
+            contact=ingest_pb2.MatchedContact(
+                id=str(contact.id) if contact and preview.known_contact else "",
+                external_id=(contact.external_id or "") if contact else "",
+                email=(contact.email or "") if contact else "",
+                known=preview.known_contact,
+            ),
+            workflows=preview.workflows,
+        )
 
     async def SendEvent(
         self, request: ingest_pb2.SendEventRequest, context: Context

@@ -154,19 +154,26 @@ async def match_event(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[De
     """Decide, once per event, which workflows run; request their runs and report the decisions.
 
     A redelivered event finds its decisions already stored (with the messages they published
-    in the same transaction) and does nothing more.
+    in the same transaction) and does nothing more. A system event from a run (depth > 0) that
+    no workflow listens to is dropped without a trace: most are, and they are many.
     """
     matched = messages.matched_event(event)
     async with uow:
+        workflows = await uow.workflows.listening_to(matched.team_id, matched.name)
+        if event.depth and not workflows:
+            # A run's system event nobody listens to: no trigger to track, nothing to remember.
+            return []
         if await uow.decisions.already_decided(matched.event_id):
             log.info("match.already_decided", event_id=event.event_id)
             return []
-        workflows = await uow.workflows.listening_to(matched.team_id, matched.name)
         decisions = [await _claim_cooldown(decision, matched, uow) for decision in decide(matched, workflows)]
         await uow.decisions.add(matched, decisions)
         for decision in decisions:
             if decision.matched:
                 uow.publish(messages.run_start(decision, event))
+        if event.depth:
+            # The executor's system events become triggers of their own only when they matter.
+            uow.publish(messages.system_trigger_record(event))
         uow.publish(messages.matched_record(matched, decisions))
         await uow.commit()
     log.info(
@@ -177,6 +184,15 @@ async def match_event(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[De
         filtered=sum(not d.matched for d in decisions),
     )
     return decisions
+
+
+async def dry_run(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[Decision]:
+    """What `match_event` would decide for `event` now, changing nothing: the same filters and
+    cooldown claims, in a transaction that is rolled back, with nothing published."""
+    matched = messages.matched_event(event)
+    async with uow:
+        workflows = await uow.workflows.listening_to(matched.team_id, matched.name)
+        return [await _claim_cooldown(decision, matched, uow) for decision in decide(matched, workflows)]
 
 
 async def _claim_cooldown(decision: Decision, event: MatchedEvent, uow: MatcherUnitOfWork) -> Decision:

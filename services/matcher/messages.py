@@ -160,3 +160,19 @@ def matched_record(event: MatchedEvent, decisions: list[Decision]) -> OutgoingMe
         ),
     )
     return tracking_message(record, fact_id=str(event.event_id))
+
+
+def system_trigger_record(event: event_pb2.Event) -> OutgoingMessage:
+    """The tracker's TriggerAccepted for a run's system event that starts runs of its own, so its
+    trigger can be followed like any other."""
+    record = tracking_pb2.TrackingRecord(
+        trigger_id=event.trigger_id,
+        project_id=event.project_id,
+        trigger_accepted=tracking_pb2.TriggerAccepted(
+            event_id=event.event_id,
+            event_name=event.name,
+            contact_id=event.contact.id,
+            created_at=event.accepted_at,
+        ),
+    )
+    return tracking_message(record, fact_id=event.event_id)

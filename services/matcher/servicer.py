@@ -65,3 +65,21 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         team = await self._auth.authenticate(context.invocation_metadata())
         versions = await handlers.list_versions(team.id, request.key, self._uow())
         return matcher_pb2.ListWorkflowVersionsResponse(versions=[workflow_to_proto(w) for w in versions])
+
+    async def DryRunMatch(
+        self, request: matcher_pb2.DryRunMatchRequest, context: Context
+    ) -> matcher_pb2.DryRunMatchResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        request.event.project_id = team.id  # only ever the caller's own workflows
+        decisions = await handlers.dry_run(request.event, self._uow())
+        return matcher_pb2.DryRunMatchResponse(
+            workflows=[
+                matcher_pb2.WorkflowMatch(
+                    workflow_key=decision.workflow.key,
+                    workflow_version=decision.workflow.version,
+                    would_run=decision.matched,
+                    reason=decision.reason,
+                )
+                for decision in decisions
+            ]
+        )

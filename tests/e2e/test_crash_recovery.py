@@ -8,6 +8,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import psycopg
+
+from tests.conftest import Infrastructure
 from tests.e2e.conftest import RunningStack
 from tests.e2e.support import WELCOME_WORKFLOW, eventually
 
@@ -132,3 +135,54 @@ def test_a_scheduled_trigger_fires_once_after_ingest_is_killed_before_its_time(r
         timeout=30,
     )
     assert len(running.sink.messages_with("X-Herald-Trigger", trigger_id)) == 1
+
+
+def test_executor_killed_during_500_runs_with_a_delay_finishes_every_run_without_sending_twice(
+    running: RunningStack, infrastructure: Infrastructure
+) -> None:
+    headers, http = running.credentials.headers, running.http
+    runs = 500
+    workflow = {
+        "key": "crash-flow",
+        "name": "Crash flow",
+        "trigger": {"event": "crash.flow"},
+        "steps": [
+            {"id": "first", "type": "email", "subject": "First {{contact.external_id}}", "body": "1"},
+            {"id": "pause", "type": "delay", "duration": "PT1S"},
+            {"id": "second", "type": "email", "subject": "Second {{contact.external_id}}", "body": "2"},
+        ],
+    }
+    assert http.post("/api/v1/workflows", json=workflow, headers=headers).status_code == 201
+    events = [
+        {
+            "event_name": "crash.flow",
+            "user_info": {"contact_external_id": f"flow_{index}", "email": f"flow.{index}@example.com"},
+        }
+        for index in range(runs)
+    ]
+    for start in range(0, runs, 100):
+        answer = http.post(
+            "/api/v1/events/batch", json={"events": events[start : start + 100]}, headers=headers
+        )
+        assert answer.json()["accepted"] == 100, answer.text
+        if start == 100:
+            running.stack.kill("executor")
+    running.stack.restart("executor")
+
+    def finished() -> list[tuple[str, str]] | None:
+        with psycopg.connect(infrastructure.database_url) as connection:
+            rows = connection.execute(
+                "SELECT status, count(*) FROM executor.runs "
+                "WHERE team_id = %s AND workflow_key = 'crash-flow' GROUP BY status",
+                (running.credentials.team_id,),
+            ).fetchall()
+        counts = {status: count for status, count in rows}
+        return rows if counts.get("completed") == runs else None
+
+    eventually(finished, timeout=240, interval=1.0)
+    for index in range(runs):
+        mails = running.sink.messages_for(f"flow.{index}@example.com")
+        subjects = Counter(str(mail.message["Subject"]) for mail in mails)
+        assert set(subjects) == {f"First flow_{index}", f"Second flow_{index}"}, (index, subjects)
+        message_ids = {mail.message["Message-ID"] for mail in mails}
+        assert len(message_ids) == 2, (index, message_ids)

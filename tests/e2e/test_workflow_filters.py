@@ -141,3 +141,43 @@ def test_filters_decide_who_gets_each_email_and_say_why_not(
         "cooldown: ran for this contact within PT24H; it may run again after "
     )
     assert len(reasons) == 5
+
+
+def test_a_dry_run_says_which_workflows_would_run_without_sending_or_changing_anything(
+    running: RunningStack, infrastructure: Infrastructure
+) -> None:
+    headers, http = running.credentials.headers, running.http
+    for workflow in (
+        a_workflow("dry-vip", event="dry.run", filters={"tags_any": ["vip"]}),
+        a_workflow("dry-any", event="dry.run", filters={"cooldown": "PT1H"}),
+    ):
+        assert http.post("/api/v1/workflows", json=workflow, headers=headers).status_code == 201
+    event = {
+        "event_name": "dry.run",
+        "user_info": {"contact_external_id": "dry-new", "email": "dry@example.com"},
+    }
+
+    answer = http.post("/api/v1/events/match", json=event, headers=headers)
+
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["contact"] == {"id": "", "external_id": "dry-new", "email": "dry@example.com", "known": False}
+    verdicts = {w["workflow_key"]: (w["would_run"], w["reason"]) for w in body["workflows"]}
+    assert verdicts == {
+        "dry-vip": (False, "contact has none of the tags vip (tags_any)"),
+        "dry-any": (True, ""),
+    }
+    assert http.get("/api/v1/contacts/dry-new", headers=headers).status_code == 404
+    again = http.post("/api/v1/events/match", json=event, headers=headers).json()
+    assert {w["workflow_key"]: w["would_run"] for w in again["workflows"]}[
+        "dry-any"
+    ] is True  # no cooldown taken
+    with psycopg.connect(infrastructure.database_url) as connection:
+        stored = connection.execute(
+            "SELECT count(*) FROM ingest.events WHERE team_id = %s AND name = 'dry.run'",
+            (running.credentials.team_id,),
+        ).fetchone()
+    assert stored == (0,)
+    bad = http.post("/api/v1/events/match", json={**event, "event_name": "Dry Run"}, headers=headers)
+    assert bad.status_code == 400
+    assert "Invalid event name" in bad.json()["message"]

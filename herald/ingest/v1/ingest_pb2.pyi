@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from herald.matcher.v1 import matcher_pb2 as _matcher_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -140,6 +141,87 @@ class SendEventRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendEventRequest: _TypeAlias = SendEventRequest  # noqa: Y015
+
+@_typing.final
+class MatchEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___SendEventRequest:
+        """The event, exactly as POST /api/v1/events/send takes it."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___SendEventRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchEventRequest: _TypeAlias = MatchEventRequest  # noqa: Y015
+
+@_typing.final
+class MatchEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_NAME_FIELD_NUMBER: _builtins.int
+    CONTACT_FIELD_NUMBER: _builtins.int
+    WORKFLOWS_FIELD_NUMBER: _builtins.int
+    event_name: _builtins.str
+    @_builtins.property
+    def contact(self) -> Global___MatchedContact: ...
+    @_builtins.property
+    def workflows(self) -> _containers.RepeatedCompositeFieldContainer[_matcher_pb2.WorkflowMatch]: ...
+    def __init__(
+        self,
+        *,
+        event_name: _builtins.str = ...,
+        contact: Global___MatchedContact | None = ...,
+        workflows: _abc.Iterable[_matcher_pb2.WorkflowMatch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "event_name", b"event_name", "workflows", b"workflows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchEventResponse: _TypeAlias = MatchEventResponse  # noqa: Y015
+
+@_typing.final
+class MatchedContact(_message.Message):
+    """MatchedContact is the contact the event would be about."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    KNOWN_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Empty when the event identifies nobody or the contact would be new."""
+    external_id: _builtins.str
+    email: _builtins.str
+    known: _builtins.bool
+    """False when sending the event would create the contact."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        known: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "external_id", b"external_id", "id", b"id", "known", b"known"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchedContact: _TypeAlias = MatchedContact  # noqa: Y015
 
 @_typing.final
 class SendEventResponse(_message.Message):

@@ -60,6 +60,11 @@ class IngestServiceStub:
                 request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventBatchRequest.SerializeToString,
                 response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventBatchResponse.FromString,
                 _registered_method=True)
+        self.MatchEvent = channel.unary_unary(
+                '/herald.ingest.v1.IngestService/MatchEvent',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.MatchEventRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.MatchEventResponse.FromString,
+                _registered_method=True)
         self.CancelTrigger = channel.unary_unary(
                 '/herald.ingest.v1.IngestService/CancelTrigger',
                 request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.CancelTriggerRequest.SerializeToString,
@@ -114,6 +119,15 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MatchEvent(self, request, context):
+        """A dry run: which workflows the event would run for its contact, and why the others would
+        not. The event is validated like SendEvent but not stored or sent, and no contact is
+        created or changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelTrigger(self, request, context):
         """Cancel a scheduled trigger before it fires.
         """
@@ -156,6 +170,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.SendEventBatch,
                     request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventBatchRequest.FromString,
                     response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventBatchResponse.SerializeToString,
+            ),
+            'MatchEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.MatchEvent,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.MatchEventRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.MatchEventResponse.SerializeToString,
             ),
             'CancelTrigger': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelTrigger,
@@ -265,6 +284,33 @@ class IngestService:
             '/herald.ingest.v1.IngestService/SendEventBatch',
             herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventBatchRequest.SerializeToString,
             herald_dot_ingest_dot_v1_dot_ingest__pb2.SendEventBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MatchEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.IngestService/MatchEvent',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.MatchEventRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.MatchEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,11 @@ class IngestServiceStub:
     """Queue up to 500 events in one request. Each event is validated and answered on its own:
     a bad event does not sink the good ones.
     """
+    MatchEvent: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.MatchEventRequest, _ingest_pb2.MatchEventResponse]
+    """A dry run: which workflows the event would run for its contact, and why the others would
+    not. The event is validated like SendEvent but not stored or sent, and no contact is
+    created or changed.
+    """
     CancelTrigger: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.CancelTriggerRequest, _ingest_pb2.CancelTriggerResponse]
     """Cancel a scheduled trigger before it fires."""
     GetTriggerRecord: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetTriggerRecordRequest, _ingest_pb2.GetTriggerRecordResponse]
@@ -92,6 +97,11 @@ class IngestServiceAsyncStub(IngestServiceStub):
     SendEventBatch: _aio.UnaryUnaryMultiCallable[_ingest_pb2.SendEventBatchRequest, _ingest_pb2.SendEventBatchResponse]  # type: ignore[assignment]
     """Queue up to 500 events in one request. Each event is validated and answered on its own:
     a bad event does not sink the good ones.
+    """
+    MatchEvent: _aio.UnaryUnaryMultiCallable[_ingest_pb2.MatchEventRequest, _ingest_pb2.MatchEventResponse]  # type: ignore[assignment]
+    """A dry run: which workflows the event would run for its contact, and why the others would
+    not. The event is validated like SendEvent but not stored or sent, and no contact is
+    created or changed.
     """
     CancelTrigger: _aio.UnaryUnaryMultiCallable[_ingest_pb2.CancelTriggerRequest, _ingest_pb2.CancelTriggerResponse]  # type: ignore[assignment]
     """Cancel a scheduled trigger before it fires."""
@@ -146,6 +156,17 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ingest_pb2.SendEventBatchResponse, _abc.Awaitable[_ingest_pb2.SendEventBatchResponse]]:
         """Queue up to 500 events in one request. Each event is validated and answered on its own:
         a bad event does not sink the good ones.
+        """
+
+    @_abc_1.abstractmethod
+    def MatchEvent(
+        self,
+        request: _ingest_pb2.MatchEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.MatchEventResponse, _abc.Awaitable[_ingest_pb2.MatchEventResponse]]:
+        """A dry run: which workflows the event would run for its contact, and why the others would
+        not. The event is validated like SendEvent but not stored or sent, and no contact is
+        created or changed.
         """
 
     @_abc_1.abstractmethod

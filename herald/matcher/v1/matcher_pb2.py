@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from herald.api.v1 import options_pb2 as herald_dot_api_dot_v1_dot_options__pb2
+from herald.bus.v1 import event_pb2 as herald_dot_bus_dot_v1_dot_event__pb2
 from herald.workflow.v1 import workflow_pb2 as herald_dot_workflow_dot_v1_dot_workflow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fherald/matcher/v1/matcher.proto\x12\x11herald.matcher.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bherald/api/v1/options.proto\x1a!herald/workflow/v1/workflow.proto\"G\n\x15\x43reateWorkflowRequest\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"H\n\x16\x43reateWorkflowResponse\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"!\n\x12GetWorkflowRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"E\n\x13GetWorkflowResponse\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"\x16\n\x14ListWorkflowsRequest\"H\n\x15ListWorkflowsResponse\x12/\n\tworkflows\x18\x01 \x03(\x0b\x32\x1c.herald.workflow.v1.Workflow\"T\n\x15UpdateWorkflowRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x08workflow\x18\x02 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"H\n\x16UpdateWorkflowResponse\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"$\n\x15\x44\x65leteWorkflowRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"G\n\x16\x44\x65leteWorkflowResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\"*\n\x1bListWorkflowVersionsRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"N\n\x1cListWorkflowVersionsResponse\x12.\n\x08versions\x18\x01 \x03(\x0b\x32\x1c.herald.workflow.v1.Workflow2\xff\x06\n\x0eMatcherService\x12\x99\x01\n\x0e\x43reateWorkflow\x12(.herald.matcher.v1.CreateWorkflowRequest\x1a).herald.matcher.v1.CreateWorkflowResponse\"2\xc8\xf3\x18\xc9\x01\x82\xd3\xe4\x93\x02\'\"\x11/api/v1/workflows:\x08workflowb\x08workflow\x12\x87\x01\n\x0bGetWorkflow\x12%.herald.matcher.v1.GetWorkflowRequest\x1a&.herald.matcher.v1.GetWorkflowResponse\")\x82\xd3\xe4\x93\x02#\x12\x17/api/v1/workflows/{key}b\x08workflow\x12\x9a\x01\n\x0eUpdateWorkflow\x12(.herald.matcher.v1.UpdateWorkflowRequest\x1a).herald.matcher.v1.UpdateWorkflowResponse\"3\x82\xd3\xe4\x93\x02-\x1a\x17/api/v1/workflows/{key}:\x08workflowb\x08workflow\x12\x86\x01\n\x0e\x44\x65leteWorkflow\x12(.herald.matcher.v1.DeleteWorkflowRequest\x1a).herald.matcher.v1.DeleteWorkflowResponse\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/api/v1/workflows/{key}\x12\xa1\x01\n\x14ListWorkflowVersions\x12..herald.matcher.v1.ListWorkflowVersionsRequest\x1a/.herald.matcher.v1.ListWorkflowVersionsResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /api/v1/workflows/{key}/versions\x12}\n\rListWorkflows\x12\'.herald.matcher.v1.ListWorkflowsRequest\x1a(.herald.matcher.v1.ListWorkflowsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/workflowsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fherald/matcher/v1/matcher.proto\x12\x11herald.matcher.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bherald/api/v1/options.proto\x1a\x19herald/bus/v1/event.proto\x1a!herald/workflow/v1/workflow.proto\"9\n\x12\x44ryRunMatchRequest\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.herald.bus.v1.Event\"J\n\x13\x44ryRunMatchResponse\x12\x33\n\tworkflows\x18\x01 \x03(\x0b\x32 .herald.matcher.v1.WorkflowMatch\"b\n\rWorkflowMatch\x12\x14\n\x0cworkflow_key\x18\x01 \x01(\t\x12\x18\n\x10workflow_version\x18\x02 \x01(\x05\x12\x11\n\twould_run\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"G\n\x15\x43reateWorkflowRequest\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"H\n\x16\x43reateWorkflowResponse\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"!\n\x12GetWorkflowRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"E\n\x13GetWorkflowResponse\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"\x16\n\x14ListWorkflowsRequest\"H\n\x15ListWorkflowsResponse\x12/\n\tworkflows\x18\x01 \x03(\x0b\x32\x1c.herald.workflow.v1.Workflow\"T\n\x15UpdateWorkflowRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x08workflow\x18\x02 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"H\n\x16UpdateWorkflowResponse\x12.\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.herald.workflow.v1.Workflow\"$\n\x15\x44\x65leteWorkflowRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"G\n\x16\x44\x65leteWorkflowResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\"*\n\x1bListWorkflowVersionsRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"N\n\x1cListWorkflowVersionsResponse\x12.\n\x08versions\x18\x01 \x03(\x0b\x32\x1c.herald.workflow.v1.Workflow2\xdd\x07\n\x0eMatcherService\x12\x99\x01\n\x0e\x43reateWorkflow\x12(.herald.matcher.v1.CreateWorkflowRequest\x1a).herald.matcher.v1.CreateWorkflowResponse\"2\xc8\xf3\x18\xc9\x01\x82\xd3\xe4\x93\x02\'\"\x11/api/v1/workflows:\x08workflowb\x08workflow\x12\x87\x01\n\x0bGetWorkflow\x12%.herald.matcher.v1.GetWorkflowRequest\x1a&.herald.matcher.v1.GetWorkflowResponse\")\x82\xd3\xe4\x93\x02#\x12\x17/api/v1/workflows/{key}b\x08workflow\x12\x9a\x01\n\x0eUpdateWorkflow\x12(.herald.matcher.v1.UpdateWorkflowRequest\x1a).herald.matcher.v1.UpdateWorkflowResponse\"3\x82\xd3\xe4\x93\x02-\x1a\x17/api/v1/workflows/{key}:\x08workflowb\x08workflow\x12\x86\x01\n\x0e\x44\x65leteWorkflow\x12(.herald.matcher.v1.DeleteWorkflowRequest\x1a).herald.matcher.v1.DeleteWorkflowResponse\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/api/v1/workflows/{key}\x12\xa1\x01\n\x14ListWorkflowVersions\x12..herald.matcher.v1.ListWorkflowVersionsRequest\x1a/.herald.matcher.v1.ListWorkflowVersionsResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /api/v1/workflows/{key}/versions\x12}\n\rListWorkflows\x12\'.herald.matcher.v1.ListWorkflowsRequest\x1a(.herald.matcher.v1.ListWorkflowsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/workflows\x12\\\n\x0b\x44ryRunMatch\x12%.herald.matcher.v1.DryRunMatchRequest\x1a&.herald.matcher.v1.DryRunMatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,30 +47,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MATCHERSERVICE'].methods_by_name['ListWorkflowVersions']._serialized_options = b'\202\323\344\223\002\"\022 /api/v1/workflows/{key}/versions'
   _globals['_MATCHERSERVICE'].methods_by_name['ListWorkflows']._loaded_options = None
   _globals['_MATCHERSERVICE'].methods_by_name['ListWorkflows']._serialized_options = b'\202\323\344\223\002\023\022\021/api/v1/workflows'
-  _globals['_CREATEWORKFLOWREQUEST']._serialized_start=148
-  _globals['_CREATEWORKFLOWREQUEST']._serialized_end=219
-  _globals['_CREATEWORKFLOWRESPONSE']._serialized_start=221
-  _globals['_CREATEWORKFLOWRESPONSE']._serialized_end=293
-  _globals['_GETWORKFLOWREQUEST']._serialized_start=295
-  _globals['_GETWORKFLOWREQUEST']._serialized_end=328
-  _globals['_GETWORKFLOWRESPONSE']._serialized_start=330
-  _globals['_GETWORKFLOWRESPONSE']._serialized_end=399
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=401
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=423
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=425
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=497
-  _globals['_UPDATEWORKFLOWREQUEST']._serialized_start=499
-  _globals['_UPDATEWORKFLOWREQUEST']._serialized_end=583
-  _globals['_UPDATEWORKFLOWRESPONSE']._serialized_start=585
-  _globals['_UPDATEWORKFLOWRESPONSE']._serialized_end=657
-  _globals['_DELETEWORKFLOWREQUEST']._serialized_start=659
-  _globals['_DELETEWORKFLOWREQUEST']._serialized_end=695
-  _globals['_DELETEWORKFLOWRESPONSE']._serialized_start=697
-  _globals['_DELETEWORKFLOWRESPONSE']._serialized_end=768
-  _globals['_LISTWORKFLOWVERSIONSREQUEST']._serialized_start=770
-  _globals['_LISTWORKFLOWVERSIONSREQUEST']._serialized_end=812
-  _globals['_LISTWORKFLOWVERSIONSRESPONSE']._serialized_start=814
-  _globals['_LISTWORKFLOWVERSIONSRESPONSE']._serialized_end=892
-  _globals['_MATCHERSERVICE']._serialized_start=895
-  _globals['_MATCHERSERVICE']._serialized_end=1790
+  _globals['_DRYRUNMATCHREQUEST']._serialized_start=175
+  _globals['_DRYRUNMATCHREQUEST']._serialized_end=232
+  _globals['_DRYRUNMATCHRESPONSE']._serialized_start=234
+  _globals['_DRYRUNMATCHRESPONSE']._serialized_end=308
+  _globals['_WORKFLOWMATCH']._serialized_start=310
+  _globals['_WORKFLOWMATCH']._serialized_end=408
+  _globals['_CREATEWORKFLOWREQUEST']._serialized_start=410
+  _globals['_CREATEWORKFLOWREQUEST']._serialized_end=481
+  _globals['_CREATEWORKFLOWRESPONSE']._serialized_start=483
+  _globals['_CREATEWORKFLOWRESPONSE']._serialized_end=555
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=557
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=590
+  _globals['_GETWORKFLOWRESPONSE']._serialized_start=592
+  _globals['_GETWORKFLOWRESPONSE']._serialized_end=661
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=663
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=685
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=687
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=759
+  _globals['_UPDATEWORKFLOWREQUEST']._serialized_start=761
+  _globals['_UPDATEWORKFLOWREQUEST']._serialized_end=845
+  _globals['_UPDATEWORKFLOWRESPONSE']._serialized_start=847
+  _globals['_UPDATEWORKFLOWRESPONSE']._serialized_end=919
+  _globals['_DELETEWORKFLOWREQUEST']._serialized_start=921
+  _globals['_DELETEWORKFLOWREQUEST']._serialized_end=957
+  _globals['_DELETEWORKFLOWRESPONSE']._serialized_start=959
+  _globals['_DELETEWORKFLOWRESPONSE']._serialized_end=1030
+  _globals['_LISTWORKFLOWVERSIONSREQUEST']._serialized_start=1032
+  _globals['_LISTWORKFLOWVERSIONSREQUEST']._serialized_end=1074
+  _globals['_LISTWORKFLOWVERSIONSRESPONSE']._serialized_start=1076
+  _globals['_LISTWORKFLOWVERSIONSRESPONSE']._serialized_end=1154
+  _globals['_MATCHERSERVICE']._serialized_start=1157
+  _globals['_MATCHERSERVICE']._serialized_end=2146
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,11 @@ class MatcherServiceStub:
                 request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsResponse.FromString,
                 _registered_method=True)
+        self.DryRunMatch = channel.unary_unary(
+                '/herald.matcher.v1.MatcherService/DryRunMatch',
+                request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DryRunMatchRequest.SerializeToString,
+                response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DryRunMatchResponse.FromString,
+                _registered_method=True)
 
 
 class MatcherServiceServicer:
@@ -115,6 +120,14 @@ class MatcherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DryRunMatch(self, request, context):
+        """Which workflows an event would run, and why the others would not, changing nothing (no
+        run, no cooldown). Ingest calls it for POST /api/v1/events/match with the event it built.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MatcherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +160,11 @@ def add_MatcherServiceServicer_to_server(servicer, server):
                     servicer.ListWorkflows,
                     request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'DryRunMatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DryRunMatch,
+                    request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DryRunMatchRequest.FromString,
+                    response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DryRunMatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +330,33 @@ class MatcherService:
             '/herald.matcher.v1.MatcherService/ListWorkflows',
             herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsRequest.SerializeToString,
             herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DryRunMatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.matcher.v1.MatcherService/DryRunMatch',
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.DryRunMatchRequest.SerializeToString,
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.DryRunMatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

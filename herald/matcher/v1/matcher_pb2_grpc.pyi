@@ -49,6 +49,10 @@ class MatcherServiceStub:
     """Every stored version of a workflow, newest first."""
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.ListWorkflowsRequest, _matcher_pb2.ListWorkflowsResponse]
     """The latest version of every workflow of the project, ordered by key."""
+    DryRunMatch: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.DryRunMatchRequest, _matcher_pb2.DryRunMatchResponse]
+    """Which workflows an event would run, and why the others would not, changing nothing (no
+    run, no cooldown). Ingest calls it for POST /api/v1/events/match with the event it built.
+    """
 
 @_typing.type_check_only
 class MatcherServiceAsyncStub(MatcherServiceStub):
@@ -71,6 +75,10 @@ class MatcherServiceAsyncStub(MatcherServiceStub):
     """Every stored version of a workflow, newest first."""
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_matcher_pb2.ListWorkflowsRequest, _matcher_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
     """The latest version of every workflow of the project, ordered by key."""
+    DryRunMatch: _aio.UnaryUnaryMultiCallable[_matcher_pb2.DryRunMatchRequest, _matcher_pb2.DryRunMatchResponse]  # type: ignore[assignment]
+    """Which workflows an event would run, and why the others would not, changing nothing (no
+    run, no cooldown). Ingest calls it for POST /api/v1/events/match with the event it built.
+    """
 
 class MatcherServiceServicer(metaclass=_abc_1.ABCMeta):
     """MatcherService owns workflow definitions and decides which workflows an event starts."""
@@ -126,5 +134,15 @@ class MatcherServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_matcher_pb2.ListWorkflowsResponse, _abc.Awaitable[_matcher_pb2.ListWorkflowsResponse]]:
         """The latest version of every workflow of the project, ordered by key."""
+
+    @_abc_1.abstractmethod
+    def DryRunMatch(
+        self,
+        request: _matcher_pb2.DryRunMatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matcher_pb2.DryRunMatchResponse, _abc.Awaitable[_matcher_pb2.DryRunMatchResponse]]:
+        """Which workflows an event would run, and why the others would not, changing nothing (no
+        run, no cooldown). Ingest calls it for POST /api/v1/events/match with the event it built.
+        """
 
 def add_MatcherServiceServicer_to_server(servicer: MatcherServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
