@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.clock import utcnow
 from kernel.steps import StepSpec
-from services.executor.adapters import SqlRunRepository
-from services.executor.domain import Run, RunStatus, StepState, StepStatus
+from services.executor.adapters import (
+    SqlChannelRepository,
+    SqlDeadLetterRepository,
+    SqlDevMessageRepository,
+    SqlFeedRepository,
+    SqlRunRepository,
+    SqlTimerRepository,
+)
+from services.executor.domain import (
+    DeadLetter,
+    FeedItem,
+    OutgoingText,
+    ProviderSettings,
+    Run,
+    RunStatus,
+    StepState,
+    StepStatus,
+    Timer,
+    TimerKind,
+)
 from tests.conftest import TeamCredentials
 from tests.integration.waiting import backend_pid, until_waiting_on_lock
 
@@ -160,3 +179,82 @@ async def test_a_run_without_a_creation_time_gets_the_database_time(
 async def test_lock_of_an_unknown_run_is_none(sessions: async_sessionmaker[AsyncSession]) -> None:
     async with sessions() as session:
         assert await SqlRunRepository(session).lock(uuid.uuid4()) is None
+
+
+async def test_due_timers_are_claimed_by_one_worker_and_waits_are_found_by_event_and_contact(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    run = new_run(team.team_id)
+    await add(sessions, run)
+    now = utcnow()
+    delay = Timer(run.id, "greet", team.team_id, TimerKind.DELAY, now - timedelta(seconds=1))
+    wait = Timer(
+        run.id, "follow-up", team.team_id, TimerKind.WAIT, now + timedelta(hours=1),
+        contact_id=run.contact_id, event="user.activated", since=now - timedelta(minutes=1),
+    )  # fmt: skip
+    async with sessions() as session, session.begin():
+        timers = SqlTimerRepository(session)
+        await timers.add(delay)
+        await timers.add(wait)
+
+    async with sessions() as first, first.begin():
+        claimed = await SqlTimerRepository(first).due(utcnow(), 10)
+        async with sessions() as second, second.begin():
+            assert await SqlTimerRepository(second).due(utcnow(), 10) == []  # SKIP LOCKED
+        assert [(timer.step_id, timer.kind) for timer in claimed] == [("greet", TimerKind.DELAY)]
+        await SqlTimerRepository(first).delete(claimed[0])
+
+    async with sessions() as session, session.begin():
+        timers = SqlTimerRepository(session)
+        assert await timers.waits_for(team.team_id, "user.activated", run.contact_id) == [wait]
+        assert await timers.waits_for(team.team_id, "user.activated", "someone-else") == []
+        assert [timer.step_id for timer in await timers.not_caught_up(10) if timer.run_id == run.id] == [
+            "follow-up"
+        ]
+        await timers.caught_up(wait)
+        assert [timer for timer in await timers.not_caught_up(100) if timer.run_id == run.id] == []
+        assert await timers.due(utcnow(), 10) == []
+
+
+async def test_feed_dead_letters_channels_and_dev_messages_round_trip(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    run = new_run(team.team_id)
+    now = utcnow()
+    item = FeedItem(uuid.uuid4(), team.team_id, run.contact_id, "ada", run.id, "note", "T", "B", "/u", now)
+    letter = DeadLetter(
+        uuid.uuid4(), team.team_id, run.id, run.trigger_id, "hook", "webhook", "HTTP 500", 3, now
+    )
+    async with sessions() as session, session.begin():
+        await SqlFeedRepository(session).add(item)
+        await SqlFeedRepository(session).add(item)
+        await SqlDeadLetterRepository(session).add(letter)
+        channels = SqlChannelRepository(session)
+        secret = await channels.webhook_secret(team.team_id)
+        assert await channels.webhook_secret(team.team_id) == secret
+        stored = await channels.put_provider(
+            ProviderSettings(team.team_id, "sms", "https://sms.example", {"A": "b"})
+        )
+        await SqlDevMessageRepository(session).add(
+            OutgoingText("sms", team.team_id, "+14155550100", "Hi", "key-" + uuid.uuid4().hex), now
+        )
+
+    async with sessions() as session, session.begin():
+        feed = SqlFeedRepository(session)
+        assert await feed.newest(team.team_id, "ada", 10, False) == [item]
+        assert await feed.mark_read(team.team_id, "ada", [], now) == 1
+        assert await feed.newest(team.team_id, "ada", 10, True) == []
+        letters = SqlDeadLetterRepository(session)
+        locked = await letters.lock(team.team_id, letter.id)
+        assert locked == letter
+        locked.status, locked.replays = "replayed", 1
+        await letters.save(locked)
+        await letters.add(letter)  # failed again after the replay: dead again, replays kept
+        [again] = [found for found in await letters.newest(team.team_id, 50) if found.id == letter.id]
+        assert (again.status, again.replays) == ("dead", 1)
+        assert await letters.lock(f"other-{uuid.uuid4().hex[:6]}", letter.id) is None
+        assert stored.updated_at is not None
+        assert (await SqlChannelRepository(session).provider(team.team_id, "sms")) == stored
+        assert await SqlChannelRepository(session).provider(team.team_id, "push") is None
+        [(message, _)] = await SqlDevMessageRepository(session).newest(team.team_id, "sms", 5)
+        assert (message.to, message.body) == ("+14155550100", "Hi")
