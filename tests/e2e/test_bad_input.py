@@ -117,7 +117,7 @@ def test_invalid_workflows_are_rejected_with_the_field_named(running: RunningSta
     broken = {
         **WELCOME_WORKFLOW,
         "key": "broken",
-        "steps": [{"type": "sms", "body": "x"}, {"type": "email", "subject": "{{#if x}}", "body": "b"}],
+        "steps": [{"type": "fax", "body": "x"}, {"type": "email", "subject": "{{#if x}}", "body": "b"}],
     }
     answer = running.http.post("/api/v1/workflows", json=broken, headers=headers)
     assert answer.status_code == 400, answer.text
