@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 MSG_ID = "Nats-Msg-Id"
 PROJECT_HEADER = "Herald-Project"
 DUPLICATE_WINDOW_SECONDS = 120.0
+STALE_PING_SECONDS = 5
 DAY = 24 * 3600.0
 # The status of a reply saying that nobody (no stream) listens on a subject.
 NO_RESPONDERS = "503"
@@ -86,6 +87,10 @@ async def connect(url: str, name: str) -> NatsClient:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=5,
+            # A connection that stops answering (a server killed mid-write, a half-open socket)
+            # is noticed within ~15 s rather than nats-py's default of four minutes.
+            ping_interval=STALE_PING_SECONDS,
+            max_outstanding_pings=3,
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
             error_cb=on_error,
