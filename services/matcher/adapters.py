@@ -13,7 +13,9 @@ from sqlalchemy import (
     Row,
     Select,
     String,
+    Text,
     UniqueConstraint,
+    delete,
     false,
     func,
     select,
@@ -28,7 +30,7 @@ from kernel.database import schema_metadata, table_of
 from kernel.errors import Conflict
 from kernel.outbox import outbox_table
 from kernel.unit_of_work import SqlUnitOfWork
-from services.matcher.domain import Decision, MatchedEvent, Workflow, WorkflowDefinition
+from services.matcher.domain import Decision, MatchedEvent, Segment, Workflow, WorkflowDefinition
 from services.matcher.messages import definition_document, definition_from_document
 
 SCHEMA = "matcher"
@@ -97,7 +99,32 @@ class CooldownRow(MatcherBase):
     until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class SegmentRow(MatcherBase):
+    __tablename__ = "segments"
+
+    team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    condition: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class SegmentMemberRow(MatcherBase):
+    """A contact in a segment, as the last event about it said; entering is announced once."""
+
+    __tablename__ = "segment_members"
+    __table_args__ = (Index("ix_matcher_segment_members_contact", "team_id", "contact_id"),)
+
+    team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    segment_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    contact_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    entered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 OUTBOX = outbox_table(MatcherBase.metadata)
+SEGMENTS = table_of(SegmentRow)
+SEGMENT_MEMBERS = table_of(SegmentMemberRow)
 
 
 WORKFLOW_VERSIONS = table_of(WorkflowVersionRow)
@@ -269,12 +296,83 @@ class SqlDecisionRepository:
         )
 
 
+class SqlSegmentRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def get(self, team_id: str, key: str) -> Segment | None:
+        row = (
+            await self._session.execute(
+                select(SEGMENTS).where(SEGMENTS.c.team_id == team_id, SEGMENTS.c.key == key)
+            )
+        ).first()
+        return Segment(**row._mapping) if row else None
+
+    async def all(self, team_id: str) -> list[Segment]:
+        rows = await self._session.execute(
+            select(SEGMENTS).where(SEGMENTS.c.team_id == team_id).order_by(SEGMENTS.c.key)
+        )
+        return [Segment(**row._mapping) for row in rows]
+
+    async def put(self, segment: Segment, *, replace: bool) -> Segment | None:
+        """Store `segment`; None when it exists and `replace` is false."""
+        values = {"name": segment.name, "condition": segment.condition}
+        statement = insert(SEGMENTS).values(team_id=segment.team_id, key=segment.key, **values)
+        if replace:
+            statement = statement.on_conflict_do_update(
+                index_elements=["team_id", "key"], set_={**values, "updated_at": func.now()}
+            )
+        else:
+            statement = statement.on_conflict_do_nothing(index_elements=["team_id", "key"])
+        row = (await self._session.execute(statement.returning(*SEGMENTS.c))).first()
+        return Segment(**row._mapping) if row else None
+
+    async def delete(self, team_id: str, key: str) -> bool:
+        await self._session.execute(
+            delete(SEGMENT_MEMBERS).where(
+                SEGMENT_MEMBERS.c.team_id == team_id, SEGMENT_MEMBERS.c.segment_key == key
+            )
+        )
+        result = await self._session.execute(
+            delete(SEGMENTS).where(SEGMENTS.c.team_id == team_id, SEGMENTS.c.key == key)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def set_membership(
+        self, team_id: str, contact_id: str, keys: frozenset[str], now: datetime
+    ) -> list[str]:
+        """Record that the contact is in exactly the segments `keys`; the ones it newly entered."""
+        await self._session.execute(
+            delete(SEGMENT_MEMBERS).where(
+                SEGMENT_MEMBERS.c.team_id == team_id,
+                SEGMENT_MEMBERS.c.contact_id == contact_id,
+                SEGMENT_MEMBERS.c.segment_key.not_in(keys),
+            )
+        )
+        if not keys:
+            return []
+        rows = await self._session.execute(
+            insert(SEGMENT_MEMBERS)
+            .values(
+                [
+                    {"team_id": team_id, "segment_key": key, "contact_id": contact_id, "entered_at": now}
+                    for key in sorted(keys)
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["team_id", "segment_key", "contact_id"])
+            .returning(SEGMENT_MEMBERS.c.segment_key)
+        )
+        return sorted(row.segment_key for row in rows)
+
+
 class MatcherSqlUnitOfWork(SqlUnitOfWork):
     workflows: SqlWorkflowRepository
     decisions: SqlDecisionRepository
     cooldowns: SqlCooldownRepository
+    segments: SqlSegmentRepository
 
     def open_repositories(self, session: AsyncSession) -> None:
         self.workflows = SqlWorkflowRepository(session)
         self.decisions = SqlDecisionRepository(session)
         self.cooldowns = SqlCooldownRepository(session)
+        self.segments = SqlSegmentRepository(session)

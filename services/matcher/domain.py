@@ -17,10 +17,15 @@ from kernel.event_names import check_format
 from kernel.labels import MAX_TAG, TOPIC_PATTERN, TOPIC_RULE
 from kernel.steps import CONDITION_NAMES, Problems, StepSpec, validated_steps
 
-WORKFLOW_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+# Workflow and segment keys.
+KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+KEY_RULE = "use 1-100 lowercase letters, digits, '-' or '_', starting with a letter or digit"
 RUN_ID_NAMESPACE = uuid.UUID("6f1d3c1e-3c55-4c8e-9a55-6b1f0f0e8a10")
 MAX_FILTER_TAGS = 50
 MAX_COOLDOWN = timedelta(days=366)
+# What a segment's condition may read.
+SEGMENT_NAMES = ("contact",)
+AUDIENCE_ENTERED = "herald.audience.entered"
 # A system event emitted by a run of a system event... is followed this deep, no deeper.
 MAX_EVENT_DEPTH = 3
 
@@ -35,6 +40,7 @@ class Filters:
     cooldown: str = ""  # an ISO 8601 duration, as written
     condition: str = ""
     topic: str = ""
+    segment: str = ""
 
     @property
     def cooldown_period(self) -> timedelta | None:
@@ -82,12 +88,50 @@ class MatchedEvent:
     topics: tuple[str, ...] = ()
     # How many system events led to this one (0 for a customer's event).
     depth: int = 0
+    # The segments the contact is in, as its snapshot in this event says.
+    segments: frozenset[str] = frozenset()
     # Built only when a workflow's condition needs it: most events are matched without one.
     condition_data: Callable[[], dict[str, Any]] = dict
 
     @cached_property
     def data(self) -> dict[str, Any]:
         return self.condition_data()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A named rule over a contact's fields."""
+
+    team_id: str
+    key: str
+    name: str
+    condition: str
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def holds_for(self, contact: dict[str, Any]) -> bool:
+        """Is the contact in the segment; a condition that cannot be evaluated says no."""
+        try:
+            return compile_condition(self.condition, SEGMENT_NAMES).evaluate({"contact": contact})
+        except ConditionError:
+            return False
+
+
+def validate_segment(segment: Segment) -> Segment:
+    problems = Problems()
+    if not KEY_PATTERN.fullmatch(segment.key):
+        problems.add("key", KEY_RULE)
+    if not segment.name.strip():
+        problems.add("name", "is required")
+    if not segment.condition.strip():
+        problems.add("condition", "is required: a CEL expression over contact")
+    else:
+        try:
+            compile_condition(segment.condition, SEGMENT_NAMES)
+        except ConditionError as error:
+            problems.add("condition", str(error))
+    problems.raise_if_any("segment")
+    return replace(segment, name=segment.name.strip(), condition=segment.condition.strip())
 
 
 @dataclass(frozen=True)
@@ -104,10 +148,8 @@ def validate_definition(definition: WorkflowDefinition) -> WorkflowDefinition:
     problems = Problems()
     if not definition.key:
         problems.add("key", "is required")
-    elif not WORKFLOW_KEY_PATTERN.fullmatch(definition.key):
-        problems.add(
-            "key", "use 1-100 lowercase letters, digits, '-' or '_', starting with a letter or digit"
-        )
+    elif not KEY_PATTERN.fullmatch(definition.key):
+        problems.add("key", KEY_RULE)
     if not definition.name.strip():
         problems.add("name", "is required")
     if not definition.trigger_event:
@@ -152,6 +194,8 @@ def _validated_filters(filters: Filters, problems: Problems) -> Filters:
             problems.add("filters.condition", str(error))
     if filters.topic and not TOPIC_PATTERN.fullmatch(filters.topic):
         problems.add("filters.topic", f"{filters.topic[:64]!r}: {TOPIC_RULE}")
+    if filters.segment and not KEY_PATTERN.fullmatch(filters.segment):
+        problems.add("filters.segment", f"{filters.segment[:64]!r}: {KEY_RULE}")
     return replace(
         filters, tags_any=lists["tags_any"], tags_all=lists["tags_all"], tags_none=lists["tags_none"]
     )
@@ -203,6 +247,8 @@ def filtered_because(event: MatchedEvent, workflow: Workflow) -> str:
     excluded = [tag for tag in filters.tags_none if tag in tags]
     if excluded:
         return f"contact has the excluded tags {_listed(excluded)} (tags_none)"
+    if filters.segment and filters.segment not in event.segments:
+        return f"contact is not in segment {filters.segment!r}"
     if filters.condition:
         condition = compile_condition(filters.condition, CONDITION_NAMES)
         try:

@@ -17,11 +17,13 @@ from services.matcher import messages
 from services.matcher.domain import (
     Decision,
     MatchedEvent,
+    Segment,
     Workflow,
     WorkflowDefinition,
     decide,
     in_cooldown,
     validate_definition,
+    validate_segment,
 )
 
 log = structlog.get_logger(__name__)
@@ -58,9 +60,30 @@ class DecisionRepository(Protocol):
     async def add(self, event: MatchedEvent, decisions: list[Decision]) -> None: ...
 
 
+class SegmentRepository(Protocol):
+    async def get(self, team_id: str, key: str) -> Segment | None: ...
+
+    async def all(self, team_id: str) -> list[Segment]: ...
+
+    async def put(self, segment: Segment, *, replace: bool) -> Segment | None:
+        """Store `segment`; None when it exists and `replace` is false."""
+        ...
+
+    async def delete(self, team_id: str, key: str) -> bool: ...
+
+    async def set_membership(
+        self, team_id: str, contact_id: str, keys: frozenset[str], now: datetime
+    ) -> list[str]:
+        """Record that the contact is in exactly the segments `keys`; the ones it newly entered."""
+        ...
+
+
 class MatcherUnitOfWork(UnitOfWork, Protocol):
     @property
     def workflows(self) -> WorkflowRepository: ...
+
+    @property
+    def segments(self) -> SegmentRepository: ...
 
     @property
     def decisions(self) -> DecisionRepository: ...
@@ -80,10 +103,21 @@ async def create_workflow(team_id: str, definition: WorkflowDefinition, uow: Mat
                 reason="WORKFLOW_EXISTS",
                 metadata={"key": definition.key},
             )
+        await _check_segment(team_id, definition, uow)
         workflow = _next_version(team_id, definition, latest)
         await uow.workflows.add(workflow)
         await uow.commit()
     return workflow
+
+
+async def _check_segment(team_id: str, definition: WorkflowDefinition, uow: MatcherUnitOfWork) -> None:
+    key = definition.filters.segment
+    if key and await uow.segments.get(team_id, key) is None:
+        raise InvalidArgument(
+            f"Invalid workflow: filters.segment: no segment {key!r} (create it with POST /api/v1/segments)",
+            reason="INVALID_WORKFLOW",
+            metadata={"problems": f"filters.segment: no segment {key!r}"},
+        )
 
 
 async def update_workflow(
@@ -102,6 +136,7 @@ async def update_workflow(
         latest = await uow.workflows.latest(team_id, key)
         if latest is not None and not latest.deleted and latest.definition == definition:
             return latest, False
+        await _check_segment(team_id, definition, uow)
         workflow = _next_version(team_id, definition, latest)
         await uow.workflows.add(workflow)
         await uow.commit()
@@ -166,6 +201,7 @@ async def match_event(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[De
         if await uow.decisions.already_decided(matched.event_id):
             log.info("match.already_decided", event_id=event.event_id)
             return []
+        matched = await _with_segments(event, matched, uow, record=True)
         decisions = [await _claim_cooldown(decision, matched, uow) for decision in decide(matched, workflows)]
         await uow.decisions.add(matched, decisions)
         for decision in decisions:
@@ -192,7 +228,64 @@ async def dry_run(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[Decisi
     matched = messages.matched_event(event)
     async with uow:
         workflows = await uow.workflows.listening_to(matched.team_id, matched.name)
+        matched = await _with_segments(event, matched, uow, record=False)
         return [await _claim_cooldown(decision, matched, uow) for decision in decide(matched, workflows)]
+
+
+async def _with_segments(
+    event: event_pb2.Event, matched: MatchedEvent, uow: MatcherUnitOfWork, *, record: bool
+) -> MatchedEvent:
+    """`matched` with the segments its contact is in; with `record`, membership is stored and a
+    contact newly in a segment announces it (`herald.audience.entered`)."""
+    if not matched.contact_id:
+        return matched
+    segments = await uow.segments.all(matched.team_id)
+    if not segments:
+        return matched
+    contact = messages.contact_document(event.contact)
+    members = frozenset(segment.key for segment in segments if segment.holds_for(contact))
+    if record:
+        entered = await uow.segments.set_membership(matched.team_id, matched.contact_id, members, utcnow())
+        by_key = {segment.key: segment for segment in segments}
+        for key in entered:
+            uow.publish(messages.audience_entered(event, by_key[key]))
+    return replace(matched, segments=members)
+
+
+async def put_segment(
+    team_id: str, segment: Segment, uow: MatcherUnitOfWork, *, create_only: bool
+) -> Segment:
+    segment = validate_segment(replace(segment, team_id=team_id))
+    async with uow:
+        stored = await uow.segments.put(segment, replace=not create_only)
+        if stored is None:
+            raise AlreadyExists(
+                f"Segment {segment.key!r} already exists: change it with PUT /api/v1/segments/{segment.key}",
+                reason="SEGMENT_EXISTS",
+                metadata={"key": segment.key},
+            )
+        await uow.commit()
+    return stored
+
+
+async def get_segment(team_id: str, key: str, uow: MatcherUnitOfWork) -> Segment:
+    async with uow:
+        segment = await uow.segments.get(team_id, key)
+    if segment is None:
+        raise NotFound(f"Segment {key!r} not found", reason="SEGMENT_NOT_FOUND", metadata={"key": key})
+    return segment
+
+
+async def list_segments(team_id: str, uow: MatcherUnitOfWork) -> list[Segment]:
+    async with uow:
+        return await uow.segments.all(team_id)
+
+
+async def delete_segment(team_id: str, key: str, uow: MatcherUnitOfWork) -> None:
+    async with uow:
+        if not await uow.segments.delete(team_id, key):
+            raise NotFound(f"Segment {key!r} not found", reason="SEGMENT_NOT_FOUND", metadata={"key": key})
+        await uow.commit()
 
 
 async def _claim_cooldown(decision: Decision, event: MatchedEvent, uow: MatcherUnitOfWork) -> Decision:

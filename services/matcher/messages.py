@@ -7,13 +7,22 @@ import uuid
 from google.protobuf import json_format
 
 from herald.bus.v1 import event_pb2, run_pb2, tracking_pb2
+from herald.matcher.v1 import matcher_pb2
 from herald.workflow.v1 import workflow_pb2
-from kernel.bus import OutgoingMessage, run_subject
+from kernel.bus import OutgoingMessage, event_subject, run_subject
 from kernel.clock import from_timestamp, isoformat_ms
 from kernel.steps import step_from_proto, step_to_proto
-from kernel.structs import from_struct
+from kernel.structs import from_struct, to_struct
 from kernel.tracking import tracking_message
-from services.matcher.domain import Decision, Filters, MatchedEvent, Workflow, WorkflowDefinition
+from services.matcher.domain import (
+    AUDIENCE_ENTERED,
+    Decision,
+    Filters,
+    MatchedEvent,
+    Segment,
+    Workflow,
+    WorkflowDefinition,
+)
 
 
 def definition_from_proto(message: workflow_pb2.Workflow) -> WorkflowDefinition:
@@ -30,6 +39,7 @@ def definition_from_proto(message: workflow_pb2.Workflow) -> WorkflowDefinition:
             cooldown=message.filters.cooldown.strip(),
             condition=message.filters.condition.strip(),
             topic=message.filters.topic.strip(),
+            segment=message.filters.segment.strip(),
         ),
     )
 
@@ -51,6 +61,7 @@ def definition_to_proto(definition: WorkflowDefinition) -> workflow_pb2.Workflow
                 cooldown=filters.cooldown,
                 condition=filters.condition,
                 topic=filters.topic,
+                segment=filters.segment,
             )
         )
     for step in definition.steps:
@@ -89,9 +100,22 @@ def matched_event(event: event_pb2.Event) -> MatchedEvent:
     )
 
 
+def contact_document(contact: event_pb2.Contact) -> dict[str, object]:
+    """A contact snapshot as conditions and segments read it."""
+    return {
+        "id": contact.id,
+        "external_id": contact.external_id,
+        "email": contact.email,
+        "phone": contact.phone,
+        "name": contact.name,
+        "tags": list(contact.tags),
+        "topics": list(contact.topics),
+        "custom_fields": from_struct(contact.custom_fields),
+    }
+
+
 def condition_data(event: event_pb2.Event) -> dict[str, object]:
     """What a condition reads: `event`, `contact` and `variables`, as JSON."""
-    contact = event.contact
     return {
         "event": {
             "id": event.event_id,
@@ -104,16 +128,7 @@ def condition_data(event: event_pb2.Event) -> dict[str, object]:
             },
             "occurred_at": isoformat_ms(from_timestamp(event.occurred_at)),
         },
-        "contact": {
-            "id": contact.id,
-            "external_id": contact.external_id,
-            "email": contact.email,
-            "phone": contact.phone,
-            "name": contact.name,
-            "tags": list(contact.tags),
-            "topics": list(contact.topics),
-            "custom_fields": from_struct(contact.custom_fields),
-        },
+        "contact": contact_document(event.contact),
         "variables": from_struct(event.variables),
     }
 
@@ -176,3 +191,44 @@ def system_trigger_record(event: event_pb2.Event) -> OutgoingMessage:
         ),
     )
     return tracking_message(record, fact_id=event.event_id)
+
+
+def segment_from_proto(team_id: str, message: matcher_pb2.Segment) -> Segment:
+    return Segment(team_id, message.key.strip(), message.name, message.condition)
+
+
+def segment_to_proto(segment: Segment) -> matcher_pb2.Segment:
+    return matcher_pb2.Segment(
+        key=segment.key,
+        name=segment.name,
+        condition=segment.condition,
+        created_at=isoformat_ms(segment.created_at) if segment.created_at else "",
+        updated_at=isoformat_ms(segment.updated_at) if segment.updated_at else "",
+    )
+
+
+def audience_entered(event: event_pb2.Event, segment: Segment) -> OutgoingMessage:
+    """`herald.audience.entered`: the event's contact is newly in `segment`. Its id is derived
+    from the event and the segment, so a repeated publish is dropped."""
+    event_id = str(uuid.uuid5(uuid.UUID(event.event_id), f"{AUDIENCE_ENTERED}/{segment.key}"))
+    entered = event_pb2.Event(
+        event_id=event_id,
+        trigger_id=event_id,
+        project_id=event.project_id,
+        name=AUDIENCE_ENTERED,
+        contact=event.contact,
+        data=to_struct(
+            {"segment": segment.key, "segment_name": segment.name, "cause_event_id": event.event_id}
+        ),
+        variables=event.variables,
+        source=event_pb2.Source(type="system"),
+        occurred_at=event.accepted_at,
+        accepted_at=event.accepted_at,
+        depth=event.depth + 1,
+    )
+    return OutgoingMessage(
+        event_subject(event.project_id, AUDIENCE_ENTERED),
+        entered.SerializeToString(),
+        msg_id=event_id,
+        project_id=event.project_id,
+    )

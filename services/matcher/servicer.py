@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import grpc
 
 from herald.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from kernel.auth import Authenticator
+from kernel.errors import InvalidArgument
 from services.matcher import handlers
-from services.matcher.messages import definition_from_proto, workflow_to_proto
+from services.matcher.messages import (
+    definition_from_proto,
+    segment_from_proto,
+    segment_to_proto,
+    workflow_to_proto,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -83,3 +90,48 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
                 for decision in decisions
             ]
         )
+
+    async def CreateSegment(
+        self, request: matcher_pb2.CreateSegmentRequest, context: Context
+    ) -> matcher_pb2.CreateSegmentResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        segment = await handlers.put_segment(
+            team.id, segment_from_proto(team.id, request.segment), self._uow(), create_only=True
+        )
+        return matcher_pb2.CreateSegmentResponse(segment=segment_to_proto(segment))
+
+    async def PutSegment(
+        self, request: matcher_pb2.PutSegmentRequest, context: Context
+    ) -> matcher_pb2.PutSegmentResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        given = segment_from_proto(team.id, request.segment)
+        if given.key and given.key != request.key:
+            raise InvalidArgument(
+                f"The body's key {given.key!r} differs from the path's {request.key!r}",
+                reason="SEGMENT_KEY_MISMATCH",
+            )
+        segment = await handlers.put_segment(
+            team.id, replace(given, key=request.key), self._uow(), create_only=False
+        )
+        return matcher_pb2.PutSegmentResponse(segment=segment_to_proto(segment))
+
+    async def GetSegment(
+        self, request: matcher_pb2.GetSegmentRequest, context: Context
+    ) -> matcher_pb2.GetSegmentResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        segment = await handlers.get_segment(team.id, request.key, self._uow())
+        return matcher_pb2.GetSegmentResponse(segment=segment_to_proto(segment))
+
+    async def ListSegments(
+        self, request: matcher_pb2.ListSegmentsRequest, context: Context
+    ) -> matcher_pb2.ListSegmentsResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        segments = await handlers.list_segments(team.id, self._uow())
+        return matcher_pb2.ListSegmentsResponse(segments=[segment_to_proto(s) for s in segments])
+
+    async def DeleteSegment(
+        self, request: matcher_pb2.DeleteSegmentRequest, context: Context
+    ) -> matcher_pb2.DeleteSegmentResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        await handlers.delete_segment(team.id, request.key, self._uow())
+        return matcher_pb2.DeleteSegmentResponse(key=request.key, deleted=True)

@@ -181,3 +181,71 @@ def test_a_dry_run_says_which_workflows_would_run_without_sending_or_changing_an
     bad = http.post("/api/v1/events/match", json={**event, "event_name": "Dry Run"}, headers=headers)
     assert bad.status_code == 400
     assert "Invalid event name" in bad.json()["message"]
+
+
+def test_segments_filter_workflows_and_a_contact_entering_one_starts_a_workflow(
+    running: RunningStack,
+) -> None:
+    headers, http = running.credentials.headers, running.http
+    segment = {"key": "seg-pro", "name": "Pro", "condition": "contact.custom_fields.plan == 'Pro'"}
+    created = http.post("/api/v1/segments", json=segment, headers=headers)
+    assert created.status_code == 201, created.text
+    assert http.post("/api/v1/segments", json=segment, headers=headers).status_code == 409
+    bad = http.post(
+        "/api/v1/segments", json={**segment, "key": "seg-bad", "condition": "event.x"}, headers=headers
+    )
+    assert bad.status_code == 400
+    assert "condition: unknown name 'event'" in bad.json()["message"]
+    missing = http.post(
+        "/api/v1/workflows",
+        json=a_workflow("seg-none", event="seg.order", filters={"segment": "nope"}),
+        headers=headers,
+    )
+    assert missing.status_code == 400
+    assert "filters.segment: no segment 'nope'" in missing.json()["message"]
+    for workflow in (
+        a_workflow("seg-orders", event="seg.order", filters={"segment": "seg-pro"}),
+        a_workflow(
+            "seg-welcome",
+            event="herald.audience.entered",
+            filters={"condition": "event.data.segment == 'seg-pro'"},
+        ),
+    ):
+        assert http.post("/api/v1/workflows", json=workflow, headers=headers).status_code == 201, workflow
+
+    def order(external_id: str, plan: str) -> None:
+        event = {
+            "event_name": "seg.order",
+            "user_info": {"contact_external_id": external_id, "email": f"{external_id}@example.com"},
+        }
+        put = http.put(
+            f"/api/v1/contacts/{external_id}",
+            json={"email": f"{external_id}@example.com", "custom_fields": {"plan": plan}},
+            headers=headers,
+        )
+        assert put.status_code == 200, put.text
+        assert http.post("/api/v1/events/send", json=event, headers=headers).status_code == 201
+
+    order("seg-pro-1", "Pro")
+    order("seg-free-1", "Free")
+    order("seg-pro-1", "Pro")
+
+    def subjects(external_id: str) -> list[str]:
+        return sorted(
+            str(m.message["Subject"]).split(" for")[0]
+            for m in running.sink.messages_for(f"{external_id}@example.com")
+        )
+
+    assert eventually(lambda: subjects("seg-pro-1") if len(subjects("seg-pro-1")) == 3 else None) == [
+        "seg-orders",
+        "seg-orders",
+        "seg-welcome",
+    ]
+    assert subjects("seg-free-1") == []
+    listed = http.get("/api/v1/segments", headers=headers).json()["segments"]
+    assert [s["key"] for s in listed if s["key"].startswith("seg-")] == ["seg-pro"]
+    assert http.delete("/api/v1/segments/seg-pro", headers=headers).json() == {
+        "key": "seg-pro",
+        "deleted": True,
+    }
+    assert http.get("/api/v1/segments/seg-pro", headers=headers).status_code == 404

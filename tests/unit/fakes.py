@@ -56,7 +56,7 @@ from services.ingest.domain import (
 )
 from services.ingest.groups import Snapshot, Writes
 from services.ingest.handlers import Draft
-from services.matcher.domain import Decision, MatchedEvent, Workflow
+from services.matcher.domain import Decision, MatchedEvent, Segment, Workflow
 
 Clock = Callable[[], datetime]
 
@@ -677,12 +677,56 @@ class FakeCooldownRepository(FakeRepository):
         return None
 
 
+class FakeSegmentRepository(FakeRepository):
+    """Segments by (team, key), and who is in them under the key (team, "member", contact)."""
+
+    rows: dict[tuple[str, ...], Any]
+
+    async def get(self, team_id: str, key: str) -> Segment | None:
+        found = self.rows.get((team_id, key))
+        return found if isinstance(found, Segment) else None
+
+    async def all(self, team_id: str) -> list[Segment]:
+        found = [
+            value for value in self.rows.values() if isinstance(value, Segment) and value.team_id == team_id
+        ]
+        return sorted(found, key=lambda segment: segment.key)
+
+    async def put(self, segment: Segment, *, replace: bool) -> Segment | None:
+        existing = await self.get(segment.team_id, segment.key)
+        if existing is not None and not replace:
+            return None
+        now = utcnow()
+        stored = dataclasses.replace(
+            segment, created_at=existing.created_at if existing else now, updated_at=now
+        )
+        self.rows[(segment.team_id, segment.key)] = stored
+        return stored
+
+    async def delete(self, team_id: str, key: str) -> bool:
+        for members in (value for k, value in self.rows.items() if k[:2] == (team_id, "member")):
+            members.discard(key)
+        return self.rows.pop((team_id, key), None) is not None
+
+    async def set_membership(
+        self, team_id: str, contact_id: str, keys: frozenset[str], now: datetime
+    ) -> list[str]:
+        before = self.rows.get((team_id, "member", contact_id), set())
+        self.rows[(team_id, "member", contact_id)] = set(keys)
+        return sorted(keys - before)
+
+
 class FakeMatcherUnitOfWork(FakeUnitOfWork):
     def __init__(self) -> None:
         self._workflows = FakeWorkflowRepository()
         self._decisions = FakeDecisionRepository()
         self._cooldowns = FakeCooldownRepository()
-        super().__init__(self._workflows, self._decisions, self._cooldowns)
+        self._segments = FakeSegmentRepository()
+        super().__init__(self._workflows, self._decisions, self._cooldowns, self._segments)
+
+    @property
+    def segments(self) -> FakeSegmentRepository:
+        return self._segments
 
     @property
     def cooldowns(self) -> FakeCooldownRepository:

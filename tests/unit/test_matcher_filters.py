@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -11,14 +12,19 @@ import pytest
 from herald.bus.v1 import event_pb2
 from kernel.errors import AlreadyExists, InvalidArgument, NotFound
 from kernel.structs import to_struct
-from services.matcher.domain import Filters, MatchedEvent, decide, validate_definition
+from services.matcher.domain import Filters, MatchedEvent, Segment, decide, validate_definition
 from services.matcher.handlers import (
     create_workflow,
+    delete_segment,
     delete_workflow,
+    dry_run,
+    get_segment,
     get_workflow,
+    list_segments,
     list_versions,
     list_workflows,
     match_event,
+    put_segment,
     update_workflow,
 )
 from services.matcher.messages import definition_from_proto, definition_to_proto
@@ -273,3 +279,94 @@ async def test_a_chain_of_system_events_is_followed_three_deep_and_no_deeper() -
         "user_signup is the 4th system event in a chain of runs; at most 3 are followed, "
         "so workflows cannot trigger each other for ever"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# segments
+# --------------------------------------------------------------------------------------------
+
+PRO = Segment(TEAM, "pro-users", "Pro users", "contact.custom_fields.plan == 'Pro'")
+
+
+async def with_segment() -> FakeMatcherUnitOfWork:
+    uow = FakeMatcherUnitOfWork()
+    await put_segment(TEAM, PRO, uow, create_only=True)
+    return uow
+
+
+def entered_events(uow: FakeMatcherUnitOfWork) -> list[event_pb2.Event]:
+    return [
+        event_pb2.Event.FromString(m.payload)
+        for m in uow.published
+        if m.subject.endswith(".herald.audience.entered")
+    ]
+
+
+async def test_a_segment_filter_runs_the_workflow_only_for_contacts_in_the_segment() -> None:
+    uow = await with_segment()
+    await create_workflow(TEAM, a_definition(filters=Filters(segment="pro-users")), uow)
+
+    [inside] = await match_event(an_event(custom_fields={"plan": "Pro"}), uow)
+    [outside] = await match_event(an_event(custom_fields={"plan": "Free"}, contact_id="contact-2"), uow)
+
+    assert (inside.matched, outside.matched) == (True, False)
+    assert outside.reason == "contact is not in segment 'pro-users'"
+
+
+async def test_a_contact_newly_in_a_segment_announces_it_once() -> None:
+    uow = await with_segment()
+    pro = an_event(custom_fields={"plan": "Pro"})
+
+    await match_event(pro, uow)
+    [entered] = entered_events(uow)
+    await match_event(an_event(custom_fields={"plan": "Pro"}), uow)
+    assert len(entered_events(uow)) == 1  # still in: nothing new
+
+    assert (entered.name, entered.depth, entered.contact.id) == ("herald.audience.entered", 1, "contact-1")
+    assert dict(entered.data)["segment"] == "pro-users"
+    await match_event(an_event(custom_fields={"plan": "Free"}), uow)
+    await match_event(an_event(custom_fields={"plan": "Pro"}), uow)
+    assert len(entered_events(uow)) == 2  # left, then entered again
+
+
+async def test_a_dry_run_neither_records_membership_nor_announces_it() -> None:
+    uow = await with_segment()
+    await create_workflow(TEAM, a_definition(filters=Filters(segment="pro-users")), uow)
+
+    [decision] = await dry_run(an_event(custom_fields={"plan": "Pro"}), uow)
+
+    assert decision.matched
+    assert entered_events(uow) == []
+    await match_event(an_event(custom_fields={"plan": "Pro"}), uow)
+    assert len(entered_events(uow)) == 1
+
+
+@pytest.mark.parametrize(
+    ("segment", "problem"),
+    [
+        (Segment(TEAM, "Pro Users", "Pro", "contact.name == 'x'"), "key: use 1-100 lowercase letters"),
+        (Segment(TEAM, "pro", " ", "contact.name == 'x'"), "name: is required"),
+        (Segment(TEAM, "pro", "Pro", ""), "condition: is required: a CEL expression over contact"),
+        (Segment(TEAM, "pro", "Pro", "event.data.x == 1"), "condition: unknown name 'event'"),
+    ],
+)
+async def test_a_bad_segment_is_refused_naming_the_field(segment: Segment, problem: str) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        await put_segment(TEAM, segment, FakeMatcherUnitOfWork(), create_only=True)
+    assert raised.value.reason == "INVALID_SEGMENT"
+    assert problem in raised.value.message
+
+
+async def test_segments_are_created_once_replaced_listed_and_deleted() -> None:
+    uow = await with_segment()
+    with pytest.raises(AlreadyExists):
+        await put_segment(TEAM, PRO, uow, create_only=True)
+    await put_segment(TEAM, dataclasses.replace(PRO, name="Paying"), uow, create_only=False)
+    assert [(s.key, s.name) for s in await list_segments(TEAM, uow)] == [("pro-users", "Paying")]
+    with pytest.raises(InvalidArgument, match=r"filters\.segment: no segment 'ghosts'"):
+        await create_workflow(TEAM, a_definition(filters=Filters(segment="ghosts")), uow)
+    await delete_segment(TEAM, "pro-users", uow)
+    with pytest.raises(NotFound):
+        await get_segment(TEAM, "pro-users", uow)
+    with pytest.raises(NotFound):
+        await delete_segment(TEAM, "pro-users", uow)

@@ -65,6 +65,31 @@ class MatcherServiceStub:
                 request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsResponse.FromString,
                 _registered_method=True)
+        self.CreateSegment = channel.unary_unary(
+                '/herald.matcher.v1.MatcherService/CreateSegment',
+                request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.CreateSegmentRequest.SerializeToString,
+                response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.CreateSegmentResponse.FromString,
+                _registered_method=True)
+        self.PutSegment = channel.unary_unary(
+                '/herald.matcher.v1.MatcherService/PutSegment',
+                request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.PutSegmentRequest.SerializeToString,
+                response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.PutSegmentResponse.FromString,
+                _registered_method=True)
+        self.GetSegment = channel.unary_unary(
+                '/herald.matcher.v1.MatcherService/GetSegment',
+                request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.GetSegmentRequest.SerializeToString,
+                response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.GetSegmentResponse.FromString,
+                _registered_method=True)
+        self.ListSegments = channel.unary_unary(
+                '/herald.matcher.v1.MatcherService/ListSegments',
+                request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListSegmentsRequest.SerializeToString,
+                response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListSegmentsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSegment = channel.unary_unary(
+                '/herald.matcher.v1.MatcherService/DeleteSegment',
+                request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DeleteSegmentRequest.SerializeToString,
+                response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DeleteSegmentResponse.FromString,
+                _registered_method=True)
         self.DryRunMatch = channel.unary_unary(
                 '/herald.matcher.v1.MatcherService/DryRunMatch',
                 request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DryRunMatchRequest.SerializeToString,
@@ -120,6 +145,39 @@ class MatcherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSegment(self, request, context):
+        """Create a segment: a named rule over contact fields. 409 when the key is taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutSegment(self, request, context):
+        """Create or replace a segment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSegment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSegments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSegment(self, request, context):
+        """Delete a segment; workflows that name it stop matching (their reason says why).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DryRunMatch(self, request, context):
         """Which workflows an event would run, and why the others would not, changing nothing (no
         run, no cooldown). Ingest calls it for POST /api/v1/events/match with the event it built.
@@ -160,6 +218,31 @@ def add_MatcherServiceServicer_to_server(servicer, server):
                     servicer.ListWorkflows,
                     request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'CreateSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSegment,
+                    request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.CreateSegmentRequest.FromString,
+                    response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.CreateSegmentResponse.SerializeToString,
+            ),
+            'PutSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutSegment,
+                    request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.PutSegmentRequest.FromString,
+                    response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.PutSegmentResponse.SerializeToString,
+            ),
+            'GetSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSegment,
+                    request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.GetSegmentRequest.FromString,
+                    response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.GetSegmentResponse.SerializeToString,
+            ),
+            'ListSegments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSegments,
+                    request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListSegmentsRequest.FromString,
+                    response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListSegmentsResponse.SerializeToString,
+            ),
+            'DeleteSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSegment,
+                    request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DeleteSegmentRequest.FromString,
+                    response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DeleteSegmentResponse.SerializeToString,
             ),
             'DryRunMatch': grpc.unary_unary_rpc_method_handler(
                     servicer.DryRunMatch,
@@ -330,6 +413,141 @@ class MatcherService:
             '/herald.matcher.v1.MatcherService/ListWorkflows',
             herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsRequest.SerializeToString,
             herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.matcher.v1.MatcherService/CreateSegment',
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.CreateSegmentRequest.SerializeToString,
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.CreateSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.matcher.v1.MatcherService/PutSegment',
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.PutSegmentRequest.SerializeToString,
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.PutSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.matcher.v1.MatcherService/GetSegment',
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.GetSegmentRequest.SerializeToString,
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.GetSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.matcher.v1.MatcherService/ListSegments',
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.ListSegmentsRequest.SerializeToString,
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.ListSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.matcher.v1.MatcherService/DeleteSegment',
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.DeleteSegmentRequest.SerializeToString,
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.DeleteSegmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

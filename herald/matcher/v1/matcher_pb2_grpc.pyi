@@ -49,6 +49,14 @@ class MatcherServiceStub:
     """Every stored version of a workflow, newest first."""
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.ListWorkflowsRequest, _matcher_pb2.ListWorkflowsResponse]
     """The latest version of every workflow of the project, ordered by key."""
+    CreateSegment: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.CreateSegmentRequest, _matcher_pb2.CreateSegmentResponse]
+    """Create a segment: a named rule over contact fields. 409 when the key is taken."""
+    PutSegment: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.PutSegmentRequest, _matcher_pb2.PutSegmentResponse]
+    """Create or replace a segment."""
+    GetSegment: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.GetSegmentRequest, _matcher_pb2.GetSegmentResponse]
+    ListSegments: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.ListSegmentsRequest, _matcher_pb2.ListSegmentsResponse]
+    DeleteSegment: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.DeleteSegmentRequest, _matcher_pb2.DeleteSegmentResponse]
+    """Delete a segment; workflows that name it stop matching (their reason says why)."""
     DryRunMatch: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.DryRunMatchRequest, _matcher_pb2.DryRunMatchResponse]
     """Which workflows an event would run, and why the others would not, changing nothing (no
     run, no cooldown). Ingest calls it for POST /api/v1/events/match with the event it built.
@@ -75,6 +83,14 @@ class MatcherServiceAsyncStub(MatcherServiceStub):
     """Every stored version of a workflow, newest first."""
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_matcher_pb2.ListWorkflowsRequest, _matcher_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
     """The latest version of every workflow of the project, ordered by key."""
+    CreateSegment: _aio.UnaryUnaryMultiCallable[_matcher_pb2.CreateSegmentRequest, _matcher_pb2.CreateSegmentResponse]  # type: ignore[assignment]
+    """Create a segment: a named rule over contact fields. 409 when the key is taken."""
+    PutSegment: _aio.UnaryUnaryMultiCallable[_matcher_pb2.PutSegmentRequest, _matcher_pb2.PutSegmentResponse]  # type: ignore[assignment]
+    """Create or replace a segment."""
+    GetSegment: _aio.UnaryUnaryMultiCallable[_matcher_pb2.GetSegmentRequest, _matcher_pb2.GetSegmentResponse]  # type: ignore[assignment]
+    ListSegments: _aio.UnaryUnaryMultiCallable[_matcher_pb2.ListSegmentsRequest, _matcher_pb2.ListSegmentsResponse]  # type: ignore[assignment]
+    DeleteSegment: _aio.UnaryUnaryMultiCallable[_matcher_pb2.DeleteSegmentRequest, _matcher_pb2.DeleteSegmentResponse]  # type: ignore[assignment]
+    """Delete a segment; workflows that name it stop matching (their reason says why)."""
     DryRunMatch: _aio.UnaryUnaryMultiCallable[_matcher_pb2.DryRunMatchRequest, _matcher_pb2.DryRunMatchResponse]  # type: ignore[assignment]
     """Which workflows an event would run, and why the others would not, changing nothing (no
     run, no cooldown). Ingest calls it for POST /api/v1/events/match with the event it built.
@@ -134,6 +150,44 @@ class MatcherServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_matcher_pb2.ListWorkflowsResponse, _abc.Awaitable[_matcher_pb2.ListWorkflowsResponse]]:
         """The latest version of every workflow of the project, ordered by key."""
+
+    @_abc_1.abstractmethod
+    def CreateSegment(
+        self,
+        request: _matcher_pb2.CreateSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matcher_pb2.CreateSegmentResponse, _abc.Awaitable[_matcher_pb2.CreateSegmentResponse]]:
+        """Create a segment: a named rule over contact fields. 409 when the key is taken."""
+
+    @_abc_1.abstractmethod
+    def PutSegment(
+        self,
+        request: _matcher_pb2.PutSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matcher_pb2.PutSegmentResponse, _abc.Awaitable[_matcher_pb2.PutSegmentResponse]]:
+        """Create or replace a segment."""
+
+    @_abc_1.abstractmethod
+    def GetSegment(
+        self,
+        request: _matcher_pb2.GetSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matcher_pb2.GetSegmentResponse, _abc.Awaitable[_matcher_pb2.GetSegmentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSegments(
+        self,
+        request: _matcher_pb2.ListSegmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matcher_pb2.ListSegmentsResponse, _abc.Awaitable[_matcher_pb2.ListSegmentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteSegment(
+        self,
+        request: _matcher_pb2.DeleteSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matcher_pb2.DeleteSegmentResponse, _abc.Awaitable[_matcher_pb2.DeleteSegmentResponse]]:
+        """Delete a segment; workflows that name it stop matching (their reason says why)."""
 
     @_abc_1.abstractmethod
     def DryRunMatch(

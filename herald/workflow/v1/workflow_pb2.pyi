@@ -91,6 +91,7 @@ class WorkflowFilters(_message.Message):
     COOLDOWN_FIELD_NUMBER: _builtins.int
     CONDITION_FIELD_NUMBER: _builtins.int
     TOPIC_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
     cooldown: _builtins.str
     """ISO 8601 duration (e.g. "PT24H"): the workflow runs at most once per contact within it."""
     condition: _builtins.str
@@ -99,6 +100,8 @@ class WorkflowFilters(_message.Message):
     """
     topic: _builtins.str
     """The contact must be subscribed to this topic."""
+    segment: _builtins.str
+    """The contact must be in this segment (POST /api/v1/segments)."""
     @_builtins.property
     def tags_any(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The contact has at least one of these tags."""
@@ -120,10 +123,11 @@ class WorkflowFilters(_message.Message):
         cooldown: _builtins.str = ...,
         condition: _builtins.str = ...,
         topic: _builtins.str = ...,
+        segment: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "cooldown", b"cooldown", "tags_all", b"tags_all", "tags_any", b"tags_any", "tags_none", b"tags_none", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "cooldown", b"cooldown", "segment", b"segment", "tags_all", b"tags_all", "tags_any", b"tags_any", "tags_none", b"tags_none", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
