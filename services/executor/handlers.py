@@ -16,6 +16,7 @@ from herald.bus.v1 import event_pb2, run_pb2
 from kernel.bus import OutgoingMessage, Poison, RetryLater
 from kernel.clock import from_timestamp, utcnow
 from kernel.conditions import ConditionError, compile_condition
+from kernel.documents import event_document
 from kernel.durations import parse_duration
 from kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 from kernel.steps import CONDITION_NAMES, HEADER_NAME_PATTERN, MAX_HEADERS, Problems
@@ -450,7 +451,7 @@ def _ends_wait(event: event_pb2.Event, run: Run, step: StepState, wait: Timer) -
         return False
     if not step.spec.match:
         return True
-    data = {**run.condition_data, "event": messages.event_document(event)}
+    data = {**run.condition_data, "event": event_document(event)}
     try:
         return compile_condition(step.spec.match, CONDITION_NAMES).evaluate(data)
     except ConditionError as error:

@@ -8,49 +8,18 @@ from typing import Any
 
 from herald.bus.v1 import event_pb2, run_pb2, tracking_pb2
 from kernel.bus import OutgoingMessage, event_subject, step_subject
-from kernel.clock import from_timestamp, isoformat_ms, to_timestamp, utcnow
+from kernel.clock import to_timestamp, utcnow
+from kernel.documents import condition_data
 from kernel.steps import step_from_proto
-from kernel.structs import from_struct, to_struct
+from kernel.structs import to_struct
 from kernel.tracking import tracking_message
 from services.executor.domain import DeadLetter, Run, RunStatus, StepState, StepStatus, delivery_id
 
 
 def render_context(event: event_pb2.Event) -> dict[str, Any]:
     """What templates see: the variables at the top level, plus `contact`, `event` and `variables`."""
-    variables = from_struct(event.variables)
-    contact = event.contact
-    return {
-        **variables,
-        "variables": variables,
-        "contact": {
-            "id": contact.id,
-            "external_id": contact.external_id,
-            "email": contact.email,
-            "phone": contact.phone,
-            "name": contact.name,
-            "tags": list(contact.tags),
-            "topics": list(contact.topics),
-            "custom_fields": from_struct(contact.custom_fields),
-        },
-        "event": event_document(event),
-    }
-
-
-def event_document(event: event_pb2.Event) -> dict[str, Any]:
-    """An event as templates and conditions read it."""
-    return {
-        "id": event.event_id,
-        "name": event.name,
-        "data": from_struct(event.data),
-        "source": {"type": event.source.type, "ip": event.source.ip, "user_agent": event.source.user_agent},
-        "occurred_at": isoformat_ms(from_timestamp(event.occurred_at))
-        if event.HasField("occurred_at")
-        else "",
-        "accepted_at": isoformat_ms(from_timestamp(event.accepted_at))
-        if event.HasField("accepted_at")
-        else "",
-        "depth": event.depth,
-    }
+    data = condition_data(event)
+    return {**data["variables"], **data}
 
 
 def run_from_start(start: run_pb2.RunStart) -> Run:

@@ -11,6 +11,7 @@ import structlog
 
 from herald.bus.v1 import event_pb2
 from kernel.clock import utcnow
+from kernel.documents import contact_document
 from kernel.errors import AlreadyExists, InvalidArgument, NotFound
 from kernel.unit_of_work import UnitOfWork
 from services.matcher import messages
@@ -242,7 +243,7 @@ async def _with_segments(
     segments = await uow.segments.all(matched.team_id)
     if not segments:
         return matched
-    contact = messages.contact_document(event.contact)
+    contact = contact_document(event.contact)
     members = frozenset(segment.key for segment in segments if segment.holds_for(contact))
     if record:
         entered = await uow.segments.set_membership(matched.team_id, matched.contact_id, members, utcnow())

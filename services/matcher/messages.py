@@ -10,9 +10,10 @@ from herald.bus.v1 import event_pb2, run_pb2, tracking_pb2
 from herald.matcher.v1 import matcher_pb2
 from herald.workflow.v1 import workflow_pb2
 from kernel.bus import OutgoingMessage, event_subject, run_subject
-from kernel.clock import from_timestamp, isoformat_ms
+from kernel.clock import isoformat_ms
+from kernel.documents import condition_data
 from kernel.steps import step_from_proto, step_to_proto
-from kernel.structs import from_struct, to_struct
+from kernel.structs import to_struct
 from kernel.tracking import tracking_message
 from services.matcher.domain import (
     AUDIENCE_ENTERED,
@@ -98,39 +99,6 @@ def matched_event(event: event_pb2.Event) -> MatchedEvent:
         depth=event.depth,
         condition_data=lambda: condition_data(event),
     )
-
-
-def contact_document(contact: event_pb2.Contact) -> dict[str, object]:
-    """A contact snapshot as conditions and segments read it."""
-    return {
-        "id": contact.id,
-        "external_id": contact.external_id,
-        "email": contact.email,
-        "phone": contact.phone,
-        "name": contact.name,
-        "tags": list(contact.tags),
-        "topics": list(contact.topics),
-        "custom_fields": from_struct(contact.custom_fields),
-    }
-
-
-def condition_data(event: event_pb2.Event) -> dict[str, object]:
-    """What a condition reads: `event`, `contact` and `variables`, as JSON."""
-    return {
-        "event": {
-            "id": event.event_id,
-            "name": event.name,
-            "data": from_struct(event.data),
-            "source": {
-                "type": event.source.type,
-                "ip": event.source.ip,
-                "user_agent": event.source.user_agent,
-            },
-            "occurred_at": isoformat_ms(from_timestamp(event.occurred_at)),
-        },
-        "contact": contact_document(event.contact),
-        "variables": from_struct(event.variables),
-    }
 
 
 def run_start(decision: Decision, event: event_pb2.Event) -> OutgoingMessage:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import ast
 import math
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ClassVar, NoReturn
 
 import pytest
 
@@ -21,6 +19,7 @@ from kernel.templates import (
     compile_template,
     render_template,
 )
+from tests.unit.test_templates import Trap
 
 HELPER_LIST = "lookup, default, upper, lower and date"
 
@@ -704,56 +703,6 @@ def test_case_helpers_on_huge_or_deep_lists_fail_cleanly() -> None:
 # --------------------------------------------------------------------------------------------
 # Safety: data objects are never introspected
 # --------------------------------------------------------------------------------------------
-
-
-class Trap:
-    """Records and refuses every way Python code could be reached through this object."""
-
-    touched: ClassVar[list[str]] = []
-
-    def __getattribute__(self, name: str) -> NoReturn:
-        Trap.touched.append(name)
-        raise AssertionError(f"template engine read attribute {name!r}")
-
-    def __str__(self) -> str:
-        Trap.touched.append("__str__")
-        raise AssertionError("str() called")
-
-    def __repr__(self) -> str:
-        Trap.touched.append("__repr__")
-        raise AssertionError("repr() called")
-
-    def __bool__(self) -> bool:
-        Trap.touched.append("__bool__")
-        raise AssertionError("bool() called")
-
-    def __len__(self) -> int:
-        Trap.touched.append("__len__")
-        raise AssertionError("len() called")
-
-    def __iter__(self) -> Iterator[object]:
-        Trap.touched.append("__iter__")
-        raise AssertionError("iter() called")
-
-    def __eq__(self, other: object) -> bool:
-        Trap.touched.append("__eq__")
-        raise AssertionError("== called")
-
-    def __hash__(self) -> int:
-        Trap.touched.append("__hash__")
-        raise AssertionError("hash() called")
-
-    def __format__(self, spec: str) -> str:
-        Trap.touched.append("__format__")
-        raise AssertionError("format() called")
-
-    def __int__(self) -> int:
-        Trap.touched.append("__int__")
-        raise AssertionError("int() called")
-
-    def __float__(self) -> float:
-        Trap.touched.append("__float__")
-        raise AssertionError("float() called")
 
 
 @pytest.mark.parametrize(

@@ -529,6 +529,14 @@ class Trap:
         Trap.touched.append("__format__")
         raise AssertionError("format() called")
 
+    def __int__(self) -> int:
+        Trap.touched.append("__int__")
+        raise AssertionError("int() called")
+
+    def __float__(self) -> float:
+        Trap.touched.append("__float__")
+        raise AssertionError("float() called")
+
 
 TRAP_TEMPLATES = [
     ("{{trap.secret}}|", "|"),
