@@ -14,7 +14,7 @@ import itertools
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -29,7 +29,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
-from kernel.errors import Unavailable
+from kernel.errors import Unavailable, is_unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -342,6 +342,13 @@ class Consumer:
             bound.info("consumer.retry", reason=str(retry), delay=round(delay, 3))
             await message.nak(delay=delay)
         except Exception as error:
+            if is_unavailable(error):
+                # The database or the bus is away: not the message's fault, so it does not use up
+                # an attempt towards the dead letters; it comes back when they may be back.
+                delay = backoff_delay(min(delivery.attempt, 8), base=1.0, ceiling=30.0)
+                bound.warning("consumer.unavailable", error=repr(error)[:500], delay=round(delay, 3))
+                await message.nak(delay=delay)
+                return
             bound.exception("consumer.handler_failed")
             if delivery.attempt >= self.max_attempts:
                 await self._dead_letter(message, delivery, f"attempts exhausted: {error!r}")
@@ -389,9 +396,10 @@ class Consumer:
 
 async def read_since(
     js: JetStreamContext, stream: str, subject: str, since: datetime, batch: int = 256
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Every message on `subject` that `stream` stored since `since`, oldest first, up to the
-    last one stored when the read began. A short-lived consumer reads them; it is deleted after."""
+    last one stored when the read began; Unavailable when the read cannot finish. A short-lived
+    consumer reads them; it is deleted after (close the iterator when stopping early)."""
     name = f"read-since-{uuid.uuid4().hex}"
     config = api.ConsumerConfig(
         name=name,
@@ -409,14 +417,14 @@ async def read_since(
             return
         subscription = await js.pull_subscribe_bind(name=name, stream=stream)
         try:
-            while left > 0:
+            while left > 0:  # what was stored when the read began, and no more
                 try:
-                    messages = await subscription.fetch(min(batch, left), timeout=2.0)
+                    messages = await subscription.fetch(min(batch, left), timeout=5.0)
                 except (TimeoutError, NatsTimeoutError):
-                    return
+                    raise Unavailable(f"reading {subject} back stopped with {left} messages unread") from None
                 for message in messages:
                     yield message.data
-                left = messages[-1].metadata.num_pending if messages else 0
+                left -= len(messages)
         finally:
             await subscription.unsubscribe()
     finally:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 
 import grpc
+import sqlalchemy.exc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -196,3 +197,16 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> HeraldError:
         metadata=dict(info.metadata) if info else None,
     )
     return converted
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Does `error` say that a server Herald needs (PostgreSQL, NATS, another service) is out of
+    reach for now, rather than that the work itself is wrong?"""
+    if isinstance(error, (Unavailable, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(error, sqlalchemy.exc.DBAPIError):
+        return bool(error.connection_invalidated) or isinstance(
+            error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+        )
+    # The pool had no connection to give within its timeout.
+    return isinstance(error, (sqlalchemy.exc.TimeoutError, OSError))

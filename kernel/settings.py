@@ -45,6 +45,8 @@ class Settings:
     log_level: str = "info"
     consumer_concurrency: int = 16
     max_delivery_attempts: int = 5
+    # Webhooks and providers may reach loopback and private addresses (development, tests).
+    allow_private_destinations: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +74,7 @@ class Settings:
             max_delivery_attempts=_integer(
                 env, "HERALD_MAX_DELIVERY_ATTEMPTS", defaults.max_delivery_attempts
             ),
+            allow_private_destinations=_flag(env, "HERALD_ALLOW_PRIVATE_DESTINATIONS"),
         )
 
     def with_changes(self, **changes: object) -> Settings:
@@ -140,6 +143,15 @@ def _is_ipv4(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
 
 
 def _integer(env: Mapping[str, str], name: str, default: int) -> int:

@@ -43,6 +43,8 @@ CONDITION_NAMES = ("event", "contact", "variables")
 MAX_ATTEMPTS = 20
 MAX_WAIT = timedelta(days=366)
 MAX_HEADERS = 20
+# Headers a webhook step may not set: Herald sets them, or they belong to the connection.
+HERALD_HEADERS = frozenset({"content-length", "host", "idempotency-key", "transfer-encoding", "connection"})
 
 # The fields each step type uses, besides id and type; any other field set is a mistake.
 FIELDS_OF_TYPE: dict[str, frozenset[str]] = {
@@ -283,7 +285,7 @@ def _check_webhook(where: str, step: StepSpec, problems: Problems) -> None:
     for name, value in step.headers.items():
         if not HEADER_NAME_PATTERN.fullmatch(name):
             problems.add(f"{where}.headers", f"{name[:100]!r} is not a valid header name")
-        elif name.lower().startswith("webhook-") or name.lower() in ("content-length", "host"):
+        elif name.lower().startswith("webhook-") or name.lower() in HERALD_HEADERS:
             problems.add(f"{where}.headers.{name}", "is set by Herald")
         elif "\n" in value or "\r" in value:
             problems.add(f"{where}.headers.{name}", "a header value cannot contain line breaks")

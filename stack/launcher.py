@@ -158,6 +158,8 @@ class Stack:
             env[f"HERALD_{_service(name).upper()}_ADDR"] = self.replica_address(name)
         if settings.smtp_url:
             env["HERALD_SMTP_URL"] = settings.smtp_url
+        if settings.allow_private_destinations:
+            env["HERALD_ALLOW_PRIVATE_DESTINATIONS"] = "true"
         return env
 
     def start_process(self, name: str) -> None:

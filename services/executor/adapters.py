@@ -67,6 +67,7 @@ class RunRow(ExecutorBase):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     replays: Mapped[int] = mapped_column(Integer, server_default="0")
+    waited_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class RunStepRow(ExecutorBase):
@@ -213,6 +214,7 @@ class SqlRunRepository:
             "status": run.status,
             "context": run.context,
             "replays": run.replays,
+            "waited_until": run.waited_until,
         }
         if run.created_at:
             values["created_at"] = run.created_at
@@ -280,13 +282,19 @@ class SqlRunRepository:
             created_at=row.created_at,
             finished_at=row.finished_at,
             replays=row.replays,
+            waited_until=row.waited_until,
         )
 
     async def save(self, run: Run) -> None:
         await self._session.execute(
             update(RUNS)
             .where(RUNS.c.id == run.id)
-            .values(status=run.status, finished_at=run.finished_at, replays=run.replays)
+            .values(
+                status=run.status,
+                finished_at=run.finished_at,
+                replays=run.replays,
+                waited_until=run.waited_until,
+            )
         )
         await self._session.execute(
             update(RUN_STEPS)
@@ -368,6 +376,13 @@ class SqlTimerRepository:
             delete(TIMERS).where(TIMERS.c.run_id == timer.run_id, TIMERS.c.step_id == timer.step_id)
         )
 
+    async def postpone(self, timer: Timer, until: datetime) -> None:
+        await self._session.execute(
+            update(TIMERS)
+            .where(TIMERS.c.run_id == timer.run_id, TIMERS.c.step_id == timer.step_id)
+            .values(due_at=until)
+        )
+
 
 TIMER_FIELDS = ("run_id", "step_id", "team_id", "kind", "due_at", "contact_id", "event", "since")
 
@@ -426,14 +441,15 @@ class SqlDeadLetterRepository:
         )
         return [DeadLetter(**row._mapping) for row in rows]
 
+    async def get(self, team_id: str, letter_id: uuid.UUID) -> DeadLetter | None:
+        return await self._one(team_id, letter_id, lock=False)
+
     async def lock(self, team_id: str, letter_id: uuid.UUID) -> DeadLetter | None:
-        row = (
-            await self._session.execute(
-                select(DEAD_LETTERS)
-                .where(DEAD_LETTERS.c.id == letter_id, DEAD_LETTERS.c.team_id == team_id)
-                .with_for_update()
-            )
-        ).first()
+        return await self._one(team_id, letter_id, lock=True)
+
+    async def _one(self, team_id: str, letter_id: uuid.UUID, *, lock: bool) -> DeadLetter | None:
+        query = select(DEAD_LETTERS).where(DEAD_LETTERS.c.id == letter_id, DEAD_LETTERS.c.team_id == team_id)
+        row = (await self._session.execute(query.with_for_update() if lock else query)).first()
         return DeadLetter(**row._mapping) if row else None
 
     async def save(self, letter: DeadLetter) -> None:

@@ -3,7 +3,9 @@ events end (EVENTS), and the look-back over EVENTS for waits that began after th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from datetime import datetime
 
 import structlog
@@ -11,7 +13,7 @@ from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 
 from herald.bus.v1 import event_pb2, run_pb2
-from kernel.bus import Delivery, Handler, decode, event_subject, read_since
+from kernel.bus import Delivery, Handler, Poison, decode, event_subject, read_since
 from kernel.steps import CHANNEL_OF_STEP_TYPE
 from services.executor import handlers
 
@@ -29,6 +31,10 @@ def step_consumer(channel: str) -> tuple[str, str]:
 def run_start_handler(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) -> Handler:
     async def handle(delivery: Delivery) -> None:
         start = decode(run_pb2.RunStart, delivery)
+        try:
+            uuid.UUID(start.run_id), uuid.UUID(start.trigger_id), uuid.UUID(start.event.event_id)
+        except ValueError:
+            raise Poison(f"a run start with malformed ids: run {start.run_id!r}") from None
         with structlog.contextvars.bound_contextvars(run_id=start.run_id, trigger_id=start.trigger_id):
             await handlers.start_run(start, unit_of_work())
 
@@ -64,9 +70,10 @@ class JetStreamEventLog:
     def __init__(self, js: JetStreamContext):
         self._js = js
 
-    async def since(self, team_id: str, event: str, since: datetime) -> AsyncIterator[event_pb2.Event]:
-        async for data in read_since(self._js, "EVENTS", event_subject(team_id, event), since):
-            try:
-                yield event_pb2.Event.FromString(data)
-            except DecodeError:
-                log.warning("waits.unreadable_event", event=event)
+    async def since(self, team_id: str, event: str, since: datetime) -> AsyncGenerator[event_pb2.Event, None]:
+        async with aclosing(read_since(self._js, "EVENTS", event_subject(team_id, event), since)) as stored:
+            async for data in stored:
+                try:
+                    yield event_pb2.Event.FromString(data)
+                except DecodeError:
+                    log.warning("waits.unreadable_event", event=event)

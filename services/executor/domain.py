@@ -87,6 +87,9 @@ class Run:
     finished_at: datetime | None = None
     # How many times a failed delivery of the run was replayed from the dead letters.
     replays: int = 0
+    # Just after the acceptance of the event that ended the run's last wait: a later wait only
+    # counts events accepted from then on, so one event never ends two waits.
+    waited_until: datetime | None = None
 
     def step(self, step_id: str) -> StepState | None:
         return next((step for step in self.steps if step.spec.id == step_id), None)
@@ -121,6 +124,12 @@ class Run:
         """When Herald accepted the event that started the run."""
         text = (self.context.get("event") or {}).get("accepted_at")
         return datetime.fromisoformat(text) if text else None
+
+    @property
+    def waits_since(self) -> datetime | None:
+        """The events a new wait of the run may count were accepted at or after this time."""
+        moments = [moment for moment in (self.accepted_at or self.created_at, self.waited_until) if moment]
+        return max(moments) if moments else None
 
 
 @dataclass(frozen=True)
@@ -325,8 +334,8 @@ def render_webhook(run: Run, step: StepSpec, limits: RenderLimits | None = None)
         body = _render_json(step.body, run, limits)
     headers = {name: render(value, run, limits) for name, value in step.headers.items()}
     for name, value in headers.items():
-        if "\n" in value or "\r" in value:
-            raise DeliveryError(f"header {name} rendered a line break", permanent=True)
+        if "\n" in value or "\r" in value or not value.isascii():
+            raise DeliveryError(f"header {name} rendered a line break or non-ASCII text", permanent=True)
     return OutgoingWebhook(
         url=url,
         method=method,
@@ -347,7 +356,10 @@ def _render_json(value: Any, run: Run, limits: RenderLimits | None) -> Any:
 
 
 def render_feed_item(run: Run, step: StepSpec, at: datetime, limits: RenderLimits | None = None) -> FeedItem:
+    """The in-app message, in the feed of the contact's external id (the feed API's key)."""
     contact = _contact(run)
+    if not contact.get("external_id"):
+        raise DeliveryError("the contact has no external_id, so it has no feed to read", permanent=True)
     return FeedItem(
         id=delivery_id(run.id, step.id),
         team_id=run.team_id,

@@ -3,8 +3,10 @@ their timers, resume their waits, and report every fact."""
 
 from __future__ import annotations
 
+import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -49,10 +51,12 @@ from services.executor.domain import (
 log = structlog.get_logger(__name__)
 # A provider's Retry-After is honoured up to this many seconds.
 MAX_RETRY_AFTER = 3600.0
+RETRY_BASE, RETRY_CEILING = 2.0, 300.0
 FEED_LIMIT, MAX_FEED_LIMIT = 50, 200
 PROVIDER_CHANNELS = ("sms", "push")
 # Stream timestamps and acceptance times come from different clocks: look back a little further.
 LOOK_BACK_SLACK = timedelta(seconds=5)
+TIMER_RETRY = timedelta(minutes=1)
 
 
 class RunRepository(Protocol):
@@ -88,6 +92,8 @@ class TimerRepository(Protocol):
 
     async def delete(self, timer: Timer) -> None: ...
 
+    async def postpone(self, timer: Timer, until: datetime) -> None: ...
+
 
 class FeedRepository(Protocol):
     async def add(self, item: FeedItem) -> None:
@@ -107,6 +113,8 @@ class DeadLetterRepository(Protocol):
         ...
 
     async def newest(self, team_id: str, limit: int) -> list[DeadLetter]: ...
+
+    async def get(self, team_id: str, letter_id: uuid.UUID) -> DeadLetter | None: ...
 
     async def lock(self, team_id: str, letter_id: uuid.UUID) -> DeadLetter | None: ...
 
@@ -188,7 +196,7 @@ class Channels:
 
 
 class EventLog(Protocol):
-    def since(self, team_id: str, event: str, since: datetime) -> AsyncIterator[event_pb2.Event]:
+    def since(self, team_id: str, event: str, since: datetime) -> AsyncGenerator[event_pb2.Event, None]:
         """The events named `event` the project sent since `since`, oldest first."""
         ...
 
@@ -268,7 +276,7 @@ async def _flow_step(run: Run, step: StepState, uow: ExecutorUnitOfWork, now: da
                 due,
                 contact_id=run.contact_id,
                 event=spec.event,
-                since=run.accepted_at or run.created_at,
+                since=run.waits_since,
             )
         )
         return False
@@ -308,8 +316,12 @@ async def perform_step(task: run_pb2.StepTask, uow: ExecutorUnitOfWork, channels
     backoff (or after the provider's Retry-After), up to the step's `max_attempts`; a permanent
     one, or the last attempt, fails the step, records a dead letter and fails the run.
     """
+    try:
+        run_id = uuid.UUID(task.run_id)
+    except ValueError:
+        raise Poison(f"a step task names no run: {task.run_id!r}") from None
     async with uow:
-        run = await uow.runs.lock(uuid.UUID(task.run_id))
+        run = await uow.runs.lock(run_id)
         step = run.step(task.step_id) if run else None
         if run is None or step is None:
             raise Poison(f"run {task.run_id} has no step {task.step_id!r}")
@@ -326,8 +338,7 @@ async def perform_step(task: run_pb2.StepTask, uow: ExecutorUnitOfWork, channels
             if not error.permanent and step.attempts < max_attempts:
                 await uow.runs.save(run)
                 await uow.commit()
-                delay = min(error.retry_after, MAX_RETRY_AFTER) if error.retry_after is not None else None
-                raise RetryLater(str(error), delay=delay) from error
+                raise RetryLater(str(error), delay=retry_delay(step.attempts, error.retry_after)) from error
             step.status = StepStatus.FAILED
             await uow.dead_letters.add(messages.dead_letter(run, step, utcnow()))
         step.finished_at = utcnow()
@@ -339,6 +350,14 @@ async def perform_step(task: run_pb2.StepTask, uow: ExecutorUnitOfWork, channels
     log.info(
         "step.done", run_id=task.run_id, step_id=step.spec.id, status=step.status, attempts=step.attempts
     )
+
+
+def retry_delay(attempt: int, retry_after: float | None = None) -> float:
+    """Seconds before the next attempt of a delivery: exponential from 2 s up to 5 minutes,
+    with jitter over the upper half, and never sooner than the provider's Retry-After."""
+    ceiling = min(RETRY_CEILING, RETRY_BASE * 2 ** (attempt - 1))
+    backoff = ceiling / 2 + random.uniform(0, ceiling / 2)
+    return float(min(MAX_RETRY_AFTER, max(backoff, retry_after or 0.0)))
 
 
 def _publish_events(uow: ExecutorUnitOfWork, events: list[OutgoingMessage]) -> None:
@@ -376,29 +395,47 @@ async def _deliver(run: Run, step: StepState, uow: ExecutorUnitOfWork, channels:
     raise DeliveryError(f"no channel for step type {spec.type!r}", permanent=True)
 
 
-async def fire_timers(uow: ExecutorUnitOfWork, limit: int = 50) -> int:
-    """Fire the timers that are due: delays end, waits time out. Any replica may call this; a
-    timer fires once (SKIP LOCKED in one transaction with the run's change)."""
-    async with uow:
-        timers = await uow.timers.due(utcnow(), limit)
-        for timer in timers:
-            await uow.timers.delete(timer)
-            run = await uow.runs.lock(timer.run_id)
-            step = run.step(timer.step_id) if run else None
-            if run is None or step is None or step.status != StepStatus.WAITING:
-                continue
-            now = utcnow()
-            if timer.kind == TimerKind.DELAY:
-                step.finish(
-                    StepStatus.DONE, f"waited until {timer.due_at.isoformat(timespec='seconds')}", now
-                )
-            else:
-                _time_out(run, step, now)
-            await advance(run, uow)
-            await uow.runs.save(run)
-        if timers:
-            await uow.commit()
-    return len(timers)
+async def fire_timers(unit_of_work: Callable[[], ExecutorUnitOfWork], limit: int = 50) -> int:
+    """Fire up to `limit` timers that are due (delays end, waits time out), each in a
+    transaction of its own with its run's change; a timer that fails is logged and postponed by
+    a minute, so it cannot hold up the others. Any replica may call this: SKIP LOCKED hands
+    each timer to one of them."""
+    fired = 0
+    for _ in range(limit):
+        failed: Timer | None = None
+        uow = unit_of_work()
+        async with uow:
+            timers = await uow.timers.due(utcnow(), 1)
+            if not timers:
+                break
+            try:
+                await _fire(timers[0], uow)
+                await uow.commit()
+                fired += 1
+            except Exception:
+                log.exception("timer.failed", run_id=str(timers[0].run_id), step_id=timers[0].step_id)
+                failed = timers[0]
+        if failed is not None:
+            retry = unit_of_work()
+            async with retry:
+                await retry.timers.postpone(failed, utcnow() + TIMER_RETRY)
+                await retry.commit()
+    return fired
+
+
+async def _fire(timer: Timer, uow: ExecutorUnitOfWork) -> None:
+    await uow.timers.delete(timer)
+    run = await uow.runs.lock(timer.run_id)
+    step = run.step(timer.step_id) if run else None
+    if run is None or step is None or step.status != StepStatus.WAITING:
+        return
+    now = utcnow()
+    if timer.kind == TimerKind.DELAY:
+        step.finish(StepStatus.DONE, f"waited until {timer.due_at.isoformat(timespec='seconds')}", now)
+    else:
+        _time_out(run, step, now)
+    await advance(run, uow)
+    await uow.runs.save(run)
 
 
 def _time_out(run: Run, step: StepState, now: datetime) -> None:
@@ -436,6 +473,8 @@ async def _resume(event: event_pb2.Event, wait: Timer, uow: ExecutorUnitOfWork) 
     if not _ends_wait(event, run, step, wait):
         return False
     await uow.timers.delete(wait)
+    if event.HasField("accepted_at"):
+        run.waited_until = from_timestamp(event.accepted_at) + timedelta(microseconds=1)
     step.finish(StepStatus.DONE, f"{event.name} arrived (event {event.event_id})", utcnow())
     await advance(run, uow)
     await uow.runs.save(run)
@@ -467,11 +506,12 @@ async def catch_up_waits(uow: ExecutorUnitOfWork, events: EventLog, limit: int =
         waits = await uow.timers.not_caught_up(limit)
         for wait in waits:
             since = (wait.since or utcnow()) - LOOK_BACK_SLACK
-            async for event in events.since(wait.team_id, wait.event, since):
-                if await _resume(event, wait, uow):
-                    break
-            else:
-                await uow.timers.caught_up(wait)
+            async with aclosing(events.since(wait.team_id, wait.event, since)) as earlier:
+                async for event in earlier:
+                    if await _resume(event, wait, uow):
+                        break
+                else:
+                    await uow.timers.caught_up(wait)
         if waits:
             await uow.commit()
     return len(waits)
@@ -519,12 +559,14 @@ async def replay_dead_letter(team_id: str, letter_id: str, uow: ExecutorUnitOfWo
     except ValueError:
         raise NotFound("Dead letter not found", reason="DEAD_LETTER_NOT_FOUND") from None
     async with uow:
-        letter = await uow.dead_letters.lock(team_id, parsed)
+        found = await uow.dead_letters.get(team_id, parsed)
+        # The run first, then the letter: the order perform_step takes them in.
+        run = await uow.runs.lock(found.run_id) if found else None
+        letter = await uow.dead_letters.lock(team_id, parsed) if run else None
         if letter is None:
             raise NotFound(
                 "Dead letter not found", reason="DEAD_LETTER_NOT_FOUND", metadata={"id": letter_id}
             )
-        run = await uow.runs.lock(letter.run_id)
         step = run.step(letter.step_id) if run else None
         if run is None or step is None:
             raise NotFound("The dead letter's run is gone", reason="RUN_NOT_FOUND")

@@ -29,6 +29,7 @@ from services.executor.consumers import (
     wait_handler,
 )
 from services.executor.senders import (
+    Destinations,
     HttpTextSender,
     SmtpEmailSender,
     SmtpServer,
@@ -58,10 +59,11 @@ def channels(settings: Settings) -> handlers.Channels:
         )
     domain = parseaddr(settings.mail_from)[1].rpartition("@")[2] or "herald.local"
     client = http_client()
+    destinations = Destinations(allow_private=settings.allow_private_destinations)
     return handlers.Channels(
         email=SmtpEmailSender(SmtpServer.from_url(url), settings.mail_from),
-        text=HttpTextSender(client),
-        webhook=WebhookHttpSender(client),
+        text=HttpTextSender(client, destinations),
+        webhook=WebhookHttpSender(client, destinations),
         message_domain=domain,
         max_attempts=settings.max_delivery_attempts,
     )
@@ -76,7 +78,7 @@ async def serve(runtime: Runtime) -> None:
         return ExecutorSqlUnitOfWork(runtime.sessions, outbox)
 
     async def timers(stop: asyncio.Event) -> None:
-        await every(TIMER_INTERVAL, "timers", lambda: handlers.fire_timers(unit_of_work()), stop)
+        await every(TIMER_INTERVAL, "timers", lambda: handlers.fire_timers(unit_of_work), stop)
 
     async def catch_up(stop: asyncio.Event) -> None:
         await every(

@@ -7,7 +7,10 @@ one); any other 4xx and an invalid address are permanent.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
+import socket
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,8 +31,10 @@ from services.executor.domain import (
     ProviderSettings,
 )
 
-USER_AGENT = "Herald/1 (+https://github.com/herald)"
+USER_AGENT = "Herald/1"
 MAX_ANSWER = 500
+# One HTTP delivery, connection to last byte read, takes at most this long.
+SEND_DEADLINE = 30.0
 
 
 @dataclass(frozen=True)
@@ -103,13 +108,42 @@ class SmtpEmailSender:
         return f"{response} {email.message_id}".strip()
 
 
+class Destinations:
+    """Where HTTP deliveries may go. Link-local addresses (cloud metadata services) never;
+    loopback, private and other non-public addresses only when allowed (development, tests).
+    The host is resolved before each request and every address it resolves to is checked."""
+
+    def __init__(self, allow_private: bool = False):
+        self._allow_private = allow_private
+
+    async def check(self, url: str) -> None:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as error:
+            raise DeliveryError(f"cannot resolve {host!r}: {error}") from error
+        for *_, address in found:
+            ip = ipaddress.ip_address(address[0])
+            if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+                raise DeliveryError(f"{host} resolves to {ip}, which Herald never calls", permanent=True)
+            if not ip.is_global and not self._allow_private:
+                raise DeliveryError(
+                    f"{host} resolves to the non-public address {ip}; "
+                    "set HERALD_ALLOW_PRIVATE_DESTINATIONS=true to allow it (development)",
+                    permanent=True,
+                )
+
+
 class HttpTextSender:
     """Sends SMS and push notifications to a project's HTTP provider: a JSON POST of
     {"channel", "to", "title", "body", "url", "idempotency_key"} with the provider's headers and
     an Idempotency-Key header, so a provider that honours it never sends twice."""
 
-    def __init__(self, client: httpx.AsyncClient):
+    def __init__(self, client: httpx.AsyncClient, destinations: Destinations):
         self._client = client
+        self._destinations = destinations
 
     async def send(self, message: OutgoingText, provider: ProviderSettings) -> str:
         document = {
@@ -121,6 +155,7 @@ class HttpTextSender:
             "idempotency_key": message.idempotency_key,
         }
         headers = {**provider.headers, "Idempotency-Key": message.idempotency_key}
+        await self._destinations.check(provider.url)
         return await _request(self._client, "POST", provider.url, headers, json.dumps(document).encode())
 
 
@@ -128,8 +163,9 @@ class WebhookHttpSender:
     """Makes webhook requests signed per Standard Webhooks (webhook-id, webhook-timestamp,
     webhook-signature); the webhook-id, also sent as Idempotency-Key, is the same on every attempt."""
 
-    def __init__(self, client: httpx.AsyncClient):
+    def __init__(self, client: httpx.AsyncClient, destinations: Destinations):
         self._client = client
+        self._destinations = destinations
 
     async def send(self, request: OutgoingWebhook, secret: str) -> str:
         payload = "" if request.body is None else json.dumps(request.body, separators=(",", ":"))
@@ -142,6 +178,7 @@ class WebhookHttpSender:
             "webhook-signature": signature,
             "Idempotency-Key": request.webhook_id,
         }
+        await self._destinations.check(request.url)
         return await _request(self._client, request.method, request.url, headers, payload.encode() or None)
 
 
@@ -158,18 +195,30 @@ def http_client(timeout: float = 10.0) -> httpx.AsyncClient:
 async def _request(
     client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str], body: bytes | None
 ) -> str:
+    """One request within SEND_DEADLINE seconds in all; at most MAX_ANSWER characters of the
+    answer are read and kept."""
     if body is not None:
         headers = {"Content-Type": "application/json", **headers}
     try:
-        response = await client.request(method, url, headers=headers, content=body)
+        async with (
+            asyncio.timeout(SEND_DEADLINE),
+            client.stream(method, url, headers=headers, content=body) as response,
+        ):
+            head = b""
+            async for chunk in response.aiter_bytes():
+                head += chunk
+                if len(head) >= MAX_ANSWER:
+                    break
     except httpx.InvalidURL as error:
         raise DeliveryError(f"invalid URL {url[:200]!r}: {error}", permanent=True) from error
-    except httpx.TimeoutException as error:
-        raise DeliveryError(f"{method} {url[:200]} timed out: {error!r}") from error
+    except (httpx.TimeoutException, TimeoutError) as error:
+        raise DeliveryError(
+            f"{method} {url[:200]} timed out ({SEND_DEADLINE:g} s in all): {error!r}"
+        ) from error
     except httpx.HTTPError as error:
         raise DeliveryError(f"{method} {url[:200]} failed: {error!r}") from error
-    answer = f"HTTP {response.status_code}: {response.text[:MAX_ANSWER]}".strip()
     status = response.status_code
+    answer = f"HTTP {status}: {head[:MAX_ANSWER].decode('utf-8', 'replace')}".strip()
     if 200 <= status < 300:
         return answer
     if status in (408, 429) or status >= 500:

@@ -440,6 +440,8 @@ async def preview_match(
     it, and ask the matcher what would run. Nothing is stored or sent."""
     draft = await prepare(command, policies)
     async with uow:
+        if draft.policy.unknown_events == "reject":  # only checks: "accept" would catalogue the name
+            await _check_event_type(draft.event.team_id, draft.event.name, draft.policy, uow)
         contact, known = await _contact_as_sent(draft, uow)
     event = replace(draft.event, contact=contact)
     workflows = await matcher.dry_run(event_pb2.Event.FromString(messages.event_message(event).payload))

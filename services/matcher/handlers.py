@@ -245,7 +245,9 @@ async def _with_segments(
         return matched
     contact = contact_document(event.contact)
     members = frozenset(segment.key for segment in segments if segment.holds_for(contact))
-    if record:
+    if record and not event.depth:
+        # Only customers' events move membership: a run's system event carries the contact as it
+        # was when the run started, which may be older than what was recorded since.
         entered = await uow.segments.set_membership(matched.team_id, matched.contact_id, members, utcnow())
         by_key = {segment.key: segment for segment in segments}
         for key in entered:

@@ -160,6 +160,7 @@ def stack_settings(data_dir: Path, **changes: Any) -> Settings:
         devmail_smtp_port=free_port(),
         dev_team_id=f"e2e-{uuid.uuid4().hex[:10]}",
         log_format="json",
+        allow_private_destinations=True,  # webhooks and providers go to local sinks
     ).with_changes(**changes)
 
 

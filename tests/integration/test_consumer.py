@@ -8,8 +8,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from unittest.mock import patch
 
 import pytest
+import sqlalchemy.exc
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
@@ -213,6 +215,26 @@ async def test_handler_failing_every_time_is_dead_lettered_after_max_attempts(js
     assert record.headers["Herald-Dlq-Attempts"] == "2"
     assert record.headers["Herald-Dlq-Reason"].startswith("attempts exhausted:")
     assert "template engine crashed" in record.headers["Herald-Dlq-Reason"]
+
+
+async def test_an_unavailable_database_does_not_use_up_attempts(js: JetStreamContext) -> None:
+    lane = Lane()
+
+    async def database_away_three_times(delivery: Delivery) -> None:
+        if delivery.attempt <= 3:
+            raise sqlalchemy.exc.OperationalError(
+                "SELECT 1", {}, ConnectionRefusedError("connection refused")
+            )
+
+    handler = RecordingHandler(database_away_three_times)
+    sequence = await publish(js, lane, b"kept")
+
+    with patch("kernel.bus.backoff_delay", return_value=0.05):
+        async with running(consumer_for(js, lane, handler, max_attempts=2)):
+            await eventually(lambda: settled(js, lane, sequence), what="ack")
+
+    assert [d.attempt for d in handler.deliveries] == [1, 2, 3, 4]
+    assert await dead_letter(js, lane.dlq_subject) is None
 
 
 async def test_retry_later_past_max_attempts_is_dead_lettered(js: JetStreamContext) -> None:

@@ -778,6 +778,7 @@ class FakeRunRepository(FakeRepository):
             step.detail = state.detail
             step.finished_at = state.finished_at
         stored.replays = run.replays
+        stored.waited_until = run.waited_until
 
 
 class FakeTimerRepository(FakeRepository):
@@ -812,6 +813,12 @@ class FakeTimerRepository(FakeRepository):
 
     async def delete(self, timer: Timer) -> None:
         self.rows.pop((timer.run_id, timer.step_id), None)
+
+    async def postpone(self, timer: Timer, until: datetime) -> None:
+        key = (timer.run_id, timer.step_id)
+        if key in self.rows:
+            stored, done = self.rows[key]
+            self.rows[key] = (dataclasses.replace(stored, due_at=until), done)
 
     @property
     def timers(self) -> list[Timer]:
@@ -859,6 +866,9 @@ class FakeDeadLetterRepository(FakeRepository):
     async def newest(self, team_id: str, limit: int) -> list[DeadLetter]:
         letters = [copy.deepcopy(letter) for letter in self.rows.values() if letter.team_id == team_id]
         return sorted(letters, key=lambda letter: letter.failed_at, reverse=True)[:limit]
+
+    async def get(self, team_id: str, letter_id: uuid.UUID) -> DeadLetter | None:
+        return await self.lock(team_id, letter_id)
 
     async def lock(self, team_id: str, letter_id: uuid.UUID) -> DeadLetter | None:
         letter = self.rows.get(letter_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,15 @@ from kernel.bus import OutgoingMessage, RetryLater
 from kernel.clock import to_timestamp, utcnow
 from kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 from kernel.structs import to_struct
-from services.executor.domain import DeliveryError, ProviderSettings, RunStatus, StepStatus, TimerKind
+from services.executor.domain import (
+    DeliveryError,
+    ProviderSettings,
+    Run,
+    RunStatus,
+    StepStatus,
+    Timer,
+    TimerKind,
+)
 from services.executor.handlers import (
     Channels,
     catch_up_waits,
@@ -29,9 +37,16 @@ from services.executor.handlers import (
     perform_step,
     replay_dead_letter,
     resume_waits,
+    retry_delay,
     start_run,
 )
-from tests.unit.fakes import FakeEmailSender, FakeExecutorUnitOfWork, FakeTextSender, FakeWebhookSender
+from tests.unit.fakes import (
+    FakeEmailSender,
+    FakeExecutorUnitOfWork,
+    FakeRunRepository,
+    FakeTextSender,
+    FakeWebhookSender,
+)
 
 TEAM = "team-1"
 RUN_ID = uuid.UUID("7b0d1d0e-64a3-4a43-9d43-46e0c1c1a001")
@@ -191,14 +206,14 @@ async def test_a_delay_waits_for_its_timer_then_moves_on() -> None:
     [timer] = uow.timers.timers
     assert timer.kind == TimerKind.DELAY
     assert timedelta(minutes=59) < timer.due_at - utcnow() <= timedelta(hours=1)
-    assert await fire_timers(uow) == 0
+    assert await fire_timers(lambda: uow) == 0
 
     make_due(uow)
-    assert await fire_timers(uow) == 1
+    assert await fire_timers(lambda: uow) == 1
 
     assert statuses(uow) == {"pause": "done", "hello": "queued"}
     assert uow.timers.timers == []
-    assert await fire_timers(uow) == 0
+    assert await fire_timers(lambda: uow) == 0
 
 
 async def test_a_delay_until_a_past_time_does_not_wait() -> None:
@@ -329,7 +344,7 @@ async def test_a_timeout_takes_the_on_timeout_path() -> None:
     uow = await waiting()
     make_due(uow)
 
-    assert await fire_timers(uow) == 1
+    assert await fire_timers(lambda: uow) == 1
 
     assert statuses(uow) == {"activated": "done", "thanks": "skipped", "done": "skipped", "nudge": "queued"}
     assert "timed out after P3D waiting for user.activated: → nudge" in uow.runs.rows[RUN_ID].steps[0].detail
@@ -340,7 +355,7 @@ async def test_a_timeout_without_on_timeout_ends_the_run() -> None:
     uow = await started(step("wait", "wait_for_event", event="user.activated", timeout="PT1H"), EMAIL)
     make_due(uow)
 
-    await fire_timers(uow)
+    await fire_timers(lambda: uow)
 
     run = uow.runs.rows[RUN_ID]
     assert run.status == RunStatus.COMPLETED
@@ -352,7 +367,7 @@ class ListedEvents:
         self.found = found
         self.asked: list[tuple[str, str, datetime]] = []
 
-    async def since(self, team_id: str, event: str, since: datetime) -> AsyncIterator[event_pb2.Event]:
+    async def since(self, team_id: str, event: str, since: datetime) -> AsyncGenerator[event_pb2.Event, None]:
         self.asked.append((team_id, event, since))
         for found in self.found:
             yield found
@@ -549,3 +564,68 @@ async def test_a_steps_max_attempts_overrides_the_channel_default() -> None:
 
     assert uow.runs.rows[RUN_ID].steps[0].status == StepStatus.FAILED
     assert len(await list_dead_letters(TEAM, 10, uow)) == 1
+
+
+async def test_one_event_never_ends_two_waits_of_a_run() -> None:
+    uow = await started(
+        step("first", "wait_for_event", event="user.activated", timeout="P1D"),
+        step("second", "wait_for_event", event="user.activated", timeout="P1D"),
+    )
+    event = activation()
+
+    assert await resume_waits(event, uow) == 1
+    assert statuses(uow) == {"first": "done", "second": "waiting"}
+    assert await catch_up_waits(uow, ListedEvents(event)) == 1
+    assert statuses(uow)["second"] == "waiting"
+
+    assert await resume_waits(activation(accepted_at=to_timestamp(utcnow() + timedelta(seconds=1))), uow) == 1
+    assert uow.runs.rows[RUN_ID].status == RunStatus.COMPLETED
+
+
+async def test_an_in_app_message_for_a_contact_without_an_external_id_fails_for_good() -> None:
+    event = an_event(contact=event_pb2.Contact(id=CONTACT, email="ada@example.com"))
+    uow = await started(step("note", "in_app", body="Hi"), event=event)
+
+    await perform_step(task("note"), uow, Senders().channels())
+
+    assert uow.runs.rows[RUN_ID].status == RunStatus.FAILED
+    assert "the contact has no external_id" in uow.runs.rows[RUN_ID].steps[0].detail
+
+
+@pytest.mark.parametrize(("attempt", "low", "high"), [(1, 1.0, 2.0), (3, 4.0, 8.0), (20, 150.0, 300.0)])
+def test_retries_back_off_exponentially_with_jitter(attempt: int, low: float, high: float) -> None:
+    delays = [retry_delay(attempt) for _ in range(50)]
+    assert all(low <= delay <= high for delay in delays)
+    assert retry_delay(1, retry_after=0) >= 1.0  # Retry-After: 0 never means "at once, again and again"
+    assert retry_delay(1, retry_after=7200) == 3600.0
+
+
+class BrokenRunRepository(FakeRunRepository):
+    """Fails to lock one run, as a corrupt row would."""
+
+    def __init__(self, broken: uuid.UUID) -> None:
+        super().__init__()
+        self.broken = broken
+
+    async def lock(self, run_id: uuid.UUID) -> Run | None:
+        if run_id == self.broken:
+            raise RuntimeError("cannot read this run")
+        return await super().lock(run_id)
+
+
+async def test_a_timer_that_fails_is_postponed_and_does_not_hold_up_the_others() -> None:
+    uow = await started(step("pause", "delay", duration="PT1H"), EMAIL)
+    other = uuid.UUID("7b0d1d0e-64a3-4a43-9d43-46e0c1c1a0ff")
+    broken_timer = Timer(other, "pause", TEAM, TimerKind.DELAY, utcnow() - timedelta(hours=1))
+    await uow.timers.add(broken_timer)
+    runs = BrokenRunRepository(other)
+    runs.rows = uow.runs.rows
+    uow._runs = runs
+    make_due(uow)
+
+    assert await fire_timers(lambda: uow) == 1
+
+    assert statuses(uow)["hello"] == "queued"
+    [postponed] = uow.timers.timers
+    assert postponed.run_id == other
+    assert timedelta(seconds=50) < postponed.due_at - utcnow() <= timedelta(minutes=1)

@@ -405,7 +405,17 @@ def test_an_invalid_header_name_is_reported(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["webhook-id", "Webhook-Signature", "WEBHOOK-TIMESTAMP", "Host", "content-length"]
+    "name",
+    [
+        "webhook-id",
+        "Webhook-Signature",
+        "WEBHOOK-TIMESTAMP",
+        "Host",
+        "content-length",
+        "idempotency-key",
+        "Transfer-Encoding",
+        "Connection",
+    ],
 )
 def test_a_header_herald_sets_is_reported(name: str) -> None:
     assert problems_of(webhook(headers={name: "1"})) == [f"steps[0].headers.{name}: is set by Herald"]
