@@ -136,5 +136,4 @@ def downgrade() -> None:
         "timers",
     ):
         op.drop_table(table, schema=SCHEMA)
-    op.drop_column("runs", "waited_until", schema=SCHEMA)
     op.drop_column("runs", "replays", schema=SCHEMA)
