@@ -113,6 +113,7 @@ class TimerRow(ExecutorBase):
     since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # A wait's look-back over the events that arrived before it existed has run.
     caught_up: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class FeedItemRow(ExecutorBase):
@@ -355,14 +356,26 @@ class SqlTimerRepository:
         )
         return [_timer(row) for row in rows]
 
-    async def not_caught_up(self, limit: int) -> list[Timer]:
+    async def not_caught_up(self, limit: int, created_before: datetime) -> list[Timer]:
         rows = await self._session.execute(
             select(TIMERS)
-            .where(TIMERS.c.kind == TimerKind.WAIT, TIMERS.c.caught_up.is_(False))
+            .where(
+                TIMERS.c.kind == TimerKind.WAIT,
+                TIMERS.c.caught_up.is_(False),
+                TIMERS.c.created_at < created_before,
+            )
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
         return [_timer(row) for row in rows]
+
+    async def awaited_events(self, team_id: str) -> frozenset[str]:
+        rows = await self._session.execute(
+            select(TIMERS.c.event)
+            .distinct()
+            .where(TIMERS.c.team_id == team_id, TIMERS.c.kind == TimerKind.WAIT)
+        )
+        return frozenset(rows.scalars())
 
     async def caught_up(self, timer: Timer) -> None:
         await self._session.execute(

@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 
 from herald.bus.v1 import event_pb2, run_pb2
 from kernel.bus import Delivery, Handler, Poison, decode, event_subject, read_since
+from kernel.cache import TtlCache
 from kernel.steps import CHANNEL_OF_STEP_TYPE
 from services.executor import handlers
 
@@ -55,8 +56,17 @@ def step_handler(
 
 
 def wait_handler(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) -> Handler:
+    """Ends waits with the events they wait for. Which event names a project's runs wait for is
+    known from a cache of at most AWAITED_SECONDS; a wait newer than that is covered by its
+    look-back, which starts only once the wait is older (handlers.catch_up_waits)."""
+    awaited: TtlCache[str, frozenset[str]] = TtlCache(
+        handlers.AWAITED_SECONDS, lambda team_id: handlers.awaited_events(team_id, unit_of_work())
+    )
+
     async def handle(delivery: Delivery) -> None:
         event = decode(event_pb2.Event, delivery)
+        if event.name not in await awaited.get(event.project_id):
+            return
         resumed = await handlers.resume_waits(event, unit_of_work())
         if resumed:
             log.info("waits.resumed", event=event.name, event_id=event.event_id, runs=resumed)

@@ -57,6 +57,8 @@ PROVIDER_CHANNELS = ("sms", "push")
 # Stream timestamps and acceptance times come from different clocks: look back a little further.
 LOOK_BACK_SLACK = timedelta(seconds=5)
 TIMER_RETRY = timedelta(minutes=1)
+# How long the wait consumer trusts its list of the event names a project's runs wait for.
+AWAITED_SECONDS = 1.0
 
 
 class RunRepository(Protocol):
@@ -84,9 +86,12 @@ class TimerRepository(Protocol):
         """The waits for `event` from the contact, locked (waiting for a worker that holds one)."""
         ...
 
-    async def not_caught_up(self, limit: int) -> list[Timer]:
-        """Waits whose look-back over earlier events has not run yet, locked, skipping held ones."""
+    async def not_caught_up(self, limit: int, created_before: datetime) -> list[Timer]:
+        """Waits created before `created_before` whose look-back over earlier events has not run
+        yet, locked, skipping held ones."""
         ...
+
+    async def awaited_events(self, team_id: str) -> frozenset[str]: ...
 
     async def caught_up(self, timer: Timer) -> None: ...
 
@@ -498,12 +503,19 @@ def _ends_wait(event: event_pb2.Event, run: Run, step: StepState, wait: Timer) -
         return False
 
 
+async def awaited_events(team_id: str, uow: ExecutorUnitOfWork) -> frozenset[str]:
+    """The event names the project's runs wait for now."""
+    async with uow:
+        return await uow.timers.awaited_events(team_id)
+
+
 async def catch_up_waits(uow: ExecutorUnitOfWork, events: EventLog, limit: int = 20) -> int:
     """Look back, for each new wait, over the events that arrived before the wait existed (while
     the run was being set up, or during an earlier delay): one of them may end it at once.
-    Events that arrive later are seen by `resume_waits`; the wait stays locked meanwhile."""
+    A wait is looked back for once it is older than the wait consumer's cache of awaited names,
+    so every event is seen by one or the other; the wait stays locked meanwhile."""
     async with uow:
-        waits = await uow.timers.not_caught_up(limit)
+        waits = await uow.timers.not_caught_up(limit, utcnow() - timedelta(seconds=2 * AWAITED_SECONDS))
         for wait in waits:
             since = (wait.since or utcnow()) - LOOK_BACK_SLACK
             async with aclosing(events.since(wait.team_id, wait.event, since)) as earlier:

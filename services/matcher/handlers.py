@@ -223,6 +223,13 @@ async def match_event(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[De
     return decisions
 
 
+async def listened_events(team_id: str, uow: MatcherUnitOfWork) -> frozenset[str]:
+    """The event names the project's active workflows start on."""
+    async with uow:
+        workflows = await uow.workflows.all_latest(team_id)
+    return frozenset(w.definition.trigger_event for w in workflows if w.definition.active)
+
+
 async def dry_run(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[Decision]:
     """What `match_event` would decide for `event` now, changing nothing: the same filters and
     cooldown claims, in a transaction that is rolled back, with nothing published."""

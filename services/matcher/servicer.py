@@ -23,9 +23,15 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
-    def __init__(self, authenticator: Authenticator, unit_of_work: Callable[[], handlers.MatcherUnitOfWork]):
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        unit_of_work: Callable[[], handlers.MatcherUnitOfWork],
+        on_workflow_change: Callable[[str], None] = lambda team_id: None,
+    ):
         self._auth = authenticator
         self._uow = unit_of_work
+        self._changed = on_workflow_change
 
     async def CreateWorkflow(
         self, request: matcher_pb2.CreateWorkflowRequest, context: Context
@@ -34,6 +40,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         workflow = await handlers.create_workflow(
             team.id, definition_from_proto(request.workflow), self._uow()
         )
+        self._changed(team.id)
         return matcher_pb2.CreateWorkflowResponse(workflow=workflow_to_proto(workflow))
 
     async def GetWorkflow(
@@ -57,6 +64,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         workflow, _stored = await handlers.update_workflow(
             team.id, request.key, definition_from_proto(request.workflow), self._uow()
         )
+        self._changed(team.id)
         return matcher_pb2.UpdateWorkflowResponse(workflow=workflow_to_proto(workflow))
 
     async def DeleteWorkflow(
@@ -64,6 +72,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
     ) -> matcher_pb2.DeleteWorkflowResponse:
         team = await self._auth.authenticate(context.invocation_metadata())
         workflow = await handlers.delete_workflow(team.id, request.key, self._uow())
+        self._changed(team.id)
         return matcher_pb2.DeleteWorkflowResponse(key=workflow.key, version=workflow.version, deleted=True)
 
     async def ListWorkflowVersions(

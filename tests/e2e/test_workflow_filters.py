@@ -37,7 +37,13 @@ def test_definitions_are_versioned_deleted_and_checked_over_rest(running: Runnin
         "/api/v1/workflows", json=rest_workflow("rest-flow", filters=filters), headers=headers
     )
     assert created.status_code == 201, created.text
-    assert created.json()["filters"] == {"tags_all": [], "tags_none": [], "topic": "", "segment": "", **filters}
+    assert created.json()["filters"] == {
+        "tags_all": [],
+        "tags_none": [],
+        "topic": "",
+        "segment": "",
+        **filters,
+    }
 
     changed = rest_workflow("rest-flow", filters={**filters, "topic": "product-updates"}, active=False)
     updated = http.put("/api/v1/workflows/rest-flow", json=changed, headers=headers)

@@ -208,11 +208,21 @@ async def test_due_timers_are_claimed_by_one_worker_and_waits_are_found_by_event
         timers = SqlTimerRepository(session)
         assert await timers.waits_for(team.team_id, "user.activated", run.contact_id) == [wait]
         assert await timers.waits_for(team.team_id, "user.activated", "someone-else") == []
-        assert [timer.step_id for timer in await timers.not_caught_up(10) if timer.run_id == run.id] == [
-            "follow-up"
-        ]
+        assert await timers.awaited_events(team.team_id) == frozenset({"user.activated"})
+        assert [
+            t for t in await timers.not_caught_up(10, utcnow() - timedelta(minutes=1)) if t.run_id == run.id
+        ] == []
+        assert [
+            timer.step_id
+            for timer in await timers.not_caught_up(10, utcnow() + timedelta(seconds=1))
+            if timer.run_id == run.id
+        ] == ["follow-up"]
         await timers.caught_up(wait)
-        assert [timer for timer in await timers.not_caught_up(100) if timer.run_id == run.id] == []
+        assert [
+            timer
+            for timer in await timers.not_caught_up(100, utcnow() + timedelta(seconds=1))
+            if timer.run_id == run.id
+        ] == []
         assert await timers.due(utcnow(), 10) == []
 
 

@@ -803,10 +803,17 @@ class FakeTimerRepository(FakeRepository):
             and (timer.team_id, timer.event, timer.contact_id) == (team_id, event, contact_id)
         ]
 
-    async def not_caught_up(self, limit: int) -> list[Timer]:
-        return [timer for timer, done in self.rows.values() if timer.kind == TimerKind.WAIT and not done][
-            :limit
-        ]
+    async def not_caught_up(self, limit: int, created_before: datetime) -> list[Timer]:
+        """Creation times are not kept: every wait counts as old enough."""
+        waits = [timer for timer, done in self.rows.values() if timer.kind == TimerKind.WAIT and not done]
+        return waits[:limit]
+
+    async def awaited_events(self, team_id: str) -> frozenset[str]:
+        return frozenset(
+            timer.event
+            for timer, _ in self.rows.values()
+            if timer.kind == TimerKind.WAIT and timer.team_id == team_id
+        )
 
     async def caught_up(self, timer: Timer) -> None:
         self.rows[(timer.run_id, timer.step_id)] = (timer, True)
