@@ -47,6 +47,14 @@ class SmtpServer:
     password: str | None = None
     implicit_tls: bool = False
 
+    @property
+    def start_tls(self) -> bool | None:
+        """smtps:// is TLS from the start; smtp:// with credentials must upgrade with STARTTLS
+        (never send a password in the clear); smtp:// without them upgrades when offered."""
+        if self.implicit_tls:
+            return False
+        return True if self.username else None
+
     @classmethod
     def from_url(cls, url: str) -> SmtpServer:
         parts = urlsplit(url)
@@ -92,7 +100,7 @@ class SmtpEmailSender:
                 username=server.username,
                 password=server.password,
                 use_tls=server.implicit_tls,
-                start_tls=None if not server.implicit_tls else False,
+                start_tls=server.start_tls,
                 tls_context=self._tls,
                 timeout=self._timeout,
             )

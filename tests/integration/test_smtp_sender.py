@@ -152,6 +152,19 @@ async def test_an_unreachable_server_is_a_temporary_failure() -> None:
     assert raised.value.permanent is False
 
 
+async def test_credentials_are_never_sent_to_a_server_without_starttls(
+    sink: tuple[SmtpSink, SmtpServer],
+) -> None:
+    handler, server = sink
+    with_password = SmtpServer(host=server.host, port=server.port, username="mailer", password="secret")
+
+    with pytest.raises(DeliveryError, match="STARTTLS"):
+        await SmtpEmailSender(with_password, MAIL_FROM, timeout=3).send(welcome_email())
+
+    assert handler.received == []
+    assert (with_password.start_tls, server.start_tls) == (True, None)
+
+
 @pytest.mark.parametrize(
     ("data_reply", "permanent"),
     [("550 5.7.1 Message rejected as spam", True), ("451 4.3.0 Try again later", False)],
