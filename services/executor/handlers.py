@@ -3,11 +3,12 @@ their timers, resume their waits, and report every fact."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -49,6 +50,8 @@ from services.executor.domain import (
 )
 
 log = structlog.get_logger(__name__)
+# Deliveries under way at once per executor process (the database pool holds 20 connections).
+DELIVERY_SLOTS = 12
 # A provider's Retry-After is honoured up to this many seconds.
 MAX_RETRY_AFTER = 3600.0
 RETRY_BASE, RETRY_CEILING = 2.0, 300.0
@@ -191,13 +194,17 @@ class ChannelSettings:
 
 @dataclass(frozen=True)
 class Channels:
-    """The senders of each channel and how hard to try."""
+    """The senders of each channel, how hard to try, and how many deliveries may be under way at
+    once in this process: a delivery holds its run's lock, and so a database connection, until
+    the provider answers, so `slots` stays below the connection pool's size and leaves room for
+    run starts, waits and timers however slow the providers are."""
 
     email: EmailSender
     text: TextSender
     webhook: WebhookSender
     message_domain: str = "herald.local"
     max_attempts: int = 5
+    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DELIVERY_SLOTS))
 
 
 class EventLog(Protocol):
@@ -325,6 +332,13 @@ async def perform_step(task: run_pb2.StepTask, uow: ExecutorUnitOfWork, channels
         run_id = uuid.UUID(task.run_id)
     except ValueError:
         raise Poison(f"a step task names no run: {task.run_id!r}") from None
+    async with channels.slots:
+        await _perform(task, run_id, uow, channels)
+
+
+async def _perform(
+    task: run_pb2.StepTask, run_id: uuid.UUID, uow: ExecutorUnitOfWork, channels: Channels
+) -> None:
     async with uow:
         run = await uow.runs.lock(run_id)
         step = run.step(task.step_id) if run else None

@@ -3,6 +3,7 @@ webhook, in-app), dead letters and replays, and the system events it emits."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncGenerator
@@ -19,6 +20,7 @@ from kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 from kernel.structs import to_struct
 from services.executor.domain import (
     DeliveryError,
+    OutgoingWebhook,
     ProviderSettings,
     Run,
     RunStatus,
@@ -629,3 +631,33 @@ async def test_a_timer_that_fails_is_postponed_and_does_not_hold_up_the_others()
     [postponed] = uow.timers.timers
     assert postponed.run_id == other
     assert timedelta(seconds=50) < postponed.due_at - utcnow() <= timedelta(minutes=1)
+
+
+class SlowSender(FakeWebhookSender):
+    """Takes a while to answer and records how many sends were under way at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.under_way = 0
+        self.most_under_way = 0
+
+    async def send(self, request: OutgoingWebhook, secret: str) -> str:
+        self.under_way += 1
+        self.most_under_way = max(self.most_under_way, self.under_way)
+        await asyncio.sleep(0.05)
+        self.under_way -= 1
+        return await super().send(request, secret)
+
+
+async def test_deliveries_under_way_at_once_are_bounded_by_the_slots() -> None:
+    hook = step("hook", "webhook", url="https://hooks.example.com/x")
+    runs = [await started(hook) for _ in range(4)]
+    sender = SlowSender()
+    channels = Channels(
+        email=FakeEmailSender(), text=FakeTextSender(), webhook=sender, slots=asyncio.Semaphore(2)
+    )
+
+    await asyncio.gather(*(perform_step(task("hook"), uow, channels) for uow in runs))
+
+    assert len(sender.sent) == 4
+    assert sender.most_under_way == 2
