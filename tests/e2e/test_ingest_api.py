@@ -838,8 +838,11 @@ async def test_concurrent_single_sends_of_two_teams_are_each_answered_as_if_alon
 
     def post(job: tuple[TeamCredentials, dict[str, Any], dict[str, str]]) -> httpx.Response:
         credentials, body, extra = job
-        barrier.wait(timeout=10)
-        return running.http.post(SEND, json=body, headers={**credentials.headers, **extra})
+        # A client per thread: 45 threads on one client's connection pool have seen a connection
+        # closed under another thread's read.
+        with httpx.Client(base_url=running.http.base_url, timeout=30) as http:
+            barrier.wait(timeout=10)
+            return http.post(SEND, json=body, headers={**credentials.headers, **extra})
 
     jobs: list[tuple[TeamCredentials, dict[str, Any], dict[str, str]]] = []
     jobs += [(limited, {"event_name": "order.completed", "event_data": {"n": n}}, {}) for n in range(25)]
