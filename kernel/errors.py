@@ -209,4 +209,4 @@ def is_unavailable(error: BaseException) -> bool:
             error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
         )
     # The pool had no connection to give within its timeout.
-    return isinstance(error, (sqlalchemy.exc.TimeoutError, OSError))
+    return isinstance(error, sqlalchemy.exc.TimeoutError)

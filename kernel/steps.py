@@ -43,6 +43,7 @@ CONDITION_NAMES = ("event", "contact", "variables")
 MAX_ATTEMPTS = 20
 MAX_WAIT = timedelta(days=366)
 MAX_HEADERS = 20
+MAX_HEADER_VALUE = 4096
 # Headers a webhook step may not set: Herald sets them, or they belong to the connection.
 HERALD_HEADERS = frozenset({"content-length", "host", "idempotency-key", "transfer-encoding", "connection"})
 
@@ -276,26 +277,36 @@ def _check_webhook(where: str, step: StepSpec, problems: Problems) -> None:
         problems.add(f"{where}.url", "is required for a webhook step")
     elif "{{" in step.url:
         _template(f"{where}.url", step.url, problems)
-    elif not _is_http_url(step.url):
+    elif not is_http_url(step.url):
         problems.add(f"{where}.url", f"{step.url[:100]!r} is not an http:// or https:// URL")
     if step.method and step.method not in WEBHOOK_METHODS:
         problems.add(f"{where}.method", f"{step.method[:20]!r} is not one of {', '.join(WEBHOOK_METHODS)}")
-    if len(step.headers) > MAX_HEADERS:
-        problems.add(f"{where}.headers", f"at most {MAX_HEADERS} headers")
-    for name, value in step.headers.items():
-        if not HEADER_NAME_PATTERN.fullmatch(name):
-            problems.add(f"{where}.headers", f"{name[:100]!r} is not a valid header name")
-        elif name.lower().startswith("webhook-") or name.lower() in HERALD_HEADERS:
-            problems.add(f"{where}.headers.{name}", "is set by Herald")
-        elif "\n" in value or "\r" in value:
-            problems.add(f"{where}.headers.{name}", "a header value cannot contain line breaks")
-        else:
-            _template(f"{where}.headers.{name}", value, problems)
+    for name, value in checked_headers(step.headers, f"{where}.headers", problems):
+        _template(f"{where}.headers.{name}", value, problems)
     for path, text in _strings(step.body, f"{where}.body"):
         _template(path, text, problems)
 
 
-def _is_http_url(url: str) -> bool:
+def checked_headers(headers: Mapping[str, str], where: str, problems: Problems) -> Iterator[tuple[str, str]]:
+    """The headers Herald may send as given (webhook steps, providers); the others go to
+    `problems`: invalid names, names Herald sets, values with line breaks, too many."""
+    if len(headers) > MAX_HEADERS:
+        problems.add(where, f"at most {MAX_HEADERS} headers")
+    for name, value in headers.items():
+        if not HEADER_NAME_PATTERN.fullmatch(name):
+            problems.add(where, f"{name[:100]!r} is not a valid header name")
+        elif name.lower().startswith("webhook-") or name.lower() in HERALD_HEADERS:
+            problems.add(f"{where}.{name}", "is set by Herald")
+        elif "\n" in value or "\r" in value or len(value) > MAX_HEADER_VALUE:
+            problems.add(
+                f"{where}.{name}", f"a value has at most {MAX_HEADER_VALUE} characters and no line breaks"
+            )
+        else:
+            yield name, value
+
+
+def is_http_url(url: str) -> bool:
+    """Is `url` an http:// or https:// URL with a host."""
     try:
         parts = urlsplit(url)
         return parts.scheme in ("http", "https") and bool(parts.hostname)

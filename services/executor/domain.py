@@ -8,9 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
-from kernel.steps import CONDITION_NAMES, StepSpec
+from kernel.steps import CONDITION_NAMES, StepSpec, is_http_url
 from kernel.templates import RenderLimits, TemplateError, render_template
 
 DELIVERY_ID_NAMESPACE = uuid.UUID("0b8e7f0c-4b7a-4f55-8f0e-6a1c2d3e4f50")
@@ -315,8 +314,7 @@ def render_webhook(run: Run, step: StepSpec, limits: RenderLimits | None = None)
     """The request a webhook step makes: every string of the body and headers rendered. Without a
     body, the run's event, contact and variables are sent."""
     url = render(step.url, run, limits)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not is_http_url(url):
         raise DeliveryError(
             f"the webhook URL {url[:200]!r} is not an http:// or https:// URL", permanent=True
         )

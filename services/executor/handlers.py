@@ -11,7 +11,6 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import structlog
 
@@ -22,7 +21,7 @@ from kernel.conditions import ConditionError, compile_condition
 from kernel.documents import event_document
 from kernel.durations import parse_duration
 from kernel.errors import FailedPrecondition, InvalidArgument, NotFound
-from kernel.steps import CONDITION_NAMES, HEADER_NAME_PATTERN, MAX_HEADERS, Problems
+from kernel.steps import CONDITION_NAMES, Problems, checked_headers, is_http_url
 from kernel.unit_of_work import UnitOfWork
 from services.executor import messages
 from services.executor.domain import (
@@ -635,16 +634,9 @@ async def put_provider(
         raise NotFound(
             f"No channel {channel[:40]!r} takes a provider: use sms or push", reason="CHANNEL_NOT_FOUND"
         )
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not is_http_url(url.strip()):
         problems.add("url", f"{url[:200]!r} is not an http:// or https:// URL")
-    if len(headers) > MAX_HEADERS:
-        problems.add("headers", f"at most {MAX_HEADERS} headers")
-    for name, value in headers.items():
-        if not HEADER_NAME_PATTERN.fullmatch(name):
-            problems.add("headers", f"{name[:100]!r} is not a valid header name")
-        elif len(value) > 4096 or "\n" in value or "\r" in value:
-            problems.add(f"headers.{name}", "a value has at most 4096 characters and no line breaks")
+    headers = dict(checked_headers(headers, "headers", problems))
     problems.raise_if_any("provider")
     async with uow:
         stored = await uow.channels.put_provider(

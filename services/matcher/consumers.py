@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -10,29 +11,43 @@ from herald.bus.v1 import event_pb2
 from kernel.bus import Delivery, Handler, decode
 from kernel.cache import TtlCache
 from services.matcher import handlers
+from services.matcher.domain import Segment
 
 DURABLE = "matcher"
 FILTER = "events.>"
 
 
-# How long the matcher trusts its list of the event names a project's workflows listen to.
-LISTENED_SECONDS = 1.0
+# How long the matcher trusts what it remembers of a project's workflows and segments.
+PROJECT_SECONDS = 1.0
 
 
-def listened_cache(unit_of_work: Callable[[], handlers.MatcherUnitOfWork]) -> TtlCache[str, frozenset[str]]:
-    """The event names each project's workflows listen to, as of at most LISTENED_SECONDS ago
-    (this process forgets a project's entry when it changes one of its workflows)."""
-    return TtlCache(LISTENED_SECONDS, lambda team_id: handlers.listened_events(team_id, unit_of_work()))
+@dataclass
+class ProjectCaches:
+    """What the matcher reads for every event but rarely changes, per project, as of at most
+    PROJECT_SECONDS ago: the event names its workflows listen to and its segments. This process
+    forgets a project's entries as soon as it changes one of its workflows or segments."""
+
+    listened: TtlCache[str, frozenset[str]]
+    segments: TtlCache[str, list[Segment]]
+
+    @classmethod
+    def over(cls, unit_of_work: Callable[[], handlers.MatcherUnitOfWork]) -> ProjectCaches:
+        return cls(
+            TtlCache(PROJECT_SECONDS, lambda team_id: handlers.listened_events(team_id, unit_of_work())),
+            TtlCache(PROJECT_SECONDS, lambda team_id: handlers.list_segments(team_id, unit_of_work())),
+        )
+
+    def forget(self, team_id: str) -> None:
+        self.listened.forget(team_id)
+        self.segments.forget(team_id)
 
 
-def event_handler(
-    unit_of_work: Callable[[], handlers.MatcherUnitOfWork], listened: TtlCache[str, frozenset[str]]
-) -> Handler:
+def event_handler(unit_of_work: Callable[[], handlers.MatcherUnitOfWork], caches: ProjectCaches) -> Handler:
     async def handle(delivery: Delivery) -> None:
         event = decode(event_pb2.Event, delivery)
-        if event.depth and event.name not in await listened.get(event.project_id):
+        if event.depth and event.name not in await caches.listened.get(event.project_id):
             return  # most of the system events runs emit: nobody listens, so nothing to decide
         with structlog.contextvars.bound_contextvars(event_id=event.event_id, trigger_id=event.trigger_id):
-            await handlers.match_event(event, unit_of_work())
+            await handlers.match_event(event, unit_of_work(), caches.segments.get)
 
     return handle

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
@@ -77,6 +78,10 @@ class SegmentRepository(Protocol):
     ) -> list[str]:
         """Record that the contact is in exactly the segments `keys`; the ones it newly entered."""
         ...
+
+
+# The segments of a project, from wherever the caller keeps them (a cache, or the database).
+SegmentSource = Callable[[str], Awaitable[list[Segment]]]
 
 
 class MatcherUnitOfWork(UnitOfWork, Protocol):
@@ -186,7 +191,9 @@ async def list_workflows(team_id: str, uow: MatcherUnitOfWork) -> list[Workflow]
         return await uow.workflows.all_latest(team_id)
 
 
-async def match_event(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[Decision]:
+async def match_event(
+    event: event_pb2.Event, uow: MatcherUnitOfWork, segments_of: SegmentSource | None = None
+) -> list[Decision]:
     """Decide, once per event, which workflows run; request their runs and report the decisions.
 
     A redelivered event finds its decisions already stored (with the messages they published
@@ -202,7 +209,7 @@ async def match_event(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[De
         if await uow.decisions.already_decided(matched.event_id):
             log.info("match.already_decided", event_id=event.event_id)
             return []
-        matched = await _with_segments(event, matched, uow, record=True)
+        matched = await _with_segments(event, matched, uow, segments_of, record=True)
         decisions = [await _claim_cooldown(decision, matched, uow) for decision in decide(matched, workflows)]
         await uow.decisions.add(matched, decisions)
         for decision in decisions:
@@ -236,18 +243,23 @@ async def dry_run(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[Decisi
     matched = messages.matched_event(event)
     async with uow:
         workflows = await uow.workflows.listening_to(matched.team_id, matched.name)
-        matched = await _with_segments(event, matched, uow, record=False)
+        matched = await _with_segments(event, matched, uow, None, record=False)
         return [await _claim_cooldown(decision, matched, uow) for decision in decide(matched, workflows)]
 
 
 async def _with_segments(
-    event: event_pb2.Event, matched: MatchedEvent, uow: MatcherUnitOfWork, *, record: bool
+    event: event_pb2.Event,
+    matched: MatchedEvent,
+    uow: MatcherUnitOfWork,
+    segments_of: SegmentSource | None,
+    *,
+    record: bool,
 ) -> MatchedEvent:
     """`matched` with the segments its contact is in; with `record`, membership is stored and a
     contact newly in a segment announces it (`herald.audience.entered`)."""
     if not matched.contact_id:
         return matched
-    segments = await uow.segments.all(matched.team_id)
+    segments = await segments_of(matched.team_id) if segments_of else await uow.segments.all(matched.team_id)
     if not segments:
         return matched
     contact = contact_document(event.contact)

@@ -6,7 +6,7 @@ from herald.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from kernel.grpc_server import ServiceRegistration
 from kernel.service import Runtime, run_service
 from services.matcher.adapters import OUTBOX, MatcherSqlUnitOfWork
-from services.matcher.consumers import DURABLE, FILTER, event_handler, listened_cache
+from services.matcher.consumers import DURABLE, FILTER, ProjectCaches, event_handler
 from services.matcher.servicer import MatcherServicer
 
 SERVICE_NAME = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
@@ -18,17 +18,17 @@ async def serve(runtime: Runtime) -> None:
     def unit_of_work() -> MatcherSqlUnitOfWork:
         return MatcherSqlUnitOfWork(runtime.sessions, outbox)
 
-    listened = listened_cache(unit_of_work)
+    caches = ProjectCaches.over(unit_of_work)
 
     await runtime.serve(
         [
             ServiceRegistration(
                 SERVICE_NAME,
-                MatcherServicer(runtime.authenticator(), unit_of_work, on_workflow_change=listened.forget),
+                MatcherServicer(runtime.authenticator(), unit_of_work, on_change=caches.forget),
                 matcher_pb2_grpc.add_MatcherServiceServicer_to_server,
             )
         ],
-        consumers=[runtime.consumer("EVENTS", DURABLE, FILTER, event_handler(unit_of_work, listened))],
+        consumers=[runtime.consumer("EVENTS", DURABLE, FILTER, event_handler(unit_of_work, caches))],
         background=[outbox.run_relay],
     )
 

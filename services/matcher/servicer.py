@@ -27,11 +27,11 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         self,
         authenticator: Authenticator,
         unit_of_work: Callable[[], handlers.MatcherUnitOfWork],
-        on_workflow_change: Callable[[str], None] = lambda team_id: None,
+        on_change: Callable[[str], None] = lambda team_id: None,
     ):
         self._auth = authenticator
         self._uow = unit_of_work
-        self._changed = on_workflow_change
+        self._changed = on_change  # a project's workflows or segments changed
 
     async def CreateWorkflow(
         self, request: matcher_pb2.CreateWorkflowRequest, context: Context
@@ -107,6 +107,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         segment = await handlers.put_segment(
             team.id, segment_from_proto(team.id, request.segment), self._uow(), create_only=True
         )
+        self._changed(team.id)
         return matcher_pb2.CreateSegmentResponse(segment=segment_to_proto(segment))
 
     async def PutSegment(
@@ -122,6 +123,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         segment = await handlers.put_segment(
             team.id, replace(given, key=request.key), self._uow(), create_only=False
         )
+        self._changed(team.id)
         return matcher_pb2.PutSegmentResponse(segment=segment_to_proto(segment))
 
     async def GetSegment(
@@ -143,4 +145,5 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
     ) -> matcher_pb2.DeleteSegmentResponse:
         team = await self._auth.authenticate(context.invocation_metadata())
         await handlers.delete_segment(team.id, request.key, self._uow())
+        self._changed(team.id)
         return matcher_pb2.DeleteSegmentResponse(key=request.key, deleted=True)

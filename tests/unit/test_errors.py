@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+import sqlalchemy.exc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -21,6 +22,7 @@ from kernel.errors import (
     error_info,
     from_rpc_error,
     internal_status,
+    is_unavailable,
     to_status,
 )
 from tests.unit.fakes import failed_call
@@ -166,3 +168,20 @@ def test_an_unknown_failure_is_a_plain_herald_error_named_by_its_code() -> None:
     assert received.code == grpc.StatusCode.INTERNAL
     assert received.message == "UNKNOWN"
     assert received.reason == "INTERNAL"
+
+
+@pytest.mark.parametrize(
+    ("error", "unavailable"),
+    [
+        (Unavailable("NATS is down"), True),
+        (ConnectionRefusedError("refused"), True),
+        (TimeoutError(), True),
+        (sqlalchemy.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError()), True),
+        (sqlalchemy.exc.TimeoutError("QueuePool limit reached"), True),
+        (sqlalchemy.exc.IntegrityError("INSERT", {}, ValueError("duplicate")), False),
+        (FileNotFoundError("template.txt"), False),
+        (RuntimeError("a bug"), False),
+    ],
+)
+def test_an_outage_is_told_apart_from_a_failure_of_the_work(error: Exception, unavailable: bool) -> None:
+    assert is_unavailable(error) is unavailable

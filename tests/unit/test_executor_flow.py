@@ -34,12 +34,15 @@ from services.executor.handlers import (
     fire_timers,
     get_run,
     list_dead_letters,
+    list_dev_messages,
     list_feed,
     mark_feed_read,
     perform_step,
+    put_provider,
     replay_dead_letter,
     resume_waits,
     retry_delay,
+    set_webhook_secret,
     start_run,
 )
 from tests.unit.fakes import (
@@ -661,3 +664,32 @@ async def test_deliveries_under_way_at_once_are_bounded_by_the_slots() -> None:
 
     assert len(sender.sent) == 4
     assert sender.most_under_way == 2
+
+
+async def test_channel_and_listing_requests_with_bad_input_are_refused_and_change_nothing() -> None:
+    uow = FakeExecutorUnitOfWork()
+    with pytest.raises(InvalidArgument, match="channel must be sms or push"):
+        await list_dev_messages(TEAM, "fax", 0, uow)
+    with pytest.raises(InvalidArgument, match="limit must be between 1 and 200"):
+        await list_dev_messages(TEAM, "sms", 201, uow)
+    with pytest.raises(InvalidArgument, match="limit must be between 1 and 200"):
+        await list_dead_letters(TEAM, -1, uow)
+    with pytest.raises(NotFound, match="use sms or push"):
+        await put_provider(TEAM, "webhook", "https://x.example", {}, uow)
+    with pytest.raises(InvalidArgument) as refused:
+        headers = {"Bad Name": "1", "Webhook-Id": "2", "X-Key": "a\nb", "Idempotency-Key": "3"}
+        await put_provider(TEAM, "sms", "http://[::1", headers, uow)
+    assert refused.value.reason == "INVALID_PROVIDER"
+    for problem in (
+        "url: 'http://[::1' is not an http:// or https:// URL",
+        "headers: 'Bad Name' is not a valid header name",
+        "headers.Webhook-Id: is set by Herald",
+        "headers.Idempotency-Key: is set by Herald",
+        "headers.X-Key: a value has at most 4096 characters and no line breaks",
+    ):
+        assert problem in refused.value.message
+    with pytest.raises(InvalidArgument, match="at most 20 headers"):
+        await put_provider(TEAM, "push", "https://x.example", {f"X-{n}": "v" for n in range(21)}, uow)
+    assert await uow.channels.provider(TEAM, "sms") is None
+    with pytest.raises(InvalidArgument, match="whsec_ followed by 24 to 64 bytes"):
+        await set_webhook_secret(TEAM, "whsec_c2hvcnQ=", uow)

@@ -993,7 +993,7 @@ def test_validation_problems_raise_together() -> None:
         ),
         (
             StepSpec("hook", "webhook", url="https://example.com", headers={"X-A": "a\r\nX-B: 1"}),
-            "steps[0].headers.X-A: a header value cannot contain line breaks",
+            "steps[0].headers.X-A: a value has at most 4096 characters and no line breaks",
         ),
     ],
 )
