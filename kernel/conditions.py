@@ -217,3 +217,16 @@ def _first_line(error: BaseException) -> str:
         name, left, right = overload.groups()
         return f"cannot apply {OPERATOR_NAMES.get(name, name)} to {left.lower()} and {right.lower()}"
     return text.replace("no such member in mapping:", "no field")[:300]
+
+
+# What a segment's condition may read: the contact alone.
+SEGMENT_NAMES = ("contact",)
+
+
+def contact_in_segment(condition: str, contact: Mapping[str, Any]) -> bool:
+    """Does the contact document satisfy a segment's condition; one that cannot be evaluated
+    on this contact (a missing field) says no."""
+    try:
+        return compile_condition(condition, SEGMENT_NAMES).evaluate({"contact": contact})
+    except ConditionError:
+        return False

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg.rows import namedtuple_row
-from sqlalchemy import DateTime, Index, Integer, Row, String, func, literal_column, select, text, tuple_
+from sqlalchemy import DateTime, Index, Integer, Row, String, func, literal_column, or_, select, text, tuple_
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
@@ -110,6 +110,8 @@ class TriggerRow(IngestBase):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     scheduled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A direct workflow trigger: how many contacts (and events) it has; None for an event's trigger.
+    contacts: Mapped[int | None] = mapped_column(Integer)
 
 
 class IdempotencyKeyRow(IngestBase):
@@ -256,6 +258,29 @@ class SqlContactRepository:
         )
         return result.first() is not None
 
+    async def named(
+        self, team_id: str, ids: Sequence[uuid.UUID], external_ids: Sequence[str], emails: Sequence[str]
+    ) -> list[Contact]:
+        named = [
+            column.in_(values)
+            for column, values in (
+                (CONTACTS.c.id, ids),
+                (CONTACTS.c.external_id, external_ids),
+                (CONTACTS.c.email, emails),
+            )
+            if values
+        ]
+        if not named:
+            return []
+        rows = await self._session.execute(select(CONTACTS).where(CONTACTS.c.team_id == team_id, or_(*named)))
+        return [_contact(row) for row in rows]
+
+    async def page(self, team_id: str, after: uuid.UUID | None, limit: int) -> list[Contact]:
+        query = select(CONTACTS).where(CONTACTS.c.team_id == team_id).order_by(CONTACTS.c.id).limit(limit)
+        if after is not None:
+            query = query.where(CONTACTS.c.id > after)
+        return [_contact(row) for row in await self._session.execute(query)]
+
 
 def _contact_values(contact: Contact) -> dict[str, Any]:
     return {
@@ -278,6 +303,11 @@ class SqlEventRepository:
     async def add(self, event: AcceptedEvent) -> None:
         await self._session.execute(insert(EVENTS).values(**_event_values(event)))
         await self._session.execute(insert(TRIGGERS).values(**_trigger_values(event)))
+
+    async def add_trigger(self, events: Sequence[AcceptedEvent]) -> None:
+        await self._session.execute(insert(EVENTS), [_event_values(event) for event in events])
+        trigger = _trigger_values(events[0])
+        await self._session.execute(insert(TRIGGERS).values(**trigger, contacts=len(events)))
 
     async def trigger(self, team_id: str, trigger_id: uuid.UUID) -> TriggerRecord | None:
         row = (
@@ -423,6 +453,7 @@ def _trigger(row: Row[Any]) -> TriggerRecord:
         row.contact_id,
         row.occurred_at,
         row.cancelled_at,
+        row.contacts,
     )
 
 

@@ -29,6 +29,10 @@ MAX_BATCH = 500
 # (clock skew between the sender and Herald).
 MAX_SCHEDULE_AHEAD = timedelta(days=366)
 OCCURRED_AT_SKEW = timedelta(minutes=5)
+# A direct workflow trigger: at most this many contacts, listed or in the segment named; its
+# events carry this name (one per contact; only the named workflow considers them).
+MAX_TRIGGER_CONTACTS = 10_000
+WORKFLOW_TRIGGERED = "herald.workflow.triggered"
 
 
 class TriggerStatus:
@@ -122,6 +126,52 @@ class SendEvent:
 
 
 @dataclass(frozen=True)
+class Recipient:
+    """A contact a direct trigger names: by Herald's id, the sender's external id, or email."""
+
+    contact_id: str = ""
+    external_id: str = ""
+    email: str = ""
+
+
+@dataclass(frozen=True)
+class TriggerWorkflow:
+    """Command: run one workflow for listed contacts, or for a segment's members, as one trigger."""
+
+    team_id: str
+    workflow_key: str
+    contacts: tuple[Recipient, ...] = ()
+    segment: str = ""
+    variables: JsonObject = field(default_factory=dict)
+    data: JsonObject = field(default_factory=dict)
+    idempotency_key: str = ""
+
+    def fingerprint(self) -> str:
+        document = asdict(self)
+        del document["idempotency_key"], document["team_id"]
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def payload_bytes(self) -> int:
+        return json_size(self.data, "data") + json_size(self.variables, "variables")
+
+
+@dataclass(frozen=True)
+class WorkflowTriggered:
+    """The answer to TriggerWorkflow."""
+
+    trigger_id: uuid.UUID
+    workflow_key: str
+    total_contacts: int
+    replayed: bool = False
+
+    @property
+    def message(self) -> str:
+        contacts = "contact" if self.total_contacts == 1 else "contacts"
+        return f"Workflow {self.workflow_key!r} triggered for {self.total_contacts} {contacts}"
+
+
+@dataclass(frozen=True)
 class AcceptedEvent:
     id: uuid.UUID
     trigger_id: uuid.UUID
@@ -135,6 +185,9 @@ class AcceptedEvent:
     accepted_at: datetime
     scheduled_for: datetime | None = None
     idempotency_key: str | None = None
+    # A direct trigger's event: the one workflow it is for, and how many events the trigger has.
+    workflow_key: str = ""
+    trigger_events: int = 1
 
 
 @dataclass(frozen=True)
@@ -183,6 +236,8 @@ class TriggerRecord:
     occurred_at: datetime | None = None
     # When the trigger was cancelled (None unless it was).
     finished_at: datetime | None = None
+    # A direct workflow trigger's number of contacts (None for an event's trigger).
+    contacts: int | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from herald.bus.v1 import event_pb2
 from herald.matcher.v1 import matcher_pb2
 from kernel.bus import OutgoingMessage
 from kernel.clock import utcnow
+from kernel.conditions import contact_in_segment
+from kernel.documents import contact_document
 from kernel.errors import Conflict, HeraldError, InvalidArgument, NotFound, Unprocessable
 from kernel.event_names import validate_customer_event_name
 from kernel.outbox import Receipts
@@ -21,17 +23,23 @@ from kernel.unit_of_work import UnitOfWork
 from services.ingest import messages
 from services.ingest.domain import (
     MAX_BATCH,
+    MAX_EXTERNAL_ID,
     MAX_NAME,
+    MAX_TRIGGER_CONTACTS,
+    WORKFLOW_TRIGGERED,
     AcceptedEvent,
     Contact,
     EventQueued,
     EventType,
     IdempotencyRecord,
     RateState,
+    Recipient,
     SendEvent,
     TriggerRecord,
     TriggerStatus,
+    TriggerWorkflow,
     UserInfo,
+    WorkflowTriggered,
     check_external_id,
     check_idempotency_key,
     check_payload,
@@ -80,6 +88,16 @@ class ContactResolver(Protocol):
 class ContactRepository(ContactResolver, Protocol):
     async def delete(self, team_id: str, external_id: str) -> bool: ...
 
+    async def named(
+        self, team_id: str, ids: Sequence[uuid.UUID], external_ids: Sequence[str], emails: Sequence[str]
+    ) -> list[Contact]:
+        """The contacts with any of these ids, external ids or emails, in one query."""
+        ...
+
+    async def page(self, team_id: str, after: uuid.UUID | None, limit: int) -> list[Contact]:
+        """Up to `limit` of the team's contacts, by id, after `after`."""
+        ...
+
 
 class EventWriter(Protocol):
     """What accepting an event needs of the events."""
@@ -90,6 +108,10 @@ class EventWriter(Protocol):
 
 
 class EventRepository(EventWriter, Protocol):
+    async def add_trigger(self, events: Sequence[AcceptedEvent]) -> None:
+        """Store the events of one direct trigger, and the trigger."""
+        ...
+
     async def cancel(self, team_id: str, trigger_id: uuid.UUID, now: datetime) -> TriggerRecord | None:
         """Mark a scheduled trigger cancelled at `now`; None when it is not (or no longer) scheduled."""
         ...
@@ -307,20 +329,7 @@ async def _replay(
     command: SendEvent, fingerprint: str, earlier: IdempotencyRecord, uow: AcceptingUnitOfWork
 ) -> EventQueued:
     """The answer of the earlier request with this key (replays do not count against the rate limit)."""
-    if earlier.fingerprint != fingerprint:
-        raise Unprocessable(
-            "idempotency_key was already used for a different request: send the same body to "
-            "replay it, or use a new key",
-            reason="IDEMPOTENCY_KEY_REUSED",
-            metadata={"idempotency_key": command.idempotency_key},
-        )
-    record = await uow.events.trigger(command.team_id, earlier.trigger_id)
-    if record is None:
-        # The earlier event was purged (retention shorter than the idempotency window).
-        raise Conflict(
-            "idempotency_key belongs to an event that no longer exists; use a new key",
-            reason="IDEMPOTENCY_KEY_EXPIRED",
-        )
+    record = await _earlier_trigger(command.team_id, command.idempotency_key, fingerprint, earlier, uow)
     return EventQueued(
         trigger_id=record.id,
         event_id=record.event_id,
@@ -333,6 +342,27 @@ async def _replay(
         accepted_at=record.created_at,
         replayed=True,
     )
+
+
+async def _earlier_trigger(
+    team_id: str, key: str, fingerprint: str, earlier: IdempotencyRecord, uow: AcceptingUnitOfWork
+) -> TriggerRecord:
+    """The trigger of the earlier request with idempotency key `key`, if it was the same request."""
+    if earlier.fingerprint != fingerprint:
+        raise Unprocessable(
+            "idempotency_key was already used for a different request: send the same body to "
+            "replay it, or use a new key",
+            reason="IDEMPOTENCY_KEY_REUSED",
+            metadata={"idempotency_key": key},
+        )
+    record = await uow.events.trigger(team_id, earlier.trigger_id)
+    if record is None:
+        # The earlier trigger was purged (retention shorter than the idempotency window).
+        raise Conflict(
+            "idempotency_key belongs to a trigger that no longer exists; use a new key",
+            reason="IDEMPOTENCY_KEY_EXPIRED",
+        )
+    return record
 
 
 async def _check_event_type(team_id: str, name: str, policy: ProjectPolicy, uow: AcceptingUnitOfWork) -> None:
@@ -543,6 +573,209 @@ async def get_trigger_record(team_id: str, trigger_id: str, uow: IngestUnitOfWor
     if record is None:
         raise NotFound("Trigger not found", reason="TRIGGER_NOT_FOUND", metadata={"trigger_id": trigger_id})
     return record
+
+
+# Direct workflow triggers
+
+
+class WorkflowDirectory(Protocol):
+    """What a direct trigger needs to know from the matcher, asked with the caller's credentials."""
+
+    async def workflow_active(self, key: str) -> bool:
+        """Whether the workflow is active; NotFound when the project has no such workflow."""
+        ...
+
+    async def segment_condition(self, key: str) -> str:
+        """The segment's condition; NotFound when the project has no such segment."""
+        ...
+
+
+# Contacts read at a time while finding a segment's members.
+SEGMENT_PAGE = 1000
+# How many unknown contacts an error lists.
+SHOWN_UNKNOWN = 5
+
+
+async def trigger_workflow(
+    command: TriggerWorkflow, intake: Intake, directory: WorkflowDirectory
+) -> WorkflowTriggered:
+    """Run one workflow for the listed contacts, or the members of a segment, as one trigger:
+    one event per contact (named `herald.workflow.triggered`, considered by that workflow alone,
+    whose filters still apply), stored with the trigger and queued in one transaction."""
+    team_id = command.team_id
+    recipients = _checked_recipients(command)
+    key = check_idempotency_key(command.idempotency_key)
+    policy = await intake.policies.get(team_id)
+    check_payload(
+        command.payload_bytes(), policy.event_payload_limit_bytes, "The trigger's data and variables"
+    )
+    if not await directory.workflow_active(command.workflow_key):
+        raise Conflict(
+            f'Workflow {command.workflow_key!r} is paused: activate it ("active": true) to trigger it',
+            reason="WORKFLOW_INACTIVE",
+            metadata={"key": command.workflow_key},
+        )
+    condition = await directory.segment_condition(command.segment) if command.segment else ""
+    now, trigger_id = utcnow(), uuid.uuid4()
+    async with intake.unit_of_work() as uow:
+        if key:
+            fingerprint = command.fingerprint()
+            expires_at = now + policy.idempotency_period
+            earlier = await uow.idempotency.claim(team_id, key, fingerprint, trigger_id, expires_at)
+            if earlier is not None:
+                return await _trigger_replay(command, fingerprint, earlier, uow)
+        if command.segment:
+            contacts = await _segment_members(team_id, command.segment, condition, uow.contacts)
+        else:
+            contacts = await _listed_contacts(team_id, recipients, uow.contacts)
+        limit = policy.effective_rate_limit
+        if limit:
+            await intake.rates.consume(team_id, limit, 1, now)  # one request, however many contacts
+        events = [
+            AcceptedEvent(
+                id=uuid.uuid4(),
+                trigger_id=trigger_id,
+                team_id=team_id,
+                name=WORKFLOW_TRIGGERED,
+                contact=contact,
+                data=command.data,
+                variables=command.variables,
+                source=messages.API_SOURCE,
+                occurred_at=now,
+                accepted_at=now,
+                workflow_key=command.workflow_key,
+                trigger_events=len(contacts),
+            )
+            for contact in contacts
+        ]
+        await uow.events.add_trigger(events)
+        for event in events:
+            uow.publish(messages.event_message(event))
+        uow.publish(messages.workflow_trigger_record(events))
+        await uow.commit()
+    return WorkflowTriggered(trigger_id, command.workflow_key, len(events))
+
+
+def _checked_recipients(command: TriggerWorkflow) -> list[Recipient]:
+    """The listed contacts, each named one way, checked and normalized; InvalidArgument saying
+    what to fix otherwise."""
+    if not command.workflow_key.strip():
+        raise InvalidArgument(
+            "workflow_key is required: the key of the workflow to run", reason="MISSING_WORKFLOW"
+        )
+    if bool(command.contacts) == bool(command.segment):
+        raise InvalidArgument(
+            "Name the audience with exactly one of 'contacts' (a list of {contact_id | external_id | "
+            "email}) or 'segment' (a segment's key)",
+            reason="INVALID_AUDIENCE",
+        )
+    if len(command.contacts) > MAX_TRIGGER_CONTACTS:
+        raise InvalidArgument(
+            f"A trigger takes at most {MAX_TRIGGER_CONTACTS} contacts; this one lists "
+            f"{len(command.contacts)}: split it, or target a segment",
+            reason="TOO_MANY_CONTACTS",
+        )
+    checked = []
+    for index, recipient in enumerate(command.contacts):
+        where = f"contacts[{index}]"
+        named = [
+            value for value in (recipient.contact_id, recipient.external_id, recipient.email) if value.strip()
+        ]
+        if len(named) != 1:
+            raise InvalidArgument(
+                f"{where}: name the contact by exactly one of contact_id, external_id or email",
+                reason="INVALID_RECIPIENT",
+                metadata={"field": where},
+            )
+        if recipient.contact_id.strip():
+            contact_id = parse_contact_id(recipient.contact_id, f"{where}.contact_id")
+            checked.append(Recipient(contact_id=str(contact_id)))
+        elif recipient.external_id.strip():
+            external_id = check_text(recipient.external_id.strip(), f"{where}.external_id", MAX_EXTERNAL_ID)
+            checked.append(Recipient(external_id=external_id))
+        else:
+            checked.append(Recipient(email=normalize_email(recipient.email, f"{where}.email")))
+    return checked
+
+
+async def _listed_contacts(
+    team_id: str, recipients: list[Recipient], contacts: ContactRepository
+) -> list[Contact]:
+    """The contacts `recipients` name, each once, in the order first named; NotFound listing the
+    ones that do not exist (nothing is created: a direct trigger runs for known contacts)."""
+    ids = [uuid.UUID(r.contact_id) for r in recipients if r.contact_id]
+    external_ids = [r.external_id for r in recipients if r.external_id]
+    emails = [r.email for r in recipients if r.email]
+    found = await contacts.named(team_id, ids, external_ids, emails)
+    by_id = {str(c.id): c for c in found}
+    by_external_id = {c.external_id: c for c in found if c.external_id}
+    by_email: dict[str, Contact] = {}
+    # As events resolve an email: the contact without an external id first, then the oldest.
+    for candidate in sorted(found, key=lambda c: (c.external_id is not None, c.created_at or utcnow())):
+        if candidate.email:
+            by_email.setdefault(candidate.email, candidate)
+    chosen: dict[uuid.UUID, Contact] = {}
+    unknown: list[str] = []
+    for index, recipient in enumerate(recipients):
+        contact: Contact | None
+        if recipient.contact_id:
+            contact, shown = by_id.get(recipient.contact_id), f"contact_id {recipient.contact_id}"
+        elif recipient.external_id:
+            contact, shown = (
+                by_external_id.get(recipient.external_id),
+                f"external_id {recipient.external_id!r}",
+            )
+        else:
+            contact, shown = by_email.get(recipient.email), f"email {recipient.email}"
+        if contact is None:
+            unknown.append(f"contacts[{index}] ({shown})")
+        else:
+            chosen.setdefault(contact.id, contact)
+    if unknown:
+        more = f" and {len(unknown) - SHOWN_UNKNOWN} more" if len(unknown) > SHOWN_UNKNOWN else ""
+        raise NotFound(
+            f"{len(unknown)} of the listed contacts do not exist: "
+            f"{', '.join(unknown[:SHOWN_UNKNOWN])}{more}. "
+            "Create them first (PUT /api/v1/contacts/{external_id}, or by sending an event about them)",
+            reason="CONTACT_NOT_FOUND",
+            metadata={"unknown": str(len(unknown))},
+        )
+    return list(chosen.values())
+
+
+async def _segment_members(
+    team_id: str, segment: str, condition: str, contacts: ContactRepository
+) -> list[Contact]:
+    """The project's contacts that are in the segment now, as their stored profiles say."""
+    members: list[Contact] = []
+    after = None
+    while page := await contacts.page(team_id, after, SEGMENT_PAGE):
+        after = page[-1].id
+        for contact in page:
+            if contact_in_segment(condition, contact_document(messages.contact_snapshot(contact))):
+                members.append(contact)
+        if len(members) > MAX_TRIGGER_CONTACTS:
+            raise Unprocessable(
+                f"Segment {segment!r} has more than {MAX_TRIGGER_CONTACTS} contacts; a trigger takes "
+                "at most that many: narrow the segment, or send events about the contacts instead",
+                reason="TOO_MANY_CONTACTS",
+                metadata={"segment": segment},
+            )
+    if not members:
+        raise Unprocessable(
+            f"Segment {segment!r} has no contacts now: there is nobody to run the workflow for",
+            reason="EMPTY_SEGMENT",
+            metadata={"segment": segment},
+        )
+    return members
+
+
+async def _trigger_replay(
+    command: TriggerWorkflow, fingerprint: str, earlier: IdempotencyRecord, uow: IngestUnitOfWork
+) -> WorkflowTriggered:
+    """The answer of the earlier trigger with this idempotency key."""
+    record = await _earlier_trigger(command.team_id, command.idempotency_key, fingerprint, earlier, uow)
+    return WorkflowTriggered(record.id, command.workflow_key, record.contacts or 1, replayed=True)
 
 
 # Contacts API

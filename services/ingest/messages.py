@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from herald.bus.v1 import event_pb2, tracking_pb2
@@ -13,6 +14,8 @@ from services.ingest.domain import AcceptedEvent, Contact, EventSource, TriggerR
 
 # The source of the `herald.*` events ingest emits itself.
 PLATFORM_SOURCE = EventSource(type="herald")
+# The source of a direct workflow trigger's events.
+API_SOURCE = EventSource(type="api")
 
 
 def contact_snapshot(contact: Contact | None) -> event_pb2.Contact:
@@ -45,6 +48,9 @@ def event_message(event: AcceptedEvent) -> OutgoingMessage:
         occurred_at=to_timestamp(event.occurred_at),
         accepted_at=to_timestamp(event.accepted_at),
     )
+    if event.workflow_key:
+        message.workflow_key = event.workflow_key
+        message.trigger_events = event.trigger_events
     return OutgoingMessage(
         subject=event_subject(event.team_id, event.name),
         payload=message.SerializeToString(),
@@ -67,6 +73,24 @@ def accepted_record(event: AcceptedEvent) -> OutgoingMessage:
     if event.scheduled_for is not None:
         record.trigger_accepted.scheduled_for.CopyFrom(to_timestamp(event.scheduled_for))
     return tracking_message(record, fact_id=str(event.trigger_id))
+
+
+def workflow_trigger_record(events: Sequence[AcceptedEvent]) -> OutgoingMessage:
+    """The TriggerAccepted of a direct workflow trigger: one per trigger, counting its events
+    (one per contact)."""
+    first = events[0]
+    record = tracking_pb2.TrackingRecord(
+        trigger_id=str(first.trigger_id),
+        project_id=first.team_id,
+        trigger_accepted=tracking_pb2.TriggerAccepted(
+            event_id=str(first.id),
+            event_name=first.name,
+            created_at=to_timestamp(first.accepted_at),
+            events=len(events),
+            contacts=len(events),
+        ),
+    )
+    return tracking_message(record, fact_id=str(first.trigger_id))
 
 
 def fired_record(event: AcceptedEvent, at: datetime) -> OutgoingMessage:

@@ -32,7 +32,9 @@ from services.ingest.domain import (
     EventQueued,
     EventSource,
     EventType,
+    Recipient,
     SendEvent,
+    TriggerWorkflow,
     UserInfo,
 )
 
@@ -109,23 +111,30 @@ def batch_error(error: HeraldError) -> ingest_pb2.BatchError:
     )
 
 
-class MatcherDryRun:
-    """Asks the matcher about a dry run, with the caller's own credentials."""
+class MatcherCalls:
+    """Asks the matcher about workflows, segments and dry runs, with the caller's own credentials."""
 
     def __init__(self, stub: matcher_pb2_grpc.MatcherServiceAsyncStub, metadata: tuple[tuple[str, str], ...]):
         self._stub = stub
         self._metadata = metadata
 
     async def dry_run(self, event: event_pb2.Event) -> list[matcher_pb2.WorkflowMatch]:
+        answer = await self._call(self._stub.DryRunMatch, matcher_pb2.DryRunMatchRequest(event=event))
+        return list(answer.workflows)
+
+    async def workflow_active(self, key: str) -> bool:
+        answer = await self._call(self._stub.GetWorkflow, matcher_pb2.GetWorkflowRequest(key=key))
+        return bool(answer.workflow.active)
+
+    async def segment_condition(self, key: str) -> str:
+        answer = await self._call(self._stub.GetSegment, matcher_pb2.GetSegmentRequest(key=key))
+        return str(answer.segment.condition)
+
+    async def _call(self, method: Any, request: Any) -> Any:
         try:
-            answer = await self._stub.DryRunMatch(
-                matcher_pb2.DryRunMatchRequest(event=event),
-                metadata=self._metadata,
-                timeout=CALL_TIMEOUT_SECONDS,
-            )
+            return await method(request, metadata=self._metadata, timeout=CALL_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from error
-        return list(answer.workflows)
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -151,7 +160,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             command,
             self._intake.policies,
             self._intake.unit_of_work(),
-            MatcherDryRun(self._matcher, forwarded_metadata(metadata)),
+            MatcherCalls(self._matcher, forwarded_metadata(metadata)),
         )
         contact = preview.contact
         return ingest_pb2.MatchEventResponse(
@@ -263,6 +272,38 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             response.accepted += 1
         return response
 
+    async def TriggerWorkflow(
+        self, request: ingest_pb2.TriggerWorkflowRequest, context: Context
+    ) -> ingest_pb2.TriggerWorkflowResponse:
+        metadata = context.invocation_metadata()
+        team = await self._auth.authenticate(metadata)
+        if self._matcher is None:
+            raise Unavailable("Direct triggers need the matcher, which this ingest was started without")
+        command = TriggerWorkflow(
+            team_id=team.id,
+            workflow_key=request.workflow_key.strip(),
+            contacts=tuple(
+                Recipient(contact_id=r.contact_id, external_id=r.external_id, email=r.email)
+                for r in request.contacts
+            ),
+            segment=request.segment.strip(),
+            variables=from_struct(request.variables),
+            data=from_struct(request.data),
+            idempotency_key=_header_key(context, request.idempotency_key),
+        )
+        triggered = await handlers.trigger_workflow(
+            command, self._intake, MatcherCalls(self._matcher, forwarded_metadata(metadata))
+        )
+        if triggered.replayed:
+            context.set_trailing_metadata((("idempotent-replayed", "true"),))
+        return ingest_pb2.TriggerWorkflowResponse(
+            success=True,
+            trigger_id=str(triggered.trigger_id),
+            message=triggered.message,
+            workflow_key=triggered.workflow_key,
+            summary=ingest_pb2.TriggerWorkflowSummary(total_contacts=triggered.total_contacts),
+        )
+
     async def CancelTrigger(
         self, request: ingest_pb2.CancelTriggerRequest, context: Context
     ) -> ingest_pb2.CancelTriggerResponse:
@@ -286,6 +327,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             event_name=record.event_name,
             created_at=isoformat_ms(record.created_at),
             status=record.status,
+            contacts=record.contacts or 0,
         )
         if record.scheduled_for is not None:
             response.scheduled_for = isoformat_ms(record.scheduled_for)

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-from kernel.conditions import ConditionError, compile_condition
+from kernel.conditions import SEGMENT_NAMES, ConditionError, compile_condition, contact_in_segment
 from kernel.durations import parse_duration
 from kernel.errors import InvalidArgument
 from kernel.event_names import check_format
@@ -23,8 +23,6 @@ KEY_RULE = "use 1-100 lowercase letters, digits, '-' or '_', starting with a let
 RUN_ID_NAMESPACE = uuid.UUID("6f1d3c1e-3c55-4c8e-9a55-6b1f0f0e8a10")
 MAX_FILTER_TAGS = 50
 MAX_COOLDOWN = timedelta(days=366)
-# What a segment's condition may read.
-SEGMENT_NAMES = ("contact",)
 AUDIENCE_ENTERED = "herald.audience.entered"
 # A system event emitted by a run of a system event... is followed this deep, no deeper.
 MAX_EVENT_DEPTH = 3
@@ -111,10 +109,7 @@ class Segment:
 
     def holds_for(self, contact: dict[str, Any]) -> bool:
         """Is the contact in the segment; a condition that cannot be evaluated says no."""
-        try:
-            return compile_condition(self.condition, SEGMENT_NAMES).evaluate({"contact": contact})
-        except ConditionError:
-            return False
+        return contact_in_segment(self.condition, contact)
 
 
 def validate_segment(segment: Segment) -> Segment:
@@ -228,6 +223,8 @@ def decide(event: MatchedEvent, workflows: list[Workflow]) -> list[Decision]:
 
 def filtered_because(event: MatchedEvent, workflow: Workflow) -> str:
     """Why `workflow` does not run for `event`, or "" when every filter passes."""
+    if workflow.deleted:
+        return "workflow was deleted"
     if not workflow.definition.active:
         return "workflow is inactive"
     if event.depth > MAX_EVENT_DEPTH:

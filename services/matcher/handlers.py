@@ -202,7 +202,7 @@ async def match_event(
     """
     matched = messages.matched_event(event)
     async with uow:
-        workflows = await uow.workflows.listening_to(matched.team_id, matched.name)
+        workflows = await _considered(event, uow)
         if event.depth and not workflows:
             # A run's system event nobody listens to: no trigger to track, nothing to remember.
             return []
@@ -218,7 +218,7 @@ async def match_event(
         if event.depth:
             # The executor's system events become triggers of their own only when they matter.
             uow.publish(messages.system_trigger_record(event))
-        uow.publish(messages.matched_record(matched, decisions))
+        uow.publish(messages.matched_record(matched, decisions, event.trigger_events))
         await uow.commit()
     log.info(
         "match.decided",
@@ -228,6 +228,15 @@ async def match_event(
         filtered=sum(not d.matched for d in decisions),
     )
     return decisions
+
+
+async def _considered(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[Workflow]:
+    """The workflows that consider `event`: those listening to its name or, for an event of a
+    direct trigger, the one workflow it names (even if deleted since, so the reason is shown)."""
+    if event.workflow_key:
+        workflow = await uow.workflows.latest(event.project_id, event.workflow_key)
+        return [workflow] if workflow is not None else []
+    return await uow.workflows.listening_to(event.project_id, event.name)
 
 
 async def listened_events(team_id: str, uow: MatcherUnitOfWork) -> frozenset[str]:
@@ -242,7 +251,7 @@ async def dry_run(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[Decisi
     cooldown claims, in a transaction that is rolled back, with nothing published."""
     matched = messages.matched_event(event)
     async with uow:
-        workflows = await uow.workflows.listening_to(matched.team_id, matched.name)
+        workflows = await _considered(event, uow)
         matched = await _with_segments(event, matched, uow, None, record=False)
         return [await _claim_cooldown(decision, matched, uow) for decision in decide(matched, workflows)]
 

@@ -118,7 +118,9 @@ def run_start(decision: Decision, event: event_pb2.Event) -> OutgoingMessage:
     )
 
 
-def matched_record(event: MatchedEvent, decisions: list[Decision]) -> OutgoingMessage:
+def matched_record(
+    event: MatchedEvent, decisions: list[Decision], trigger_events: int = 0
+) -> OutgoingMessage:
     record = tracking_pb2.TrackingRecord(
         trigger_id=str(event.trigger_id),
         project_id=event.team_id,
@@ -140,6 +142,7 @@ def matched_record(event: MatchedEvent, decisions: list[Decision]) -> OutgoingMe
                 )
                 for decision in decisions
             ],
+            trigger_events=trigger_events,
         ),
     )
     return tracking_message(record, fact_id=str(event.event_id))

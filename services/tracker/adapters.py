@@ -50,6 +50,19 @@ class TriggerRow(TrackerBase):
     matched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A trigger of several events (a direct workflow trigger): how many, and how many contacts it
+    # targets. None for an event's own trigger: one event, matched once matched_at is set.
+    expected_events: Mapped[int | None] = mapped_column(Integer)
+    contacts: Mapped[int | None] = mapped_column(Integer)
+
+
+class MatchRow(TrackerBase):
+    """An event of a trigger of several events that the matcher has decided."""
+
+    __tablename__ = "trigger_matches"
+
+    trigger_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
 
 
 class DecisionRow(TrackerBase):
@@ -93,6 +106,7 @@ class DeliveryRow(TrackerBase):
 
 RUN_FINISHED = ("completed", "failed")
 TRIGGERS = table_of(TriggerRow)
+MATCHES = table_of(MatchRow)
 DECISIONS = table_of(DecisionRow)
 RUNS = table_of(RunRow)
 DELIVERIES = table_of(DeliveryRow)
@@ -144,20 +158,41 @@ class SqlTriggerRepository:
                 contact_id=fact.contact_id or None,
                 created_at=from_timestamp(fact.created_at),
                 scheduled_for=from_timestamp(fact.scheduled_for) if fact.HasField("scheduled_for") else None,
+                **({"expected_events": fact.events, "contacts": fact.contacts} if fact.events > 1 else {}),
             )
         )
 
     async def record_matched(
         self, trigger_id: uuid.UUID, fact: tracking_pb2.EventMatched, at: datetime
     ) -> None:
-        first_time = (
-            await self._session.execute(
-                update(TRIGGERS)
-                .where(TRIGGERS.c.id == trigger_id, TRIGGERS.c.matched_at.is_(None))
-                .values(matched_at=at)
-                .returning(TRIGGERS.c.id)
-            )
-        ).first()
+        if fact.trigger_events > 1:
+            # One of several events: each is decided once; the trigger is matched when all are.
+            first_time = (
+                await self._session.execute(
+                    insert(MATCHES)
+                    .values(trigger_id=trigger_id, event_id=uuid.UUID(fact.event_id))
+                    .on_conflict_do_nothing()
+                    .returning(MATCHES.c.event_id)
+                )
+            ).first()
+            if first_time is not None:
+                await self._session.execute(
+                    update(TRIGGERS)
+                    .where(TRIGGERS.c.id == trigger_id)
+                    .values(
+                        matched_at=func.coalesce(TRIGGERS.c.matched_at, at),
+                        expected_events=fact.trigger_events,
+                    )
+                )
+        else:
+            first_time = (
+                await self._session.execute(
+                    update(TRIGGERS)
+                    .where(TRIGGERS.c.id == trigger_id, TRIGGERS.c.matched_at.is_(None))
+                    .values(matched_at=at)
+                    .returning(TRIGGERS.c.id)
+                )
+            ).first()
         if first_time is None or not fact.decisions:
             return
         await self._session.execute(
@@ -253,10 +288,13 @@ class SqlTriggerRepository:
             .where(DECISIONS.c.trigger_id == trigger_id, DECISIONS.c.matched)
             .subquery()
         )
+        matched_events = (
+            select(func.count().label("matched_events")).where(MATCHES.c.trigger_id == trigger_id).subquery()
+        )
         row = (
             await self._session.execute(
-                select(TRIGGERS.c.matched_at, matched_runs)
-                .select_from(TRIGGERS.join(matched_runs, true()))  # one row of counts per trigger
+                select(TRIGGERS.c.matched_at, TRIGGERS.c.expected_events, matched_runs, matched_events)
+                .select_from(TRIGGERS.join(matched_runs, true()).join(matched_events, true()))
                 .where(TRIGGERS.c.id == trigger_id)
             )
         ).one()
@@ -267,12 +305,15 @@ class SqlTriggerRepository:
             failed_runs=row.failed,
             matched_at=row.matched_at,
             last_finished_at=row.last_finished_at,
+            undecided_events=max(row.expected_events - row.matched_events, 0) if row.expected_events else 0,
         )
 
     async def view(self, team_id: str, trigger_id: uuid.UUID) -> TriggerView | None:
         decisions = (
             select(
-                func.count(distinct(case((DECISIONS.c.matched, DECISIONS.c.contact_id)))).label("contacts"),
+                func.count(distinct(case((DECISIONS.c.matched, DECISIONS.c.contact_id)))).label(
+                    "matched_contacts"
+                ),
                 func.count().filter(~DECISIONS.c.matched).label("filtered"),
             )
             .where(DECISIONS.c.trigger_id == trigger_id)
@@ -296,7 +337,10 @@ class SqlTriggerRepository:
         if row is None or row.created_at is None:
             return None
         summary = Summary(
-            total_contacts=row.contacts, sent=row.sent, failed=row.failed, filtered=row.filtered
+            total_contacts=row.contacts if row.contacts is not None else row.matched_contacts,
+            sent=row.sent,
+            failed=row.failed,
+            filtered=row.filtered,
         )
         return TriggerView(row.id, row.status, row.created_at, row.started_at, row.completed_at, summary)
 

@@ -39,6 +39,8 @@ class Progress:
     # (facts may arrive out of order, so these are not the arrival times).
     matched_at: datetime | None = None
     last_finished_at: datetime | None = None
+    # Events of the trigger not decided yet (a direct trigger has one per contact).
+    undecided_events: int = 0
 
 
 @dataclass
@@ -80,7 +82,7 @@ def next_status(trigger: TriggerState, progress: Progress, at: datetime, now: da
         trigger.status = TriggerStatus.SCHEDULED if waiting else TriggerStatus.QUEUED
         return
     trigger.started_at = trigger.started_at or progress.matched_at or at
-    if progress.finished_runs < progress.expected_runs:
+    if progress.undecided_events or progress.finished_runs < progress.expected_runs:
         trigger.status = TriggerStatus.PROCESSING
         return
     all_failed = progress.expected_runs > 0 and progress.failed_runs == progress.expected_runs

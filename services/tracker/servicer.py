@@ -67,7 +67,7 @@ class IngestTriggerRecords:
             created_at=datetime.fromisoformat(record.created_at),
             started_at=None,
             completed_at=None,
-            summary=Summary(),
+            summary=Summary(total_contacts=record.contacts),
         )
 
 

@@ -259,3 +259,69 @@ async def test_a_trigger_is_visible_only_to_its_team(
 
     assert ours is not None and ours.id == story.trigger_id
     assert theirs is None
+
+
+def a_direct_trigger_event(
+    story: TriggerStory, contact_id: str, run_id: uuid.UUID | None, events: int
+) -> tracking_pb2.TrackingRecord:
+    """The EventMatched of one event of a direct trigger (one event per contact)."""
+    decision = tracking_pb2.MatchDecision(
+        workflow_key="welcome",
+        workflow_version=1,
+        outcome=tracking_pb2.MATCH_OUTCOME_MATCHED if run_id else tracking_pb2.MATCH_OUTCOME_FILTERED,
+        reason="" if run_id else "contact has none of the tags beta (tags_any)",
+        run_id=str(run_id) if run_id else "",
+        contact_id=contact_id,
+    )
+    return story.record(
+        1,
+        event_matched=tracking_pb2.EventMatched(
+            event_id=str(uuid.uuid5(story.trigger_id, contact_id)),
+            event_name="herald.workflow.triggered",
+            decisions=[decision],
+            trigger_events=events,
+        ),
+    )
+
+
+async def test_a_direct_trigger_completes_only_once_every_contacts_event_is_decided_and_run(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    story = TriggerStory(team.team_id)
+    contacts = [str(uuid.uuid4()) for _ in range(3)]
+    runs = [uuid.uuid4(), uuid.uuid4()]
+    first, second, filtered = (
+        a_direct_trigger_event(story, contacts[0], runs[0], 3),
+        a_direct_trigger_event(story, contacts[1], runs[1], 3),
+        a_direct_trigger_event(story, contacts[2], None, 3),
+    )
+
+    async def view() -> TriggerView:
+        found, _ = await look(sessions, story)
+        assert found is not None
+        return found
+
+    # Out of order: a match before the trigger's own fact; each fact twice.
+    await apply(sessions, first, first)
+    await apply(
+        sessions,
+        story.record(
+            0,
+            trigger_accepted=tracking_pb2.TriggerAccepted(
+                event_id=str(story.event_id),
+                event_name="herald.workflow.triggered",
+                created_at=to_timestamp(story.accepted_at),
+                events=3,
+                contacts=3,
+            ),
+        ),
+    )
+    await apply(sessions, story.run_finished(runs[0]), story.run_finished(runs[0]))
+    assert (await view()).status == TriggerStatus.PROCESSING, "two events are still undecided"
+    await apply(sessions, filtered, filtered, second)
+    assert (await view()).status == TriggerStatus.PROCESSING, "a run is still going"
+    await apply(sessions, story.delivery(runs[1], "greet", sent=True), story.run_finished(runs[1]))
+
+    done = await view()
+    assert done.status == TriggerStatus.COMPLETED
+    assert done.summary == Summary(total_contacts=3, sent=1, failed=0, filtered=1)

@@ -267,6 +267,20 @@ class FakeContactRepository(FakeRepository):
         del self.rows[found.id]
         return True
 
+    async def named(
+        self, team_id: str, ids: Sequence[uuid.UUID], external_ids: Sequence[str], emails: Sequence[str]
+    ) -> list[Contact]:
+        return [
+            contact
+            for contact in self.rows.values()
+            if contact.team_id == team_id
+            and (contact.id in ids or contact.external_id in external_ids or contact.email in emails)
+        ]
+
+    async def page(self, team_id: str, after: uuid.UUID | None, limit: int) -> list[Contact]:
+        mine = sorted((c for c in self.rows.values() if c.team_id == team_id), key=lambda c: c.id)
+        return [c for c in mine if after is None or c.id > after][:limit]
+
 
 @dataclasses.dataclass(frozen=True)
 class TriggerRow:
@@ -280,6 +294,7 @@ class TriggerRow:
     created_at: datetime
     scheduled_for: datetime | None
     cancelled_at: datetime | None = None
+    contacts: int | None = None
 
 
 class FakeEventRepository(FakeRepository):
@@ -327,6 +342,18 @@ class FakeEventRepository(FakeRepository):
             scheduled_for=event.scheduled_for,
         )
 
+    async def add_trigger(self, events: Sequence[AcceptedEvent]) -> None:
+        """Like the SQL adapter: every event, and one trigger pointing at the first."""
+        first = events[0]
+        await self.add(first)
+        for event in events[1:]:
+            if event.id in self.rows:
+                raise UniqueViolation(f"event {event.id} exists already")
+            self.rows[event.id] = copy.deepcopy(event)
+        self.triggers[first.trigger_id] = dataclasses.replace(
+            self.triggers[first.trigger_id], contacts=len(events)
+        )
+
     async def trigger(self, team_id: str, trigger_id: uuid.UUID) -> TriggerRecord | None:
         row = self.triggers.get(trigger_id)
         if row is None or row.team_id != team_id:
@@ -344,6 +371,7 @@ class FakeEventRepository(FakeRepository):
             contact_id=event.contact.id if event.contact else None,
             occurred_at=event.occurred_at,
             finished_at=row.cancelled_at,
+            contacts=row.contacts,
         )
 
     async def cancel(self, team_id: str, trigger_id: uuid.UUID, now: datetime) -> TriggerRecord | None:

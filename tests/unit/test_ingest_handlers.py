@@ -1087,7 +1087,7 @@ async def test_a_key_whose_event_was_purged_is_a_conflict(ingest: Ingest) -> Non
         await ingest.send(idempotency_key="k")
 
     assert raised.value.reason == "IDEMPOTENCY_KEY_EXPIRED"
-    assert raised.value.message == "idempotency_key belongs to an event that no longer exists; use a new key"
+    assert raised.value.message == "idempotency_key belongs to a trigger that no longer exists; use a new key"
 
 
 async def test_an_overlong_idempotency_key_is_invalid(ingest: Ingest) -> None:

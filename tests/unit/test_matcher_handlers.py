@@ -13,8 +13,14 @@ from herald.workflow.v1 import workflow_pb2
 from kernel.errors import AlreadyExists, InvalidArgument, NotFound
 from kernel.steps import StepSpec
 from kernel.structs import from_struct, to_struct
-from services.matcher.domain import WorkflowDefinition, run_id_for, validate_definition
-from services.matcher.handlers import create_workflow, get_workflow, list_workflows, match_event
+from services.matcher.domain import Filters, WorkflowDefinition, run_id_for, validate_definition
+from services.matcher.handlers import (
+    create_workflow,
+    delete_workflow,
+    get_workflow,
+    list_workflows,
+    match_event,
+)
 from services.matcher.messages import definition_from_proto, definition_to_proto
 from tests.unit.fakes import FakeMatcherUnitOfWork
 
@@ -271,6 +277,48 @@ async def test_an_active_listening_workflow_starts_one_run() -> None:
     assert [s.subject for s in start.workflow.steps] == ["Welcome, {{contact.name}}"]
     assert start.workflow.created_at.endswith("Z")
     assert workflow.definition.steps[0].body == "Hello {{name}}"
+
+
+def a_direct_trigger_event(workflow_key: str, events: int = 3) -> event_pb2.Event:
+    event = an_event("herald.workflow.triggered")
+    event.workflow_key, event.trigger_events = workflow_key, events
+    return event
+
+
+async def test_a_direct_trigger_event_is_decided_by_the_named_workflow_alone() -> None:
+    uow = FakeMatcherUnitOfWork()
+    await create_workflow(TEAM, a_definition(key="onboarding"), uow)
+    await create_workflow(TEAM, a_definition(key="listener", trigger_event="herald.workflow.triggered"), uow)
+    event = a_direct_trigger_event("onboarding")
+
+    [decision] = await match_event(event, uow)
+
+    assert decision.matched and decision.workflow.key == "onboarding"
+    assert decision.run_id == run_id_for(uuid.UUID(event.event_id), "onboarding", CONTACT_ID)
+    record = matched_record(uow)
+    assert record.trigger_events == 3
+    assert [d.workflow_key for d in record.decisions] == ["onboarding"]
+
+
+async def test_a_direct_trigger_applies_the_workflows_filters() -> None:
+    uow = FakeMatcherUnitOfWork()
+    await create_workflow(TEAM, a_definition(key="onboarding", filters=Filters(tags_any=("beta",))), uow)
+
+    [decision] = await match_event(a_direct_trigger_event("onboarding"), uow)
+
+    assert not decision.matched
+    assert decision.reason == "contact has none of the tags beta (tags_any)"
+
+
+async def test_a_direct_trigger_of_a_workflow_deleted_since_is_filtered_with_that_reason() -> None:
+    uow = FakeMatcherUnitOfWork()
+    await create_workflow(TEAM, a_definition(key="onboarding"), uow)
+    await delete_workflow(TEAM, "onboarding", uow)
+
+    [decision] = await match_event(a_direct_trigger_event("onboarding"), uow)
+
+    assert (decision.matched, decision.reason) == (False, "workflow was deleted")
+    assert uow.subjects() == ["tracking.team-1.event_matched"]
 
 
 async def test_the_run_id_is_the_same_when_computed_again() -> None:

@@ -174,3 +174,14 @@ def test_the_view_points_at_its_workflow_details() -> None:
     view = TriggerView(trigger_id, TriggerStatus.QUEUED, CREATED, None, None, Summary())
 
     assert view.details_endpoint == f"/triggers/{trigger_id}/workflow"
+
+
+def test_a_trigger_with_events_still_undecided_stays_processing_though_its_runs_finished() -> None:
+    trigger = a_trigger()
+    waiting = Progress(matched=True, expected_runs=1, finished_runs=1, failed_runs=0, undecided_events=2)
+
+    next_status(trigger, waiting, MATCHED_AT)
+    assert trigger.status == TriggerStatus.PROCESSING
+
+    next_status(trigger, progress(expected=3, finished=3), LATER)
+    assert trigger.status == TriggerStatus.COMPLETED

@@ -113,6 +113,8 @@ class Event(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
     DEPTH_FIELD_NUMBER: _builtins.int
+    WORKFLOW_KEY_FIELD_NUMBER: _builtins.int
+    TRIGGER_EVENTS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     trigger_id: _builtins.str
     project_id: _builtins.str
@@ -122,6 +124,12 @@ class Event(_message.Message):
     `herald.*` event emitted by a run of an event of depth n. The matcher starts no run for
     an event deeper than 3, so workflows triggered by system events cannot loop for ever.
     """
+    workflow_key: _builtins.str
+    """Set on the events of a direct workflow trigger (POST /api/v1/workflows/trigger): only this
+    workflow is considered, whatever event it listens to.
+    """
+    trigger_events: _builtins.int
+    """How many events the trigger has (one per contact of a direct trigger); 0 means one."""
     @_builtins.property
     def contact(self) -> Global___Contact: ...
     @_builtins.property
@@ -148,10 +156,12 @@ class Event(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         accepted_at: _timestamp_pb2.Timestamp | None = ...,
         depth: _builtins.int = ...,
+        workflow_key: _builtins.str = ...,
+        trigger_events: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "contact", b"contact", "data", b"data", "occurred_at", b"occurred_at", "source", b"source", "variables", b"variables"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "contact", b"contact", "data", b"data", "depth", b"depth", "event_id", b"event_id", "name", b"name", "occurred_at", b"occurred_at", "project_id", b"project_id", "source", b"source", "trigger_id", b"trigger_id", "variables", b"variables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "contact", b"contact", "data", b"data", "depth", b"depth", "event_id", b"event_id", "name", b"name", "occurred_at", b"occurred_at", "project_id", b"project_id", "source", b"source", "trigger_events", b"trigger_events", "trigger_id", b"trigger_id", "variables", b"variables", "workflow_key", b"workflow_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -146,9 +146,16 @@ class TriggerAccepted(_message.Message):
     CONTACT_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     SCHEDULED_FOR_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    CONTACTS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     event_name: _builtins.str
     contact_id: _builtins.str
+    events: _builtins.int
+    """How many events the trigger has, and how many contacts it targets (a direct workflow
+    trigger); 0 for an event's own trigger: one event, and the contacts its runs are for.
+    """
+    contacts: _builtins.int
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -163,10 +170,12 @@ class TriggerAccepted(_message.Message):
         contact_id: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         scheduled_for: _timestamp_pb2.Timestamp | None = ...,
+        events: _builtins.int = ...,
+        contacts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "scheduled_for", b"scheduled_for"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "created_at", b"created_at", "event_id", b"event_id", "event_name", b"event_name", "scheduled_for", b"scheduled_for"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "contacts", b"contacts", "created_at", b"created_at", "event_id", b"event_id", "event_name", b"event_name", "events", b"events", "scheduled_for", b"scheduled_for"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -181,8 +190,11 @@ class EventMatched(_message.Message):
     EVENT_ID_FIELD_NUMBER: _builtins.int
     EVENT_NAME_FIELD_NUMBER: _builtins.int
     DECISIONS_FIELD_NUMBER: _builtins.int
+    TRIGGER_EVENTS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     event_name: _builtins.str
+    trigger_events: _builtins.int
+    """The event's Event.trigger_events: how many events its trigger has (0 means one)."""
     @_builtins.property
     def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___MatchDecision]:
         """One decision per workflow listening to the event; empty when none listens."""
@@ -193,10 +205,11 @@ class EventMatched(_message.Message):
         event_id: _builtins.str = ...,
         event_name: _builtins.str = ...,
         decisions: _abc.Iterable[Global___MatchDecision] | None = ...,
+        trigger_events: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "event_id", b"event_id", "event_name", b"event_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "event_id", b"event_id", "event_name", b"event_name", "trigger_events", b"trigger_events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -264,6 +264,126 @@ class SendEventResponse(_message.Message):
 Global___SendEventResponse: _TypeAlias = SendEventResponse  # noqa: Y015
 
 @_typing.final
+class TriggerWorkflowRequest(_message.Message):
+    """Run one workflow directly for listed contacts or for the members of a segment, as one trigger."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_KEY_FIELD_NUMBER: _builtins.int
+    CONTACTS_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    workflow_key: _builtins.str
+    segment: _builtins.str
+    """Or a segment's key: its members as their stored profiles say now."""
+    idempotency_key: _builtins.str
+    @_builtins.property
+    def contacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowRecipient]:
+        """Up to 10,000 existing contacts, each named by one of contact_id, external_id or email."""
+
+    @_builtins.property
+    def variables(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def data(self) -> _struct_pb2.Struct:
+        """What the runs see as event.data."""
+
+    def __init__(
+        self,
+        *,
+        workflow_key: _builtins.str = ...,
+        contacts: _abc.Iterable[Global___WorkflowRecipient] | None = ...,
+        segment: _builtins.str = ...,
+        variables: _struct_pb2.Struct | None = ...,
+        data: _struct_pb2.Struct | None = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "variables", b"variables"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts", b"contacts", "data", b"data", "idempotency_key", b"idempotency_key", "segment", b"segment", "variables", b"variables", "workflow_key", b"workflow_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerWorkflowRequest: _TypeAlias = TriggerWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class WorkflowRecipient(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    external_id: _builtins.str
+    email: _builtins.str
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "email", b"email", "external_id", b"external_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowRecipient: _TypeAlias = WorkflowRecipient  # noqa: Y015
+
+@_typing.final
+class TriggerWorkflowResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    TRIGGER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    WORKFLOW_KEY_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    success: _builtins.bool
+    trigger_id: _builtins.str
+    message: _builtins.str
+    workflow_key: _builtins.str
+    @_builtins.property
+    def summary(self) -> Global___TriggerWorkflowSummary: ...
+    def __init__(
+        self,
+        *,
+        success: _builtins.bool = ...,
+        trigger_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        workflow_key: _builtins.str = ...,
+        summary: Global___TriggerWorkflowSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "success", b"success", "summary", b"summary", "trigger_id", b"trigger_id", "workflow_key", b"workflow_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerWorkflowResponse: _TypeAlias = TriggerWorkflowResponse  # noqa: Y015
+
+@_typing.final
+class TriggerWorkflowSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_CONTACTS_FIELD_NUMBER: _builtins.int
+    total_contacts: _builtins.int
+    def __init__(
+        self,
+        *,
+        total_contacts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["total_contacts", b"total_contacts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerWorkflowSummary: _TypeAlias = TriggerWorkflowSummary  # noqa: Y015
+
+@_typing.final
 class PublishEventRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -679,6 +799,7 @@ class GetTriggerRecordResponse(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     SCHEDULED_FOR_FIELD_NUMBER: _builtins.int
+    CONTACTS_FIELD_NUMBER: _builtins.int
     trigger_id: _builtins.str
     event_id: _builtins.str
     event_name: _builtins.str
@@ -686,6 +807,8 @@ class GetTriggerRecordResponse(_message.Message):
     status: _builtins.str
     """"queued", "scheduled" or "cancelled"."""
     scheduled_for: _builtins.str
+    contacts: _builtins.int
+    """A direct workflow trigger's number of contacts; 0 for an event's trigger."""
     def __init__(
         self,
         *,
@@ -695,10 +818,11 @@ class GetTriggerRecordResponse(_message.Message):
         created_at: _builtins.str = ...,
         status: _builtins.str = ...,
         scheduled_for: _builtins.str | None = ...,
+        contacts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_scheduled_for", b"_scheduled_for", "scheduled_for", b"scheduled_for"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_scheduled_for", b"_scheduled_for", "created_at", b"created_at", "event_id", b"event_id", "event_name", b"event_name", "scheduled_for", b"scheduled_for", "status", b"status", "trigger_id", b"trigger_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_scheduled_for", b"_scheduled_for", "contacts", b"contacts", "created_at", b"created_at", "event_id", b"event_id", "event_name", b"event_name", "scheduled_for", b"scheduled_for", "status", b"status", "trigger_id", b"trigger_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__scheduled_for: _TypeAlias = _typing.Literal["scheduled_for"]  # noqa: Y015
     _WhichOneofArgType__scheduled_for: _TypeAlias = _typing.Literal["_scheduled_for", b"_scheduled_for"]  # noqa: Y015

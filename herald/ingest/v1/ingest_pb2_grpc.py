@@ -65,6 +65,11 @@ class IngestServiceStub:
                 request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.MatchEventRequest.SerializeToString,
                 response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.MatchEventResponse.FromString,
                 _registered_method=True)
+        self.TriggerWorkflow = channel.unary_unary(
+                '/herald.ingest.v1.IngestService/TriggerWorkflow',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.TriggerWorkflowRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.TriggerWorkflowResponse.FromString,
+                _registered_method=True)
         self.CancelTrigger = channel.unary_unary(
                 '/herald.ingest.v1.IngestService/CancelTrigger',
                 request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.CancelTriggerRequest.SerializeToString,
@@ -128,9 +133,15 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CancelTrigger(self, request, context):
+    def TriggerWorkflow(self, request, context):
         """Cancel a scheduled trigger before it fires.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTrigger(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -175,6 +186,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.MatchEvent,
                     request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.MatchEventRequest.FromString,
                     response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.MatchEventResponse.SerializeToString,
+            ),
+            'TriggerWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerWorkflow,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.TriggerWorkflowRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.TriggerWorkflowResponse.SerializeToString,
             ),
             'CancelTrigger': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelTrigger,
@@ -311,6 +327,33 @@ class IngestService:
             '/herald.ingest.v1.IngestService/MatchEvent',
             herald_dot_ingest_dot_v1_dot_ingest__pb2.MatchEventRequest.SerializeToString,
             herald_dot_ingest_dot_v1_dot_ingest__pb2.MatchEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.IngestService/TriggerWorkflow',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.TriggerWorkflowRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.TriggerWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,8 +59,9 @@ class IngestServiceStub:
     not. The event is validated like SendEvent but not stored or sent, and no contact is
     created or changed.
     """
-    CancelTrigger: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.CancelTriggerRequest, _ingest_pb2.CancelTriggerResponse]
+    TriggerWorkflow: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.TriggerWorkflowRequest, _ingest_pb2.TriggerWorkflowResponse]
     """Cancel a scheduled trigger before it fires."""
+    CancelTrigger: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.CancelTriggerRequest, _ingest_pb2.CancelTriggerResponse]
     GetTriggerRecord: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetTriggerRecordRequest, _ingest_pb2.GetTriggerRecordResponse]
     """What ingest knows of a trigger it created: used by the tracker for a trigger whose
     tracking records it has not received yet. Not exposed over REST.
@@ -103,8 +104,9 @@ class IngestServiceAsyncStub(IngestServiceStub):
     not. The event is validated like SendEvent but not stored or sent, and no contact is
     created or changed.
     """
-    CancelTrigger: _aio.UnaryUnaryMultiCallable[_ingest_pb2.CancelTriggerRequest, _ingest_pb2.CancelTriggerResponse]  # type: ignore[assignment]
+    TriggerWorkflow: _aio.UnaryUnaryMultiCallable[_ingest_pb2.TriggerWorkflowRequest, _ingest_pb2.TriggerWorkflowResponse]  # type: ignore[assignment]
     """Cancel a scheduled trigger before it fires."""
+    CancelTrigger: _aio.UnaryUnaryMultiCallable[_ingest_pb2.CancelTriggerRequest, _ingest_pb2.CancelTriggerResponse]  # type: ignore[assignment]
     GetTriggerRecord: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetTriggerRecordRequest, _ingest_pb2.GetTriggerRecordResponse]  # type: ignore[assignment]
     """What ingest knows of a trigger it created: used by the tracker for a trigger whose
     tracking records it has not received yet. Not exposed over REST.
@@ -170,12 +172,19 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def TriggerWorkflow(
+        self,
+        request: _ingest_pb2.TriggerWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.TriggerWorkflowResponse, _abc.Awaitable[_ingest_pb2.TriggerWorkflowResponse]]:
+        """Cancel a scheduled trigger before it fires."""
+
+    @_abc_1.abstractmethod
     def CancelTrigger(
         self,
         request: _ingest_pb2.CancelTriggerRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ingest_pb2.CancelTriggerResponse, _abc.Awaitable[_ingest_pb2.CancelTriggerResponse]]:
-        """Cancel a scheduled trigger before it fires."""
+    ) -> _typing.Union[_ingest_pb2.CancelTriggerResponse, _abc.Awaitable[_ingest_pb2.CancelTriggerResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetTriggerRecord(

@@ -1,0 +1,167 @@
+"""Direct workflow triggers through the real processes: one trigger for listed contacts or a
+segment's members, emails to each contact the workflow's filters let through, the trigger's
+summary counting them, idempotent replays, and bad requests refused with nothing sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.e2e.conftest import RunningStack
+from tests.e2e.support import eventually
+
+WORKFLOW = {
+    "key": "direct-welcome",
+    "name": "Direct welcome",
+    "trigger": {"event": "direct.never_sent"},
+    "filters": {"tags_none": ["churned"]},
+    "steps": [
+        {
+            "id": "greet",
+            "type": "email",
+            "subject": "{{promo}} for {{contact.name}}",
+            "body": "Campaign {{event.data.campaign}}",
+        }
+    ],
+}
+CONTACTS = {
+    "direct-ada": {"email": "direct-ada@example.com", "name": "Ada", "custom_fields": {"plan": "Pro"}},
+    "direct-bob": {"email": "direct-bob@example.com", "name": "Bob", "custom_fields": {"plan": "Pro"}},
+    "direct-cy": {"email": "direct-cy@example.com", "name": "Cy", "tags": ["churned"]},
+}
+
+
+def set_up(running: RunningStack) -> None:
+    headers, http = running.credentials.headers, running.http
+    if http.get("/api/v1/workflows/direct-welcome", headers=headers).status_code == 200:
+        return
+    assert http.post("/api/v1/workflows", json=WORKFLOW, headers=headers).status_code == 201
+    paused = {**WORKFLOW, "key": "direct-paused", "active": False}
+    assert http.post("/api/v1/workflows", json=paused, headers=headers).status_code == 201
+    for external_id, profile in CONTACTS.items():
+        answer = http.put(f"/api/v1/contacts/{external_id}", json=profile, headers=headers)
+        assert answer.status_code == 200, answer.text
+    segment = {"key": "direct-pro", "name": "Pro", "condition": "contact.custom_fields.plan == 'Pro'"}
+    assert http.post("/api/v1/segments", json=segment, headers=headers).status_code == 201
+
+
+def trigger(running: RunningStack, body: dict[str, Any], **headers: str) -> httpx.Response:
+    return running.http.post(
+        "/api/v1/workflows/trigger", json=body, headers={**running.credentials.headers, **headers}
+    )
+
+
+def settled(running: RunningStack, trigger_id: str) -> dict[str, Any]:
+    def final() -> dict[str, Any] | None:
+        answer = running.http.get(f"/api/v1/triggers/{trigger_id}", headers=running.credentials.headers)
+        body: dict[str, Any] = answer.json()
+        return body if body.get("status") in ("completed", "failed") else None
+
+    return eventually(final)
+
+
+def mailed(running: RunningStack, trigger_id: str) -> list[tuple[str, str]]:
+    mail = running.sink.messages_with("X-Herald-Trigger", trigger_id)
+    return sorted((m.rcpt_to[0], str(m.message["Subject"])) for m in mail)
+
+
+def test_listed_contacts_get_the_workflow_as_one_trigger(running: RunningStack) -> None:
+    set_up(running)
+    body = {
+        "workflow_key": "direct-welcome",
+        "contacts": [
+            {"external_id": "direct-ada"},
+            {"email": "Direct-Bob@Example.com"},
+            {"external_id": "direct-cy"},
+            {"email": "direct-ada@example.com"},
+        ],
+        "variables": {"promo": "Winter offer"},
+        "data": {"campaign": "launch"},
+    }
+
+    answer = trigger(running, body)
+
+    assert answer.status_code == 201, answer.text
+    accepted = answer.json()
+    assert accepted["success"] is True
+    assert accepted["summary"] == {"total_contacts": 3}
+    assert accepted["message"] == "Workflow 'direct-welcome' triggered for 3 contacts"
+    trigger_id = accepted["trigger_id"]
+    done = settled(running, trigger_id)
+    assert done["status"] == "completed"
+    assert done["summary"] == {"total_contacts": 3, "sent": 2, "failed": 0, "filtered": 1}
+    assert mailed(running, trigger_id) == [
+        ("direct-ada@example.com", "Winter offer for Ada"),
+        ("direct-bob@example.com", "Winter offer for Bob"),
+    ]
+    assert {m.text.strip() for m in running.sink.messages_with("X-Herald-Trigger", trigger_id)} == {
+        "Campaign launch"
+    }
+
+
+def test_a_segment_trigger_reaches_its_members_and_a_replay_sends_nothing_more(running: RunningStack) -> None:
+    set_up(running)
+    body = {"workflow_key": "direct-welcome", "segment": "direct-pro", "variables": {"promo": "Pro news"}}
+
+    first = trigger(running, body, **{"Idempotency-Key": "direct-pro-1"})
+
+    assert first.status_code == 201, first.text
+    assert first.json()["summary"] == {"total_contacts": 2}
+    trigger_id = first.json()["trigger_id"]
+    assert settled(running, trigger_id)["summary"] == {
+        "total_contacts": 2,
+        "sent": 2,
+        "failed": 0,
+        "filtered": 0,
+    }
+    again = trigger(running, body, **{"Idempotency-Key": "direct-pro-1"})
+    assert again.status_code == 201, again.text
+    assert again.json()["trigger_id"] == trigger_id
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = trigger(running, {**body, "variables": {"promo": "other"}}, **{"Idempotency-Key": "direct-pro-1"})
+    assert other.status_code == 422
+    assert mailed(running, trigger_id) == [
+        ("direct-ada@example.com", "Pro news for Ada"),
+        ("direct-bob@example.com", "Pro news for Bob"),
+    ]
+
+
+def test_bad_direct_triggers_are_refused_with_what_to_fix(running: RunningStack) -> None:
+    set_up(running)
+    ada = [{"external_id": "direct-ada"}]
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"workflow_key": "nope", "contacts": ada}, 404, "Workflow 'nope' not found"),
+        ({"workflow_key": "direct-paused", "contacts": ada}, 409, "Workflow 'direct-paused' is paused"),
+        ({"workflow_key": "direct-welcome"}, 400, "exactly one of 'contacts'"),
+        ({"workflow_key": "direct-welcome", "contacts": ada, "segment": "direct-pro"}, 400, "exactly one of"),
+        ({"workflow_key": "direct-welcome", "segment": "nope"}, 404, "Segment 'nope' not found"),
+        (
+            {"workflow_key": "direct-welcome", "contacts": [*ada, {"external_id": "ghost"}]},
+            404,
+            "1 of the listed contacts do not exist: contacts[1] (external_id 'ghost')",
+        ),
+        (
+            {"workflow_key": "direct-welcome", "contacts": [{"contact_id": "42"}]},
+            400,
+            "Invalid contacts[0].contact_id",
+        ),
+        (
+            {
+                "workflow_key": "direct-welcome",
+                "contacts": [{"external_id": f"u-{n}"} for n in range(10_001)],
+            },
+            400,
+            "at most 10000 contacts",
+        ),
+        ({"workflow_key": "direct-welcome", "contacts": ada, "audience": "all"}, 400, "audience"),
+        ({"workflow_key": "direct-welcome", "contacts": "direct-ada"}, 400, "contacts"),
+    ]
+    sent_before = len(running.sink.received)
+    for body, status, message in cases:
+        answer = trigger(running, body)
+        assert answer.status_code == status, (body, answer.text)
+        assert message in answer.json()["message"], (body, answer.text)
+    unauthenticated = running.http.post("/api/v1/workflows/trigger", json={"workflow_key": "direct-welcome"})
+    assert unauthenticated.status_code == 401
+    assert len(running.sink.received) == sent_before
