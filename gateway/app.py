@@ -80,11 +80,13 @@ async def request_document(request: web.Request, route: Route) -> dict[str, Any]
         if not isinstance(body, dict):
             raise BadRequest("Request body must be a JSON object", reason="INVALID_BODY")
         if route.body == "*":
+            document.update(query_document(request.query, route.method.input_type, allowed=()))
             document.update(body)
         else:
             # Errors name fields as the caller wrote them: relative to the body, not the request.
             check_shape(body, message_of(route.method.input_type.fields_by_name[route.body]))
             document[route.body] = body
+            document.update(query_document(request.query, route.method.input_type))
     else:
         document.update(query_document(request.query, route.method.input_type))
     for name in route.path_variables:
@@ -140,7 +142,7 @@ def rpc_handler(route: Route) -> Handler:
         )
         if coalesced:
             return await send_coalesced(request, route, message, metadata)
-        pending = call(message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+        pending = call(message, metadata=metadata, timeout=route.timeout or CALL_TIMEOUT_SECONDS)
         try:
             response = await pending
         except grpc.aio.AioRpcError as error:

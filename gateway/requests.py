@@ -4,7 +4,7 @@ which field is wrong and how, before json_format builds the message."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf import json_format
@@ -207,17 +207,23 @@ def _copy_plain(document: Mapping[str, Any], message: Message) -> None:
             raise _NotPlain(key)  # e.g. an int64 given as a string, an enum by name
 
 
-def query_document(query: Mapping[str, str], descriptor: Descriptor) -> dict[str, Any]:
-    """Query-string parameters as JSON values of the request's top-level scalar fields."""
+def query_document(
+    query: Mapping[str, str], descriptor: Descriptor, allowed: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """Query-string parameters as JSON values of the request's top-level scalar fields (only
+    those `allowed`, when given: none for a route whose body is the whole request)."""
     document: dict[str, Any] = {}
+    names = sorted(
+        f.name
+        for f in descriptor.fields
+        if f.type != FieldDescriptor.TYPE_MESSAGE and (allowed is None or f.name in allowed)
+    )
     for key, raw in query.items():
         field = descriptor.fields_by_name.get(key)
-        if field is None or field.type == FieldDescriptor.TYPE_MESSAGE:
-            allowed = ", ".join(
-                sorted(f.name for f in descriptor.fields if f.type != FieldDescriptor.TYPE_MESSAGE)
-            )
+        if field is None or field.name not in names:
+            listed = ", ".join(names)
             raise BadRequest(
-                f"Unknown query parameter {key!r}" + (f": allowed are {allowed}" if allowed else ""),
+                f"Unknown query parameter {key!r}" + (f": allowed are {listed}" if listed else ""),
                 reason="UNKNOWN_PARAMETER",
                 metadata={"parameter": key},
             )

@@ -2,7 +2,8 @@
 
 The proto is the one source of truth for both APIs: each annotated RPC becomes one route, with
 its path template, the request field its body fills (`body`), the response field that becomes the
-HTTP body (`response_body`) and its success status (`herald.api.v1.http_success_status`).
+HTTP body (`response_body`), its success status (`herald.api.v1.http_success_status`) and how
+long the gateway waits for it (`herald.api.v1.call_timeout_seconds`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Route:
     body: str
     response_body: str
     success_status: int
+    # Seconds the gateway waits for the call; None: the gateway's default.
+    timeout: float | None = None
 
     @property
     def grpc_path(self) -> str:
@@ -74,6 +77,7 @@ def routes() -> list[Route]:
             if not options.HasExtension(annotations_pb2.http):
                 continue
             status = options.Extensions[options_pb2.http_success_status] or 200
+            timeout = options.Extensions[options_pb2.call_timeout_seconds] or None
             for binding in _bindings(options.Extensions[annotations_pb2.http]):
                 verb = binding.WhichOneof("pattern")
                 if verb not in HTTP_METHODS:
@@ -85,6 +89,15 @@ def routes() -> list[Route]:
                             f"{method.full_name}: path variable {variable!r} is not a request field"
                         )
                 found.append(
-                    Route(verb.upper(), path, method, process, binding.body, binding.response_body, status)
+                    Route(
+                        verb.upper(),
+                        path,
+                        method,
+                        process,
+                        binding.body,
+                        binding.response_body,
+                        status,
+                        float(timeout) if timeout else None,
+                    )
                 )
     return found

@@ -26,7 +26,7 @@ from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp
 from kernel.database import schema_metadata, table_of
 from kernel.unit_of_work import SqlUnitOfWork
-from services.tracker.domain import Progress, Summary, TriggerState, TriggerStatus, TriggerView
+from services.tracker.domain import Outcome, Progress, Summary, TriggerState, TriggerStatus, TriggerView
 
 SCHEMA = "tracker"
 
@@ -342,7 +342,49 @@ class SqlTriggerRepository:
             failed=row.failed,
             filtered=row.filtered,
         )
-        return TriggerView(row.id, row.status, row.created_at, row.started_at, row.completed_at, summary)
+        return TriggerView(
+            row.id,
+            row.status,
+            row.created_at,
+            row.started_at,
+            row.completed_at,
+            summary,
+            row.event_name or "",
+        )
+
+    async def outcomes(self, trigger_id: uuid.UUID, limit: int) -> tuple[list[Outcome], int]:
+        """The first `limit` decisions about the trigger (matched first, then by workflow and
+        contact) with their runs, and how many decisions there are."""
+        rows = await self._session.execute(
+            select(
+                DECISIONS,
+                RUNS.c.status.label("run_status"),
+                RUNS.c.started_at.label("run_started_at"),
+                RUNS.c.finished_at.label("run_finished_at"),
+                func.count().over().label("total"),
+            )
+            .select_from(DECISIONS.outerjoin(RUNS, RUNS.c.run_id == DECISIONS.c.run_id))
+            .where(DECISIONS.c.trigger_id == trigger_id)
+            .order_by(DECISIONS.c.matched.desc(), DECISIONS.c.workflow_key, DECISIONS.c.contact_id)
+            .limit(limit)
+        )
+        outcomes, total = [], 0
+        for row in rows:
+            total = row.total
+            outcomes.append(
+                Outcome(
+                    workflow_key=row.workflow_key,
+                    workflow_version=row.workflow_version,
+                    contact_id=row.contact_id,
+                    matched=row.matched,
+                    reason=row.reason,
+                    run_id=row.run_id,
+                    run_status=(row.run_status or "pending") if row.matched else "",
+                    run_started_at=row.run_started_at,
+                    run_finished_at=row.run_finished_at,
+                )
+            )
+        return outcomes, total
 
 
 class TrackerSqlUnitOfWork(SqlUnitOfWork):

@@ -62,6 +62,7 @@ class TriggerView:
     started_at: datetime | None
     completed_at: datetime | None
     summary: Summary
+    event_name: str = ""
 
     @property
     def details_endpoint(self) -> str:
@@ -97,3 +98,72 @@ def cancel(trigger: TriggerState, at: datetime) -> None:
         return
     trigger.status = TriggerStatus.CANCELLED
     trigger.completed_at = at
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Ingest's answer to an event sent for a synchronous trigger."""
+
+    trigger_id: str
+    job_id: str
+    message: str
+    scheduled_for: str | None = None
+
+
+@dataclass(frozen=True)
+class StepState:
+    """One step of a run, as the executor has it."""
+
+    step_id: str
+    type: str
+    status: str
+    attempts: int
+    detail: str
+    finished_at: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one workflow did for one contact of a trigger: ran (with its run), or was filtered."""
+
+    workflow_key: str
+    workflow_version: int
+    contact_id: str
+    matched: bool
+    reason: str
+    run_id: uuid.UUID | None = None
+    # The run's status as the tracker heard it ("pending" before any fact about the run).
+    run_status: str = ""
+    run_started_at: datetime | None = None
+    run_finished_at: datetime | None = None
+    steps: tuple[StepState, ...] = ()
+
+
+@dataclass(frozen=True)
+class TriggerDetail:
+    """A trigger with every workflow its events were considered by."""
+
+    view: TriggerView
+    outcomes: list[Outcome]
+    # How many outcomes there are in all (the list holds the first ones).
+    total_outcomes: int
+    # Whether the matcher has decided (every event of) the trigger.
+    decided: bool
+
+    @property
+    def finished(self) -> bool:
+        return self.view.status in TriggerStatus.FINAL
+
+    @property
+    def note(self) -> str:
+        if self.view.status == TriggerStatus.CANCELLED:
+            return "The trigger was cancelled before it fired: no workflow considered it"
+        if not self.decided and not self.outcomes:
+            return f"Not matched yet: the trigger is {self.view.status}"
+        if not self.decided:
+            return "Some of the trigger's events are not matched yet: more outcomes will follow"
+        if not self.total_outcomes:
+            return f"No workflow listens to {self.view.event_name!r}: nothing ran"
+        if self.total_outcomes > len(self.outcomes):
+            return f"{self.total_outcomes} outcomes; the first {len(self.outcomes)} are listed"
+        return ""

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
 
 from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp, utcnow
-from kernel.errors import NotFound
+from kernel.errors import InvalidArgument, NotFound
 from kernel.unit_of_work import UnitOfWork
-from services.tracker.domain import Progress, TriggerState, TriggerView, cancel, next_status
+from services.tracker.domain import (
+    Accepted,
+    Outcome,
+    Progress,
+    StepState,
+    TriggerDetail,
+    TriggerState,
+    TriggerStatus,
+    TriggerView,
+    cancel,
+    next_status,
+)
 
 
 class TriggerRepository(Protocol):
@@ -42,10 +57,28 @@ class TriggerRepository(Protocol):
 
     async def view(self, team_id: str, trigger_id: uuid.UUID) -> TriggerView | None: ...
 
+    async def outcomes(self, trigger_id: uuid.UUID, limit: int) -> tuple[list[Outcome], int]:
+        """The first `limit` decisions about the trigger, with their runs; and how many there are."""
+        ...
+
 
 class TrackerUnitOfWork(UnitOfWork, Protocol):
     @property
     def triggers(self) -> TriggerRepository: ...
+
+
+class RunSteps(Protocol):
+    """The executor's steps of a run."""
+
+    async def of(self, run_id: uuid.UUID) -> tuple[StepState, ...]:
+        """The run's steps; none when the executor has not started the run yet."""
+        ...
+
+
+class EventSender(Protocol):
+    """Accepts an event as POST /api/v1/events/send does (ingest, with the caller's credentials)."""
+
+    async def send(self) -> Accepted: ...
 
 
 class TriggerRecords(Protocol):
@@ -100,3 +133,71 @@ async def get_trigger(
     if view is None:
         raise NotFound("Trigger not found", reason="TRIGGER_NOT_FOUND", metadata={"trigger_id": trigger_id})
     return view
+
+
+# A trigger's detail lists this many outcomes, and the steps of this many runs.
+MAX_OUTCOMES = 1000
+MAX_RUNS_WITH_STEPS = 50
+# POST /api/v1/events/trigger waits this long by default, and at most this long.
+DEFAULT_WAIT_SECONDS = 10
+MAX_WAIT_SECONDS = 30
+# How often a waiting trigger is looked at: soon at first, then less often.
+FIRST_LOOK_SECONDS = 0.02
+LOOK_SECONDS = 0.2
+
+
+async def get_trigger_detail(
+    team_id: str,
+    trigger_id: str,
+    uow: TrackerUnitOfWork,
+    records: TriggerRecords,
+    steps: RunSteps,
+) -> TriggerDetail:
+    """The trigger, every workflow its events were considered by (matched with its run and the
+    run's steps, or filtered with the reason), as far as it has gone."""
+    view = await get_trigger(team_id, trigger_id, uow, records)
+    async with uow:
+        outcomes, total = await uow.triggers.outcomes(view.id, MAX_OUTCOMES)
+        progress = await uow.triggers.progress(view.id)
+    with_runs = [outcome for outcome in outcomes if outcome.run_id is not None][:MAX_RUNS_WITH_STEPS]
+    found = await asyncio.gather(*(steps.of(outcome.run_id) for outcome in with_runs if outcome.run_id))
+    steps_of = {outcome.run_id: run_steps for outcome, run_steps in zip(with_runs, found, strict=True)}
+    outcomes = [replace(outcome, steps=steps_of.get(outcome.run_id, ())) for outcome in outcomes]
+    decided = progress.matched and not progress.undecided_events
+    return TriggerDetail(view, outcomes, total, decided)
+
+
+def wait_period(wait_seconds: int) -> int:
+    if wait_seconds == 0:
+        return DEFAULT_WAIT_SECONDS
+    if not 1 <= wait_seconds <= MAX_WAIT_SECONDS:
+        raise InvalidArgument(
+            f"wait_seconds must be 1 to {MAX_WAIT_SECONDS} (default {DEFAULT_WAIT_SECONDS}); "
+            f"got {wait_seconds}",
+            reason="INVALID_WAIT",
+            metadata={"field": "wait_seconds"},
+        )
+    return wait_seconds
+
+
+async def trigger_event(
+    sender: EventSender,
+    wait_seconds: int,
+    team_id: str,
+    unit_of_work: Callable[[], TrackerUnitOfWork],
+    records: TriggerRecords,
+    steps: RunSteps,
+) -> tuple[Accepted, TriggerDetail]:
+    """Send the event, wait (bounded) until its trigger is finished, and tell everything that
+    happened to it. A scheduled event is answered at once: it will not fire within the wait."""
+    deadline = time.monotonic() + wait_period(wait_seconds)
+    accepted = await sender.send()
+    pause = FIRST_LOOK_SECONDS
+    while accepted.scheduled_for is None and time.monotonic() < deadline:
+        view = await get_trigger(team_id, accepted.trigger_id, unit_of_work(), records)
+        if view.status in TriggerStatus.FINAL:
+            break
+        await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+        pause = min(pause * 2, LOOK_SECONDS)
+    detail = await get_trigger_detail(team_id, accepted.trigger_id, unit_of_work(), records, steps)
+    return accepted, detail

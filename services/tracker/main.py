@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from herald.executor.v1 import executor_pb2_grpc
 from herald.ingest.v1 import ingest_pb2_grpc
 from herald.tracker.v1 import tracker_pb2, tracker_pb2_grpc
 from kernel.clients import channel
@@ -18,9 +19,15 @@ async def serve(runtime: Runtime) -> None:
     def unit_of_work() -> TrackerSqlUnitOfWork:
         return TrackerSqlUnitOfWork(runtime.sessions)
 
-    async with channel(runtime.settings.target("ingest")) as ingest_channel:
+    async with (
+        channel(runtime.settings.target("ingest")) as ingest_channel,
+        channel(runtime.settings.target("executor")) as executor_channel,
+    ):
         servicer = TrackerServicer(
-            runtime.authenticator(), unit_of_work, ingest_pb2_grpc.IngestServiceStub(ingest_channel)
+            runtime.authenticator(),
+            unit_of_work,
+            ingest_pb2_grpc.IngestServiceStub(ingest_channel),
+            executor_pb2_grpc.ExecutorServiceStub(executor_channel),
         )
         await runtime.serve(
             [

@@ -9,14 +9,24 @@ from typing import Any
 
 import grpc
 
+from herald.executor.v1 import executor_pb2, executor_pb2_grpc
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from herald.tracker.v1 import tracker_pb2, tracker_pb2_grpc
-from kernel.auth import Authenticator
+from kernel.auth import Authenticator, metadata_dict
 from kernel.clients import CALL_TIMEOUT_SECONDS, forwarded_metadata
 from kernel.clock import isoformat_ms
 from kernel.errors import from_rpc_error
+from kernel.grpc_server import RESPONSE_HEADER_NAMES
 from services.tracker import handlers
-from services.tracker.domain import FLOW_TYPE, Summary, TriggerView
+from services.tracker.domain import (
+    FLOW_TYPE,
+    Accepted,
+    Outcome,
+    StepState,
+    Summary,
+    TriggerDetail,
+    TriggerView,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -71,16 +81,112 @@ class IngestTriggerRecords:
         )
 
 
+def outcome_to_proto(outcome: Outcome) -> tracker_pb2.WorkflowOutcome:
+    message = tracker_pb2.WorkflowOutcome(
+        workflow_key=outcome.workflow_key,
+        workflow_version=outcome.workflow_version,
+        contact_id=outcome.contact_id,
+        outcome="matched" if outcome.matched else "filtered",
+        reason=outcome.reason,
+        run_id=str(outcome.run_id) if outcome.run_id else "",
+        run_status=outcome.run_status,
+        steps=[
+            executor_pb2.RunStep(
+                step_id=step.step_id,
+                type=step.type,
+                status=step.status,
+                attempts=step.attempts,
+                detail=step.detail,
+                finished_at=step.finished_at or None,
+            )
+            for step in outcome.steps
+        ],
+    )
+    if outcome.run_started_at:
+        message.run_started_at = isoformat_ms(outcome.run_started_at)
+    if outcome.run_finished_at:
+        message.run_finished_at = isoformat_ms(outcome.run_finished_at)
+    return message
+
+
+def detail_to_proto(detail: TriggerDetail) -> tracker_pb2.TriggerDetail:
+    return tracker_pb2.TriggerDetail(
+        trigger=trigger_to_proto(detail.view),
+        event_name=detail.view.event_name,
+        workflows=[outcome_to_proto(outcome) for outcome in detail.outcomes],
+        note=detail.note,
+    )
+
+
+class ExecutorRunSteps:
+    """Asks the executor for a run's steps, with the caller's own credentials."""
+
+    def __init__(
+        self, stub: executor_pb2_grpc.ExecutorServiceAsyncStub, metadata: tuple[tuple[str, str], ...]
+    ):
+        self._stub = stub
+        self._metadata = metadata
+
+    async def of(self, run_id: uuid.UUID) -> tuple[StepState, ...]:
+        try:
+            answer = await self._stub.GetRun(
+                executor_pb2.GetRunRequest(run_id=str(run_id)),
+                metadata=self._metadata,
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return ()
+            raise from_rpc_error(error) from error
+        return tuple(
+            StepState(step.step_id, step.type, step.status, step.attempts, step.detail, step.finished_at)
+            for step in answer.run.steps
+        )
+
+
+class IngestEventSender:
+    """Sends one event through ingest's SendEvent with the caller's credentials (and idempotency
+    key), keeping the headers ingest answered with for the caller."""
+
+    def __init__(
+        self,
+        stub: ingest_pb2_grpc.IngestServiceAsyncStub,
+        metadata: tuple[tuple[str, str], ...],
+        request: ingest_pb2.SendEventRequest,
+    ):
+        self._stub = stub
+        self._metadata = metadata
+        self._request = request
+        self.headers: tuple[tuple[str, str], ...] = ()
+
+    async def send(self) -> Accepted:
+        call = self._stub.SendEvent(self._request, metadata=self._metadata, timeout=CALL_TIMEOUT_SECONDS)
+        try:
+            answer = await call
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from error
+        trailing = metadata_dict(await call.trailing_metadata())
+        self.headers = tuple((k, v) for k, v in trailing.items() if k in RESPONSE_HEADER_NAMES)
+        return Accepted(
+            answer.trigger_id,
+            answer.job_id,
+            answer.message,
+            answer.scheduled_for if answer.HasField("scheduled_for") else None,
+        )
+
+
 class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
     def __init__(
         self,
         authenticator: Authenticator,
         unit_of_work: Callable[[], handlers.TrackerUnitOfWork],
         ingest: ingest_pb2_grpc.IngestServiceAsyncStub,
+        executor: executor_pb2_grpc.ExecutorServiceAsyncStub,
     ):
         self._auth = authenticator
         self._uow = unit_of_work
         self._ingest = ingest
+        self._executor = executor
 
     async def GetTrigger(
         self, request: tracker_pb2.GetTriggerRequest, context: Context
@@ -90,3 +196,51 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
         records = IngestTriggerRecords(self._ingest, forwarded_metadata(metadata))
         view = await handlers.get_trigger(team.id, request.trigger_id, self._uow(), records)
         return tracker_pb2.GetTriggerResponse(trigger=trigger_to_proto(view))
+
+    async def GetTriggerWorkflow(
+        self, request: tracker_pb2.GetTriggerWorkflowRequest, context: Context
+    ) -> tracker_pb2.GetTriggerWorkflowResponse:
+        metadata = context.invocation_metadata()
+        team = await self._auth.authenticate(metadata)
+        forwarded = forwarded_metadata(metadata)
+        detail = await handlers.get_trigger_detail(
+            team.id,
+            request.trigger_id,
+            self._uow(),
+            IngestTriggerRecords(self._ingest, forwarded),
+            ExecutorRunSteps(self._executor, forwarded),
+        )
+        return tracker_pb2.GetTriggerWorkflowResponse(detail=detail_to_proto(detail))
+
+    async def TriggerEvent(
+        self, request: tracker_pb2.TriggerEventRequest, context: Context
+    ) -> tracker_pb2.TriggerEventResponse:
+        metadata = context.invocation_metadata()
+        team = await self._auth.authenticate(metadata)
+        forwarded = forwarded_metadata(metadata)
+        handlers.wait_period(request.wait_seconds)  # a bad wait sends nothing
+        key = metadata_dict(metadata).get("idempotency-key")
+        sender = IngestEventSender(
+            self._ingest, forwarded + ((("idempotency-key", key),) if key else ()), request.event
+        )
+        accepted, detail = await handlers.trigger_event(
+            sender,
+            request.wait_seconds,
+            team.id,
+            self._uow,
+            IngestTriggerRecords(self._ingest, forwarded),
+            ExecutorRunSteps(self._executor, forwarded),
+        )
+        if sender.headers:
+            context.set_trailing_metadata(sender.headers)
+        response = tracker_pb2.TriggerEventResponse(
+            success=True,
+            trigger_id=accepted.trigger_id,
+            job_id=accepted.job_id,
+            message=accepted.message,
+            finished=detail.finished,
+            detail=detail_to_proto(detail),
+        )
+        if accepted.scheduled_for is not None:
+            response.scheduled_for = accepted.scheduled_for
+        return response

@@ -4,6 +4,7 @@ summary counting them, idempotent replays, and bad requests refused with nothing
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -98,6 +99,16 @@ def test_listed_contacts_get_the_workflow_as_one_trigger(running: RunningStack) 
     assert {m.text.strip() for m in running.sink.messages_with("X-Herald-Trigger", trigger_id)} == {
         "Campaign launch"
     }
+    detail = running.http.get(f"/api/v1/triggers/{trigger_id}/workflow", headers=running.credentials.headers)
+    assert detail.status_code == 200, detail.text
+    outcomes = detail.json()["workflows"]
+    assert [(o["workflow_key"], o["outcome"], o["run_status"]) for o in outcomes] == [
+        ("direct-welcome", "matched", "completed"),
+        ("direct-welcome", "matched", "completed"),
+        ("direct-welcome", "filtered", ""),
+    ]
+    assert outcomes[2]["reason"] == "contact has the excluded tags churned (tags_none)"
+    assert detail.json()["event_name"] == "herald.workflow.triggered"
 
 
 def test_a_segment_trigger_reaches_its_members_and_a_replay_sends_nothing_more(running: RunningStack) -> None:
@@ -165,3 +176,144 @@ def test_bad_direct_triggers_are_refused_with_what_to_fix(running: RunningStack)
     unauthenticated = running.http.post("/api/v1/workflows/trigger", json={"workflow_key": "direct-welcome"})
     assert unauthenticated.status_code == 401
     assert len(running.sink.received) == sent_before
+
+
+SYNC_WORKFLOWS = [
+    {
+        "key": "sync-mail",
+        "name": "Sync mail",
+        "trigger": {"event": "sync.tested"},
+        "steps": [
+            {"id": "greet", "type": "email", "subject": "Sync for {{contact.name}}", "body": "Hi"},
+            {"id": "note", "type": "in_app", "title": "Hello", "body": "There"},
+        ],
+    },
+    {
+        "key": "sync-vip",
+        "name": "Sync VIP",
+        "trigger": {"event": "sync.tested"},
+        "filters": {"tags_any": ["vip"]},
+        "steps": [{"type": "email", "subject": "VIP", "body": "Hi"}],
+    },
+    {
+        "key": "sync-later",
+        "name": "Sync later",
+        "trigger": {"event": "sync.delayed"},
+        "steps": [{"id": "pause", "type": "delay", "duration": "P1D"}, {"type": "exit"}],
+    },
+]
+
+
+def sync_set_up(running: RunningStack) -> None:
+    headers, http = running.credentials.headers, running.http
+    for workflow in SYNC_WORKFLOWS:
+        if http.get(f"/api/v1/workflows/{workflow['key']}", headers=headers).status_code == 404:
+            answer = http.post("/api/v1/workflows", json=workflow, headers=headers)
+            assert answer.status_code == 201, answer.text
+
+
+def sync_trigger(running: RunningStack, event: dict[str, Any], query: str = "") -> httpx.Response:
+    return running.http.post(
+        f"/api/v1/events/trigger{query}", json=event, headers=running.credentials.headers, timeout=60
+    )
+
+
+def test_a_synchronous_trigger_answers_with_every_workflow_and_step(running: RunningStack) -> None:
+    sync_set_up(running)
+    event = {
+        "event_name": "sync.tested",
+        "user_info": {"contact_external_id": "sync-ada", "name": "Ada", "email": "sync-ada@example.com"},
+    }
+
+    answer = sync_trigger(running, event)
+
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert body["success"] is True and body["finished"] is True
+    detail = body["detail"]
+    assert detail["trigger"]["id"] == body["trigger_id"]
+    assert detail["trigger"]["status"] == "completed"
+    assert detail["trigger"]["summary"] == {"total_contacts": 1, "sent": 2, "failed": 0, "filtered": 1}
+    assert (detail["event_name"], detail["note"]) == ("sync.tested", "")
+    matched, filtered = detail["workflows"]
+    assert (matched["workflow_key"], matched["outcome"], matched["run_status"]) == (
+        "sync-mail",
+        "matched",
+        "completed",
+    )
+    assert [(s["step_id"], s["type"], s["status"], s["attempts"]) for s in matched["steps"]] == [
+        ("greet", "email", "sent", 1),
+        ("note", "in_app", "sent", 1),
+    ]
+    assert matched["steps"][0]["detail"].startswith("Message accepted <")  # the SMTP sink's answer
+    assert (filtered["workflow_key"], filtered["outcome"], filtered["run_id"], filtered["steps"]) == (
+        "sync-vip",
+        "filtered",
+        "",
+        [],
+    )
+    assert filtered["reason"] == "contact has none of the tags vip (tags_any)"
+    assert [m.rcpt_to for m in running.sink.messages_with("X-Herald-Trigger", body["trigger_id"])] == [
+        ["sync-ada@example.com"]
+    ]
+    again = running.http.get(
+        f"/api/v1/triggers/{body['trigger_id']}/workflow", headers=running.credentials.headers
+    )
+    assert again.status_code == 200, again.text
+    assert again.json() == detail
+
+
+def test_a_synchronous_trigger_shows_what_is_still_going_when_the_wait_ends(running: RunningStack) -> None:
+    sync_set_up(running)
+    event = {"event_name": "sync.delayed", "user_info": {"contact_external_id": "sync-bob"}}
+
+    answer = sync_trigger(running, event, "?wait_seconds=1")
+
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert body["finished"] is False
+    assert body["detail"]["trigger"]["status"] in ("queued", "processing")
+
+    def delayed() -> dict[str, Any] | None:
+        found = running.http.get(
+            f"/api/v1/triggers/{body['trigger_id']}/workflow", headers=running.credentials.headers
+        ).json()
+        steps = found["workflows"][0]["steps"] if found["workflows"] else []
+        return found if steps and steps[0]["status"] == "waiting" else None
+
+    final = eventually(delayed)
+    assert final["trigger"]["status"] == "processing"
+    [run] = final["workflows"]
+    assert (run["run_status"], [s["status"] for s in run["steps"]]) == ("running", ["waiting", "pending"])
+
+
+def test_a_trigger_no_workflow_listens_to_says_so(running: RunningStack) -> None:
+    answer = sync_trigger(
+        running, {"event_name": "sync.unheard", "user_info": {"contact_external_id": "x-1"}}
+    )
+
+    assert answer.status_code == 201, answer.text
+    detail = answer.json()["detail"]
+    assert detail["trigger"]["status"] == "completed" and detail["workflows"] == []
+    assert detail["note"] == "No workflow listens to 'sync.unheard': nothing ran"
+
+
+def test_bad_synchronous_triggers_and_unknown_trigger_ids_are_refused(running: RunningStack) -> None:
+    headers, http = running.credentials.headers, running.http
+    event = {"event_name": "sync.unheard", "user_info": {"contact_external_id": "x-2"}}
+    cases = [
+        (event, "?wait_seconds=31", 400, "wait_seconds must be 1 to 30"),
+        (event, "?wait_seconds=soon", 400, "Query parameter 'wait_seconds' must be an integer"),
+        (event, "?wait=3", 400, "Unknown query parameter 'wait': allowed are wait_seconds"),
+        ({**event, "event_name": "Bad Name"}, "", 400, "Invalid event name 'Bad Name'"),
+        ({**event, "colour": "blue"}, "", 400, "colour"),
+    ]
+    for body, query, status, message in cases:
+        answer = sync_trigger(running, body, query)
+        assert answer.status_code == status, (body, query, answer.text)
+        assert message in answer.json()["message"], (body, query, answer.text)
+    unknown = http.get(f"/api/v1/triggers/{uuid.uuid4()}/workflow", headers=headers)
+    assert (unknown.status_code, unknown.json()["message"]) == (404, "Trigger not found")
+    assert http.get("/api/v1/triggers/not-a-uuid/workflow", headers=headers).status_code == 404
+    assert http.post("/api/v1/events/trigger", json=event).status_code == 401
+    assert http.post("/api/v1/events/send?wait_seconds=3", json=event, headers=headers).status_code == 400

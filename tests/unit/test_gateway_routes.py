@@ -25,6 +25,14 @@ def test_send_event_is_a_post_with_the_whole_request_as_body() -> None:
     assert send.response_body == ""
     assert send.success_status == 201
     assert send.path_variables == []
+    assert send.timeout is None  # the gateway's default
+
+
+def test_a_direct_workflow_trigger_may_take_longer_than_the_default_call() -> None:
+    trigger = route("POST", "/api/v1/workflows/trigger")
+
+    assert trigger.grpc_path == "/herald.ingest.v1.IngestService/TriggerWorkflow"
+    assert (trigger.success_status, trigger.timeout) == (201, 60.0)
 
 
 def test_create_workflow_takes_and_answers_the_workflow_field() -> None:

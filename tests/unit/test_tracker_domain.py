@@ -7,15 +7,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from kernel.errors import InvalidArgument
 from services.tracker.domain import (
+    Outcome,
     Progress,
     Summary,
+    TriggerDetail,
     TriggerState,
     TriggerStatus,
     TriggerView,
     cancel,
     next_status,
 )
+from services.tracker.handlers import wait_period
 
 CREATED = datetime(2024, 12, 10, 10, 0, tzinfo=UTC)
 MATCHED_AT = CREATED + timedelta(milliseconds=120)
@@ -185,3 +189,42 @@ def test_a_trigger_with_events_still_undecided_stays_processing_though_its_runs_
 
     next_status(trigger, progress(expected=3, finished=3), LATER)
     assert trigger.status == TriggerStatus.COMPLETED
+
+
+def a_view(status: str, event_name: str = "user_signup") -> TriggerView:
+    return TriggerView(uuid.uuid4(), status, CREATED, None, None, Summary(), event_name)
+
+
+def an_outcome(key: str = "welcome") -> Outcome:
+    return Outcome(key, 1, "c-1", matched=False, reason="workflow is inactive")
+
+
+@pytest.mark.parametrize(
+    ("status", "outcomes", "total", "decided", "note"),
+    [
+        (TriggerStatus.CANCELLED, 0, 0, False, "The trigger was cancelled before it fired"),
+        (TriggerStatus.QUEUED, 0, 0, False, "Not matched yet: the trigger is queued"),
+        (TriggerStatus.PROCESSING, 1, 1, False, "Some of the trigger's events are not matched yet"),
+        (TriggerStatus.COMPLETED, 0, 0, True, "No workflow listens to 'user_signup': nothing ran"),
+        (TriggerStatus.COMPLETED, 2, 5, True, "5 outcomes; the first 2 are listed"),
+        (TriggerStatus.COMPLETED, 2, 2, True, ""),
+    ],
+)
+def test_a_trigger_detail_notes_why_its_list_is_empty_or_short(
+    status: str, outcomes: int, total: int, decided: bool, note: str
+) -> None:
+    detail = TriggerDetail(a_view(status), [an_outcome() for _ in range(outcomes)], total, decided)
+
+    assert detail.note.startswith(note) and (note or not detail.note)
+    assert detail.finished == (status in TriggerStatus.FINAL)
+
+
+@pytest.mark.parametrize(("given", "expected"), [(0, 10), (1, 1), (30, 30)])
+def test_the_wait_of_a_synchronous_trigger(given: int, expected: int) -> None:
+    assert wait_period(given) == expected
+
+
+@pytest.mark.parametrize("given", [-1, 31, 3600])
+def test_a_wait_out_of_range_is_refused(given: int) -> None:
+    with pytest.raises(InvalidArgument, match="wait_seconds must be 1 to 30"):
+        wait_period(given)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bherald/api/v1/options.proto\x12\rherald.api.v1\x1a google/protobuf/descriptor.proto:=\n\x13http_success_status\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bherald/api/v1/options.proto\x12\rherald.api.v1\x1a google/protobuf/descriptor.proto:=\n\x13http_success_status\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x05:>\n\x14\x63\x61ll_timeout_seconds\x12\x1e.google.protobuf.MethodOptions\x18\xba\x8e\x03 \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

@@ -11,7 +11,12 @@ import builtins as _builtins
 DESCRIPTOR: _descriptor.FileDescriptor
 
 HTTP_SUCCESS_STATUS_FIELD_NUMBER: _builtins.int
+CALL_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
 http_success_status: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.int]
 """The HTTP status the gateway answers with when the RPC succeeds (200 when unset),
 e.g. 201 for a create or for an accepted event.
+"""
+call_timeout_seconds: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.int]
+"""How long the gateway waits for the RPC, in seconds (the gateway's default when unset): for
+calls that do more than one request's worth of work, e.g. a trigger for 10,000 contacts.
 """

@@ -23,9 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from herald.api.v1 import options_pb2 as herald_dot_api_dot_v1_dot_options__pb2
+from herald.executor.v1 import executor_pb2 as herald_dot_executor_dot_v1_dot_executor__pb2
+from herald.ingest.v1 import ingest_pb2 as herald_dot_ingest_dot_v1_dot_ingest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fherald/tracker/v1/tracker.proto\x12\x11herald.tracker.v1\x1a\x1cgoogle/api/annotations.proto\"\'\n\x11GetTriggerRequest\x12\x12\n\ntrigger_id\x18\x01 \x01(\t\"A\n\x12GetTriggerResponse\x12+\n\x07trigger\x18\x01 \x01(\x0b\x32\x1a.herald.tracker.v1.Trigger\"\x84\x02\n\x07Trigger\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tflow_type\x18\x02 \x01(\t\x12\x14\n\x0ctrigger_type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\t\x12\x17\n\nstarted_at\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x63ompleted_at\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x32\n\x07summary\x18\x08 \x01(\x0b\x32!.herald.tracker.v1.TriggerSummary\x12\x18\n\x10\x64\x65tails_endpoint\x18\t \x01(\tB\r\n\x0b_started_atB\x0f\n\r_completed_at\"X\n\x0eTriggerSummary\x12\x16\n\x0etotal_contacts\x18\x01 \x01(\x05\x12\x0c\n\x04sent\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\x10\n\x08\x66iltered\x18\x04 \x01(\x05\x32\x9c\x01\n\x0eTrackerService\x12\x89\x01\n\nGetTrigger\x12$.herald.tracker.v1.GetTriggerRequest\x1a%.herald.tracker.v1.GetTriggerResponse\".\x82\xd3\xe4\x93\x02(\x12\x1d/api/v1/triggers/{trigger_id}b\x07triggerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fherald/tracker/v1/tracker.proto\x12\x11herald.tracker.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bherald/api/v1/options.proto\x1a!herald/executor/v1/executor.proto\x1a\x1dherald/ingest/v1/ingest.proto\"/\n\x19GetTriggerWorkflowRequest\x12\x12\n\ntrigger_id\x18\x01 \x01(\t\"N\n\x1aGetTriggerWorkflowResponse\x12\x30\n\x06\x64\x65tail\x18\x01 \x01(\x0b\x32 .herald.tracker.v1.TriggerDetail\"\x95\x01\n\rTriggerDetail\x12+\n\x07trigger\x18\x01 \x01(\x0b\x32\x1a.herald.tracker.v1.Trigger\x12\x12\n\nevent_name\x18\x02 \x01(\t\x12\x35\n\tworkflows\x18\x03 \x03(\x0b\x32\".herald.tracker.v1.WorkflowOutcome\x12\x0c\n\x04note\x18\x04 \x01(\t\"\xa8\x02\n\x0fWorkflowOutcome\x12\x14\n\x0cworkflow_key\x18\x01 \x01(\t\x12\x18\n\x10workflow_version\x18\x02 \x01(\x05\x12\x12\n\ncontact_id\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\x12\x12\n\nrun_status\x18\x07 \x01(\t\x12\x1b\n\x0erun_started_at\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x0frun_finished_at\x18\t \x01(\tH\x01\x88\x01\x01\x12*\n\x05steps\x18\n \x03(\x0b\x32\x1b.herald.executor.v1.RunStepB\x11\n\x0f_run_started_atB\x12\n\x10_run_finished_at\"^\n\x13TriggerEventRequest\x12\x31\n\x05\x65vent\x18\x01 \x01(\x0b\x32\".herald.ingest.v1.SendEventRequest\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x05\"\xce\x01\n\x14TriggerEventResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x12\n\ntrigger_id\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x1a\n\rscheduled_for\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x08\x66inished\x18\x06 \x01(\x08\x12\x30\n\x06\x64\x65tail\x18\x07 \x01(\x0b\x32 .herald.tracker.v1.TriggerDetailB\x10\n\x0e_scheduled_for\"\'\n\x11GetTriggerRequest\x12\x12\n\ntrigger_id\x18\x01 \x01(\t\"A\n\x12GetTriggerResponse\x12+\n\x07trigger\x18\x01 \x01(\x0b\x32\x1a.herald.tracker.v1.Trigger\"\x84\x02\n\x07Trigger\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tflow_type\x18\x02 \x01(\t\x12\x14\n\x0ctrigger_type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\t\x12\x17\n\nstarted_at\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x63ompleted_at\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x32\n\x07summary\x18\x08 \x01(\x0b\x32!.herald.tracker.v1.TriggerSummary\x12\x18\n\x10\x64\x65tails_endpoint\x18\t \x01(\tB\r\n\x0b_started_atB\x0f\n\r_completed_at\"X\n\x0eTriggerSummary\x12\x16\n\x0etotal_contacts\x18\x01 \x01(\x05\x12\x0c\n\x04sent\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\x10\n\x08\x66iltered\x18\x04 \x01(\x05\x32\xda\x03\n\x0eTrackerService\x12\x89\x01\n\nGetTrigger\x12$.herald.tracker.v1.GetTriggerRequest\x1a%.herald.tracker.v1.GetTriggerResponse\".\x82\xd3\xe4\x93\x02(\x12\x1d/api/v1/triggers/{trigger_id}b\x07trigger\x12\xa9\x01\n\x12GetTriggerWorkflow\x12,.herald.tracker.v1.GetTriggerWorkflowRequest\x1a-.herald.tracker.v1.GetTriggerWorkflowResponse\"6\x82\xd3\xe4\x93\x02\x30\x12&/api/v1/triggers/{trigger_id}/workflowb\x06\x64\x65tail\x12\x8f\x01\n\x0cTriggerEvent\x12&.herald.tracker.v1.TriggerEventRequest\x1a\'.herald.tracker.v1.TriggerEventResponse\".\xc8\xf3\x18\xc9\x01\xd0\xf3\x18(\x82\xd3\xe4\x93\x02\x1f\"\x16/api/v1/events/trigger:\x05\x65ventb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +37,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRACKERSERVICE'].methods_by_name['GetTrigger']._loaded_options = None
   _globals['_TRACKERSERVICE'].methods_by_name['GetTrigger']._serialized_options = b'\202\323\344\223\002(\022\035/api/v1/triggers/{trigger_id}b\007trigger'
-  _globals['_GETTRIGGERREQUEST']._serialized_start=84
-  _globals['_GETTRIGGERREQUEST']._serialized_end=123
-  _globals['_GETTRIGGERRESPONSE']._serialized_start=125
-  _globals['_GETTRIGGERRESPONSE']._serialized_end=190
-  _globals['_TRIGGER']._serialized_start=193
-  _globals['_TRIGGER']._serialized_end=453
-  _globals['_TRIGGERSUMMARY']._serialized_start=455
-  _globals['_TRIGGERSUMMARY']._serialized_end=543
-  _globals['_TRACKERSERVICE']._serialized_start=546
-  _globals['_TRACKERSERVICE']._serialized_end=702
+  _globals['_TRACKERSERVICE'].methods_by_name['GetTriggerWorkflow']._loaded_options = None
+  _globals['_TRACKERSERVICE'].methods_by_name['GetTriggerWorkflow']._serialized_options = b'\202\323\344\223\0020\022&/api/v1/triggers/{trigger_id}/workflowb\006detail'
+  _globals['_TRACKERSERVICE'].methods_by_name['TriggerEvent']._loaded_options = None
+  _globals['_TRACKERSERVICE'].methods_by_name['TriggerEvent']._serialized_options = b'\310\363\030\311\001\320\363\030(\202\323\344\223\002\037\"\026/api/v1/events/trigger:\005event'
+  _globals['_GETTRIGGERWORKFLOWREQUEST']._serialized_start=179
+  _globals['_GETTRIGGERWORKFLOWREQUEST']._serialized_end=226
+  _globals['_GETTRIGGERWORKFLOWRESPONSE']._serialized_start=228
+  _globals['_GETTRIGGERWORKFLOWRESPONSE']._serialized_end=306
+  _globals['_TRIGGERDETAIL']._serialized_start=309
+  _globals['_TRIGGERDETAIL']._serialized_end=458
+  _globals['_WORKFLOWOUTCOME']._serialized_start=461
+  _globals['_WORKFLOWOUTCOME']._serialized_end=757
+  _globals['_TRIGGEREVENTREQUEST']._serialized_start=759
+  _globals['_TRIGGEREVENTREQUEST']._serialized_end=853
+  _globals['_TRIGGEREVENTRESPONSE']._serialized_start=856
+  _globals['_TRIGGEREVENTRESPONSE']._serialized_end=1062
+  _globals['_GETTRIGGERREQUEST']._serialized_start=1064
+  _globals['_GETTRIGGERREQUEST']._serialized_end=1103
+  _globals['_GETTRIGGERRESPONSE']._serialized_start=1105
+  _globals['_GETTRIGGERRESPONSE']._serialized_end=1170
+  _globals['_TRIGGER']._serialized_start=1173
+  _globals['_TRIGGER']._serialized_end=1433
+  _globals['_TRIGGERSUMMARY']._serialized_start=1435
+  _globals['_TRIGGERSUMMARY']._serialized_end=1523
+  _globals['_TRACKERSERVICE']._serialized_start=1526
+  _globals['_TRACKERSERVICE']._serialized_end=2000
 # @@protoc_insertion_point(module_scope)

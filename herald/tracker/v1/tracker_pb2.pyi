@@ -3,8 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from herald.executor.v1 import executor_pb2 as _executor_pb2
+from herald.ingest.v1 import ingest_pb2 as _ingest_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -15,6 +19,208 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class GetTriggerWorkflowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIGGER_ID_FIELD_NUMBER: _builtins.int
+    trigger_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        trigger_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["trigger_id", b"trigger_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTriggerWorkflowRequest: _TypeAlias = GetTriggerWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class GetTriggerWorkflowResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DETAIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def detail(self) -> Global___TriggerDetail: ...
+    def __init__(
+        self,
+        *,
+        detail: Global___TriggerDetail | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTriggerWorkflowResponse: _TypeAlias = GetTriggerWorkflowResponse  # noqa: Y015
+
+@_typing.final
+class TriggerDetail(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    EVENT_NAME_FIELD_NUMBER: _builtins.int
+    WORKFLOWS_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    event_name: _builtins.str
+    note: _builtins.str
+    """Why the list is empty or short: no workflow listens to the event, the trigger is not
+    matched yet, or more outcomes than are listed.
+    """
+    @_builtins.property
+    def trigger(self) -> Global___Trigger: ...
+    @_builtins.property
+    def workflows(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowOutcome]:
+        """One per workflow and contact considered, matched first; at most 1,000."""
+
+    def __init__(
+        self,
+        *,
+        trigger: Global___Trigger | None = ...,
+        event_name: _builtins.str = ...,
+        workflows: _abc.Iterable[Global___WorkflowOutcome] | None = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trigger", b"trigger"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_name", b"event_name", "note", b"note", "trigger", b"trigger", "workflows", b"workflows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerDetail: _TypeAlias = TriggerDetail  # noqa: Y015
+
+@_typing.final
+class WorkflowOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_KEY_FIELD_NUMBER: _builtins.int
+    WORKFLOW_VERSION_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    RUN_STATUS_FIELD_NUMBER: _builtins.int
+    RUN_STARTED_AT_FIELD_NUMBER: _builtins.int
+    RUN_FINISHED_AT_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    workflow_key: _builtins.str
+    workflow_version: _builtins.int
+    contact_id: _builtins.str
+    outcome: _builtins.str
+    """"matched" or "filtered"."""
+    reason: _builtins.str
+    """Why a filtered workflow did not run, as a person reads it."""
+    run_id: _builtins.str
+    run_status: _builtins.str
+    """The run of a matched workflow: "running", "completed" or "failed" ("pending" before its
+    first fact arrives).
+    """
+    run_started_at: _builtins.str
+    run_finished_at: _builtins.str
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[_executor_pb2.RunStep]:
+        """Each step of the run as the executor has it now (for the first 50 runs listed; the others
+        through GET /api/v1/runs/{run_id}).
+        """
+
+    def __init__(
+        self,
+        *,
+        workflow_key: _builtins.str = ...,
+        workflow_version: _builtins.int = ...,
+        contact_id: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        run_status: _builtins.str = ...,
+        run_started_at: _builtins.str | None = ...,
+        run_finished_at: _builtins.str | None = ...,
+        steps: _abc.Iterable[_executor_pb2.RunStep] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_run_finished_at", b"_run_finished_at", "_run_started_at", b"_run_started_at", "run_finished_at", b"run_finished_at", "run_started_at", b"run_started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_run_finished_at", b"_run_finished_at", "_run_started_at", b"_run_started_at", "contact_id", b"contact_id", "outcome", b"outcome", "reason", b"reason", "run_finished_at", b"run_finished_at", "run_id", b"run_id", "run_started_at", b"run_started_at", "run_status", b"run_status", "steps", b"steps", "workflow_key", b"workflow_key", "workflow_version", b"workflow_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__run_finished_at: _TypeAlias = _typing.Literal["run_finished_at"]  # noqa: Y015
+    _WhichOneofArgType__run_finished_at: _TypeAlias = _typing.Literal["_run_finished_at", b"_run_finished_at"]  # noqa: Y015
+    _WhichOneofReturnType__run_started_at: _TypeAlias = _typing.Literal["run_started_at"]  # noqa: Y015
+    _WhichOneofArgType__run_started_at: _TypeAlias = _typing.Literal["_run_started_at", b"_run_started_at"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__run_finished_at) -> _WhichOneofReturnType__run_finished_at | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__run_started_at) -> _WhichOneofReturnType__run_started_at | None: ...
+
+Global___WorkflowOutcome: _TypeAlias = WorkflowOutcome  # noqa: Y015
+
+@_typing.final
+class TriggerEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    wait_seconds: _builtins.int
+    """How long to wait for the trigger to finish: 1 to 30 seconds, 10 when unset."""
+    @_builtins.property
+    def event(self) -> _ingest_pb2.SendEventRequest: ...
+    def __init__(
+        self,
+        *,
+        event: _ingest_pb2.SendEventRequest | None = ...,
+        wait_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerEventRequest: _TypeAlias = TriggerEventRequest  # noqa: Y015
+
+@_typing.final
+class TriggerEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    TRIGGER_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FOR_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    success: _builtins.bool
+    trigger_id: _builtins.str
+    job_id: _builtins.str
+    message: _builtins.str
+    scheduled_for: _builtins.str
+    finished: _builtins.bool
+    """Whether the trigger finished within the wait; when not, what is shown is its state then."""
+    @_builtins.property
+    def detail(self) -> Global___TriggerDetail: ...
+    def __init__(
+        self,
+        *,
+        success: _builtins.bool = ...,
+        trigger_id: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        scheduled_for: _builtins.str | None = ...,
+        finished: _builtins.bool = ...,
+        detail: Global___TriggerDetail | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_scheduled_for", b"_scheduled_for", "detail", b"detail", "scheduled_for", b"scheduled_for"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_scheduled_for", b"_scheduled_for", "detail", b"detail", "finished", b"finished", "job_id", b"job_id", "message", b"message", "scheduled_for", b"scheduled_for", "success", b"success", "trigger_id", b"trigger_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__scheduled_for: _TypeAlias = _typing.Literal["scheduled_for"]  # noqa: Y015
+    _WhichOneofArgType__scheduled_for: _TypeAlias = _typing.Literal["_scheduled_for", b"_scheduled_for"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__scheduled_for) -> _WhichOneofReturnType__scheduled_for | None: ...
+
+Global___TriggerEventResponse: _TypeAlias = TriggerEventResponse  # noqa: Y015
 
 @_typing.final
 class GetTriggerRequest(_message.Message):

@@ -40,6 +40,16 @@ class TrackerServiceStub:
                 request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetTriggerRequest.SerializeToString,
                 response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetTriggerResponse.FromString,
                 _registered_method=True)
+        self.GetTriggerWorkflow = channel.unary_unary(
+                '/herald.tracker.v1.TrackerService/GetTriggerWorkflow',
+                request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetTriggerWorkflowRequest.SerializeToString,
+                response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetTriggerWorkflowResponse.FromString,
+                _registered_method=True)
+        self.TriggerEvent = channel.unary_unary(
+                '/herald.tracker.v1.TrackerService/TriggerEvent',
+                request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.TriggerEventRequest.SerializeToString,
+                response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.TriggerEventResponse.FromString,
+                _registered_method=True)
 
 
 class TrackerServiceServicer:
@@ -53,6 +63,23 @@ class TrackerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTriggerWorkflow(self, request, context):
+        """Every workflow the trigger's events were considered by: matched (with each run and its
+        steps) or filtered with the reason (Sendmator "Get Workflow Execution Details").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerEvent(self, request, context):
+        """Accept an event as POST /api/v1/events/send does, then wait (wait_seconds, default 10, at
+        most 30) until its trigger finished, and answer with the full execution result. For
+        testing and debugging: production senders use events/send.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrackerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +87,16 @@ def add_TrackerServiceServicer_to_server(servicer, server):
                     servicer.GetTrigger,
                     request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetTriggerRequest.FromString,
                     response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetTriggerResponse.SerializeToString,
+            ),
+            'GetTriggerWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTriggerWorkflow,
+                    request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetTriggerWorkflowRequest.FromString,
+                    response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetTriggerWorkflowResponse.SerializeToString,
+            ),
+            'TriggerEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerEvent,
+                    request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.TriggerEventRequest.FromString,
+                    response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.TriggerEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +127,60 @@ class TrackerService:
             '/herald.tracker.v1.TrackerService/GetTrigger',
             herald_dot_tracker_dot_v1_dot_tracker__pb2.GetTriggerRequest.SerializeToString,
             herald_dot_tracker_dot_v1_dot_tracker__pb2.GetTriggerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTriggerWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.tracker.v1.TrackerService/GetTriggerWorkflow',
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.GetTriggerWorkflowRequest.SerializeToString,
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.GetTriggerWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.tracker.v1.TrackerService/TriggerEvent',
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.TriggerEventRequest.SerializeToString,
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.TriggerEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,15 @@ class TrackerServiceStub:
     def __new__(cls, channel: _aio.Channel) -> TrackerServiceAsyncStub: ...
     GetTrigger: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.GetTriggerRequest, _tracker_pb2.GetTriggerResponse]
     """Basic trigger info (Sendmator "Get Basic Trigger Info")."""
+    GetTriggerWorkflow: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.GetTriggerWorkflowRequest, _tracker_pb2.GetTriggerWorkflowResponse]
+    """Every workflow the trigger's events were considered by: matched (with each run and its
+    steps) or filtered with the reason (Sendmator "Get Workflow Execution Details").
+    """
+    TriggerEvent: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.TriggerEventRequest, _tracker_pb2.TriggerEventResponse]
+    """Accept an event as POST /api/v1/events/send does, then wait (wait_seconds, default 10, at
+    most 30) until its trigger finished, and answer with the full execution result. For
+    testing and debugging: production senders use events/send.
+    """
 
 @_typing.type_check_only
 class TrackerServiceAsyncStub(TrackerServiceStub):
@@ -43,6 +52,15 @@ class TrackerServiceAsyncStub(TrackerServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetTrigger: _aio.UnaryUnaryMultiCallable[_tracker_pb2.GetTriggerRequest, _tracker_pb2.GetTriggerResponse]  # type: ignore[assignment]
     """Basic trigger info (Sendmator "Get Basic Trigger Info")."""
+    GetTriggerWorkflow: _aio.UnaryUnaryMultiCallable[_tracker_pb2.GetTriggerWorkflowRequest, _tracker_pb2.GetTriggerWorkflowResponse]  # type: ignore[assignment]
+    """Every workflow the trigger's events were considered by: matched (with each run and its
+    steps) or filtered with the reason (Sendmator "Get Workflow Execution Details").
+    """
+    TriggerEvent: _aio.UnaryUnaryMultiCallable[_tracker_pb2.TriggerEventRequest, _tracker_pb2.TriggerEventResponse]  # type: ignore[assignment]
+    """Accept an event as POST /api/v1/events/send does, then wait (wait_seconds, default 10, at
+    most 30) until its trigger finished, and answer with the full execution result. For
+    testing and debugging: production senders use events/send.
+    """
 
 class TrackerServiceServicer(metaclass=_abc_1.ABCMeta):
     """TrackerService answers what happened to a trigger after it was sent."""
@@ -54,5 +72,26 @@ class TrackerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tracker_pb2.GetTriggerResponse, _abc.Awaitable[_tracker_pb2.GetTriggerResponse]]:
         """Basic trigger info (Sendmator "Get Basic Trigger Info")."""
+
+    @_abc_1.abstractmethod
+    def GetTriggerWorkflow(
+        self,
+        request: _tracker_pb2.GetTriggerWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.GetTriggerWorkflowResponse, _abc.Awaitable[_tracker_pb2.GetTriggerWorkflowResponse]]:
+        """Every workflow the trigger's events were considered by: matched (with each run and its
+        steps) or filtered with the reason (Sendmator "Get Workflow Execution Details").
+        """
+
+    @_abc_1.abstractmethod
+    def TriggerEvent(
+        self,
+        request: _tracker_pb2.TriggerEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.TriggerEventResponse, _abc.Awaitable[_tracker_pb2.TriggerEventResponse]]:
+        """Accept an event as POST /api/v1/events/send does, then wait (wait_seconds, default 10, at
+        most 30) until its trigger finished, and answer with the full execution result. For
+        testing and debugging: production senders use events/send.
+        """
 
 def add_TrackerServiceServicer_to_server(servicer: TrackerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
