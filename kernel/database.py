@@ -46,11 +46,14 @@ def sqlalchemy_url(url: str) -> str:
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 16) -> AsyncEngine:
+    """An engine whose pool keeps `pool_size` connections (a consumer's concurrency: a busy
+    consumer reuses them rather than open and close extra ones) and opens at most half as many
+    more for bursts."""
     return create_async_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size // 2,
         pool_pre_ping=True,
         pool_recycle=1800,
     )

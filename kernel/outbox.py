@@ -41,8 +41,10 @@ from kernel.loops import every
 
 log = structlog.get_logger(__name__)
 
-# Acknowledged rows deleted by one statement, at most.
+# Acknowledged rows deleted by one statement, at most; and how long acknowledgements gather
+# before a statement deletes them (one DELETE per commit would cost more than the commits).
 DELETE_BATCH = 2000
+DELETE_PAUSE_SECONDS = 0.05
 
 Receipts = dict[str, int]
 """Stream sequence of each published message, by message id."""
@@ -106,6 +108,7 @@ class Outbox:
         """Delete acknowledged rows until none is left; what arrives meanwhile goes in the next batch."""
         try:
             while self._acknowledged:
+                await asyncio.sleep(DELETE_PAUSE_SECONDS)
                 batch = self._acknowledged[:DELETE_BATCH]
                 self._acknowledged = self._acknowledged[DELETE_BATCH:]
                 try:

@@ -49,7 +49,7 @@ from services.executor.domain import (
 )
 
 log = structlog.get_logger(__name__)
-# Deliveries under way at once per executor process (the database pool holds 20 connections).
+# Deliveries under way at once per executor process (the database pool holds 16 to 24 connections).
 DELIVERY_SLOTS = 12
 # A provider's Retry-After is honoured up to this many seconds.
 MAX_RETRY_AFTER = 3600.0

@@ -11,7 +11,7 @@ from herald.bus.v1 import event_pb2
 from kernel.bus import Delivery, Handler, decode
 from kernel.cache import TtlCache
 from services.matcher import handlers
-from services.matcher.domain import Segment
+from services.matcher.domain import Segment, Workflow
 
 DURABLE = "matcher"
 FILTER = "events.>"
@@ -24,30 +24,35 @@ PROJECT_SECONDS = 1.0
 @dataclass
 class ProjectCaches:
     """What the matcher reads for every event but rarely changes, per project, as of at most
-    PROJECT_SECONDS ago: the event names its workflows listen to and its segments. This process
-    forgets a project's entries as soon as it changes one of its workflows or segments."""
+    PROJECT_SECONDS ago: its workflows (by the event they listen to) and its segments. This
+    process forgets a project's entries as soon as it changes one of its workflows or segments."""
 
-    listened: TtlCache[str, frozenset[str]]
+    workflows: TtlCache[str, dict[str, list[Workflow]]]
     segments: TtlCache[str, list[Segment]]
 
     @classmethod
     def over(cls, unit_of_work: Callable[[], handlers.MatcherUnitOfWork]) -> ProjectCaches:
         return cls(
-            TtlCache(PROJECT_SECONDS, lambda team_id: handlers.listened_events(team_id, unit_of_work())),
+            TtlCache(PROJECT_SECONDS, lambda team_id: handlers.workflows_by_event(team_id, unit_of_work())),
             TtlCache(PROJECT_SECONDS, lambda team_id: handlers.list_segments(team_id, unit_of_work())),
         )
 
     def forget(self, team_id: str) -> None:
-        self.listened.forget(team_id)
+        self.workflows.forget(team_id)
         self.segments.forget(team_id)
+
+    async def listened(self, team_id: str, event_name: str) -> bool:
+        """Whether an active workflow of the project listens to `event_name`."""
+        listening = (await self.workflows.get(team_id)).get(event_name, [])
+        return any(workflow.definition.active for workflow in listening)
 
 
 def event_handler(unit_of_work: Callable[[], handlers.MatcherUnitOfWork], caches: ProjectCaches) -> Handler:
     async def handle(delivery: Delivery) -> None:
         event = decode(event_pb2.Event, delivery)
-        if event.depth and event.name not in await caches.listened.get(event.project_id):
+        if event.depth and not await caches.listened(event.project_id, event.name):
             return  # most of the system events runs emit: nobody listens, so nothing to decide
         with structlog.contextvars.bound_contextvars(event_id=event.event_id, trigger_id=event.trigger_id):
-            await handlers.match_event(event, unit_of_work(), caches.segments.get)
+            await handlers.match_event(event, unit_of_work(), caches.segments.get, caches.workflows.get)
 
     return handle

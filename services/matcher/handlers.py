@@ -82,6 +82,8 @@ class SegmentRepository(Protocol):
 
 # The segments of a project, from wherever the caller keeps them (a cache, or the database).
 SegmentSource = Callable[[str], Awaitable[list[Segment]]]
+# The workflows of a project by the event they listen to (see `workflows_by_event`), likewise.
+WorkflowSource = Callable[[str], Awaitable[dict[str, list[Workflow]]]]
 
 
 class MatcherUnitOfWork(UnitOfWork, Protocol):
@@ -192,7 +194,10 @@ async def list_workflows(team_id: str, uow: MatcherUnitOfWork) -> list[Workflow]
 
 
 async def match_event(
-    event: event_pb2.Event, uow: MatcherUnitOfWork, segments_of: SegmentSource | None = None
+    event: event_pb2.Event,
+    uow: MatcherUnitOfWork,
+    segments_of: SegmentSource | None = None,
+    workflows_of: WorkflowSource | None = None,
 ) -> list[Decision]:
     """Decide, once per event, which workflows run; request their runs and report the decisions.
 
@@ -202,7 +207,7 @@ async def match_event(
     """
     matched = messages.matched_event(event)
     async with uow:
-        workflows = await _considered(event, uow)
+        workflows = await _considered(event, uow, workflows_of)
         if event.depth and not workflows:
             # A run's system event nobody listens to: no trigger to track, nothing to remember.
             return []
@@ -230,20 +235,28 @@ async def match_event(
     return decisions
 
 
-async def _considered(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[Workflow]:
+async def _considered(
+    event: event_pb2.Event, uow: MatcherUnitOfWork, workflows_of: WorkflowSource | None = None
+) -> list[Workflow]:
     """The workflows that consider `event`: those listening to its name or, for an event of a
     direct trigger, the one workflow it names (even if deleted since, so the reason is shown)."""
     if event.workflow_key:
         workflow = await uow.workflows.latest(event.project_id, event.workflow_key)
         return [workflow] if workflow is not None else []
+    if workflows_of is not None:
+        return (await workflows_of(event.project_id)).get(event.name, [])
     return await uow.workflows.listening_to(event.project_id, event.name)
 
 
-async def listened_events(team_id: str, uow: MatcherUnitOfWork) -> frozenset[str]:
-    """The event names the project's active workflows start on."""
+async def workflows_by_event(team_id: str, uow: MatcherUnitOfWork) -> dict[str, list[Workflow]]:
+    """The latest version of each of the project's workflows (active or not), by the event it
+    listens to, in key order."""
     async with uow:
         workflows = await uow.workflows.all_latest(team_id)
-    return frozenset(w.definition.trigger_event for w in workflows if w.definition.active)
+    by_event: dict[str, list[Workflow]] = {}
+    for workflow in workflows:
+        by_event.setdefault(workflow.definition.trigger_event, []).append(workflow)
+    return by_event
 
 
 async def dry_run(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[Decision]:

@@ -123,14 +123,15 @@ class SqlTriggerRepository:
         self._session = session
 
     async def lock(self, trigger_id: uuid.UUID, team_id: str) -> TriggerState:
-        await self._session.execute(
-            insert(TRIGGERS)
-            .values(id=trigger_id, team_id=team_id, status=TriggerStatus.QUEUED)
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
-        row = (
-            await self._session.execute(select(TRIGGERS).where(TRIGGERS.c.id == trigger_id).with_for_update())
-        ).one()
+        locked = select(TRIGGERS).where(TRIGGERS.c.id == trigger_id).with_for_update()
+        row = (await self._session.execute(locked)).first()
+        if row is None:  # the trigger's first fact (or one racing it)
+            await self._session.execute(
+                insert(TRIGGERS)
+                .values(id=trigger_id, team_id=team_id, status=TriggerStatus.QUEUED)
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+            row = (await self._session.execute(locked)).one()
         return TriggerState(
             row.id,
             row.team_id,

@@ -94,6 +94,7 @@ async def record_fact(record: tracking_pb2.TrackingRecord, uow: TrackerUnitOfWor
     kind = record.WhichOneof("kind")
     async with uow:
         trigger = await uow.triggers.lock(trigger_id, record.project_id)
+        before = (trigger.status, trigger.started_at, trigger.completed_at)
         repository = uow.triggers
         if kind == "trigger_accepted":
             await repository.record_accepted(trigger_id, record.trigger_accepted)
@@ -113,7 +114,8 @@ async def record_fact(record: tracking_pb2.TrackingRecord, uow: TrackerUnitOfWor
         elif kind == "trigger_cancelled":
             cancel(trigger, from_timestamp(record.trigger_cancelled.cancelled_at))
         next_status(trigger, await repository.progress(trigger_id), at, now=utcnow())
-        await repository.save(trigger)
+        if (trigger.status, trigger.started_at, trigger.completed_at) != before:
+            await repository.save(trigger)
         await uow.commit()
 
 
