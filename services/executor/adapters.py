@@ -15,9 +15,9 @@ from sqlalchemy import (
     Index,
     Integer,
     Row,
-    Select,
     String,
     Text,
+    Uuid,
     bindparam,
     delete,
     func,
@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from kernel.database import schema_metadata, table_of
+from kernel.database import DriverStatement, schema_metadata, table_of
 from kernel.outbox import outbox_table
 from kernel.steps import StepSpec
 from kernel.unit_of_work import SqlUnitOfWork
@@ -202,6 +202,7 @@ class SqlRunRepository:
 
     def __init__(self, session: AsyncSession):
         self._session = session
+        self._loaded: dict[uuid.UUID, tuple[tuple[Any, ...], dict[str, tuple[Any, ...]]]] = {}
 
     async def add(self, run: Run) -> bool:
         values: dict[str, Any] = {
@@ -247,18 +248,18 @@ class SqlRunRepository:
         return True
 
     async def get(self, team_id: str, run_id: uuid.UUID) -> Run | None:
-        return await self._load(select(RUNS).where(RUNS.c.id == run_id, RUNS.c.team_id == team_id))
+        return await self._load(await RUN_OF_TEAM.rows(self._session, run_id=run_id, team_id=team_id))
 
     async def lock(self, run_id: uuid.UUID) -> Run | None:
-        return await self._load(select(RUNS).where(RUNS.c.id == run_id).with_for_update())
+        return await self._load(await RUN_LOCKED.rows(self._session, run_id=run_id))
 
-    async def _load(self, query: Select[Any]) -> Run | None:
-        row = (await self._session.execute(query)).first()
-        if row is None:
+    async def _load(self, rows: list[Any]) -> Run | None:
+        if not rows:
             return None
-        steps = await self._session.execute(
-            select(RUN_STEPS).where(RUN_STEPS.c.run_id == row.id).order_by(RUN_STEPS.c.position)
-        )
+        [row] = rows
+        steps = await STEPS_OF_RUN.rows(self._session, run_id=row.id)
+        # As loaded, so that `save` writes only what changed.
+        self._loaded[row.id] = (_run_values(row), {step.step_id: _step_values(step) for step in steps})
         return Run(
             id=row.id,
             team_id=row.team_id,
@@ -287,37 +288,78 @@ class SqlRunRepository:
         )
 
     async def save(self, run: Run) -> None:
-        await self._session.execute(
-            update(RUNS)
-            .where(RUNS.c.id == run.id)
-            .values(
-                status=run.status,
-                finished_at=run.finished_at,
-                replays=run.replays,
-                waited_until=run.waited_until,
+        """Write the run's and its steps' changes since they were loaded (everything, for a run
+        this repository did not load)."""
+        loaded_run, loaded_steps = self._loaded.get(run.id, (None, {}))
+        run_values = _run_values(run)
+        if run_values != loaded_run:
+            await self._session.execute(
+                update(RUNS)
+                .where(RUNS.c.id == run.id)
+                .values(
+                    status=run.status,
+                    finished_at=run.finished_at,
+                    replays=run.replays,
+                    waited_until=run.waited_until,
+                )
             )
+        changed = [
+            step for step in run.steps if _step_values(step, step.spec.id) != loaded_steps.get(step.spec.id)
+        ]
+        if changed:
+            await self._session.execute(
+                update(RUN_STEPS)
+                .where(
+                    RUN_STEPS.c.run_id == bindparam("b_run_id"), RUN_STEPS.c.step_id == bindparam("b_step_id")
+                )
+                .values(
+                    status=bindparam("b_status"),
+                    attempts=bindparam("b_attempts"),
+                    detail=bindparam("b_detail"),
+                    finished_at=bindparam("b_finished_at"),
+                ),
+                [
+                    {
+                        "b_run_id": run.id,
+                        "b_step_id": step.spec.id,
+                        "b_status": step.status,
+                        "b_attempts": step.attempts,
+                        "b_detail": step.detail,
+                        "b_finished_at": step.finished_at,
+                    }
+                    for step in changed
+                ],
+            )
+        self._loaded[run.id] = (
+            run_values,
+            {step.spec.id: _step_values(step, step.spec.id) for step in run.steps},
         )
-        await self._session.execute(
-            update(RUN_STEPS)
-            .where(RUN_STEPS.c.run_id == bindparam("b_run_id"), RUN_STEPS.c.step_id == bindparam("b_step_id"))
-            .values(
-                status=bindparam("b_status"),
-                attempts=bindparam("b_attempts"),
-                detail=bindparam("b_detail"),
-                finished_at=bindparam("b_finished_at"),
-            ),
-            [
-                {
-                    "b_run_id": run.id,
-                    "b_step_id": step.spec.id,
-                    "b_status": step.status,
-                    "b_attempts": step.attempts,
-                    "b_detail": step.detail,
-                    "b_finished_at": step.finished_at,
-                }
-                for step in run.steps
-            ],
-        )
+
+
+def _run_values(run: Any) -> tuple[Any, ...]:
+    """What `save` writes of a run (a Run, or a row of the runs table)."""
+    return (run.status, run.finished_at, run.replays, run.waited_until)
+
+
+def _step_values(step: Any, step_id: str | None = None) -> tuple[Any, ...]:
+    """What `save` writes of a step (a StepState, or a row of the steps table)."""
+    return (step_id or step.step_id, step.status, step.attempts, step.detail, step.finished_at)
+
+
+# The reads of every step a run takes, compiled once (see DriverStatement).
+RUN_LOCKED = DriverStatement.of(
+    select(RUNS).where(RUNS.c.id == bindparam("run_id", type_=Uuid)).with_for_update()
+)
+RUN_OF_TEAM = DriverStatement.of(
+    select(RUNS).where(
+        RUNS.c.id == bindparam("run_id", type_=Uuid), RUNS.c.team_id == bindparam("team_id", type_=String)
+    )
+)
+STEPS_OF_RUN = DriverStatement.of(
+    select(RUN_STEPS)
+    .where(RUN_STEPS.c.run_id == bindparam("run_id", type_=Uuid))
+    .order_by(RUN_STEPS.c.position)
+)
 
 
 class SqlTimerRepository:

@@ -15,6 +15,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    Uuid,
+    bindparam,
     delete,
     false,
     func,
@@ -26,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from kernel.database import schema_metadata, table_of
+from kernel.database import DriverStatement, schema_metadata, table_of
 from kernel.errors import Conflict
 from kernel.outbox import outbox_table
 from kernel.unit_of_work import SqlUnitOfWork
@@ -263,18 +265,13 @@ class SqlDecisionRepository:
     def __init__(self, session: AsyncSession):
         self._session = session
 
-    async def already_decided(self, event_id: uuid.UUID) -> bool:
-        found = await self._session.execute(
-            select(DECIDED_EVENTS.c.event_id).where(DECIDED_EVENTS.c.event_id == event_id)
+    async def claim(self, event: MatchedEvent) -> bool:
+        rows = await CLAIM_EVENT.rows(
+            self._session, event_id=event.event_id, trigger_id=event.trigger_id, team_id=event.team_id
         )
-        return found.first() is not None
+        return bool(rows)
 
     async def add(self, event: MatchedEvent, decisions: list[Decision]) -> None:
-        await self._session.execute(
-            insert(DECIDED_EVENTS).values(
-                event_id=event.event_id, trigger_id=event.trigger_id, team_id=event.team_id
-            )
-        )
         if not decisions:
             return
         await self._session.execute(
@@ -294,6 +291,19 @@ class SqlDecisionRepository:
                 for decision in decisions
             ],
         )
+
+
+# An event's claim, compiled once (see DriverStatement): nothing comes back for a redelivery.
+CLAIM_EVENT = DriverStatement.of(
+    insert(DECIDED_EVENTS)
+    .values(
+        event_id=bindparam("event_id", type_=Uuid),
+        trigger_id=bindparam("trigger_id", type_=Uuid),
+        team_id=bindparam("team_id", type_=String),
+    )
+    .on_conflict_do_nothing(index_elements=["event_id"])
+    .returning(DECIDED_EVENTS.c.event_id)
+)
 
 
 class SqlSegmentRepository:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
@@ -57,9 +56,14 @@ class CooldownRepository(Protocol):
 
 
 class DecisionRepository(Protocol):
-    async def already_decided(self, event_id: uuid.UUID) -> bool: ...
+    async def claim(self, event: MatchedEvent) -> bool:
+        """Record that the event is decided in this transaction; False when it was decided
+        already (a redelivery). A concurrent claim of the same event waits for this one."""
+        ...
 
-    async def add(self, event: MatchedEvent, decisions: list[Decision]) -> None: ...
+    async def add(self, event: MatchedEvent, decisions: list[Decision]) -> None:
+        """Store the decisions of a claimed event."""
+        ...
 
 
 class SegmentRepository(Protocol):
@@ -211,7 +215,7 @@ async def match_event(
         if event.depth and not workflows:
             # A run's system event nobody listens to: no trigger to track, nothing to remember.
             return []
-        if await uow.decisions.already_decided(matched.event_id):
+        if not await uow.decisions.claim(matched):
             log.info("match.already_decided", event_id=event.event_id)
             return []
         matched = await _with_segments(event, matched, uow, segments_of, record=True)

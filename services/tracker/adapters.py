@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    Select,
     String,
     Text,
+    Uuid,
+    bindparam,
     case,
     distinct,
     func,
@@ -24,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp
-from kernel.database import schema_metadata, table_of
+from kernel.database import DriverStatement, schema_metadata, table_of
 from kernel.unit_of_work import SqlUnitOfWork
 from services.tracker.domain import Outcome, Progress, Summary, TriggerState, TriggerStatus, TriggerView
 
@@ -104,7 +108,6 @@ class DeliveryRow(TrackerBase):
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-RUN_FINISHED = ("completed", "failed")
 TRIGGERS = table_of(TriggerRow)
 MATCHES = table_of(MatchRow)
 DECISIONS = table_of(DecisionRow)
@@ -123,15 +126,15 @@ class SqlTriggerRepository:
         self._session = session
 
     async def lock(self, trigger_id: uuid.UUID, team_id: str) -> TriggerState:
-        locked = select(TRIGGERS).where(TRIGGERS.c.id == trigger_id).with_for_update()
-        row = (await self._session.execute(locked)).first()
-        if row is None:  # the trigger's first fact (or one racing it)
+        rows = await LOCK.rows(self._session, trigger_id=trigger_id)
+        if not rows:  # the trigger's first fact (or one racing it)
             await self._session.execute(
                 insert(TRIGGERS)
                 .values(id=trigger_id, team_id=team_id, status=TriggerStatus.QUEUED)
                 .on_conflict_do_nothing(index_elements=["id"])
             )
-            row = (await self._session.execute(locked)).one()
+            rows = await LOCK.rows(self._session, trigger_id=trigger_id)
+        [row] = rows
         return TriggerState(
             row.id,
             row.team_id,
@@ -278,27 +281,7 @@ class SqlTriggerRepository:
         )
 
     async def progress(self, trigger_id: uuid.UUID) -> Progress:
-        matched_runs = (
-            select(
-                func.count(DECISIONS.c.run_id).label("expected"),
-                func.count(RUNS.c.run_id).filter(RUNS.c.status.in_(RUN_FINISHED)).label("finished"),
-                func.count(RUNS.c.run_id).filter(RUNS.c.status == "failed").label("failed"),
-                func.max(RUNS.c.finished_at).label("last_finished_at"),
-            )
-            .select_from(DECISIONS.outerjoin(RUNS, RUNS.c.run_id == DECISIONS.c.run_id))
-            .where(DECISIONS.c.trigger_id == trigger_id, DECISIONS.c.matched)
-            .subquery()
-        )
-        matched_events = (
-            select(func.count().label("matched_events")).where(MATCHES.c.trigger_id == trigger_id).subquery()
-        )
-        row = (
-            await self._session.execute(
-                select(TRIGGERS.c.matched_at, TRIGGERS.c.expected_events, matched_runs, matched_events)
-                .select_from(TRIGGERS.join(matched_runs, true()).join(matched_events, true()))
-                .where(TRIGGERS.c.id == trigger_id)
-            )
-        ).one()
+        [row] = await PROGRESS.rows(self._session, trigger_id=trigger_id)
         return Progress(
             matched=row.matched_at is not None,
             expected_runs=row.expected,
@@ -386,6 +369,39 @@ class SqlTriggerRepository:
                 )
             )
         return outcomes, total
+
+
+# The two statements every fact runs, compiled once (see DriverStatement).
+LOCK = DriverStatement.of(
+    select(TRIGGERS).where(TRIGGERS.c.id == bindparam("trigger_id", type_=Uuid)).with_for_update()
+)
+
+
+def _progress_statement() -> Select[Any]:
+    """How far a trigger's runs have gone: one row of counts."""
+    trigger_id = bindparam("trigger_id", type_=Uuid)
+    matched_runs = (
+        select(
+            func.count(DECISIONS.c.run_id).label("expected"),
+            func.count(RUNS.c.run_id).filter(RUNS.c.finished_at.is_not(None)).label("finished"),
+            func.count(RUNS.c.run_id).filter(RUNS.c.status == "failed").label("failed"),
+            func.max(RUNS.c.finished_at).label("last_finished_at"),
+        )
+        .select_from(DECISIONS.outerjoin(RUNS, RUNS.c.run_id == DECISIONS.c.run_id))
+        .where(DECISIONS.c.trigger_id == trigger_id, DECISIONS.c.matched)
+        .subquery()
+    )
+    matched_events = (
+        select(func.count().label("matched_events")).where(MATCHES.c.trigger_id == trigger_id).subquery()
+    )
+    return (
+        select(TRIGGERS.c.matched_at, TRIGGERS.c.expected_events, matched_runs, matched_events)
+        .select_from(TRIGGERS.join(matched_runs, true()).join(matched_events, true()))
+        .where(TRIGGERS.c.id == trigger_id)
+    )
+
+
+PROGRESS = DriverStatement.of(_progress_statement())
 
 
 class TrackerSqlUnitOfWork(SqlUnitOfWork):

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, String, Table, select
+from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, String, Table, bindparam, select
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from kernel.database import driver, insert_many
+from kernel.database import DriverStatement, driver, insert_many
 
 
 @pytest.fixture
@@ -98,3 +98,26 @@ async def test_a_value_json_cannot_carry_is_refused_before_anything_is_sent(
     async with sessions() as session:
         with pytest.raises(TypeError, match="cannot store a set"):
             await insert_many(await driver(session), table, [row(document={"tags": {"a"}})])
+
+
+async def test_a_driver_statement_binds_its_parameters_and_its_literals(
+    sessions: async_sessionmaker[AsyncSession], table: Table
+) -> None:
+    rows = [row(name="a", count=1), row(name="b", count=2), row(name="a", count=3)]
+    async with sessions() as session, session.begin():
+        await insert_many(await driver(session), table, rows)
+    named = DriverStatement.of(
+        select(table.c.count)
+        .where(table.c.name == bindparam("name", type_=String), table.c.count > 1)  # 1: a literal bind
+        .order_by(table.c.count)
+    )
+
+    async with sessions() as session, session.begin():
+        found = await named.rows(session, name="a")
+
+    assert [r.count for r in found] == [3]
+
+
+def test_a_driver_statement_cannot_expand_a_list(table: Table) -> None:
+    with pytest.raises(ValueError, match="cannot expand a list parameter"):
+        DriverStatement.of(select(table.c.id).where(table.c.name.in_(["a", "b"])))

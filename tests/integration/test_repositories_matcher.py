@@ -8,7 +8,6 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.clock import utcnow
@@ -142,17 +141,17 @@ def matched_event(team_id: str) -> MatchedEvent:
     )
 
 
-async def test_already_decided_after_decisions_are_stored(
+async def test_an_event_is_claimed_once_with_its_decisions(
     sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
 ) -> None:
     event = matched_event(team.team_id)
     listening = workflow(team.team_id, "welcome", 1, "user_signup")
     inactive = workflow(team.team_id, "paused", 1, "user_signup", active=False)
 
-    async with sessions() as session:
-        assert not await SqlDecisionRepository(session).already_decided(event.event_id)
     async with sessions() as session, session.begin():
-        await SqlDecisionRepository(session).add(
+        decisions = SqlDecisionRepository(session)
+        assert await decisions.claim(event)
+        await decisions.add(
             event,
             [
                 Decision(listening, matched=True, run_id=uuid.uuid4(), contact_id=event.contact_id),
@@ -160,24 +159,20 @@ async def test_already_decided_after_decisions_are_stored(
             ],
         )
 
-    async with sessions() as session:
-        decisions = SqlDecisionRepository(session)
-        assert await decisions.already_decided(event.event_id)
-        assert not await decisions.already_decided(uuid.uuid4())
+    async with sessions() as session, session.begin():
+        assert not await SqlDecisionRepository(session).claim(event)
+        assert await SqlDecisionRepository(session).claim(matched_event(team.team_id))
 
 
-async def test_an_event_with_no_listening_workflow_is_still_decided_once(
+async def test_a_claim_rolled_back_leaves_the_event_undecided(
     sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
 ) -> None:
     event = matched_event(team.team_id)
-    async with sessions() as session, session.begin():
-        await SqlDecisionRepository(session).add(event, [])
     async with sessions() as session:
-        assert await SqlDecisionRepository(session).already_decided(event.event_id)
-
-    with pytest.raises(IntegrityError):
-        async with sessions() as session, session.begin():
-            await SqlDecisionRepository(session).add(event, [])
+        assert await SqlDecisionRepository(session).claim(event)
+        await session.rollback()
+    async with sessions() as session, session.begin():
+        assert await SqlDecisionRepository(session).claim(event)
 
 
 async def test_a_deleted_workflow_is_neither_listed_nor_listening_but_its_versions_stay(

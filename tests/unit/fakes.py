@@ -680,13 +680,17 @@ class FakeDecisionRepository(FakeRepository):
 
     rows: dict[uuid.UUID, tuple[MatchedEvent, list[Decision]]]
 
-    async def already_decided(self, event_id: uuid.UUID) -> bool:
-        return event_id in self.rows
+    async def claim(self, event: MatchedEvent) -> bool:
+        if event.event_id in self.rows:
+            return False
+        self.rows[event.event_id] = (event, [])
+        return True
 
     async def add(self, event: MatchedEvent, decisions: list[Decision]) -> None:
         keys = [decision.workflow.key for decision in decisions]
-        if event.event_id in self.rows or len(keys) != len(set(keys)):
-            raise UniqueViolation(f"decisions for event {event.event_id} exist already")
+        claimed = self.rows.get(event.event_id)
+        if claimed is None or claimed[1] or len(keys) != len(set(keys)):
+            raise UniqueViolation(f"event {event.event_id} is not claimed, or has decisions already")
         self.rows[event.event_id] = (event, list(decisions))
 
 
