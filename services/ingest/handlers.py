@@ -15,7 +15,7 @@ from kernel.bus import OutgoingMessage
 from kernel.clock import utcnow
 from kernel.conditions import contact_in_segment
 from kernel.documents import contact_document
-from kernel.errors import Conflict, HeraldError, InvalidArgument, NotFound, Unprocessable
+from kernel.errors import Conflict, HeraldError, InvalidArgument, NotFound, PayloadTooLarge, Unprocessable
 from kernel.event_names import validate_customer_event_name
 from kernel.outbox import Receipts
 from kernel.policy import PolicyChange, ProjectPolicy
@@ -592,6 +592,8 @@ class WorkflowDirectory(Protocol):
 
 # Contacts read at a time while finding a segment's members.
 SEGMENT_PAGE = 1000
+# A trigger's data and variables are copied into each of its events: in all, at most this much.
+MAX_TRIGGER_BYTES = 64 * 1024 * 1024
 # How many unknown contacts an error lists.
 SHOWN_UNKNOWN = 5
 
@@ -609,25 +611,35 @@ async def trigger_workflow(
     check_payload(
         command.payload_bytes(), policy.event_payload_limit_bytes, "The trigger's data and variables"
     )
-    if not await directory.workflow_active(command.workflow_key):
-        raise Conflict(
-            f'Workflow {command.workflow_key!r} is paused: activate it ("active": true) to trigger it',
-            reason="WORKFLOW_INACTIVE",
-            metadata={"key": command.workflow_key},
-        )
-    condition = await directory.segment_condition(command.segment) if command.segment else ""
     now, trigger_id = utcnow(), uuid.uuid4()
     async with intake.unit_of_work() as uow:
+        # The key first: the same request again answers its trigger even if the workflow or
+        # segment has changed since.
         if key:
             fingerprint = command.fingerprint()
             expires_at = now + policy.idempotency_period
             earlier = await uow.idempotency.claim(team_id, key, fingerprint, trigger_id, expires_at)
             if earlier is not None:
                 return await _trigger_replay(command, fingerprint, earlier, uow)
+        if not await directory.workflow_active(command.workflow_key):
+            raise Conflict(
+                f'Workflow {command.workflow_key!r} is paused: activate it ("active": true) to trigger it',
+                reason="WORKFLOW_INACTIVE",
+                metadata={"key": command.workflow_key},
+            )
+        condition = await directory.segment_condition(command.segment) if command.segment else ""
         if command.segment:
             contacts = await _segment_members(team_id, command.segment, condition, uow.contacts)
         else:
             contacts = await _listed_contacts(team_id, recipients, uow.contacts)
+        total = command.payload_bytes() * len(contacts)
+        if total > MAX_TRIGGER_BYTES:
+            raise PayloadTooLarge(
+                f"The trigger's data and variables, copied into the event of each of its {len(contacts)} "
+                f"contacts, come to {total} bytes; at most {MAX_TRIGGER_BYTES} are taken: send less "
+                "data, or split the contacts over several triggers",
+                metadata={"size": str(total), "limit": str(MAX_TRIGGER_BYTES)},
+            )
         limit = policy.effective_rate_limit
         if limit:
             await intake.rates.consume(team_id, limit, 1, now)  # one request, however many contacts

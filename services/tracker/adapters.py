@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import (
     DateTime,
     Index,
     Integer,
-    Select,
     String,
     Text,
     Uuid,
@@ -58,6 +56,14 @@ class TriggerRow(TrackerBase):
     # targets. None for an event's own trigger: one event, matched once matched_at is set.
     expected_events: Mapped[int | None] = mapped_column(Integer)
     contacts: Mapped[int | None] = mapped_column(Integer)
+    # Counters kept as facts arrive (under the trigger's lock), so a fact costs the same whatever
+    # the trigger's size: its events decided (of several), the runs its decisions started, and
+    # how many of those have finished and failed.
+    events_matched: Mapped[int] = mapped_column(Integer, server_default="0")
+    runs_expected: Mapped[int] = mapped_column(Integer, server_default="0")
+    runs_finished: Mapped[int] = mapped_column(Integer, server_default="0")
+    runs_failed: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class MatchRow(TrackerBase):
@@ -71,6 +77,7 @@ class MatchRow(TrackerBase):
 
 class DecisionRow(TrackerBase):
     __tablename__ = "trigger_decisions"
+    __table_args__ = (Index("ix_trigger_decisions_run_id", "run_id"),)
 
     trigger_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     workflow_key: Mapped[str] = mapped_column(String(100), primary_key=True)
@@ -162,7 +169,8 @@ class SqlTriggerRepository:
                 contact_id=fact.contact_id or None,
                 created_at=from_timestamp(fact.created_at),
                 scheduled_for=from_timestamp(fact.scheduled_for) if fact.HasField("scheduled_for") else None,
-                **({"expected_events": fact.events, "contacts": fact.contacts} if fact.events > 1 else {}),
+                **({"expected_events": fact.events} if fact.events > 1 else {}),
+                **({"contacts": fact.contacts} if fact.contacts > 0 else {}),
             )
         )
 
@@ -186,6 +194,7 @@ class SqlTriggerRepository:
                     .values(
                         matched_at=func.coalesce(TRIGGERS.c.matched_at, at),
                         expected_events=fact.trigger_events,
+                        events_matched=TRIGGERS.c.events_matched + 1,
                     )
                 )
         else:
@@ -199,20 +208,47 @@ class SqlTriggerRepository:
             ).first()
         if first_time is None or not fact.decisions:
             return
+        inserted = await self._session.execute(
+            insert(DECISIONS)
+            .values(
+                [
+                    {
+                        "trigger_id": trigger_id,
+                        "workflow_key": decision.workflow_key,
+                        "contact_id": decision.contact_id,
+                        "workflow_version": decision.workflow_version,
+                        "matched": decision.outcome == tracking_pb2.MATCH_OUTCOME_MATCHED,
+                        "reason": decision.reason,
+                        "run_id": uuid.UUID(decision.run_id) if decision.run_id else None,
+                    }
+                    for decision in fact.decisions
+                ]
+            )
+            .on_conflict_do_nothing()
+            .returning(DECISIONS.c.run_id, DECISIONS.c.matched)
+        )
+        new_runs = [row.run_id for row in inserted if row.matched and row.run_id is not None]
+        if not new_runs:
+            return
+        # Runs whose end was reported before their decision count as finished now.
+        ended = (
+            await self._session.execute(
+                select(
+                    func.count().filter(RUNS.c.finished_at.is_not(None)).label("finished"),
+                    func.count().filter(RUNS.c.status == "failed").label("failed"),
+                    func.max(RUNS.c.finished_at).label("last"),
+                ).where(RUNS.c.run_id.in_(new_runs))
+            )
+        ).one()
         await self._session.execute(
-            insert(DECISIONS).on_conflict_do_nothing(),
-            [
-                {
-                    "trigger_id": trigger_id,
-                    "workflow_key": decision.workflow_key,
-                    "contact_id": decision.contact_id,
-                    "workflow_version": decision.workflow_version,
-                    "matched": decision.outcome == tracking_pb2.MATCH_OUTCOME_MATCHED,
-                    "reason": decision.reason,
-                    "run_id": uuid.UUID(decision.run_id) if decision.run_id else None,
-                }
-                for decision in fact.decisions
-            ],
+            update(TRIGGERS)
+            .where(TRIGGERS.c.id == trigger_id)
+            .values(
+                runs_expected=TRIGGERS.c.runs_expected + len(new_runs),
+                runs_finished=TRIGGERS.c.runs_finished + ended.finished,
+                runs_failed=TRIGGERS.c.runs_failed + ended.failed,
+                last_finished_at=func.greatest(TRIGGERS.c.last_finished_at, ended.last),
+            )
         )
 
     async def record_run_started(
@@ -241,23 +277,43 @@ class SqlTriggerRepository:
     async def record_run_finished(
         self, trigger_id: uuid.UUID, fact: tracking_pb2.RunFinished, at: datetime
     ) -> None:
+        """Record the run's end; the trigger's counters move when the run newly finished (or,
+        after a replay, finished the other way) and its decision is known."""
+        run_id = uuid.UUID(fact.run_id)
         status = "completed" if fact.outcome == tracking_pb2.RUN_OUTCOME_COMPLETED else "failed"
-        await self._session.execute(
-            insert(RUNS)
-            .values(
-                run_id=uuid.UUID(fact.run_id),
-                trigger_id=trigger_id,
-                status=status,
-                detail=fact.detail,
-                finished_at=at,
+        before = (
+            await self._session.execute(
+                select(RUNS.c.status, RUNS.c.finished_at).where(RUNS.c.run_id == run_id)
             )
-            .on_conflict_do_update(
-                index_elements=["run_id"],
-                set_={
-                    "status": status,
-                    "detail": fact.detail,
-                    "finished_at": at,
-                },
+        ).first()
+        values = {"status": status, "detail": fact.detail, "finished_at": at}
+        if before is None:
+            await self._session.execute(
+                insert(RUNS).values(run_id=run_id, trigger_id=trigger_id, **values).on_conflict_do_nothing()
+            )
+        elif before.finished_at is None or before.status != status:
+            await self._session.execute(update(RUNS).where(RUNS.c.run_id == run_id).values(**values))
+        else:
+            return  # the same end again
+        was_finished = before is not None and before.finished_at is not None
+        finished = 0 if was_finished else 1
+        failed = (status == "failed") - (was_finished and before is not None and before.status == "failed")
+        decided = (
+            await self._session.execute(
+                select(DECISIONS.c.run_id).where(
+                    DECISIONS.c.run_id == run_id, DECISIONS.c.trigger_id == trigger_id, DECISIONS.c.matched
+                )
+            )
+        ).first()
+        if decided is None:
+            return  # counted when the decision arrives
+        await self._session.execute(
+            update(TRIGGERS)
+            .where(TRIGGERS.c.id == trigger_id)
+            .values(
+                runs_finished=TRIGGERS.c.runs_finished + finished,
+                runs_failed=TRIGGERS.c.runs_failed + failed,
+                last_finished_at=func.greatest(TRIGGERS.c.last_finished_at, at),
             )
         )
 
@@ -281,15 +337,18 @@ class SqlTriggerRepository:
         )
 
     async def progress(self, trigger_id: uuid.UUID) -> Progress:
-        [row] = await PROGRESS.rows(self._session, trigger_id=trigger_id)
+        rows = await PROGRESS.rows(self._session, trigger_id=trigger_id)
+        if not rows:  # no fact about the trigger yet
+            return Progress(matched=False, expected_runs=0, finished_runs=0, failed_runs=0)
+        [row] = rows
         return Progress(
             matched=row.matched_at is not None,
-            expected_runs=row.expected,
-            finished_runs=row.finished,
-            failed_runs=row.failed,
+            expected_runs=row.runs_expected,
+            finished_runs=row.runs_finished,
+            failed_runs=row.runs_failed,
             matched_at=row.matched_at,
             last_finished_at=row.last_finished_at,
-            undecided_events=max(row.expected_events - row.matched_events, 0) if row.expected_events else 0,
+            undecided_events=max(row.expected_events - row.events_matched, 0) if row.expected_events else 0,
         )
 
     async def view(self, team_id: str, trigger_id: uuid.UUID) -> TriggerView | None:
@@ -377,31 +436,17 @@ LOCK = DriverStatement.of(
 )
 
 
-def _progress_statement() -> Select[Any]:
-    """How far a trigger's runs have gone: one row of counts."""
-    trigger_id = bindparam("trigger_id", type_=Uuid)
-    matched_runs = (
-        select(
-            func.count(DECISIONS.c.run_id).label("expected"),
-            func.count(RUNS.c.run_id).filter(RUNS.c.finished_at.is_not(None)).label("finished"),
-            func.count(RUNS.c.run_id).filter(RUNS.c.status == "failed").label("failed"),
-            func.max(RUNS.c.finished_at).label("last_finished_at"),
-        )
-        .select_from(DECISIONS.outerjoin(RUNS, RUNS.c.run_id == DECISIONS.c.run_id))
-        .where(DECISIONS.c.trigger_id == trigger_id, DECISIONS.c.matched)
-        .subquery()
-    )
-    matched_events = (
-        select(func.count().label("matched_events")).where(MATCHES.c.trigger_id == trigger_id).subquery()
-    )
-    return (
-        select(TRIGGERS.c.matched_at, TRIGGERS.c.expected_events, matched_runs, matched_events)
-        .select_from(TRIGGERS.join(matched_runs, true()).join(matched_events, true()))
-        .where(TRIGGERS.c.id == trigger_id)
-    )
-
-
-PROGRESS = DriverStatement.of(_progress_statement())
+PROGRESS = DriverStatement.of(
+    select(
+        TRIGGERS.c.matched_at,
+        TRIGGERS.c.expected_events,
+        TRIGGERS.c.events_matched,
+        TRIGGERS.c.runs_expected,
+        TRIGGERS.c.runs_finished,
+        TRIGGERS.c.runs_failed,
+        TRIGGERS.c.last_finished_at,
+    ).where(TRIGGERS.c.id == bindparam("trigger_id", type_=Uuid))
+)
 
 
 class TrackerSqlUnitOfWork(SqlUnitOfWork):

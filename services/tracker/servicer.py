@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -78,6 +79,7 @@ class IngestTriggerRecords:
             started_at=None,
             completed_at=None,
             summary=Summary(total_contacts=record.contacts),
+            event_name=record.event_name,
         )
 
 
@@ -118,16 +120,27 @@ def detail_to_proto(detail: TriggerDetail) -> tracker_pb2.TriggerDetail:
     )
 
 
+# An event sent for a synchronous trigger may wait in ingest's queue under load (the caller's
+# own wait starts once it is accepted); and how many runs' steps are asked at once.
+SEND_TIMEOUT_SECONDS = 10.0
+STEP_CALLS = 8
+
+
 class ExecutorRunSteps:
-    """Asks the executor for a run's steps, with the caller's own credentials."""
+    """Asks the executor for a run's steps, with the caller's own credentials, a few at a time."""
 
     def __init__(
         self, stub: executor_pb2_grpc.ExecutorServiceAsyncStub, metadata: tuple[tuple[str, str], ...]
     ):
         self._stub = stub
         self._metadata = metadata
+        self._calls = asyncio.Semaphore(STEP_CALLS)
 
     async def of(self, run_id: uuid.UUID) -> tuple[StepState, ...]:
+        async with self._calls:
+            return await self._steps(run_id)
+
+    async def _steps(self, run_id: uuid.UUID) -> tuple[StepState, ...]:
         try:
             answer = await self._stub.GetRun(
                 executor_pb2.GetRunRequest(run_id=str(run_id)),
@@ -160,7 +173,7 @@ class IngestEventSender:
         self.headers: tuple[tuple[str, str], ...] = ()
 
     async def send(self) -> Accepted:
-        call = self._stub.SendEvent(self._request, metadata=self._metadata, timeout=CALL_TIMEOUT_SECONDS)
+        call = self._stub.SendEvent(self._request, metadata=self._metadata, timeout=SEND_TIMEOUT_SECONDS)
         try:
             answer = await call
         except grpc.aio.AioRpcError as error:

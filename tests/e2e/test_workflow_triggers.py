@@ -5,6 +5,7 @@ summary counting them, idempotent replays, and bad requests refused with nothing
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -317,3 +318,34 @@ def test_bad_synchronous_triggers_and_unknown_trigger_ids_are_refused(running: R
     assert http.get("/api/v1/triggers/not-a-uuid/workflow", headers=headers).status_code == 404
     assert http.post("/api/v1/events/trigger", json=event).status_code == 401
     assert http.post("/api/v1/events/send?wait_seconds=3", json=event, headers=headers).status_code == 400
+
+
+def test_a_scheduled_synchronous_trigger_is_answered_at_once(running: RunningStack) -> None:
+    fires_at = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
+    event = {
+        "event_name": "sync.unheard",
+        "user_info": {"contact_external_id": "x-3"},
+        "trigger_at": fires_at.isoformat().replace("+00:00", "Z"),
+    }
+
+    answer = sync_trigger(running, event)
+
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert (body["finished"], body["scheduled_for"]) == (
+        False,
+        fires_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    )
+    assert body["detail"]["trigger"]["status"] == "scheduled"
+    assert body["detail"]["note"] == "Not matched yet: the trigger is scheduled"
+    assert body["detail"]["event_name"] == "sync.unheard"
+
+
+def test_a_direct_trigger_whose_only_contact_is_filtered_still_counts_it(running: RunningStack) -> None:
+    set_up(running)
+
+    answer = trigger(running, {"workflow_key": "direct-welcome", "contacts": [{"external_id": "direct-cy"}]})
+
+    assert answer.status_code == 201, answer.text
+    done = settled(running, answer.json()["trigger_id"])
+    assert done["summary"] == {"total_contacts": 1, "sent": 0, "failed": 0, "filtered": 1}

@@ -325,3 +325,30 @@ async def test_a_direct_trigger_completes_only_once_every_contacts_event_is_deci
     done = await view()
     assert done.status == TriggerStatus.COMPLETED
     assert done.summary == Summary(total_contacts=3, sent=1, failed=0, filtered=1)
+
+
+async def test_a_run_that_finishes_again_the_other_way_moves_the_counts_once(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    story = TriggerStory(team.team_id)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    await apply(sessions, story.accepted(), story.run_finished(first, completed=False))
+    await apply(sessions, story.matched({"a": first, "b": second}))
+    _, progress = await look(sessions, story)
+    assert (progress.expected_runs, progress.finished_runs, progress.failed_runs) == (2, 1, 1)
+
+    # A dead letter replayed: the failed run completes after all; each fact delivered twice.
+    replayed = story.run_finished(first, completed=True)
+    await apply(sessions, replayed, replayed, story.run_finished(second), story.run_finished(second))
+
+    view, progress = await look(sessions, story)
+    assert (progress.expected_runs, progress.finished_runs, progress.failed_runs) == (2, 2, 0)
+    assert view is not None and view.status == TriggerStatus.COMPLETED
+
+
+async def test_a_trigger_no_fact_named_yet_has_no_progress(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with TrackerSqlUnitOfWork(sessions) as uow:
+        progress = await uow.triggers.progress(uuid.uuid4())
+    assert progress == Progress(matched=False, expected_runs=0, finished_runs=0, failed_runs=0)

@@ -254,3 +254,30 @@ async def test_the_same_idempotency_key_replays_the_trigger_and_another_body_is_
     with pytest.raises(Unprocessable, match="idempotency_key was already used for a different request"):
         await setup.trigger(contacts=listed[:1], idempotency_key="launch-1")
     assert len(setup.uow.events.rows) == 2
+
+
+async def test_a_replay_answers_its_trigger_even_after_the_workflow_was_paused(setup: Setup) -> None:
+    await setup.contact("u-1")
+    listed = (Recipient(external_id="u-1"),)
+    first = await setup.trigger(contacts=listed, idempotency_key="launch-2")
+    setup.directory.workflows["welcome"] = False
+
+    again = await setup.trigger(contacts=listed, idempotency_key="launch-2")
+
+    assert (again.trigger_id, again.replayed) == (first.trigger_id, True)
+    with pytest.raises(Conflict, match="is paused"):
+        await setup.trigger(contacts=listed, idempotency_key="launch-3")
+
+
+async def test_data_copied_into_every_event_is_capped_in_all(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "MAX_TRIGGER_BYTES", 1000)
+    for n in range(3):
+        await setup.contact(f"u-{n}")
+    listed = tuple(Recipient(external_id=f"u-{n}") for n in range(3))
+
+    with pytest.raises(PayloadTooLarge, match="its 3 contacts, come to 1"):
+        await setup.trigger(contacts=listed, data={"blob": "x" * 400})
+    setup.assert_nothing_new()
+    assert (await setup.trigger(contacts=listed[:2], data={"blob": "x" * 400})).total_contacts == 2

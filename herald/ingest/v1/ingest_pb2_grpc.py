@@ -134,14 +134,15 @@ class IngestServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TriggerWorkflow(self, request, context):
-        """Cancel a scheduled trigger before it fires.
+        """Run one workflow for listed contacts or a segment's members, as one trigger.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelTrigger(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Cancel a scheduled trigger before it fires.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

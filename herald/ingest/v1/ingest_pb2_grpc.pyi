@@ -60,8 +60,9 @@ class IngestServiceStub:
     created or changed.
     """
     TriggerWorkflow: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.TriggerWorkflowRequest, _ingest_pb2.TriggerWorkflowResponse]
-    """Cancel a scheduled trigger before it fires."""
+    """Run one workflow for listed contacts or a segment's members, as one trigger."""
     CancelTrigger: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.CancelTriggerRequest, _ingest_pb2.CancelTriggerResponse]
+    """Cancel a scheduled trigger before it fires."""
     GetTriggerRecord: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetTriggerRecordRequest, _ingest_pb2.GetTriggerRecordResponse]
     """What ingest knows of a trigger it created: used by the tracker for a trigger whose
     tracking records it has not received yet. Not exposed over REST.
@@ -105,8 +106,9 @@ class IngestServiceAsyncStub(IngestServiceStub):
     created or changed.
     """
     TriggerWorkflow: _aio.UnaryUnaryMultiCallable[_ingest_pb2.TriggerWorkflowRequest, _ingest_pb2.TriggerWorkflowResponse]  # type: ignore[assignment]
-    """Cancel a scheduled trigger before it fires."""
+    """Run one workflow for listed contacts or a segment's members, as one trigger."""
     CancelTrigger: _aio.UnaryUnaryMultiCallable[_ingest_pb2.CancelTriggerRequest, _ingest_pb2.CancelTriggerResponse]  # type: ignore[assignment]
+    """Cancel a scheduled trigger before it fires."""
     GetTriggerRecord: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetTriggerRecordRequest, _ingest_pb2.GetTriggerRecordResponse]  # type: ignore[assignment]
     """What ingest knows of a trigger it created: used by the tracker for a trigger whose
     tracking records it has not received yet. Not exposed over REST.
@@ -177,14 +179,15 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ingest_pb2.TriggerWorkflowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ingest_pb2.TriggerWorkflowResponse, _abc.Awaitable[_ingest_pb2.TriggerWorkflowResponse]]:
-        """Cancel a scheduled trigger before it fires."""
+        """Run one workflow for listed contacts or a segment's members, as one trigger."""
 
     @_abc_1.abstractmethod
     def CancelTrigger(
         self,
         request: _ingest_pb2.CancelTriggerRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ingest_pb2.CancelTriggerResponse, _abc.Awaitable[_ingest_pb2.CancelTriggerResponse]]: ...
+    ) -> _typing.Union[_ingest_pb2.CancelTriggerResponse, _abc.Awaitable[_ingest_pb2.CancelTriggerResponse]]:
+        """Cancel a scheduled trigger before it fires."""
 
     @_abc_1.abstractmethod
     def GetTriggerRecord(
