@@ -254,6 +254,9 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+# Handles a whole fetch at once (one transaction for many messages); when it fails, each
+# message is handled again on its own by the consumer's Handler.
+BatchHandler = Callable[[Sequence[Delivery]], Awaitable[None]]
 MessageT = TypeVar("MessageT", bound=Message)
 
 
@@ -282,6 +285,7 @@ class Consumer:
     max_attempts: int = 5
     concurrency: int = 16
     ack_wait_seconds: float = 6.0
+    batch_handler: BatchHandler | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         config = api.ConsumerConfig(
@@ -307,22 +311,36 @@ class Consumer:
                 log.warning("consumer.fetch_failed", durable=self.durable, error=str(error))
                 await asyncio.sleep(0.5)
                 continue
-            await asyncio.gather(*(self._handle(message) for message in messages))
+            if self.batch_handler is not None and len(messages) > 1:
+                await self._handle_batch(messages, self.batch_handler)
+            else:
+                await asyncio.gather(*(self._handle(message) for message in messages))
         try:
             await subscription.unsubscribe()
         except Exception as error:  # the connection may be gone already
             log.info("consumer.unsubscribe_failed", durable=self.durable, error=str(error))
         log.info("consumer.stopped", durable=self.durable)
 
+    async def _handle_batch(self, messages: list[Msg], handler: BatchHandler) -> None:
+        """All of a fetch's messages by `handler` at once, acknowledged together; when that
+        fails, each again on its own, so one bad message is retried or dead-lettered alone."""
+        keep_alive = [asyncio.create_task(self._keep_alive(message)) for message in messages]
+        try:
+            await handler([_delivery(message) for message in messages])
+        except Exception as error:
+            log.warning(
+                "consumer.batch_failed", durable=self.durable, size=len(messages), error=repr(error)[:500]
+            )
+        else:
+            await asyncio.gather(*(message.ack() for message in messages))
+            return
+        finally:
+            for task in keep_alive:
+                task.cancel()
+        await asyncio.gather(*(self._handle(message) for message in messages))
+
     async def _handle(self, message: Msg) -> None:
-        metadata = message.metadata
-        delivery = Delivery(
-            subject=message.subject,
-            data=message.data,
-            headers=dict(message.headers or {}),
-            attempt=metadata.num_delivered or 1,
-            stream_sequence=metadata.sequence.stream if metadata.sequence else 0,
-        )
+        delivery = _delivery(message)
         bound = log.bind(
             durable=self.durable,
             subject=delivery.subject,
@@ -392,6 +410,17 @@ class Consumer:
             await message.nak(delay=backoff_delay(delivery.attempt))  # keep it until the DLQ is writable
             return
         await message.term()
+
+
+def _delivery(message: Msg) -> Delivery:
+    metadata = message.metadata
+    return Delivery(
+        subject=message.subject,
+        data=message.data,
+        headers=dict(message.headers or {}),
+        attempt=metadata.num_delivered or 1,
+        stream_sequence=metadata.sequence.stream if metadata.sequence else 0,
+    )
 
 
 async def read_since(

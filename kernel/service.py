@@ -69,9 +69,11 @@ class Runtime:
         filter_subject: str,
         handler: bus.Handler,
         max_attempts: int | None = None,
+        batch_handler: bus.BatchHandler | None = None,
     ) -> bus.Consumer:
         """A durable consumer; after `max_attempts` deliveries (default HERALD_MAX_DELIVERY_ATTEMPTS)
-        a message that still fails goes to the DLQ stream."""
+        a message that still fails goes to the DLQ stream. With `batch_handler`, each fetch is
+        handled at once (see bus.BatchHandler)."""
         return bus.Consumer(
             js=self.js,
             stream=stream,
@@ -80,6 +82,7 @@ class Runtime:
             handler=handler,
             max_attempts=max_attempts or self.settings.max_delivery_attempts,
             concurrency=self.settings.consumer_concurrency,
+            batch_handler=batch_handler,
         )
 
     @classmethod

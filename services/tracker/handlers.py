@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
@@ -89,13 +89,30 @@ class TriggerRecords(Protocol):
 
 async def record_fact(record: tracking_pb2.TrackingRecord, uow: TrackerUnitOfWork) -> None:
     """Apply one tracking record to its trigger and move the trigger's status on."""
-    trigger_id = uuid.UUID(record.trigger_id)
-    at = from_timestamp(record.recorded_at) if record.HasField("recorded_at") else utcnow()
-    kind = record.WhichOneof("kind")
+    await record_facts([record], uow)
+
+
+async def record_facts(records: Sequence[tracking_pb2.TrackingRecord], uow: TrackerUnitOfWork) -> None:
+    """Apply tracking records in one transaction: each trigger is locked once, in id order (so
+    two batches never wait on each other in a cycle), gets its facts in the order given, and
+    moves its status on after each."""
+    by_trigger: dict[uuid.UUID, list[tracking_pb2.TrackingRecord]] = {}
+    for record in records:
+        by_trigger.setdefault(uuid.UUID(record.trigger_id), []).append(record)
     async with uow:
-        trigger = await uow.triggers.lock(trigger_id, record.project_id)
-        before = (trigger.status, trigger.started_at, trigger.completed_at)
-        repository = uow.triggers
+        for trigger_id in sorted(by_trigger):
+            await _apply(trigger_id, by_trigger[trigger_id], uow.triggers)
+        await uow.commit()
+
+
+async def _apply(
+    trigger_id: uuid.UUID, records: list[tracking_pb2.TrackingRecord], repository: TriggerRepository
+) -> None:
+    trigger = await repository.lock(trigger_id, records[0].project_id)
+    before = (trigger.status, trigger.started_at, trigger.completed_at)
+    for record in records:
+        at = from_timestamp(record.recorded_at) if record.HasField("recorded_at") else utcnow()
+        kind = record.WhichOneof("kind")
         if kind == "trigger_accepted":
             await repository.record_accepted(trigger_id, record.trigger_accepted)
             trigger.scheduled_for = (
@@ -114,9 +131,8 @@ async def record_fact(record: tracking_pb2.TrackingRecord, uow: TrackerUnitOfWor
         elif kind == "trigger_cancelled":
             cancel(trigger, from_timestamp(record.trigger_cancelled.cancelled_at))
         next_status(trigger, await repository.progress(trigger_id), at, now=utcnow())
-        if (trigger.status, trigger.started_at, trigger.completed_at) != before:
-            await repository.save(trigger)
-        await uow.commit()
+    if (trigger.status, trigger.started_at, trigger.completed_at) != before:
+        await repository.save(trigger)
 
 
 async def get_trigger(

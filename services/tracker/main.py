@@ -9,7 +9,7 @@ from kernel.clients import channel
 from kernel.grpc_server import ServiceRegistration
 from kernel.service import Runtime, run_service
 from services.tracker.adapters import TrackerSqlUnitOfWork
-from services.tracker.consumers import DURABLE, FILTER, tracking_handler
+from services.tracker.consumers import DURABLE, FILTER, tracking_batch_handler, tracking_handler
 from services.tracker.servicer import TrackerServicer
 
 SERVICE_NAME = tracker_pb2.DESCRIPTOR.services_by_name["TrackerService"].full_name
@@ -35,7 +35,15 @@ async def serve(runtime: Runtime) -> None:
                     SERVICE_NAME, servicer, tracker_pb2_grpc.add_TrackerServiceServicer_to_server
                 )
             ],
-            consumers=[runtime.consumer("TRACKING", DURABLE, FILTER, tracking_handler(unit_of_work))],
+            consumers=[
+                runtime.consumer(
+                    "TRACKING",
+                    DURABLE,
+                    FILTER,
+                    tracking_handler(unit_of_work),
+                    batch_handler=tracking_batch_handler(unit_of_work),
+                )
+            ],
         )
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from unittest.mock import patch
@@ -308,3 +309,46 @@ async def test_two_consumers_of_one_message_each_write_their_dlq_record(js: JetS
 
     assert await dead_letter(js, first.dlq_subject) is not None
     assert await dead_letter(js, second.dlq_subject) is not None
+
+
+def batch_handling(lane: Lane, js: JetStreamContext) -> tuple[Consumer, RecordingHandler, list[list[bytes]]]:
+    """A consumer whose batch handler fails any batch holding b"bad"; one by one, b"bad" is poison."""
+    batches: list[list[bytes]] = []
+
+    async def batch(deliveries: Sequence[Delivery]) -> None:
+        batches.append([d.data for d in deliveries])
+        if any(d.data == b"bad" for d in deliveries):
+            raise RuntimeError("one message of the batch cannot be handled")
+
+    async def one(delivery: Delivery) -> None:
+        if delivery.data == b"bad":
+            raise Poison("never readable")
+
+    handler = RecordingHandler(one)
+    return dataclasses.replace(consumer_for(js, lane, handler), batch_handler=batch), handler, batches
+
+
+async def test_a_batch_handler_takes_a_whole_fetch_at_once(js: JetStreamContext) -> None:
+    lane = Lane()
+    consumer, handler, batches = batch_handling(lane, js)
+    last = [await publish(js, lane, f"good-{n}".encode()) for n in range(3)][-1]
+
+    async with running(consumer):
+        await eventually(lambda: settled(js, lane, last), what="a batch acked")
+
+    assert batches == [[b"good-0", b"good-1", b"good-2"]]
+    assert handler.deliveries == []
+
+
+async def test_a_failed_batch_is_handled_again_one_by_one(js: JetStreamContext) -> None:
+    lane = Lane()
+    consumer, handler, batches = batch_handling(lane, js)
+    last = [await publish(js, lane, payload) for payload in (b"good-3", b"bad", b"good-4")][-1]
+
+    async with running(consumer):
+        record = await eventually(lambda: dead_letter(js, lane.dlq_subject), what="the bad one dead-lettered")
+        await eventually(lambda: settled(js, lane, last), what="the others acked")
+
+    assert batches == [[b"good-3", b"bad", b"good-4"]]
+    assert record.data == b"bad"
+    assert sorted(d.data for d in handler.deliveries) == [b"bad", b"good-3", b"good-4"]

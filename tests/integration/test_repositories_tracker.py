@@ -14,7 +14,7 @@ from herald.bus.v1 import tracking_pb2
 from kernel.clock import to_timestamp, utcnow
 from services.tracker.adapters import TrackerSqlUnitOfWork
 from services.tracker.domain import Progress, Summary, TriggerStatus, TriggerView
-from services.tracker.handlers import record_fact
+from services.tracker.handlers import record_fact, record_facts
 from tests.conftest import TeamCredentials
 
 
@@ -352,3 +352,28 @@ async def test_a_trigger_no_fact_named_yet_has_no_progress(
     async with TrackerSqlUnitOfWork(sessions) as uow:
         progress = await uow.triggers.progress(uuid.uuid4())
     assert progress == Progress(matched=False, expected_runs=0, finished_runs=0, failed_runs=0)
+
+
+async def test_facts_of_several_triggers_in_one_batch_count_as_one_by_one(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    stories = [TriggerStory(team.team_id) for _ in range(3)]
+    runs = [uuid.uuid4() for _ in stories]
+    facts = []
+    for story, run_id in zip(stories, runs, strict=True):
+        facts += [
+            story.run_finished(run_id),
+            story.accepted(),
+            story.delivery(run_id, "greet", sent=True),
+            story.matched({"welcome": run_id}),
+            story.run_started(run_id, "welcome"),
+        ]
+    batch = facts[::2] + facts[1::2] + facts[:4]  # interleaved, some twice
+
+    await record_facts(batch, TrackerSqlUnitOfWork(sessions))
+
+    for story in stories:
+        view, progress = await look(sessions, story)
+        assert (progress.expected_runs, progress.finished_runs) == (1, 1)
+        assert view is not None and view.status == TriggerStatus.COMPLETED
+        assert view.summary == Summary(total_contacts=1, sent=1, failed=0, filtered=0)
