@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,8 +16,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    Uuid,
-    bindparam,
     delete,
     false,
     func,
@@ -28,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from kernel.database import DriverStatement, schema_metadata, table_of
+from kernel.database import DriverStatement, driver, insert_many, schema_metadata, table_of
 from kernel.errors import Conflict
 from kernel.outbox import outbox_table
 from kernel.unit_of_work import SqlUnitOfWork
@@ -265,44 +264,50 @@ class SqlDecisionRepository:
     def __init__(self, session: AsyncSession):
         self._session = session
 
-    async def claim(self, event: MatchedEvent) -> bool:
-        rows = await CLAIM_EVENT.rows(
-            self._session, event_id=event.event_id, trigger_id=event.trigger_id, team_id=event.team_id
+    async def claim(self, events: Sequence[MatchedEvent]) -> set[uuid.UUID]:
+        if not events:
+            return set()
+        ordered = sorted({event.event_id: event for event in events}.values(), key=lambda e: e.event_id)
+        rows = await CLAIM_EVENTS.rows(
+            self._session,
+            event_ids=[event.event_id for event in ordered],
+            trigger_ids=[event.trigger_id for event in ordered],
+            team_ids=[event.team_id for event in ordered],
         )
-        return bool(rows)
+        return {row.event_id for row in rows}
 
-    async def add(self, event: MatchedEvent, decisions: list[Decision]) -> None:
-        if not decisions:
-            return
-        await self._session.execute(
-            insert(MATCH_DECISIONS),
-            [
-                {
-                    "event_id": event.event_id,
-                    "workflow_key": decision.workflow.key,
-                    "team_id": event.team_id,
-                    "trigger_id": event.trigger_id,
-                    "workflow_version": decision.workflow.version,
-                    "contact_id": decision.contact_id,
-                    "matched": decision.matched,
-                    "reason": decision.reason,
-                    "run_id": decision.run_id,
-                }
-                for decision in decisions
-            ],
-        )
+    async def add(self, decided: Sequence[tuple[MatchedEvent, list[Decision]]]) -> None:
+        rows = [
+            {
+                "event_id": event.event_id,
+                "workflow_key": decision.workflow.key,
+                "team_id": event.team_id,
+                "trigger_id": event.trigger_id,
+                "workflow_version": decision.workflow.version,
+                "contact_id": decision.contact_id,
+                "matched": decision.matched,
+                "reason": decision.reason,
+                "run_id": decision.run_id,
+            }
+            for event, decisions in decided
+            for decision in decisions
+        ]
+        await insert_many(await driver(self._session), MATCH_DECISIONS, rows)
 
 
-# An event's claim, compiled once (see DriverStatement): nothing comes back for a redelivery.
-CLAIM_EVENT = DriverStatement.of(
-    insert(DECIDED_EVENTS)
-    .values(
-        event_id=bindparam("event_id", type_=Uuid),
-        trigger_id=bindparam("trigger_id", type_=Uuid),
-        team_id=bindparam("team_id", type_=String),
+# Events' claims in one statement, compiled once (see DriverStatement), in event id order (two
+# replicas claiming overlapping batches wait on each other, never in a cycle): the ids that
+# come back are the events claimed now; a redelivered event's id does not.
+CLAIM_EVENTS = DriverStatement.of(
+    text(
+        """
+        INSERT INTO matcher.decided_events (event_id, trigger_id, team_id)
+        SELECT * FROM unnest(CAST(:event_ids AS uuid[]), CAST(:trigger_ids AS uuid[]),
+                             CAST(:team_ids AS varchar[]))
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id
+        """
     )
-    .on_conflict_do_nothing(index_elements=["event_id"])
-    .returning(DECIDED_EVENTS.c.event_id)
 )
 
 

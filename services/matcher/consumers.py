@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from herald.bus.v1 import event_pb2
-from kernel.bus import Delivery, Handler, decode
+from kernel.bus import BatchHandler, Delivery, Handler, decode
 from kernel.cache import TtlCache
 from services.matcher import handlers
 from services.matcher.domain import Segment, Workflow
@@ -54,5 +54,23 @@ def event_handler(unit_of_work: Callable[[], handlers.MatcherUnitOfWork], caches
             return  # most of the system events runs emit: nobody listens, so nothing to decide
         with structlog.contextvars.bound_contextvars(event_id=event.event_id, trigger_id=event.trigger_id):
             await handlers.match_event(event, unit_of_work(), caches.segments.get, caches.workflows.get)
+
+    return handle
+
+
+def event_batch_handler(
+    unit_of_work: Callable[[], handlers.MatcherUnitOfWork], caches: ProjectCaches
+) -> BatchHandler:
+    """Every event of a fetch decided in one transaction (one claim, one insert of decisions,
+    one of outgoing messages), the system events nobody listens to left out first."""
+
+    async def handle(deliveries: Sequence[Delivery]) -> None:
+        events = []
+        for delivery in deliveries:
+            event = decode(event_pb2.Event, delivery)
+            if not event.depth or await caches.listened(event.project_id, event.name):
+                events.append(event)
+        if events:
+            await handlers.match_events(events, unit_of_work(), caches.segments.get, caches.workflows.get)
 
     return handle

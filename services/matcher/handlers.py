@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
@@ -56,13 +57,14 @@ class CooldownRepository(Protocol):
 
 
 class DecisionRepository(Protocol):
-    async def claim(self, event: MatchedEvent) -> bool:
-        """Record that the event is decided in this transaction; False when it was decided
-        already (a redelivery). A concurrent claim of the same event waits for this one."""
+    async def claim(self, events: Sequence[MatchedEvent]) -> set[uuid.UUID]:
+        """Record that the events are decided in this transaction; the ids of those claimed now
+        (a redelivered event's is not among them). A concurrent claim of an event waits for
+        this one."""
         ...
 
-    async def add(self, event: MatchedEvent, decisions: list[Decision]) -> None:
-        """Store the decisions of a claimed event."""
+    async def add(self, decided: Sequence[tuple[MatchedEvent, list[Decision]]]) -> None:
+        """Store the decisions of claimed events."""
         ...
 
 
@@ -203,40 +205,66 @@ async def match_event(
     segments_of: SegmentSource | None = None,
     workflows_of: WorkflowSource | None = None,
 ) -> list[Decision]:
-    """Decide, once per event, which workflows run; request their runs and report the decisions.
+    """Decide which workflows `event` starts (see `match_events`); its decisions."""
+    decided = await match_events([event], uow, segments_of, workflows_of)
+    return decided.get(event.event_id, [])
 
-    A redelivered event finds its decisions already stored (with the messages they published
-    in the same transaction) and does nothing more. A system event from a run (depth > 0) that
-    no workflow listens to is dropped without a trace: most are, and they are many.
+
+async def match_events(
+    events: Sequence[event_pb2.Event],
+    uow: MatcherUnitOfWork,
+    segments_of: SegmentSource | None = None,
+    workflows_of: WorkflowSource | None = None,
+) -> dict[str, list[Decision]]:
+    """Decide, once per event, which workflows run; request their runs and report the
+    decisions: all of `events` in one transaction, in their order. The decisions of each event
+    decided now, by event id.
+
+    A redelivered event finds its claim already stored (with the messages its decisions
+    published in the same transaction) and does nothing more. A system event from a run
+    (depth > 0) that no workflow listens to is dropped without a trace: most are, and they are
+    many.
     """
-    matched = messages.matched_event(event)
+    decided: dict[str, list[Decision]] = {}
+    triggers: dict[str, str] = {}
     async with uow:
-        workflows = await _considered(event, uow, workflows_of)
-        if event.depth and not workflows:
+        considered = []
+        for event in events:
+            workflows = await _considered(event, uow, workflows_of)
             # A run's system event nobody listens to: no trigger to track, nothing to remember.
-            return []
-        if not await uow.decisions.claim(matched):
-            log.info("match.already_decided", event_id=event.event_id)
-            return []
-        matched = await _with_segments(event, matched, uow, segments_of, record=True)
-        decisions = [await _claim_cooldown(decision, matched, uow) for decision in decide(matched, workflows)]
-        await uow.decisions.add(matched, decisions)
-        for decision in decisions:
-            if decision.matched:
-                uow.publish(messages.run_start(decision, event))
-        if event.depth:
-            # The executor's system events become triggers of their own only when they matter.
-            uow.publish(messages.system_trigger_record(event))
-        uow.publish(messages.matched_record(matched, decisions, event.trigger_events))
+            if workflows or not event.depth:
+                considered.append((event, messages.matched_event(event), workflows))
+        if not considered:
+            return decided
+        claimed = await uow.decisions.claim([matched for _, matched, _ in considered])
+        stored: list[tuple[MatchedEvent, list[Decision]]] = []
+        for event, matched, workflows in considered:
+            if matched.event_id not in claimed or event.event_id in decided:
+                log.info("match.already_decided", event_id=event.event_id)
+                continue
+            matched = await _with_segments(event, matched, uow, segments_of, record=True)
+            decisions = [await _claim_cooldown(d, matched, uow) for d in decide(matched, workflows)]
+            decided[event.event_id] = decisions
+            triggers[event.event_id] = event.trigger_id
+            stored.append((matched, decisions))
+            for decision in decisions:
+                if decision.matched:
+                    uow.publish(messages.run_start(decision, event))
+            if event.depth:
+                # The executor's system events become triggers of their own only when they matter.
+                uow.publish(messages.system_trigger_record(event))
+            uow.publish(messages.matched_record(matched, decisions, event.trigger_events))
+        await uow.decisions.add(stored)
         await uow.commit()
-    log.info(
-        "match.decided",
-        event_id=event.event_id,
-        trigger_id=event.trigger_id,
-        matched=sum(d.matched for d in decisions),
-        filtered=sum(not d.matched for d in decisions),
-    )
-    return decisions
+    for event_id, decisions in decided.items():
+        log.info(
+            "match.decided",
+            event_id=event_id,
+            trigger_id=triggers[event_id],
+            matched=sum(d.matched for d in decisions),
+            filtered=sum(not d.matched for d in decisions),
+        )
+    return decided
 
 
 async def _considered(

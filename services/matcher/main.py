@@ -6,7 +6,7 @@ from herald.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from kernel.grpc_server import ServiceRegistration
 from kernel.service import Runtime, run_service
 from services.matcher.adapters import OUTBOX, MatcherSqlUnitOfWork
-from services.matcher.consumers import DURABLE, FILTER, ProjectCaches, event_handler
+from services.matcher.consumers import DURABLE, FILTER, ProjectCaches, event_batch_handler, event_handler
 from services.matcher.servicer import MatcherServicer
 
 SERVICE_NAME = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
@@ -28,7 +28,15 @@ async def serve(runtime: Runtime) -> None:
                 matcher_pb2_grpc.add_MatcherServiceServicer_to_server,
             )
         ],
-        consumers=[runtime.consumer("EVENTS", DURABLE, FILTER, event_handler(unit_of_work, caches))],
+        consumers=[
+            runtime.consumer(
+                "EVENTS",
+                DURABLE,
+                FILTER,
+                event_handler(unit_of_work, caches),
+                batch_handler=event_batch_handler(unit_of_work, caches),
+            )
+        ],
         background=[outbox.run_relay],
     )
 

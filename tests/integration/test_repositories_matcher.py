@@ -8,6 +8,7 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.clock import utcnow
@@ -150,18 +151,54 @@ async def test_an_event_is_claimed_once_with_its_decisions(
 
     async with sessions() as session, session.begin():
         decisions = SqlDecisionRepository(session)
-        assert await decisions.claim(event)
+        assert await decisions.claim([event]) == {event.event_id}
         await decisions.add(
-            event,
             [
-                Decision(listening, matched=True, run_id=uuid.uuid4(), contact_id=event.contact_id),
-                Decision(inactive, matched=False, reason="workflow is inactive", contact_id=event.contact_id),
-            ],
+                (
+                    event,
+                    [
+                        Decision(listening, matched=True, run_id=uuid.uuid4(), contact_id=event.contact_id),
+                        Decision(
+                            inactive,
+                            matched=False,
+                            reason="workflow is inactive",
+                            contact_id=event.contact_id,
+                        ),
+                    ],
+                )
+            ]
         )
 
+    async with sessions() as session:
+        rows = (
+            await session.execute(
+                text(
+                    "SELECT workflow_key, matched, reason, run_id IS NOT NULL AS has_run "
+                    "FROM matcher.match_decisions WHERE event_id = :id ORDER BY workflow_key"
+                ),
+                {"id": event.event_id},
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        ("paused", False, "workflow is inactive", False),
+        ("welcome", True, "", True),
+    ]
     async with sessions() as session, session.begin():
-        assert not await SqlDecisionRepository(session).claim(event)
-        assert await SqlDecisionRepository(session).claim(matched_event(team.team_id))
+        assert await SqlDecisionRepository(session).claim([event]) == set()
+        other = matched_event(team.team_id)
+        assert await SqlDecisionRepository(session).claim([other]) == {other.event_id}
+
+
+async def test_a_batch_claims_only_the_events_not_decided_before(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    decided, new, also_new = (matched_event(team.team_id) for _ in range(3))
+    async with sessions() as session, session.begin():
+        assert await SqlDecisionRepository(session).claim([decided]) == {decided.event_id}
+    async with sessions() as session, session.begin():
+        # The same event twice in one batch is claimed once.
+        claimed = await SqlDecisionRepository(session).claim([new, decided, also_new, new])
+    assert claimed == {new.event_id, also_new.event_id}
 
 
 async def test_a_claim_rolled_back_leaves_the_event_undecided(
@@ -169,10 +206,10 @@ async def test_a_claim_rolled_back_leaves_the_event_undecided(
 ) -> None:
     event = matched_event(team.team_id)
     async with sessions() as session:
-        assert await SqlDecisionRepository(session).claim(event)
+        assert await SqlDecisionRepository(session).claim([event]) == {event.event_id}
         await session.rollback()
     async with sessions() as session, session.begin():
-        assert await SqlDecisionRepository(session).claim(event)
+        assert await SqlDecisionRepository(session).claim([event]) == {event.event_id}
 
 
 async def test_a_deleted_workflow_is_neither_listed_nor_listening_but_its_versions_stay(

@@ -680,18 +680,21 @@ class FakeDecisionRepository(FakeRepository):
 
     rows: dict[uuid.UUID, tuple[MatchedEvent, list[Decision]]]
 
-    async def claim(self, event: MatchedEvent) -> bool:
-        if event.event_id in self.rows:
-            return False
-        self.rows[event.event_id] = (event, [])
-        return True
+    async def claim(self, events: Sequence[MatchedEvent]) -> set[uuid.UUID]:
+        claimed = set()
+        for event in events:
+            if event.event_id not in self.rows:
+                self.rows[event.event_id] = (event, [])
+                claimed.add(event.event_id)
+        return claimed
 
-    async def add(self, event: MatchedEvent, decisions: list[Decision]) -> None:
-        keys = [decision.workflow.key for decision in decisions]
-        claimed = self.rows.get(event.event_id)
-        if claimed is None or claimed[1] or len(keys) != len(set(keys)):
-            raise UniqueViolation(f"event {event.event_id} is not claimed, or has decisions already")
-        self.rows[event.event_id] = (event, list(decisions))
+    async def add(self, decided: Sequence[tuple[MatchedEvent, list[Decision]]]) -> None:
+        for event, decisions in decided:
+            keys = [decision.workflow.key for decision in decisions]
+            claimed = self.rows.get(event.event_id)
+            if claimed is None or claimed[1] or len(keys) != len(set(keys)):
+                raise UniqueViolation(f"event {event.event_id} is not claimed, or has decisions already")
+            self.rows[event.event_id] = (event, list(decisions))
 
 
 class FakeCooldownRepository(FakeRepository):

@@ -20,6 +20,7 @@ from services.matcher.handlers import (
     get_workflow,
     list_workflows,
     match_event,
+    match_events,
 )
 from services.matcher.messages import definition_from_proto, definition_to_proto
 from tests.unit.fakes import FakeMatcherUnitOfWork
@@ -408,6 +409,29 @@ async def test_matching_the_same_event_twice_publishes_nothing_the_second_time()
 
     assert again == []
     assert uow.published == published
+
+
+async def test_a_batch_decides_each_new_event_once_in_one_transaction() -> None:
+    uow = FakeMatcherUnitOfWork()
+    await create_workflow(TEAM, a_definition(), uow)
+    decided_before, first, second = an_event(), an_event(), an_event()
+    await match_event(decided_before, uow)
+    unheard = an_event("herald.mail.send")
+    unheard.depth = 1
+    published, commits = len(uow.published), uow.commits
+
+    decided = await match_events([first, decided_before, second, first, unheard], uow)
+
+    assert list(decided) == [first.event_id, second.event_id]
+    assert all(decision.matched for decisions in decided.values() for decision in decisions)
+    runs = [
+        run_pb2.RunStart.FromString(m.payload)
+        for m in uow.published[published:]
+        if m.subject.startswith("runs.")
+    ]
+    assert [run.event.event_id for run in runs] == [first.event_id, second.event_id]
+    assert uuid.UUID(unheard.event_id) not in uow.decisions.rows  # nobody listens: not even claimed
+    assert uow.commits == commits + 1
 
 
 async def test_every_listening_workflow_is_decided_in_key_order() -> None:
