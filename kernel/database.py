@@ -84,9 +84,33 @@ async def insert_many(
     if not rows:
         return 0
     statement = _recordset_insert(table, tuple(rows[0]), on_conflict)
-    document = json.dumps(rows, default=_json_value, separators=(",", ":"))
-    cursor = await connection.execute(statement, (document,))
+    cursor = await connection.execute(statement, (_document(rows),))
     return cursor.rowcount
+
+
+async def insert_many_returning(
+    connection: psycopg.AsyncConnection[Any],
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    returning: str,
+    *,
+    on_conflict: str = "",
+) -> list[Any]:
+    """`insert_many`, answering the column `returning` of each row inserted (a row an
+    `on_conflict` DO NOTHING skipped answers nothing)."""
+    if not rows:
+        return []
+    statement = f"{_recordset_insert(table, tuple(rows[0]), on_conflict)} RETURNING {_quote(returning)}"
+    cursor = await connection.execute(statement, (_document(rows),))
+    return [row[0] for row in await cursor.fetchall()]
+
+
+def _document(rows: Sequence[Mapping[str, Any]]) -> str:
+    return json.dumps(rows, default=_json_value, separators=(",", ":"))
+
+
+def _quote(name: str) -> str:
+    return str(postgresql.dialect().identifier_preparer.quote(name))  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ feeds, dead letters, channel providers and the development capture of SMS and pu
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,15 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from kernel.database import DriverStatement, schema_metadata, table_of
+from kernel.clock import utcnow
+from kernel.database import (
+    DriverStatement,
+    driver,
+    insert_many,
+    insert_many_returning,
+    schema_metadata,
+    table_of,
+)
 from kernel.outbox import outbox_table
 from kernel.steps import StepSpec
 from kernel.unit_of_work import SqlUnitOfWork
@@ -202,50 +211,39 @@ class SqlRunRepository:
 
     def __init__(self, session: AsyncSession):
         self._session = session
-        self._loaded: dict[uuid.UUID, tuple[tuple[Any, ...], dict[str, tuple[Any, ...]]]] = {}
+        # What each run (and each of its steps) was when loaded or added; None: steps not stored yet.
+        self._loaded: dict[uuid.UUID, tuple[tuple[Any, ...] | None, dict[str, tuple[Any, ...]] | None]] = {}
 
-    async def add(self, run: Run) -> bool:
-        values: dict[str, Any] = {
-            "id": run.id,
-            "team_id": run.team_id,
-            "trigger_id": run.trigger_id,
-            "event_id": run.event_id,
-            "workflow_key": run.workflow_key,
-            "workflow_version": run.workflow_version,
-            "contact_id": run.contact_id,
-            "status": run.status,
-            "context": run.context,
-            "replays": run.replays,
-            "waited_until": run.waited_until,
-        }
-        if run.created_at:
-            values["created_at"] = run.created_at
-        inserted = (
-            await self._session.execute(
-                insert(RUNS)
-                .values(**values)
-                .on_conflict_do_nothing(index_elements=["id"])
-                .returning(RUNS.c.id)
-            )
-        ).first()
-        if inserted is None:
-            return False
-        await self._session.execute(
-            insert(RUN_STEPS),
-            [
-                {
-                    "run_id": run.id,
-                    "step_id": step.spec.id,
-                    "position": step.position,
-                    "definition": step.spec.document(),
-                    "status": step.status,
-                    "attempts": 0,
-                    "detail": "",
-                }
-                for step in run.steps
-            ],
+    async def add(self, runs: Sequence[Run]) -> set[uuid.UUID]:
+        """Store the runs that are new, in one statement; the ids of those. Their steps are
+        written by `save`, as the run's first moves left them."""
+        rows: dict[uuid.UUID, dict[str, Any]] = {}
+        for run in runs:
+            rows[run.id] = {
+                "id": run.id,
+                "team_id": run.team_id,
+                "trigger_id": run.trigger_id,
+                "event_id": run.event_id,
+                "workflow_key": run.workflow_key,
+                "workflow_version": run.workflow_version,
+                "contact_id": run.contact_id,
+                "status": run.status,
+                "context": run.context,
+                "replays": run.replays,
+                "waited_until": run.waited_until,
+                "created_at": run.created_at or utcnow(),
+            }
+        inserted = await insert_many_returning(
+            await driver(self._session),
+            RUNS,
+            [rows[run_id] for run_id in sorted(rows)],
+            "id",
+            on_conflict="ON CONFLICT (id) DO NOTHING",
         )
-        return True
+        for run in runs:
+            if run.id in inserted:
+                self._loaded[run.id] = (_run_values(run), None)
+        return set(inserted)
 
     async def get(self, team_id: str, run_id: uuid.UUID) -> Run | None:
         return await self._load(await RUN_OF_TEAM.rows(self._session, run_id=run_id, team_id=team_id))
@@ -287,38 +285,42 @@ class SqlRunRepository:
             waited_until=row.waited_until,
         )
 
-    async def save(self, run: Run) -> None:
-        """Write the run's and its steps' changes since they were loaded (everything, for a run
-        this repository did not load)."""
-        loaded_run, loaded_steps = self._loaded.get(run.id, (None, {}))
-        run_values = _run_values(run)
-        if run_values != loaded_run:
-            await self._session.execute(
-                update(RUNS)
-                .where(RUNS.c.id == run.id)
-                .values(
-                    status=run.status,
-                    finished_at=run.finished_at,
-                    replays=run.replays,
-                    waited_until=run.waited_until,
+    async def save(self, *runs: Run) -> None:
+        """Write the runs' and their steps' changes since they were loaded or added (everything,
+        for a run this repository did not load): the new steps in one statement, the changed
+        ones in one more."""
+        new_steps: list[dict[str, Any]] = []
+        changed_steps: list[dict[str, Any]] = []
+        for run in runs:
+            loaded_run, loaded_steps = self._loaded.get(run.id, (None, {}))
+            run_values = _run_values(run)
+            if run_values != loaded_run:
+                await self._session.execute(
+                    update(RUNS)
+                    .where(RUNS.c.id == run.id)
+                    .values(
+                        status=run.status,
+                        finished_at=run.finished_at,
+                        replays=run.replays,
+                        waited_until=run.waited_until,
+                    )
                 )
-            )
-        changed = [
-            step for step in run.steps if _step_values(step, step.spec.id) != loaded_steps.get(step.spec.id)
-        ]
-        if changed:
-            await self._session.execute(
-                update(RUN_STEPS)
-                .where(
-                    RUN_STEPS.c.run_id == bindparam("b_run_id"), RUN_STEPS.c.step_id == bindparam("b_step_id")
-                )
-                .values(
-                    status=bindparam("b_status"),
-                    attempts=bindparam("b_attempts"),
-                    detail=bindparam("b_detail"),
-                    finished_at=bindparam("b_finished_at"),
-                ),
-                [
+            if loaded_steps is None:
+                new_steps += [
+                    {
+                        "run_id": run.id,
+                        "step_id": step.spec.id,
+                        "position": step.position,
+                        "definition": step.spec.document(),
+                        "status": step.status,
+                        "attempts": step.attempts,
+                        "detail": step.detail,
+                        "finished_at": step.finished_at,
+                    }
+                    for step in run.steps
+                ]
+            else:
+                changed_steps += [
                     {
                         "b_run_id": run.id,
                         "b_step_id": step.spec.id,
@@ -327,13 +329,17 @@ class SqlRunRepository:
                         "b_detail": step.detail,
                         "b_finished_at": step.finished_at,
                     }
-                    for step in changed
-                ],
+                    for step in run.steps
+                    if _step_values(step, step.spec.id) != loaded_steps.get(step.spec.id)
+                ]
+            self._loaded[run.id] = (
+                run_values,
+                {step.spec.id: _step_values(step, step.spec.id) for step in run.steps},
             )
-        self._loaded[run.id] = (
-            run_values,
-            {step.spec.id: _step_values(step, step.spec.id) for step in run.steps},
-        )
+        if new_steps:
+            await insert_many(await driver(self._session), RUN_STEPS, new_steps)
+        if changed_steps:
+            await self._session.execute(UPDATE_STEP, changed_steps)
 
 
 def _run_values(run: Any) -> tuple[Any, ...]:
@@ -345,6 +351,17 @@ def _step_values(step: Any, step_id: str | None = None) -> tuple[Any, ...]:
     """What `save` writes of a step (a StepState, or a row of the steps table)."""
     return (step_id or step.step_id, step.status, step.attempts, step.detail, step.finished_at)
 
+
+UPDATE_STEP = (
+    update(RUN_STEPS)
+    .where(RUN_STEPS.c.run_id == bindparam("b_run_id"), RUN_STEPS.c.step_id == bindparam("b_step_id"))
+    .values(
+        status=bindparam("b_status"),
+        attempts=bindparam("b_attempts"),
+        detail=bindparam("b_detail"),
+        finished_at=bindparam("b_finished_at"),
+    )
+)
 
 # The reads of every step a run takes, compiled once (see DriverStatement).
 RUN_LOCKED = DriverStatement.of(

@@ -4,7 +4,7 @@ events end (EVENTS), and the look-back over EVENTS for waits that began after th
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from datetime import datetime
 
@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 
 from herald.bus.v1 import event_pb2, run_pb2
-from kernel.bus import Delivery, Handler, Poison, decode, event_subject, read_since
+from kernel.bus import BatchHandler, Delivery, Handler, Poison, decode, event_subject, read_since
 from kernel.cache import TtlCache
 from kernel.steps import CHANNEL_OF_STEP_TYPE
 from services.executor import handlers
@@ -29,15 +29,30 @@ def step_consumer(channel: str) -> tuple[str, str]:
     return f"executor-{channel}", f"steps.{channel}.>"
 
 
+def _run_start(delivery: Delivery) -> run_pb2.RunStart:
+    start = decode(run_pb2.RunStart, delivery)
+    try:
+        uuid.UUID(start.run_id), uuid.UUID(start.trigger_id), uuid.UUID(start.event.event_id)
+    except ValueError:
+        raise Poison(f"a run start with malformed ids: run {start.run_id!r}") from None
+    return start
+
+
 def run_start_handler(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) -> Handler:
     async def handle(delivery: Delivery) -> None:
-        start = decode(run_pb2.RunStart, delivery)
-        try:
-            uuid.UUID(start.run_id), uuid.UUID(start.trigger_id), uuid.UUID(start.event.event_id)
-        except ValueError:
-            raise Poison(f"a run start with malformed ids: run {start.run_id!r}") from None
+        start = _run_start(delivery)
         with structlog.contextvars.bound_contextvars(run_id=start.run_id, trigger_id=start.trigger_id):
             await handlers.start_run(start, unit_of_work())
+
+    return handle
+
+
+def run_start_batch_handler(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) -> BatchHandler:
+    """Every run start of a fetch in one transaction (one insert of the runs, one of their steps,
+    one of the messages that move them on)."""
+
+    async def handle(deliveries: Sequence[Delivery]) -> None:
+        await handlers.start_runs([_run_start(delivery) for delivery in deliveries], unit_of_work())
 
     return handle
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -64,8 +64,9 @@ AWAITED_SECONDS = 1.0
 
 
 class RunRepository(Protocol):
-    async def add(self, run: Run) -> bool:
-        """Store a new run; False when a run with its id exists already."""
+    async def add(self, runs: Sequence[Run]) -> set[uuid.UUID]:
+        """Store the runs that are new; the ids of those (a run whose id exists is not stored
+        again). Their steps are stored by the next `save`."""
         ...
 
     async def get(self, team_id: str, run_id: uuid.UUID) -> Run | None: ...
@@ -74,7 +75,7 @@ class RunRepository(Protocol):
         """The run, locked against every other worker until the unit of work ends."""
         ...
 
-    async def save(self, run: Run) -> None: ...
+    async def save(self, *runs: Run) -> None: ...
 
 
 class TimerRepository(Protocol):
@@ -213,19 +214,40 @@ class EventLog(Protocol):
 
 
 async def start_run(start: run_pb2.RunStart, uow: ExecutorUnitOfWork) -> None:
-    """Store a requested run and move it to its first step that waits; a repeated request
-    changes nothing."""
-    run = messages.run_from_start(start)
-    run.created_at = utcnow()
+    """Store a requested run and move it to its first step that waits (see `start_runs`)."""
+    await start_runs([start], uow)
+
+
+async def start_runs(starts: Sequence[run_pb2.RunStart], uow: ExecutorUnitOfWork) -> None:
+    """Store requested runs and move each to its first step that waits, all in one transaction;
+    a repeated request changes nothing."""
+    now = utcnow()
+    runs = []
+    for start in starts:
+        run = messages.run_from_start(start)
+        run.created_at = now
+        runs.append(run)
     async with uow:
-        if not await uow.runs.add(run):
-            log.info("run.already_started", run_id=str(run.id))
-            return
-        uow.publish(messages.run_started_record(run))
-        await advance(run, uow)
-        await uow.runs.save(run)
+        new = await uow.runs.add(runs)
+        started = []
+        for run in runs:
+            if run.id not in new:
+                log.info("run.already_started", run_id=str(run.id))
+                continue
+            new.discard(run.id)  # the same request twice in one batch starts one run
+            uow.publish(messages.run_started_record(run))
+            await advance(run, uow)
+            started.append(run)
+        await uow.runs.save(*started)
         await uow.commit()
-    log.info("run.started", run_id=str(run.id), workflow=run.workflow_key, version=run.workflow_version)
+    for run in started:
+        log.info(
+            "run.started",
+            run_id=str(run.id),
+            trigger_id=str(run.trigger_id),
+            workflow=run.workflow_key,
+            version=run.workflow_version,
+        )
 
 
 async def advance(run: Run, uow: ExecutorUnitOfWork) -> None:

@@ -23,6 +23,7 @@ from services.executor.consumers import (
     WAITS_DURABLE,
     WAITS_FILTER,
     JetStreamEventLog,
+    run_start_batch_handler,
     run_start_handler,
     step_consumer,
     step_handler,
@@ -105,7 +106,13 @@ async def serve(runtime: Runtime) -> None:
             )
         ],
         consumers=[
-            runtime.consumer("RUNS", RUNS_DURABLE, RUNS_FILTER, run_start_handler(unit_of_work)),
+            runtime.consumer(
+                "RUNS",
+                RUNS_DURABLE,
+                RUNS_FILTER,
+                run_start_handler(unit_of_work),
+                batch_handler=run_start_batch_handler(unit_of_work),
+            ),
             runtime.consumer("EVENTS", WAITS_DURABLE, WAITS_FILTER, wait_handler(unit_of_work)),
             *step_workers,
         ],

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -70,14 +71,32 @@ class SmtpServer:
         )
 
 
+# An SMTP session is reused for this many emails at most, and kept open this long when idle;
+# one idle longer than REUSE_UNCHECKED_SECONDS is checked with NOOP before it is reused.
+MESSAGES_PER_SESSION = 100
+IDLE_SECONDS = 30.0
+REUSE_UNCHECKED_SECONDS = 2.0
+MAX_IDLE_SESSIONS = 16
+
+
+@dataclass
+class _Session:
+    client: aiosmtplib.SMTP
+    sent: int = 0
+    idle_since: float = 0.0
+
+
 class SmtpEmailSender:
-    """Sends through an SMTP server with aiosmtplib. Each email keeps a deterministic Message-ID."""
+    """Sends through an SMTP server with aiosmtplib, reusing open sessions (no connection,
+    EHLO, STARTTLS and login per email). A session that failed in any way is closed, never
+    reused. Each email keeps a deterministic Message-ID."""
 
     def __init__(self, server: SmtpServer, mail_from: str, timeout: float = 15.0):
         self._server = server
         self._mail_from = mail_from
         self._timeout = timeout
         self._tls = ssl.create_default_context()  # loading the CA store is slow: once per sender
+        self._idle: list[_Session] = []
 
     async def send(self, email: OutgoingEmail) -> str:
         message = EmailMessage()
@@ -91,19 +110,12 @@ class SmtpEmailSender:
         message.set_content(email.text)
         if email.html:
             message.add_alternative(email.html, subtype="html")
-        server = self._server
+        session: _Session | None = None
+        sent = False
         try:
-            _errors, response = await aiosmtplib.send(
-                message,
-                hostname=server.host,
-                port=server.port,
-                username=server.username,
-                password=server.password,
-                use_tls=server.implicit_tls,
-                start_tls=server.start_tls,
-                tls_context=self._tls,
-                timeout=self._timeout,
-            )
+            session = await self._session()
+            _errors, response = await session.client.send_message(message)
+            sent = True
         except aiosmtplib.SMTPRecipientsRefused as error:
             permanent = all(500 <= refusal.code < 600 for refusal in error.recipients)
             raise DeliveryError(f"recipient refused: {error}", permanent=permanent) from error
@@ -113,7 +125,52 @@ class SmtpEmailSender:
             ) from error
         except (aiosmtplib.SMTPException, OSError) as error:
             raise DeliveryError(f"SMTP server unreachable: {error}") from error
+        finally:
+            if session is not None and not sent:
+                session.client.close()  # failed or cancelled in the middle of something: never reused
+        self._release(session)
         return f"{response} {email.message_id}".strip()
+
+    async def _session(self) -> _Session:
+        """An open session: the one used last, if it still answers, or a new one."""
+        while self._idle:
+            session = self._idle.pop()
+            idle = time.monotonic() - session.idle_since
+            if idle > IDLE_SECONDS or not session.client.is_connected:
+                session.client.close()
+                continue
+            if idle > REUSE_UNCHECKED_SECONDS:
+                try:
+                    await session.client.noop()
+                except (aiosmtplib.SMTPException, OSError):
+                    session.client.close()
+                    continue
+            return session
+        server = self._server
+        client = aiosmtplib.SMTP(
+            hostname=server.host,
+            port=server.port,
+            username=server.username,
+            password=server.password,
+            use_tls=server.implicit_tls,
+            start_tls=server.start_tls,
+            tls_context=self._tls,
+            timeout=self._timeout,
+        )
+        try:
+            await client.connect()
+        except BaseException:
+            client.close()
+            raise
+        return _Session(client)
+
+    def _release(self, session: _Session) -> None:
+        session.sent += 1
+        if session.sent >= MESSAGES_PER_SESSION or len(self._idle) >= MAX_IDLE_SESSIONS:
+            session.client.close()
+            return
+        session.idle_since = time.monotonic()
+        self._idle.append(session)
 
 
 class Destinations:

@@ -55,8 +55,13 @@ def new_run(team_id: str) -> Run:
 
 
 async def add(sessions: async_sessionmaker[AsyncSession], run: Run) -> bool:
+    """Store a new run as the executor starts one: the run, then its steps with `save`."""
     async with sessions() as session, session.begin():
-        return await SqlRunRepository(session).add(run)
+        runs = SqlRunRepository(session)
+        if run.id not in await runs.add([run]):
+            return False
+        await runs.save(run)
+        return True
 
 
 async def test_add_stores_a_run_once(
@@ -101,6 +106,36 @@ async def test_a_duplicate_add_does_not_touch_the_stored_steps(
         stored = await SqlRunRepository(session).get(team.team_id, run.id)
     assert stored is not None
     assert [step.spec.id for step in stored.steps] == ["greet", "follow-up"]
+
+
+async def test_a_batch_of_runs_is_stored_with_the_steps_as_their_first_moves_left_them(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    existing, first, second = (new_run(team.team_id) for _ in range(3))
+    await add(sessions, existing)
+    async with sessions() as session, session.begin():
+        runs = SqlRunRepository(session)
+        added = await runs.add([first, existing, second, first])
+        assert added == {first.id, second.id}
+        first.steps[0].status = StepStatus.QUEUED
+        second.steps[0].status, second.steps[0].detail = StepStatus.DONE, "branch: then"
+        second.finish(RunStatus.COMPLETED, utcnow())
+        await runs.save(first, second)
+        # A second save in the same transaction writes only what changed since the first.
+        first.steps[0].attempts = 1
+        await runs.save(first)
+
+    async with sessions() as session:
+        runs = SqlRunRepository(session)
+        stored_first = await runs.get(team.team_id, first.id)
+        stored_second = await runs.get(team.team_id, second.id)
+    assert stored_first is not None and stored_second is not None
+    assert [(s.status, s.attempts) for s in stored_first.steps] == [
+        (StepStatus.QUEUED, 1),
+        (StepStatus.PENDING, 0),
+    ]
+    assert stored_second.status == RunStatus.COMPLETED
+    assert (stored_second.steps[0].status, stored_second.steps[0].detail) == (StepStatus.DONE, "branch: then")
 
 
 async def test_save_persists_step_states_and_the_run_outcome(

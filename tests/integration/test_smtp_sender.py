@@ -37,6 +37,8 @@ class SmtpSink:
     rcpt_reply: str | None = None
     data_reply: str = "250 Message accepted for delivery"
     received: list[ReceivedMail] = field(default_factory=list)
+    # The client address of the connection each accepted message came on.
+    peers: list[object] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(
@@ -54,6 +56,7 @@ class SmtpSink:
         assert isinstance(message, EmailMessage)
         with self.lock:
             self.received.append(ReceivedMail(str(envelope.mail_from), list(envelope.rcpt_tos), message))
+            self.peers.append(session.peer)
         return self.data_reply
 
 
@@ -202,3 +205,58 @@ async def test_a_recipient_refused_with_451_is_temporary(sink: tuple[SmtpSink, S
         await SmtpEmailSender(server, MAIL_FROM, timeout=5).send(welcome_email())
 
     assert raised.value.permanent is False
+
+
+async def test_emails_one_after_another_share_one_smtp_session(sink: tuple[SmtpSink, SmtpServer]) -> None:
+    handler, server = sink
+    sender = SmtpEmailSender(server, MAIL_FROM, timeout=5)
+
+    for _ in range(5):
+        await sender.send(welcome_email())
+
+    assert len(handler.received) == 5
+    assert len(set(handler.peers)) == 1
+
+
+async def test_emails_at_once_each_take_a_session_and_reuse_it(sink: tuple[SmtpSink, SmtpServer]) -> None:
+    handler, server = sink
+    sender = SmtpEmailSender(server, MAIL_FROM, timeout=5)
+
+    await asyncio.gather(*(sender.send(welcome_email()) for _ in range(4)))
+    await asyncio.gather(*(sender.send(welcome_email()) for _ in range(4)))
+
+    assert len(handler.received) == 8
+    assert 1 <= len(set(handler.peers)) <= 4
+
+
+async def test_a_session_that_failed_is_not_reused(sink: tuple[SmtpSink, SmtpServer]) -> None:
+    handler, server = sink
+    sender = SmtpEmailSender(server, MAIL_FROM, timeout=5)
+    await sender.send(welcome_email())
+    handler.data_reply = "451 4.3.0 Try again later"
+    with pytest.raises(DeliveryError):
+        await sender.send(welcome_email())
+    handler.data_reply = "250 Message accepted for delivery"
+
+    await sender.send(welcome_email())
+
+    assert len(handler.received) == 2
+    assert handler.peers[0] != handler.peers[1]
+
+
+async def test_a_session_the_server_closed_is_replaced() -> None:
+    handler = SmtpSink()
+    port = free_port()
+    server = SmtpServer(host="127.0.0.1", port=port)
+    sender = SmtpEmailSender(server, MAIL_FROM, timeout=5)
+    for _ in range(2):  # the server restarts between the two emails, closing the idle session
+        controller = Controller(handler, hostname="127.0.0.1", port=port)
+        await asyncio.to_thread(controller.start)
+        try:
+            await sender.send(welcome_email())
+        finally:
+            await asyncio.to_thread(controller.stop)
+        await asyncio.sleep(0.2)
+
+    assert len(handler.received) == 2
+    assert handler.peers[0] != handler.peers[1]

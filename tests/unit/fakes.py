@@ -786,11 +786,13 @@ class FakeRunRepository(FakeRepository):
 
     rows: dict[uuid.UUID, Run]
 
-    async def add(self, run: Run) -> bool:
-        if run.id in self.rows:
-            return False
-        self.rows[run.id] = copy.deepcopy(run)
-        return True
+    async def add(self, runs: Sequence[Run]) -> set[uuid.UUID]:
+        added = set()
+        for run in runs:
+            if run.id not in self.rows:
+                self.rows[run.id] = copy.deepcopy(run)
+                added.add(run.id)
+        return added
 
     async def get(self, team_id: str, run_id: uuid.UUID) -> Run | None:
         run = self.rows.get(run_id)
@@ -800,7 +802,11 @@ class FakeRunRepository(FakeRepository):
         run = self.rows.get(run_id)
         return copy.deepcopy(run) if run is not None else None
 
-    async def save(self, run: Run) -> None:
+    async def save(self, *runs: Run) -> None:
+        for run in runs:
+            self._save(run)
+
+    def _save(self, run: Run) -> None:
         """Like the SQL adapter: the run's status and its steps' progress, nothing else."""
         stored = self.rows[run.id]
         stored.status = run.status

@@ -13,7 +13,7 @@ from kernel.bus import OutgoingMessage, Poison, RetryLater
 from kernel.errors import NotFound
 from kernel.structs import to_struct
 from services.executor.domain import DELIVERY_ID_NAMESPACE, OutgoingEmail, RunStatus, StepStatus, delivery_id
-from services.executor.handlers import Channels, get_run, perform_step, start_run
+from services.executor.handlers import Channels, get_run, perform_step, start_run, start_runs
 from tests.unit.fakes import FakeEmailSender, FakeExecutorUnitOfWork, FakeTextSender, FakeWebhookSender
 
 TEAM = "team-1"
@@ -149,6 +149,23 @@ async def test_starting_the_same_run_twice_does_nothing_the_second_time() -> Non
 
     assert uow.published == published
     assert await get_run(TEAM, str(RUN_ID), uow) == before
+
+
+async def test_a_batch_of_run_starts_starts_each_new_run_once_in_one_transaction() -> None:
+    uow = await started()
+    published, commits = len(uow.published), uow.commits
+    second, third = uuid.uuid4(), uuid.uuid4()
+
+    await start_runs(
+        [a_run_start(run_id=second), a_run_start(), a_run_start(run_id=third), a_run_start(run_id=second)],
+        uow,
+    )
+
+    assert [task.run_id for task in step_tasks(uow.published[published:])] == [str(second), str(third)]
+    assert uow.commits == commits + 1
+    for run_id in (second, third):
+        run = await get_run(TEAM, str(run_id), uow)
+        assert [(s.spec.id, s.status) for s in run.steps] == [("welcome", StepStatus.QUEUED)]
 
 
 # --------------------------------------------------------------------------------------------

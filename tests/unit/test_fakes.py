@@ -322,20 +322,20 @@ def a_run(run_id: uuid.UUID) -> Run:
     )
 
 
-async def test_run_add_is_false_for_an_existing_run_id() -> None:
+async def test_run_add_leaves_out_an_existing_run_id() -> None:
     uow = FakeExecutorUnitOfWork()
     run_id = uuid.uuid4()
 
     async with uow:
-        assert await uow.runs.add(a_run(run_id)) is True
-        assert await uow.runs.add(a_run(run_id)) is False
+        assert await uow.runs.add([a_run(run_id)]) == {run_id}
+        assert await uow.runs.add([a_run(run_id)]) == set()
 
 
 async def test_a_locked_run_changes_only_when_saved_and_committed() -> None:
     uow = FakeExecutorUnitOfWork()
     run_id = uuid.uuid4()
     async with uow:
-        await uow.runs.add(a_run(run_id))
+        await uow.runs.add([a_run(run_id)])
         await uow.commit()
 
     async with uow:
