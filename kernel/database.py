@@ -96,13 +96,14 @@ async def insert_many_returning(
     *,
     on_conflict: str = "",
 ) -> list[Any]:
-    """`insert_many`, answering the column `returning` of each row inserted (a row an
-    `on_conflict` DO NOTHING skipped answers nothing)."""
+    """`insert_many`, answering the columns `returning` (names, comma-separated) of each row
+    inserted, as tuples (a row an `on_conflict` DO NOTHING skipped answers nothing)."""
     if not rows:
         return []
-    statement = f"{_recordset_insert(table, tuple(rows[0]), on_conflict)} RETURNING {_quote(returning)}"
+    names = ", ".join(_quote(name.strip()) for name in returning.split(","))
+    statement = f"{_recordset_insert(table, tuple(rows[0]), on_conflict)} RETURNING {names}"
     cursor = await connection.execute(statement, (_document(rows),))
-    return [row[0] for row in await cursor.fetchall()]
+    return list(await cursor.fetchall())
 
 
 def _document(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -136,6 +137,13 @@ class DriverStatement:
         async with connection.cursor(row_factory=namedtuple_row) as cursor:
             await cursor.execute(self.sql, {**self.defaults, **parameters})
             return await cursor.fetchall()
+
+    async def execute(self, session: AsyncSession, **parameters: Any) -> int:
+        """Run a statement that returns no rows, inside the session's transaction; how many rows
+        it changed."""
+        connection = await driver(session)
+        cursor = await connection.execute(self.sql, {**self.defaults, **parameters})
+        return cursor.rowcount
 
 
 async def driver(session: AsyncSession) -> psycopg.AsyncConnection[Any]:

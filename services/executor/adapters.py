@@ -240,10 +240,11 @@ class SqlRunRepository:
             "id",
             on_conflict="ON CONFLICT (id) DO NOTHING",
         )
+        new = {run_id for (run_id,) in inserted}
         for run in runs:
-            if run.id in inserted:
+            if run.id in new:
                 self._loaded[run.id] = (_run_values(run), None)
-        return set(inserted)
+        return new
 
     async def get(self, team_id: str, run_id: uuid.UUID) -> Run | None:
         return await self._load(await RUN_OF_TEAM.rows(self._session, run_id=run_id, team_id=team_id))

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    Boolean,
     DateTime,
     Index,
     Integer,
     String,
     Text,
     Uuid,
+    any_,
     bindparam,
     case,
     distinct,
@@ -26,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp
-from kernel.database import DriverStatement, schema_metadata, table_of
+from kernel.database import DriverStatement, driver, insert_many_returning, schema_metadata, table_of
 from kernel.unit_of_work import SqlUnitOfWork
 from services.tracker.domain import Outcome, Progress, Summary, TriggerState, TriggerStatus, TriggerView
 
@@ -135,11 +139,7 @@ class SqlTriggerRepository:
     async def lock(self, trigger_id: uuid.UUID, team_id: str) -> TriggerState:
         rows = await LOCK.rows(self._session, trigger_id=trigger_id)
         if not rows:  # the trigger's first fact (or one racing it)
-            await self._session.execute(
-                insert(TRIGGERS)
-                .values(id=trigger_id, team_id=team_id, status=TriggerStatus.QUEUED)
-                .on_conflict_do_nothing(index_elements=["id"])
-            )
+            await CREATE.execute(self._session, trigger_id=trigger_id, team_id=team_id)
             rows = await LOCK.rows(self._session, trigger_id=trigger_id)
         [row] = rows
         return TriggerState(
@@ -153,25 +153,25 @@ class SqlTriggerRepository:
         )
 
     async def save(self, state: TriggerState) -> None:
-        await self._session.execute(
-            update(TRIGGERS)
-            .where(TRIGGERS.c.id == state.id)
-            .values(status=state.status, started_at=state.started_at, completed_at=state.completed_at)
+        await SAVE.execute(
+            self._session,
+            trigger_id=state.id,
+            status=state.status,
+            started_at=state.started_at,
+            completed_at=state.completed_at,
         )
 
     async def record_accepted(self, trigger_id: uuid.UUID, fact: tracking_pb2.TriggerAccepted) -> None:
-        await self._session.execute(
-            update(TRIGGERS)
-            .where(TRIGGERS.c.id == trigger_id)
-            .values(
-                event_id=uuid.UUID(fact.event_id),
-                event_name=fact.event_name,
-                contact_id=fact.contact_id or None,
-                created_at=from_timestamp(fact.created_at),
-                scheduled_for=from_timestamp(fact.scheduled_for) if fact.HasField("scheduled_for") else None,
-                **({"expected_events": fact.events} if fact.events > 1 else {}),
-                **({"contacts": fact.contacts} if fact.contacts > 0 else {}),
-            )
+        await ACCEPTED.execute(
+            self._session,
+            trigger_id=trigger_id,
+            event_id=uuid.UUID(fact.event_id),
+            event_name=fact.event_name,
+            contact_id=fact.contact_id or None,
+            created_at=from_timestamp(fact.created_at),
+            scheduled_for=from_timestamp(fact.scheduled_for) if fact.HasField("scheduled_for") else None,
+            expected_events=fact.events if fact.events > 1 else None,
+            contacts=fact.contacts if fact.contacts > 0 else None,
         )
 
     async def record_matched(
@@ -179,99 +179,59 @@ class SqlTriggerRepository:
     ) -> None:
         if fact.trigger_events > 1:
             # One of several events: each is decided once; the trigger is matched when all are.
-            first_time = (
-                await self._session.execute(
-                    insert(MATCHES)
-                    .values(trigger_id=trigger_id, event_id=uuid.UUID(fact.event_id))
-                    .on_conflict_do_nothing()
-                    .returning(MATCHES.c.event_id)
-                )
-            ).first()
-            if first_time is not None:
-                await self._session.execute(
-                    update(TRIGGERS)
-                    .where(TRIGGERS.c.id == trigger_id)
-                    .values(
-                        matched_at=func.coalesce(TRIGGERS.c.matched_at, at),
-                        expected_events=fact.trigger_events,
-                        events_matched=TRIGGERS.c.events_matched + 1,
-                    )
+            first_time = await MATCH_OF_SEVERAL.rows(
+                self._session, trigger_id=trigger_id, event_id=uuid.UUID(fact.event_id)
+            )
+            if first_time:
+                await MATCHED_ONE_OF_SEVERAL.execute(
+                    self._session, trigger_id=trigger_id, at=at, expected_events=fact.trigger_events
                 )
         else:
-            first_time = (
-                await self._session.execute(
-                    update(TRIGGERS)
-                    .where(TRIGGERS.c.id == trigger_id, TRIGGERS.c.matched_at.is_(None))
-                    .values(matched_at=at)
-                    .returning(TRIGGERS.c.id)
-                )
-            ).first()
-        if first_time is None or not fact.decisions:
+            first_time = await MATCHED.rows(self._session, trigger_id=trigger_id, at=at)
+        if not first_time or not fact.decisions:
             return
-        inserted = await self._session.execute(
-            insert(DECISIONS)
-            .values(
-                [
-                    {
-                        "trigger_id": trigger_id,
-                        "workflow_key": decision.workflow_key,
-                        "contact_id": decision.contact_id,
-                        "workflow_version": decision.workflow_version,
-                        "matched": decision.outcome == tracking_pb2.MATCH_OUTCOME_MATCHED,
-                        "reason": decision.reason,
-                        "run_id": uuid.UUID(decision.run_id) if decision.run_id else None,
-                    }
-                    for decision in fact.decisions
-                ]
-            )
-            .on_conflict_do_nothing()
-            .returning(DECISIONS.c.run_id, DECISIONS.c.matched)
+        inserted = await insert_many_returning(
+            await driver(self._session),
+            DECISIONS,
+            [
+                {
+                    "trigger_id": trigger_id,
+                    "workflow_key": decision.workflow_key,
+                    "contact_id": decision.contact_id,
+                    "workflow_version": decision.workflow_version,
+                    "matched": decision.outcome == tracking_pb2.MATCH_OUTCOME_MATCHED,
+                    "reason": decision.reason,
+                    "run_id": uuid.UUID(decision.run_id) if decision.run_id else None,
+                }
+                for decision in fact.decisions
+            ],
+            "run_id, matched",
+            on_conflict="ON CONFLICT DO NOTHING",
         )
-        new_runs = [row.run_id for row in inserted if row.matched and row.run_id is not None]
+        new_runs = [run_id for run_id, matched in inserted if matched and run_id is not None]
         if not new_runs:
             return
         # Runs whose end was reported before their decision count as finished now.
-        ended = (
-            await self._session.execute(
-                select(
-                    func.count().filter(RUNS.c.finished_at.is_not(None)).label("finished"),
-                    func.count().filter(RUNS.c.status == "failed").label("failed"),
-                    func.max(RUNS.c.finished_at).label("last"),
-                ).where(RUNS.c.run_id.in_(new_runs))
-            )
-        ).one()
-        await self._session.execute(
-            update(TRIGGERS)
-            .where(TRIGGERS.c.id == trigger_id)
-            .values(
-                runs_expected=TRIGGERS.c.runs_expected + len(new_runs),
-                runs_finished=TRIGGERS.c.runs_finished + ended.finished,
-                runs_failed=TRIGGERS.c.runs_failed + ended.failed,
-                last_finished_at=func.greatest(TRIGGERS.c.last_finished_at, ended.last),
-            )
+        [ended] = await ENDED.rows(self._session, run_ids=new_runs)
+        await COUNT_RUNS.execute(
+            self._session,
+            trigger_id=trigger_id,
+            expected=len(new_runs),
+            finished=ended.finished,
+            failed=ended.failed,
+            last_finished_at=ended.last,
         )
 
     async def record_run_started(
         self, trigger_id: uuid.UUID, fact: tracking_pb2.RunStarted, at: datetime
     ) -> None:
-        await self._session.execute(
-            insert(RUNS)
-            .values(
-                run_id=uuid.UUID(fact.run_id),
-                trigger_id=trigger_id,
-                workflow_key=fact.workflow_key,
-                contact_id=fact.contact_id,
-                status="running",
-                started_at=at,
-            )
-            .on_conflict_do_update(
-                index_elements=["run_id"],
-                set_={
-                    "workflow_key": fact.workflow_key,
-                    "contact_id": fact.contact_id,
-                    "started_at": at,
-                },
-            )
+        await RUN_STARTED.execute(
+            self._session,
+            run_id=uuid.UUID(fact.run_id),
+            trigger_id=trigger_id,
+            workflow_key=fact.workflow_key,
+            contact_id=fact.contact_id,
+            started_at=at,
         )
 
     async def record_run_finished(
@@ -281,59 +241,42 @@ class SqlTriggerRepository:
         after a replay, finished the other way) and its decision is known."""
         run_id = uuid.UUID(fact.run_id)
         status = "completed" if fact.outcome == tracking_pb2.RUN_OUTCOME_COMPLETED else "failed"
-        before = (
-            await self._session.execute(
-                select(RUNS.c.status, RUNS.c.finished_at).where(RUNS.c.run_id == run_id)
-            )
-        ).first()
+        before = next(iter(await RUN_END.rows(self._session, run_id=run_id)), None)
         values = {"status": status, "detail": fact.detail, "finished_at": at}
         if before is None:
-            await self._session.execute(
-                insert(RUNS).values(run_id=run_id, trigger_id=trigger_id, **values).on_conflict_do_nothing()
-            )
+            await RUN_FINISHED_FIRST.execute(self._session, run_id=run_id, trigger_id=trigger_id, **values)
         elif before.finished_at is None or before.status != status:
-            await self._session.execute(update(RUNS).where(RUNS.c.run_id == run_id).values(**values))
+            await RUN_FINISHED.execute(self._session, run_id=run_id, **values)
         else:
             return  # the same end again
         was_finished = before is not None and before.finished_at is not None
         finished = 0 if was_finished else 1
         failed = (status == "failed") - (was_finished and before is not None and before.status == "failed")
-        decided = (
-            await self._session.execute(
-                select(DECISIONS.c.run_id).where(
-                    DECISIONS.c.run_id == run_id, DECISIONS.c.trigger_id == trigger_id, DECISIONS.c.matched
-                )
-            )
-        ).first()
-        if decided is None:
+        if not await RUN_DECIDED.rows(self._session, run_id=run_id, trigger_id=trigger_id):
             return  # counted when the decision arrives
-        await self._session.execute(
-            update(TRIGGERS)
-            .where(TRIGGERS.c.id == trigger_id)
-            .values(
-                runs_finished=TRIGGERS.c.runs_finished + finished,
-                runs_failed=TRIGGERS.c.runs_failed + failed,
-                last_finished_at=func.greatest(TRIGGERS.c.last_finished_at, at),
-            )
+        await COUNT_RUNS.execute(
+            self._session,
+            trigger_id=trigger_id,
+            expected=0,
+            finished=finished,
+            failed=failed,
+            last_finished_at=at,
         )
 
     async def record_delivery(
         self, trigger_id: uuid.UUID, fact: tracking_pb2.DeliveryRecorded, at: datetime
     ) -> None:
-        await self._session.execute(
-            insert(DELIVERIES)
-            .values(
-                delivery_id=uuid.UUID(fact.delivery_id),
-                trigger_id=trigger_id,
-                run_id=uuid.UUID(fact.run_id),
-                step_id=fact.step_id,
-                channel=fact.channel,
-                sent=fact.outcome == tracking_pb2.DELIVERY_OUTCOME_SENT,
-                attempts=fact.attempts,
-                detail=fact.detail,
-                recorded_at=at,
-            )
-            .on_conflict_do_nothing(index_elements=["delivery_id"])
+        await DELIVERY.execute(
+            self._session,
+            delivery_id=uuid.UUID(fact.delivery_id),
+            trigger_id=trigger_id,
+            run_id=uuid.UUID(fact.run_id),
+            step_id=fact.step_id,
+            channel=fact.channel,
+            sent=fact.outcome == tracking_pb2.DELIVERY_OUTCOME_SENT,
+            attempts=fact.attempts,
+            detail=fact.detail,
+            recorded_at=at,
         )
 
     async def progress(self, trigger_id: uuid.UUID) -> Progress:
@@ -430,12 +373,124 @@ class SqlTriggerRepository:
         return outcomes, total
 
 
-# The two statements every fact runs, compiled once (see DriverStatement).
-LOCK = DriverStatement.of(
-    select(TRIGGERS).where(TRIGGERS.c.id == bindparam("trigger_id", type_=Uuid)).with_for_update()
+# The statements facts run, compiled once (see DriverStatement).
+def _param(name: str, type_: Any) -> Any:
+    return bindparam(name, type_=type_)
+
+
+TRIGGER_ID = _param("trigger_id", Uuid)
+RUN_ID = _param("run_id", Uuid)
+AT = _param("at", DateTime(timezone=True))
+
+LOCK = DriverStatement.of(select(TRIGGERS).where(TRIGGERS.c.id == TRIGGER_ID).with_for_update())
+CREATE = DriverStatement.of(
+    insert(TRIGGERS)
+    .values(id=TRIGGER_ID, team_id=_param("team_id", String), status=TriggerStatus.QUEUED)
+    .on_conflict_do_nothing(index_elements=["id"])
 )
-
-
+SAVE = DriverStatement.of(
+    update(TRIGGERS)
+    .where(TRIGGERS.c.id == TRIGGER_ID)
+    .values(
+        status=_param("status", String),
+        started_at=_param("started_at", DateTime(timezone=True)),
+        completed_at=_param("completed_at", DateTime(timezone=True)),
+    )
+)
+ACCEPTED = DriverStatement.of(
+    update(TRIGGERS)
+    .where(TRIGGERS.c.id == TRIGGER_ID)
+    .values(
+        event_id=_param("event_id", Uuid),
+        event_name=_param("event_name", String),
+        contact_id=_param("contact_id", String),
+        created_at=_param("created_at", DateTime(timezone=True)),
+        scheduled_for=_param("scheduled_for", DateTime(timezone=True)),
+        # Only a trigger of several events says how many; only a direct trigger, how many contacts.
+        expected_events=func.coalesce(_param("expected_events", Integer), TRIGGERS.c.expected_events),
+        contacts=func.coalesce(_param("contacts", Integer), TRIGGERS.c.contacts),
+    )
+)
+MATCHED = DriverStatement.of(
+    update(TRIGGERS)
+    .where(TRIGGERS.c.id == TRIGGER_ID, TRIGGERS.c.matched_at.is_(None))
+    .values(matched_at=AT)
+    .returning(TRIGGERS.c.id)
+)
+MATCH_OF_SEVERAL = DriverStatement.of(
+    insert(MATCHES)
+    .values(trigger_id=TRIGGER_ID, event_id=_param("event_id", Uuid))
+    .on_conflict_do_nothing()
+    .returning(MATCHES.c.event_id)
+)
+MATCHED_ONE_OF_SEVERAL = DriverStatement.of(
+    update(TRIGGERS)
+    .where(TRIGGERS.c.id == TRIGGER_ID)
+    .values(
+        matched_at=func.coalesce(TRIGGERS.c.matched_at, AT),
+        expected_events=_param("expected_events", Integer),
+        events_matched=TRIGGERS.c.events_matched + 1,
+    )
+)
+ENDED = DriverStatement.of(
+    select(
+        func.count().filter(RUNS.c.finished_at.is_not(None)).label("finished"),
+        func.count().filter(RUNS.c.status == "failed").label("failed"),
+        func.max(RUNS.c.finished_at).label("last"),
+    ).where(RUNS.c.run_id == any_(_param("run_ids", ARRAY(Uuid))))
+)
+COUNT_RUNS = DriverStatement.of(
+    update(TRIGGERS)
+    .where(TRIGGERS.c.id == TRIGGER_ID)
+    .values(
+        runs_expected=TRIGGERS.c.runs_expected + _param("expected", Integer),
+        runs_finished=TRIGGERS.c.runs_finished + _param("finished", Integer),
+        runs_failed=TRIGGERS.c.runs_failed + _param("failed", Integer),
+        last_finished_at=func.greatest(
+            TRIGGERS.c.last_finished_at, _param("last_finished_at", DateTime(timezone=True))
+        ),
+    )
+)
+_started = {
+    "workflow_key": _param("workflow_key", String),
+    "contact_id": _param("contact_id", String),
+    "started_at": _param("started_at", DateTime(timezone=True)),
+}
+RUN_STARTED = DriverStatement.of(
+    insert(RUNS)
+    .values(run_id=RUN_ID, trigger_id=TRIGGER_ID, status="running", detail="", **_started)
+    .on_conflict_do_update(index_elements=["run_id"], set_=_started)
+)
+RUN_END = DriverStatement.of(select(RUNS.c.status, RUNS.c.finished_at).where(RUNS.c.run_id == RUN_ID))
+_finished = {
+    "status": _param("status", String),
+    "detail": _param("detail", Text),
+    "finished_at": _param("finished_at", DateTime(timezone=True)),
+}
+RUN_FINISHED_FIRST = DriverStatement.of(
+    insert(RUNS).values(run_id=RUN_ID, trigger_id=TRIGGER_ID, **_finished).on_conflict_do_nothing()
+)
+RUN_FINISHED = DriverStatement.of(update(RUNS).where(RUNS.c.run_id == RUN_ID).values(**_finished))
+RUN_DECIDED = DriverStatement.of(
+    select(DECISIONS.c.run_id).where(
+        DECISIONS.c.run_id == RUN_ID, DECISIONS.c.trigger_id == TRIGGER_ID, DECISIONS.c.matched
+    )
+)
+DELIVERY = DriverStatement.of(
+    insert(DELIVERIES)
+    .values(
+        delivery_id=_param("delivery_id", Uuid),
+        trigger_id=TRIGGER_ID,
+        run_id=RUN_ID,
+        step_id=_param("step_id", String),
+        channel=_param("channel", String),
+        sent=_param("sent", Boolean),
+        attempts=_param("attempts", Integer),
+        detail=_param("detail", Text),
+        recorded_at=_param("recorded_at", DateTime(timezone=True)),
+    )
+    .on_conflict_do_nothing(index_elements=["delivery_id"])
+)
 PROGRESS = DriverStatement.of(
     select(
         TRIGGERS.c.matched_at,
@@ -445,7 +500,7 @@ PROGRESS = DriverStatement.of(
         TRIGGERS.c.runs_finished,
         TRIGGERS.c.runs_failed,
         TRIGGERS.c.last_finished_at,
-    ).where(TRIGGERS.c.id == bindparam("trigger_id", type_=Uuid))
+    ).where(TRIGGERS.c.id == TRIGGER_ID)
 )
 
 

@@ -9,11 +9,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, String, Table, bindparam, select
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from kernel.database import DriverStatement, driver, insert_many
+from kernel.database import DriverStatement, driver, insert_many, insert_many_returning
 
 
 @pytest.fixture
@@ -116,6 +127,43 @@ async def test_a_driver_statement_binds_its_parameters_and_its_literals(
         found = await named.rows(session, name="a")
 
     assert [r.count for r in found] == [3]
+
+
+async def test_a_driver_statement_without_rows_answers_how_many_it_changed(
+    sessions: async_sessionmaker[AsyncSession], table: Table
+) -> None:
+    rows = [row(name="a", count=1), row(name="b", count=2), row(name="a", count=3)]
+    async with sessions() as session, session.begin():
+        await insert_many(await driver(session), table, rows)
+    rename = DriverStatement.of(
+        update(table)
+        .where(table.c.name == bindparam("old", type_=String))
+        .values(name=bindparam("new", type_=String))
+    )
+
+    async with sessions() as session, session.begin():
+        assert await rename.execute(session, old="a", new="c") == 2
+        assert await rename.execute(session, old="nothing", new="d") == 0
+
+    assert sorted(r["name"] for r in (await stored(sessions, table)).values()) == ["b", "c", "c"]
+
+
+async def test_insert_many_returning_answers_only_the_rows_inserted(
+    sessions: async_sessionmaker[AsyncSession], table: Table
+) -> None:
+    existing = row(name="old")
+    async with sessions() as session, session.begin():
+        await insert_many(await driver(session), table, [existing])
+    new = row(name="new", count=7)
+
+    async with sessions() as session, session.begin():
+        answered = await insert_many_returning(
+            await driver(session), table, [existing, new], "id, count", on_conflict="ON CONFLICT DO NOTHING"
+        )
+
+    assert answered == [(new["id"], 7)]
+    async with sessions() as session:
+        assert await insert_many_returning(await driver(session), table, [], "id") == []
 
 
 def test_a_driver_statement_cannot_expand_a_list(table: Table) -> None:
