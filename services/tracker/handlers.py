@@ -95,7 +95,7 @@ async def record_fact(record: tracking_pb2.TrackingRecord, uow: TrackerUnitOfWor
 async def record_facts(records: Sequence[tracking_pb2.TrackingRecord], uow: TrackerUnitOfWork) -> None:
     """Apply tracking records in one transaction: each trigger is locked once, in id order (so
     two batches never wait on each other in a cycle), gets its facts in the order given, and
-    moves its status on after each."""
+    then moves its status on."""
     by_trigger: dict[uuid.UUID, list[tracking_pb2.TrackingRecord]] = {}
     for record in records:
         by_trigger.setdefault(uuid.UUID(record.trigger_id), []).append(record)
@@ -130,7 +130,8 @@ async def _apply(
             await repository.record_delivery(trigger_id, record.delivery_recorded, at)
         elif kind == "trigger_cancelled":
             cancel(trigger, from_timestamp(record.trigger_cancelled.cancelled_at))
-        next_status(trigger, await repository.progress(trigger_id), at, now=utcnow())
+    # Once, after all of them: the status follows from the counters, whatever order facts came in.
+    next_status(trigger, await repository.progress(trigger_id), at, now=utcnow())
     if (trigger.status, trigger.started_at, trigger.completed_at) != before:
         await repository.save(trigger)
 

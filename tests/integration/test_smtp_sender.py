@@ -17,7 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from kernel.steps import StepSpec
 from services.executor.domain import DeliveryError, OutgoingEmail, Run, StepState, render_email
-from services.executor.senders import SmtpEmailSender, SmtpServer
+from services.executor.senders import SmtpEmailSender, SmtpServer, compose
 from stack.embedded import free_port
 
 MAIL_FROM = "Herald <noreply@herald.test>"
@@ -260,3 +260,52 @@ async def test_a_session_the_server_closed_is_replaced() -> None:
 
     assert len(handler.received) == 2
     assert handler.peers[0] != handler.peers[1]
+
+
+async def test_text_that_is_not_ascii_or_has_long_lines_arrives_intact(
+    sink: tuple[SmtpSink, SmtpServer],
+) -> None:
+    handler, server = sink
+    long_line = "word " * 400  # 2,000 characters on one line: more than SMTP carries as is
+    email = OutgoingEmail(
+        to="zoe@example.com",
+        subject="Bienvenue, Zoë — ça commence ✨ " + "très " * 30,
+        text=f"Grüße, Zoë\n{long_line}\n",
+        html="<p>Grüße, <b>Zoë</b></p>",
+        message_id="<intl-1@herald.test>",
+    )
+
+    await SmtpEmailSender(server, MAIL_FROM, timeout=5).send(email)
+
+    message = handler.received[0].message
+    assert message["Subject"] == email.subject
+    text = message.get_body(preferencelist=("plain",))
+    html = message.get_body(preferencelist=("html",))
+    assert text is not None and text.get_content() == email.text
+    assert html is not None and html.get_content().strip() == email.html
+
+
+async def test_an_internationalized_address_is_sent_with_smtputf8(sink: tuple[SmtpSink, SmtpServer]) -> None:
+    handler, server = sink
+    email = OutgoingEmail(
+        to="zoë@exämple.com", subject="Hi", text="Hello", html="", message_id="<intl-2@herald.test>"
+    )
+
+    await SmtpEmailSender(server, MAIL_FROM, timeout=5).send(email)
+
+    assert handler.received[0].rcpt_to == ["zoë@exämple.com"]
+    assert handler.received[0].message["To"] == "zoë@exämple.com"
+
+
+def test_a_header_that_would_break_the_message_is_refused() -> None:
+    email = OutgoingEmail(
+        to="ada@example.com",
+        subject="Hi",
+        text="Hello",
+        html="",
+        message_id="<x@herald.test>",
+        headers={"X-Herald-Run": "1\r\nBcc: victim@example.com"},
+    )
+
+    with pytest.raises(ValueError, match="linefeed or carriage return"):
+        compose(email, MAIL_FROM)
