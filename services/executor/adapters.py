@@ -296,15 +296,13 @@ class SqlRunRepository:
             loaded_run, loaded_steps = self._loaded.get(run.id, (None, {}))
             run_values = _run_values(run)
             if run_values != loaded_run:
-                await self._session.execute(
-                    update(RUNS)
-                    .where(RUNS.c.id == run.id)
-                    .values(
-                        status=run.status,
-                        finished_at=run.finished_at,
-                        replays=run.replays,
-                        waited_until=run.waited_until,
-                    )
+                await UPDATE_RUN.execute(
+                    self._session,
+                    run_id=run.id,
+                    status=run.status,
+                    finished_at=run.finished_at,
+                    replays=run.replays,
+                    waited_until=run.waited_until,
                 )
             if loaded_steps is None:
                 new_steps += [
@@ -323,12 +321,12 @@ class SqlRunRepository:
             else:
                 changed_steps += [
                     {
-                        "b_run_id": run.id,
-                        "b_step_id": step.spec.id,
-                        "b_status": step.status,
-                        "b_attempts": step.attempts,
-                        "b_detail": step.detail,
-                        "b_finished_at": step.finished_at,
+                        "run_id": run.id,
+                        "step_id": step.spec.id,
+                        "status": step.status,
+                        "attempts": step.attempts,
+                        "detail": step.detail,
+                        "finished_at": step.finished_at,
                     }
                     for step in run.steps
                     if _step_values(step, step.spec.id) != loaded_steps.get(step.spec.id)
@@ -339,8 +337,8 @@ class SqlRunRepository:
             )
         if new_steps:
             await insert_many(await driver(self._session), RUN_STEPS, new_steps)
-        if changed_steps:
-            await self._session.execute(UPDATE_STEP, changed_steps)
+        for values in changed_steps:  # most often one
+            await UPDATE_STEP.execute(self._session, **values)
 
 
 def _run_values(run: Any) -> tuple[Any, ...]:
@@ -353,18 +351,30 @@ def _step_values(step: Any, step_id: str | None = None) -> tuple[Any, ...]:
     return (step_id or step.step_id, step.status, step.attempts, step.detail, step.finished_at)
 
 
-UPDATE_STEP = (
-    update(RUN_STEPS)
-    .where(RUN_STEPS.c.run_id == bindparam("b_run_id"), RUN_STEPS.c.step_id == bindparam("b_step_id"))
+# The writes and reads of every step a run takes, compiled once (see DriverStatement).
+UPDATE_RUN = DriverStatement.of(
+    update(RUNS)
+    .where(RUNS.c.id == bindparam("run_id", type_=Uuid))
     .values(
-        status=bindparam("b_status"),
-        attempts=bindparam("b_attempts"),
-        detail=bindparam("b_detail"),
-        finished_at=bindparam("b_finished_at"),
+        status=bindparam("status", type_=String),
+        finished_at=bindparam("finished_at", type_=DateTime(timezone=True)),
+        replays=bindparam("replays", type_=Integer),
+        waited_until=bindparam("waited_until", type_=DateTime(timezone=True)),
     )
 )
-
-# The reads of every step a run takes, compiled once (see DriverStatement).
+UPDATE_STEP = DriverStatement.of(
+    update(RUN_STEPS)
+    .where(
+        RUN_STEPS.c.run_id == bindparam("run_id", type_=Uuid),
+        RUN_STEPS.c.step_id == bindparam("step_id", type_=String),
+    )
+    .values(
+        status=bindparam("status", type_=String),
+        attempts=bindparam("attempts", type_=Integer),
+        detail=bindparam("detail", type_=Text),
+        finished_at=bindparam("finished_at", type_=DateTime(timezone=True)),
+    )
+)
 RUN_LOCKED = DriverStatement.of(
     select(RUNS).where(RUNS.c.id == bindparam("run_id", type_=Uuid)).with_for_update()
 )
