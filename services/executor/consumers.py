@@ -74,19 +74,42 @@ def wait_handler(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) -> Han
     """Ends waits with the events they wait for. Which event names a project's runs wait for is
     known from a cache of at most AWAITED_SECONDS; a wait newer than that is covered by its
     look-back, which starts only once the wait is older (handlers.catch_up_waits)."""
-    awaited: TtlCache[str, frozenset[str]] = TtlCache(
+    awaited = _awaited(unit_of_work)
+
+    async def handle(delivery: Delivery) -> None:
+        await _resume(decode(event_pb2.Event, delivery), awaited, unit_of_work)
+
+    return handle
+
+
+def wait_batch_handler(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) -> BatchHandler:
+    """`wait_handler` for a whole fetch: most events end no wait and are passed over together."""
+    awaited = _awaited(unit_of_work)
+
+    async def handle(deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            await _resume(decode(event_pb2.Event, delivery), awaited, unit_of_work)
+
+    return handle
+
+
+def _awaited(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) -> TtlCache[str, frozenset[str]]:
+    """The event names a project's runs wait for, as of at most AWAITED_SECONDS ago."""
+    return TtlCache(
         handlers.AWAITED_SECONDS, lambda team_id: handlers.awaited_events(team_id, unit_of_work())
     )
 
-    async def handle(delivery: Delivery) -> None:
-        event = decode(event_pb2.Event, delivery)
-        if event.name not in await awaited.get(event.project_id):
-            return
-        resumed = await handlers.resume_waits(event, unit_of_work())
-        if resumed:
-            log.info("waits.resumed", event=event.name, event_id=event.event_id, runs=resumed)
 
-    return handle
+async def _resume(
+    event: event_pb2.Event,
+    awaited: TtlCache[str, frozenset[str]],
+    unit_of_work: Callable[[], handlers.ExecutorUnitOfWork],
+) -> None:
+    if event.name not in await awaited.get(event.project_id):
+        return
+    resumed = await handlers.resume_waits(event, unit_of_work())
+    if resumed:
+        log.info("waits.resumed", event=event.name, event_id=event.event_id, runs=resumed)
 
 
 class JetStreamEventLog:

@@ -27,6 +27,7 @@ from services.executor.consumers import (
     run_start_handler,
     step_consumer,
     step_handler,
+    wait_batch_handler,
     wait_handler,
 )
 from services.executor.senders import (
@@ -113,7 +114,13 @@ async def serve(runtime: Runtime) -> None:
                 run_start_handler(unit_of_work),
                 batch_handler=run_start_batch_handler(unit_of_work),
             ),
-            runtime.consumer("EVENTS", WAITS_DURABLE, WAITS_FILTER, wait_handler(unit_of_work)),
+            runtime.consumer(
+                "EVENTS",
+                WAITS_DURABLE,
+                WAITS_FILTER,
+                wait_handler(unit_of_work),
+                batch_handler=wait_batch_handler(unit_of_work),
+            ),
             *step_workers,
         ],
         background=[outbox.run_relay, timers, catch_up],

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sqlalchemy.exc
 from sqlalchemy import (
     Column,
     DateTime,
@@ -19,12 +20,16 @@ from sqlalchemy import (
     Table,
     bindparam,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from kernel.database import DriverStatement, driver, insert_many, insert_many_returning
+from kernel import database
+from kernel.database import DriverStatement, create_engine, driver, insert_many, insert_many_returning
+from kernel.errors import is_unavailable
+from tests.conftest import Infrastructure
 
 
 @pytest.fixture
@@ -169,3 +174,50 @@ async def test_insert_many_returning_answers_only_the_rows_inserted(
 def test_a_driver_statement_cannot_expand_a_list(table: Table) -> None:
     with pytest.raises(ValueError, match="cannot expand a list parameter"):
         DriverStatement.of(select(table.c.id).where(table.c.name.in_(["a", "b"])))
+
+
+async def backend_pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int((await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def terminate(sessions: async_sessionmaker[AsyncSession], pid: int) -> None:
+    async with sessions() as session:
+        await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+async def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_unnoticed(
+    infrastructure: Infrastructure,
+    sessions: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = create_engine(infrastructure.database_url, pool_size=1)
+    try:
+        first = await backend_pid(engine)
+        await terminate(sessions, first)
+        monkeypatch.setattr(database, "PING_AFTER_IDLE_SECONDS", 0.0)
+
+        second = await backend_pid(engine)  # pinged, found dead, replaced: no error
+
+        assert second != first
+    finally:
+        await engine.dispose()
+
+
+async def test_a_busy_connection_dropped_fails_one_statement_as_unavailable_then_is_replaced(
+    infrastructure: Infrastructure,
+    sessions: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = create_engine(infrastructure.database_url, pool_size=1)
+    monkeypatch.setattr(database, "PING_AFTER_IDLE_SECONDS", 3600.0)
+    try:
+        first = await backend_pid(engine)
+        await terminate(sessions, first)
+
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as raised:
+            await backend_pid(engine)
+        assert is_unavailable(raised.value)
+        assert await backend_pid(engine) != first
+    finally:
+        await engine.dispose()
