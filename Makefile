@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test setup proto check-proto lint typecheck unit lock clean benchmark bench-ingest
+.PHONY: run test setup proto check-proto lint typecheck unit lock clean benchmark bench-ingest bench-trigger
 
 ## run: set everything up and start the whole platform (embedded PostgreSQL and NATS)
 run: $(STAMP)
@@ -60,3 +60,7 @@ benchmark: $(STAMP)
 ## bench-ingest: intake alone: events/s and latency for REST, batch and gRPC sends, with references
 bench-ingest: $(STAMP)
 	$(BIN)/python -m scripts.bench_ingest
+
+## bench-trigger: one direct workflow trigger for 10,000 contacts: answer time, deliveries, completion
+bench-trigger: $(STAMP)
+	$(BIN)/python -m scripts.bench_trigger

@@ -21,24 +21,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import statistics
-import tempfile
 import time
-import uuid
-from pathlib import Path
 
 import aiohttp
 import httpx
 import psutil
 import psycopg
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from scripts.bench_stack import running_stack
 from scripts.cpu import cpu_now, cpu_per_event, stack_processes
-from stack.embedded import free_port
-from stack.launcher import Stack
-from tests.e2e.support import WELCOME_WORKFLOW, stack_settings, start_http_sink
+from tests.e2e.support import WELCOME_WORKFLOW, start_http_sink
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -100,23 +93,6 @@ async def send_events(
     return sent_at, latencies, wall
 
 
-class TimingSink:
-    """An SMTP sink (aiosmtpd handler) that notes when the first email of each trigger arrived,
-    reading only the X-Herald-Trigger header (the tests' sink parses every message, which would
-    take CPU from the platform here)."""
-
-    TRIGGER = re.compile(rb"^X-Herald-Trigger: *([0-9a-f-]+)", re.MULTILINE | re.IGNORECASE)
-
-    def __init__(self) -> None:
-        self.received_at: dict[str, float] = {}
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        found = self.TRIGGER.search(envelope.original_content or b"")
-        if found:
-            self.received_at.setdefault(found.group(1).decode(), time.time())
-        return "250 Message accepted"
-
-
 def workflow_for(channel: str, hook_url: str) -> dict[str, object]:
     steps = {
         "email": WELCOME_WORKFLOW["steps"],
@@ -150,22 +126,10 @@ def main() -> None:
     parser.add_argument("--channel", choices=("email", "webhook", "in_app"), default="email")
     options = parser.parse_args()
 
-    sink = TimingSink()
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
-    controller.start()
     hooks = start_http_sink()
-    received_at = sink.received_at
-    with tempfile.TemporaryDirectory() as scratch:
-        smtp_url = f"smtp://127.0.0.1:{controller.port}"
-        settings = stack_settings(Path(scratch), smtp_url=smtp_url, log_level="warning",
-                                  dev_team_id=f"bench-{uuid.uuid4().hex[:6]}")  # fmt: skip
-        stack = Stack(settings, restart_crashed=False, log_directory=Path(scratch) / "logs")
-        started = time.perf_counter()
-        stack.start()
-        print(f"stack started in {time.perf_counter() - started:.1f} s")
+    with running_stack() as (stack, sink, headers):
+        received_at = sink.received_at
         try:
-            assert stack.credentials is not None
-            headers = {"X-API-Key": stack.credentials.api_key, "X-Team-ID": stack.credentials.team_id}
             httpx.post(
                 f"{stack.gateway_url}/api/v1/workflows",
                 json=workflow_for(options.channel, f"{hooks.url}/hook"),
@@ -187,7 +151,7 @@ def main() -> None:
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
                 if options.channel != "email":
-                    received_at = recorded_sends(stack.database_url, stack.credentials.team_id)
+                    received_at = recorded_sends(stack.database_url, headers["X-Team-ID"])
                 if len(received_at) >= len(sent_at):
                     break
                 time.sleep(0.5)
@@ -215,8 +179,6 @@ def main() -> None:
                     rss = psutil.Process(child.process.pid).memory_info().rss / 2**20
                     print(f"  {name:<10} {rss:7.1f} MiB")
         finally:
-            stack.stop()
-            controller.stop()
             hooks.server.shutdown()
 
 

@@ -135,6 +135,9 @@ def start_http_sink() -> HttpSink:
     """An HttpSink serving on a free port in a thread; `sink.server.shutdown()` stops it."""
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connections
+        disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms wait between
+
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             request = HttpRequest(
@@ -153,7 +156,10 @@ def start_http_sink() -> HttpSink:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    sink = HttpSink(ThreadingHTTPServer(("127.0.0.1", free_port()), Handler))
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 256  # the default (5) refuses bursts of connections
+
+    sink = HttpSink(Server(("127.0.0.1", free_port()), Handler))
     threading.Thread(target=sink.server.serve_forever, daemon=True).start()
     return sink
 
