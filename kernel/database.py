@@ -178,12 +178,20 @@ class DriverStatement:
 async def driver(session: AsyncSession) -> psycopg.AsyncConnection[Any]:
     """The psycopg connection under `session`, inside the session's transaction: for the few
     hot statements that skip SQLAlchemy's per-statement work. A failed statement aborts the
-    transaction as usual (the session's rollback ends it)."""
+    transaction as usual (the session's rollback ends it). Looked up once per transaction."""
+    transaction = session.sync_session.get_transaction()
+    cached = session.info.get(_DRIVER)
+    if transaction is not None and cached is not None and cached[0] is transaction:
+        return cached[1]  # type: ignore[no-any-return]
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     driver_connection = raw.driver_connection
     assert isinstance(driver_connection, psycopg.AsyncConnection)
+    session.info[_DRIVER] = (session.sync_session.get_transaction(), driver_connection)
     return driver_connection
+
+
+_DRIVER = "herald.driver_connection"
 
 
 def _json_value(value: Any) -> Any:

@@ -221,3 +221,19 @@ async def test_a_busy_connection_dropped_fails_one_statement_as_unavailable_then
         assert await backend_pid(engine) != first
     finally:
         await engine.dispose()
+
+
+async def test_the_driver_connection_follows_the_sessions_transactions(
+    sessions: async_sessionmaker[AsyncSession], table: Table
+) -> None:
+    committed, rolled_back = row(name="committed"), row(name="rolled back")
+    async with sessions() as session:
+        first = await driver(session)
+        assert await driver(session) is first
+        await insert_many(first, table, [committed])
+        await session.commit()
+        # A new transaction: the statement belongs to it, and goes when it is rolled back.
+        await insert_many(await driver(session), table, [rolled_back])
+        await session.rollback()
+
+    assert [r["name"] for r in (await stored(sessions, table)).values()] == ["committed"]
