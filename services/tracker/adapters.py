@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     ARRAY,
-    Boolean,
     DateTime,
     Index,
     Integer,
@@ -30,7 +30,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp
-from kernel.database import DriverStatement, driver, insert_many_returning, schema_metadata, table_of
+from kernel.database import (
+    DriverStatement,
+    driver,
+    insert_many,
+    insert_many_returning,
+    schema_metadata,
+    table_of,
+)
 from kernel.unit_of_work import SqlUnitOfWork
 from services.tracker.domain import Outcome, Progress, Summary, TriggerState, TriggerStatus, TriggerView
 
@@ -175,36 +182,60 @@ class SqlTriggerRepository:
         )
 
     async def record_matched(
-        self, trigger_id: uuid.UUID, fact: tracking_pb2.EventMatched, at: datetime
+        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.EventMatched, datetime]]
     ) -> None:
-        if fact.trigger_events > 1:
-            # One of several events: each is decided once; the trigger is matched when all are.
-            first_time = await MATCH_OF_SEVERAL.rows(
-                self._session, trigger_id=trigger_id, event_id=uuid.UUID(fact.event_id)
-            )
-            if first_time:
-                await MATCHED_ONE_OF_SEVERAL.execute(
-                    self._session, trigger_id=trigger_id, at=at, expected_events=fact.trigger_events
+        """Each event's decisions, stored the first time the event is reported decided."""
+        decided: list[tracking_pb2.EventMatched] = []
+        several = [(fact, at) for fact, at in facts if fact.trigger_events > 1]
+        for fact, at in facts:
+            if fact.trigger_events <= 1 and await MATCHED.rows(self._session, trigger_id=trigger_id, at=at):
+                decided.append(fact)
+        if several:
+            # Events of a trigger of several: each is decided once; the trigger is matched when all are.
+            new = {
+                event_id
+                for (event_id,) in await insert_many_returning(
+                    await driver(self._session),
+                    MATCHES,
+                    [{"trigger_id": trigger_id, "event_id": uuid.UUID(fact.event_id)} for fact, _ in several],
+                    "event_id",
+                    on_conflict="ON CONFLICT DO NOTHING",
                 )
-        else:
-            first_time = await MATCHED.rows(self._session, trigger_id=trigger_id, at=at)
-        if not first_time or not fact.decisions:
+            }
+            firsts = []
+            for fact, at in several:
+                event_id = uuid.UUID(fact.event_id)
+                if event_id in new:
+                    new.discard(event_id)  # the same event twice in this batch counts once
+                    firsts.append((fact, at))
+            if firsts:
+                await MATCHED_SOME_OF_SEVERAL.execute(
+                    self._session,
+                    trigger_id=trigger_id,
+                    at=min(at for _, at in firsts),
+                    expected_events=firsts[-1][0].trigger_events,
+                    count=len(firsts),
+                )
+                decided += [fact for fact, _ in firsts]
+        rows = [
+            {
+                "trigger_id": trigger_id,
+                "workflow_key": decision.workflow_key,
+                "contact_id": decision.contact_id,
+                "workflow_version": decision.workflow_version,
+                "matched": decision.outcome == tracking_pb2.MATCH_OUTCOME_MATCHED,
+                "reason": decision.reason,
+                "run_id": uuid.UUID(decision.run_id) if decision.run_id else None,
+            }
+            for fact in decided
+            for decision in fact.decisions
+        ]
+        if not rows:
             return
         inserted = await insert_many_returning(
             await driver(self._session),
             DECISIONS,
-            [
-                {
-                    "trigger_id": trigger_id,
-                    "workflow_key": decision.workflow_key,
-                    "contact_id": decision.contact_id,
-                    "workflow_version": decision.workflow_version,
-                    "matched": decision.outcome == tracking_pb2.MATCH_OUTCOME_MATCHED,
-                    "reason": decision.reason,
-                    "run_id": uuid.UUID(decision.run_id) if decision.run_id else None,
-                }
-                for decision in fact.decisions
-            ],
+            rows,
             "run_id, matched",
             on_conflict="ON CONFLICT DO NOTHING",
         )
@@ -222,61 +253,95 @@ class SqlTriggerRepository:
             last_finished_at=ended.last,
         )
 
-    async def record_run_started(
-        self, trigger_id: uuid.UUID, fact: tracking_pb2.RunStarted, at: datetime
+    async def record_runs_started(
+        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.RunStarted, datetime]]
     ) -> None:
-        await RUN_STARTED.execute(
-            self._session,
-            run_id=uuid.UUID(fact.run_id),
-            trigger_id=trigger_id,
-            workflow_key=fact.workflow_key,
-            contact_id=fact.contact_id,
-            started_at=at,
+        rows = {
+            fact.run_id: {
+                "run_id": uuid.UUID(fact.run_id),
+                "trigger_id": trigger_id,
+                "workflow_key": fact.workflow_key,
+                "contact_id": fact.contact_id,
+                "status": "running",
+                "detail": "",
+                "started_at": at,
+            }
+            for fact, at in facts
+        }
+        await insert_many(
+            await driver(self._session),
+            RUNS,
+            list(rows.values()),
+            on_conflict="ON CONFLICT (run_id) DO UPDATE SET workflow_key = EXCLUDED.workflow_key, "
+            "contact_id = EXCLUDED.contact_id, started_at = EXCLUDED.started_at",
         )
 
-    async def record_run_finished(
-        self, trigger_id: uuid.UUID, fact: tracking_pb2.RunFinished, at: datetime
+    async def record_runs_finished(
+        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.RunFinished, datetime]]
     ) -> None:
-        """Record the run's end; the trigger's counters move when the run newly finished (or,
-        after a replay, finished the other way) and its decision is known."""
-        run_id = uuid.UUID(fact.run_id)
-        status = "completed" if fact.outcome == tracking_pb2.RUN_OUTCOME_COMPLETED else "failed"
-        before = next(iter(await RUN_END.rows(self._session, run_id=run_id)), None)
-        values = {"status": status, "detail": fact.detail, "finished_at": at}
-        if before is None:
-            await RUN_FINISHED_FIRST.execute(self._session, run_id=run_id, trigger_id=trigger_id, **values)
-        elif before.finished_at is None or before.status != status:
-            await RUN_FINISHED.execute(self._session, run_id=run_id, **values)
-        else:
-            return  # the same end again
-        was_finished = before is not None and before.finished_at is not None
-        finished = 0 if was_finished else 1
-        failed = (status == "failed") - (was_finished and before is not None and before.status == "failed")
-        if not await RUN_DECIDED.rows(self._session, run_id=run_id, trigger_id=trigger_id):
-            return  # counted when the decision arrives
-        await COUNT_RUNS.execute(
-            self._session,
-            trigger_id=trigger_id,
-            expected=0,
-            finished=finished,
-            failed=failed,
-            last_finished_at=at,
+        """Record the runs' ends; the trigger's counters move for each run that newly finished
+        (or, after a replay, finished the other way) and whose decision is known (the others are
+        counted when their decision arrives). Of several ends of one run in a batch, the last counts."""
+        ends = {uuid.UUID(fact.run_id): (fact, at) for fact, at in facts}
+        before = {row.run_id: row for row in await RUN_ENDS.rows(self._session, run_ids=list(ends))}
+        rows, moves = [], {}
+        for run_id, (fact, at) in ends.items():
+            status = "completed" if fact.outcome == tracking_pb2.RUN_OUTCOME_COMPLETED else "failed"
+            known = before.get(run_id)
+            was_finished = known is not None and known.finished_at is not None
+            if was_finished and known is not None and known.status == status:
+                continue  # the same end again
+            rows.append(
+                {"run_id": run_id, "trigger_id": trigger_id, "status": status, "detail": fact.detail,
+                 "finished_at": at}
+            )  # fmt: skip
+            was_failed = was_finished and known is not None and known.status == "failed"
+            moves[run_id] = (0 if was_finished else 1, (status == "failed") - was_failed, at)
+        if not rows:
+            return
+        await insert_many(
+            await driver(self._session),
+            RUNS,
+            rows,
+            on_conflict="ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status, "
+            "detail = EXCLUDED.detail, finished_at = EXCLUDED.finished_at",
         )
+        decided = {
+            row.run_id
+            for row in await RUNS_DECIDED.rows(self._session, run_ids=list(moves), trigger_id=trigger_id)
+        }
+        counted = [move for run_id, move in moves.items() if run_id in decided]
+        if counted:
+            await COUNT_RUNS.execute(
+                self._session,
+                trigger_id=trigger_id,
+                expected=0,
+                finished=sum(finished for finished, _, _ in counted),
+                failed=sum(failed for _, failed, _ in counted),
+                last_finished_at=max(at for _, _, at in counted),
+            )
 
-    async def record_delivery(
-        self, trigger_id: uuid.UUID, fact: tracking_pb2.DeliveryRecorded, at: datetime
+    async def record_deliveries(
+        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.DeliveryRecorded, datetime]]
     ) -> None:
-        await DELIVERY.execute(
-            self._session,
-            delivery_id=uuid.UUID(fact.delivery_id),
-            trigger_id=trigger_id,
-            run_id=uuid.UUID(fact.run_id),
-            step_id=fact.step_id,
-            channel=fact.channel,
-            sent=fact.outcome == tracking_pb2.DELIVERY_OUTCOME_SENT,
-            attempts=fact.attempts,
-            detail=fact.detail,
-            recorded_at=at,
+        await insert_many(
+            await driver(self._session),
+            DELIVERIES,
+            [
+                {
+                    "delivery_id": uuid.UUID(fact.delivery_id),
+                    "trigger_id": trigger_id,
+                    "run_id": uuid.UUID(fact.run_id),
+                    "step_id": fact.step_id,
+                    "channel": fact.channel,
+                    "sent": fact.outcome == tracking_pb2.DELIVERY_OUTCOME_SENT,
+                    "attempts": fact.attempts,
+                    "detail": fact.detail,
+                    "recorded_at": at,
+                }
+                for fact, at in facts
+            ],
+            on_conflict="ON CONFLICT (delivery_id) DO NOTHING",
         )
 
     async def progress(self, trigger_id: uuid.UUID) -> Progress:
@@ -423,13 +488,13 @@ MATCH_OF_SEVERAL = DriverStatement.of(
     .on_conflict_do_nothing()
     .returning(MATCHES.c.event_id)
 )
-MATCHED_ONE_OF_SEVERAL = DriverStatement.of(
+MATCHED_SOME_OF_SEVERAL = DriverStatement.of(
     update(TRIGGERS)
     .where(TRIGGERS.c.id == TRIGGER_ID)
     .values(
         matched_at=func.coalesce(TRIGGERS.c.matched_at, AT),
         expected_events=_param("expected_events", Integer),
-        events_matched=TRIGGERS.c.events_matched + 1,
+        events_matched=TRIGGERS.c.events_matched + _param("count", Integer),
     )
 )
 ENDED = DriverStatement.of(
@@ -451,45 +516,14 @@ COUNT_RUNS = DriverStatement.of(
         ),
     )
 )
-_started = {
-    "workflow_key": _param("workflow_key", String),
-    "contact_id": _param("contact_id", String),
-    "started_at": _param("started_at", DateTime(timezone=True)),
-}
-RUN_STARTED = DriverStatement.of(
-    insert(RUNS)
-    .values(run_id=RUN_ID, trigger_id=TRIGGER_ID, status="running", detail="", **_started)
-    .on_conflict_do_update(index_elements=["run_id"], set_=_started)
+RUN_IDS = _param("run_ids", ARRAY(Uuid))
+RUN_ENDS = DriverStatement.of(
+    select(RUNS.c.run_id, RUNS.c.status, RUNS.c.finished_at).where(RUNS.c.run_id == any_(RUN_IDS))
 )
-RUN_END = DriverStatement.of(select(RUNS.c.status, RUNS.c.finished_at).where(RUNS.c.run_id == RUN_ID))
-_finished = {
-    "status": _param("status", String),
-    "detail": _param("detail", Text),
-    "finished_at": _param("finished_at", DateTime(timezone=True)),
-}
-RUN_FINISHED_FIRST = DriverStatement.of(
-    insert(RUNS).values(run_id=RUN_ID, trigger_id=TRIGGER_ID, **_finished).on_conflict_do_nothing()
-)
-RUN_FINISHED = DriverStatement.of(update(RUNS).where(RUNS.c.run_id == RUN_ID).values(**_finished))
-RUN_DECIDED = DriverStatement.of(
+RUNS_DECIDED = DriverStatement.of(
     select(DECISIONS.c.run_id).where(
-        DECISIONS.c.run_id == RUN_ID, DECISIONS.c.trigger_id == TRIGGER_ID, DECISIONS.c.matched
+        DECISIONS.c.run_id == any_(RUN_IDS), DECISIONS.c.trigger_id == TRIGGER_ID, DECISIONS.c.matched
     )
-)
-DELIVERY = DriverStatement.of(
-    insert(DELIVERIES)
-    .values(
-        delivery_id=_param("delivery_id", Uuid),
-        trigger_id=TRIGGER_ID,
-        run_id=RUN_ID,
-        step_id=_param("step_id", String),
-        channel=_param("channel", String),
-        sent=_param("sent", Boolean),
-        attempts=_param("attempts", Integer),
-        detail=_param("detail", Text),
-        recorded_at=_param("recorded_at", DateTime(timezone=True)),
-    )
-    .on_conflict_do_nothing(index_elements=["delivery_id"])
 )
 PROGRESS = DriverStatement.of(
     select(

@@ -37,20 +37,22 @@ class TriggerRepository(Protocol):
 
     async def record_accepted(self, trigger_id: uuid.UUID, fact: tracking_pb2.TriggerAccepted) -> None: ...
 
+    # Each applies its facts (with when each was recorded) at most once: a repeated fact
+    # changes nothing, whether it came in an earlier batch or twice in this one.
     async def record_matched(
-        self, trigger_id: uuid.UUID, fact: tracking_pb2.EventMatched, at: datetime
+        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.EventMatched, datetime]]
     ) -> None: ...
 
-    async def record_run_started(
-        self, trigger_id: uuid.UUID, fact: tracking_pb2.RunStarted, at: datetime
+    async def record_runs_started(
+        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.RunStarted, datetime]]
     ) -> None: ...
 
-    async def record_run_finished(
-        self, trigger_id: uuid.UUID, fact: tracking_pb2.RunFinished, at: datetime
+    async def record_runs_finished(
+        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.RunFinished, datetime]]
     ) -> None: ...
 
-    async def record_delivery(
-        self, trigger_id: uuid.UUID, fact: tracking_pb2.DeliveryRecorded, at: datetime
+    async def record_deliveries(
+        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.DeliveryRecorded, datetime]]
     ) -> None: ...
 
     async def progress(self, trigger_id: uuid.UUID) -> Progress: ...
@@ -108,8 +110,16 @@ async def record_facts(records: Sequence[tracking_pb2.TrackingRecord], uow: Trac
 async def _apply(
     trigger_id: uuid.UUID, records: list[tracking_pb2.TrackingRecord], repository: TriggerRepository
 ) -> None:
+    """A trigger's facts, a statement or a few for each kind whatever their number (a direct
+    trigger of thousands of contacts brings thousands at once): the counters they move do not
+    depend on the order facts arrive in."""
     trigger = await repository.lock(trigger_id, records[0].project_id)
     before = (trigger.status, trigger.started_at, trigger.completed_at)
+    matched: list[tuple[tracking_pb2.EventMatched, datetime]] = []
+    started: list[tuple[tracking_pb2.RunStarted, datetime]] = []
+    finished: list[tuple[tracking_pb2.RunFinished, datetime]] = []
+    deliveries: list[tuple[tracking_pb2.DeliveryRecorded, datetime]] = []
+    at = utcnow()
     for record in records:
         at = from_timestamp(record.recorded_at) if record.HasField("recorded_at") else utcnow()
         kind = record.WhichOneof("kind")
@@ -121,15 +131,23 @@ async def _apply(
                 else None
             )
         elif kind == "event_matched":
-            await repository.record_matched(trigger_id, record.event_matched, at)
+            matched.append((record.event_matched, at))
         elif kind == "run_started":
-            await repository.record_run_started(trigger_id, record.run_started, at)
+            started.append((record.run_started, at))
         elif kind == "run_finished":
-            await repository.record_run_finished(trigger_id, record.run_finished, at)
+            finished.append((record.run_finished, at))
         elif kind == "delivery_recorded":
-            await repository.record_delivery(trigger_id, record.delivery_recorded, at)
+            deliveries.append((record.delivery_recorded, at))
         elif kind == "trigger_cancelled":
             cancel(trigger, from_timestamp(record.trigger_cancelled.cancelled_at))
+    if matched:
+        await repository.record_matched(trigger_id, matched)
+    if started:
+        await repository.record_runs_started(trigger_id, started)
+    if deliveries:
+        await repository.record_deliveries(trigger_id, deliveries)
+    if finished:
+        await repository.record_runs_finished(trigger_id, finished)
     # Once, after all of them: the status follows from the counters, whatever order facts came in.
     next_status(trigger, await repository.progress(trigger_id), at, now=utcnow())
     if (trigger.status, trigger.started_at, trigger.completed_at) != before:

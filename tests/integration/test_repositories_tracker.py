@@ -377,3 +377,64 @@ async def test_facts_of_several_triggers_in_one_batch_count_as_one_by_one(
         assert (progress.expected_runs, progress.finished_runs) == (1, 1)
         assert view is not None and view.status == TriggerStatus.COMPLETED
         assert view.summary == Summary(total_contacts=1, sent=1, failed=0, filtered=0)
+
+
+async def test_a_direct_triggers_facts_in_one_batch_count_as_one_by_one(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    story = TriggerStory(team.team_id)
+    contacts = [str(uuid.uuid4()) for _ in range(40)]
+    runs = {contact: uuid.uuid4() for contact in contacts[:30]}  # the other 10 are filtered
+    matched = [a_direct_trigger_event(story, contact, runs.get(contact), 40) for contact in contacts]
+    accepted = story.record(
+        0,
+        trigger_accepted=tracking_pb2.TriggerAccepted(
+            event_id=str(story.event_id),
+            event_name="herald.workflow.triggered",
+            created_at=to_timestamp(story.accepted_at),
+            events=40,
+            contacts=40,
+        ),
+    )
+    started = [story.run_started(run_id, "welcome") for run_id in runs.values()]
+    deliveries = [
+        story.delivery(run_id, "greet", sent=index % 3 != 0) for index, run_id in enumerate(runs.values())
+    ]
+    finished = [
+        story.run_finished(run_id, completed=index % 3 != 0) for index, run_id in enumerate(runs.values())
+    ]
+
+    # Ends before decisions, the first half of everything in one batch, each fact twice here or there.
+    await record_facts(
+        finished[:15] + matched[:20] + matched[:5] + started[:15], TrackerSqlUnitOfWork(sessions)
+    )
+    _, progress = await look(sessions, story)
+    assert (progress.expected_runs, progress.finished_runs, progress.undecided_events) == (20, 15, 20)
+    await record_facts(
+        [accepted, *deliveries, *finished, *matched[15:], *started, *finished[:3]],
+        TrackerSqlUnitOfWork(sessions),
+    )
+
+    view, progress = await look(sessions, story)
+    assert (progress.expected_runs, progress.finished_runs, progress.failed_runs) == (30, 30, 10)
+    assert progress.undecided_events == 0
+    assert view is not None and view.status == TriggerStatus.COMPLETED
+    assert view.summary == Summary(total_contacts=40, sent=20, failed=10, filtered=10)
+
+
+async def test_a_runs_two_ends_in_one_batch_count_as_its_last(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    story = TriggerStory(team.team_id)
+    run_id = uuid.uuid4()
+    await apply(sessions, story.accepted(), story.matched({"welcome": run_id}))
+
+    # Failed, then (a dead letter replayed) completed, both in one fetch.
+    await record_facts(
+        [story.run_finished(run_id, completed=False), story.run_finished(run_id, completed=True)],
+        TrackerSqlUnitOfWork(sessions),
+    )
+
+    view, progress = await look(sessions, story)
+    assert (progress.expected_runs, progress.finished_runs, progress.failed_runs) == (1, 1, 0)
+    assert view is not None and view.status == TriggerStatus.COMPLETED
