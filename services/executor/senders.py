@@ -80,6 +80,8 @@ class SmtpServer:
 MESSAGES_PER_SESSION = 100
 # The longest line (without CRLF) SMTP carries (RFC 5321); longer ones need a transfer encoding.
 MAX_LINE = 998
+# A subject with a word longer than this is built by EmailMessage, which can fold it.
+MAX_HEADER_WORD = 900
 IDLE_SECONDS = 30.0
 REUSE_UNCHECKED_SECONDS = 2.0
 MAX_IDLE_SESSIONS = 16
@@ -141,6 +143,9 @@ class SmtpEmailSender:
                 except (aiosmtplib.SMTPException, OSError):
                     session.client.close()
                     continue
+                except BaseException:  # cancelled while checking: the session is nobody's now
+                    session.client.close()
+                    raise
             return session
         server = self._server
         client = aiosmtplib.SMTP(
@@ -178,7 +183,7 @@ def compose(email: OutgoingEmail, mail_from: str) -> Message:
     internationalized address for one, goes through EmailMessage, which also refuses a header
     that would break the message."""
     headers = {"To": email.to, "Message-ID": email.message_id, **email.headers}
-    if not all(_plain(value) for value in (mail_from, *headers.values())):
+    if not all(_plain(value) for value in (mail_from, *headers.values())) or _has_long_word(email.subject):
         return _email_message(email, mail_from)
     body = _text_part(email.text, "plain")
     message: Message = body
@@ -201,9 +206,20 @@ def _plain(value: str) -> bool:
     return value.isascii() and "\r" not in value and "\n" not in value
 
 
+def _has_long_word(text: str) -> bool:
+    """A word too long for a header line once folded (compat32 folds only at spaces)."""
+    return any(len(word) > MAX_HEADER_WORD for word in text.split())
+
+
 def _text_part(text: str, subtype: str) -> MIMEText:
-    """ASCII text with lines SMTP can carry as they are (7bit); any other, UTF-8 in base64."""
-    if text.isascii() and all(len(line) <= MAX_LINE for line in text.splitlines()):
+    """ASCII text with lines SMTP can carry as they are goes as 7bit; any other, and text with a
+    line starting "From " (which compat32 would send as ">From "), as UTF-8 in base64."""
+    lines = text.split("\n")
+    if (
+        text.isascii()
+        and all(len(line) <= MAX_LINE for line in lines)
+        and not any(line.startswith("From ") for line in lines)
+    ):
         return MIMEText(text, subtype, "us-ascii")
     return MIMEText(text, subtype, "utf-8")
 

@@ -238,10 +238,14 @@ async def match_events(
             return decided
         claimed = await uow.decisions.claim([matched for _, matched, _ in considered])
         stored: list[tuple[MatchedEvent, list[Decision]]] = []
+        # Contact by contact (each contact's events in the order they came): the membership and
+        # cooldown rows they lock are then taken in one order by every batch of every replica.
+        considered.sort(key=lambda each: (each[1].team_id, each[1].contact_id))
         for event, matched, workflows in considered:
-            if matched.event_id not in claimed or event.event_id in decided:
+            if matched.event_id not in claimed:
                 log.info("match.already_decided", event_id=event.event_id)
                 continue
+            claimed.discard(matched.event_id)  # the same event twice in this batch is decided once
             matched = await _with_segments(event, matched, uow, segments_of, record=True)
             decisions = [await _claim_cooldown(d, matched, uow) for d in decide(matched, workflows)]
             decided[event.event_id] = decisions

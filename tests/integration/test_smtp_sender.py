@@ -309,3 +309,32 @@ def test_a_header_that_would_break_the_message_is_refused() -> None:
 
     with pytest.raises(ValueError, match="linefeed or carriage return"):
         compose(email, MAIL_FROM)
+
+
+async def test_lines_starting_with_from_and_long_words_arrive_as_written(
+    sink: tuple[SmtpSink, SmtpServer],
+) -> None:
+    handler, server = sink
+    sender = SmtpEmailSender(server, MAIL_FROM, timeout=5)
+    emails = [
+        OutgoingEmail(
+            to="ada@example.com",
+            subject=subject,
+            text="Hello\nFrom now on, weekly.\n",
+            html="<p>Hi</p>\nFrom the team",
+            message_id=f"<from-{index}@herald.test>",
+        )
+        for index, subject in enumerate(["Weekly", "Token " + "x" * 1200])
+    ]
+
+    for email in emails:
+        await sender.send(email)
+
+    for email, received in zip(emails, handler.received, strict=True):
+        message = received.message
+        assert message["Subject"] == email.subject
+        text = message.get_body(preferencelist=("plain",))
+        html = message.get_body(preferencelist=("html",))
+        assert text is not None and text.get_content().replace("\r\n", "\n") == email.text
+        assert html is not None and html.get_content().replace("\r\n", "\n").rstrip("\n") == email.html
+        assert max(len(line) for line in message.as_bytes().split(b"\n")) <= 998
