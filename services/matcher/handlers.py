@@ -275,10 +275,16 @@ async def _considered(
     event: event_pb2.Event, uow: MatcherUnitOfWork, workflows_of: WorkflowSource | None = None
 ) -> list[Workflow]:
     """The workflows that consider `event`: those listening to its name or, for an event of a
-    direct trigger, the one workflow it names (even if deleted since, so the reason is shown)."""
+    direct trigger, the one workflow it names (even if deleted since, so the reason is shown):
+    from the cache like any other, or from the database when the cache does not have it."""
     if event.workflow_key:
-        workflow = await uow.workflows.latest(event.project_id, event.workflow_key)
-        return [workflow] if workflow is not None else []
+        if workflows_of is not None:
+            for listening in (await workflows_of(event.project_id)).values():
+                for workflow in listening:
+                    if workflow.key == event.workflow_key:
+                        return [workflow]
+        latest = await uow.workflows.latest(event.project_id, event.workflow_key)
+        return [latest] if latest is not None else []
     if workflows_of is not None:
         return (await workflows_of(event.project_id)).get(event.name, [])
     return await uow.workflows.listening_to(event.project_id, event.name)

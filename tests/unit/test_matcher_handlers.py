@@ -13,7 +13,7 @@ from herald.workflow.v1 import workflow_pb2
 from kernel.errors import AlreadyExists, InvalidArgument, NotFound
 from kernel.steps import StepSpec
 from kernel.structs import from_struct, to_struct
-from services.matcher.domain import Filters, WorkflowDefinition, run_id_for, validate_definition
+from services.matcher.domain import Filters, Workflow, WorkflowDefinition, run_id_for, validate_definition
 from services.matcher.handlers import (
     create_workflow,
     delete_workflow,
@@ -21,6 +21,7 @@ from services.matcher.handlers import (
     list_workflows,
     match_event,
     match_events,
+    update_workflow,
 )
 from services.matcher.messages import definition_from_proto, definition_to_proto
 from tests.unit.fakes import FakeMatcherUnitOfWork
@@ -284,6 +285,22 @@ def a_direct_trigger_event(workflow_key: str, events: int = 3) -> event_pb2.Even
     event = an_event("herald.workflow.triggered")
     event.workflow_key, event.trigger_events = workflow_key, events
     return event
+
+
+async def test_a_direct_trigger_event_takes_its_workflow_from_the_cache_when_it_has_it() -> None:
+    uow = FakeMatcherUnitOfWork()
+    cached = await create_workflow(TEAM, a_definition(key="onboarding"), uow)
+    await update_workflow(TEAM, "onboarding", a_definition(key="onboarding", name="Changed"), uow)
+    by_event = {"user_signup": [cached]}
+
+    async def workflows_of(team_id: str) -> dict[str, list[Workflow]]:
+        return by_event
+
+    [from_cache] = await match_event(a_direct_trigger_event("onboarding"), uow, workflows_of=workflows_of)
+    by_event = {}
+    [from_database] = await match_event(a_direct_trigger_event("onboarding"), uow, workflows_of=workflows_of)
+
+    assert (from_cache.workflow.version, from_database.workflow.version) == (1, 2)
 
 
 async def test_a_direct_trigger_event_is_decided_by_the_named_workflow_alone() -> None:
