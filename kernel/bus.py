@@ -28,6 +28,7 @@ from nats.errors import BadSubjectError, MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
+from structlog.typing import FilteringBoundLogger
 
 from kernel.errors import Unavailable, is_unavailable
 
@@ -311,20 +312,27 @@ class Consumer:
                 log.warning("consumer.fetch_failed", durable=self.durable, error=str(error))
                 await asyncio.sleep(0.5)
                 continue
-            if self.batch_handler is not None and len(messages) > 1:
-                await self._handle_batch(messages, self.batch_handler)
-            else:
-                await asyncio.gather(*(self._handle(message) for message in messages))
+            # One task keeps the whole fetch alive (not one per message: they are many).
+            working = {id(message): message for message in messages}
+            keep_alive = asyncio.create_task(self._keep_alive(working))
+            try:
+                if self.batch_handler is not None and len(messages) > 1:
+                    await self._handle_batch(messages, self.batch_handler, working)
+                else:
+                    await asyncio.gather(*(self._handle(message, working) for message in messages))
+            finally:
+                keep_alive.cancel()
         try:
             await subscription.unsubscribe()
         except Exception as error:  # the connection may be gone already
             log.info("consumer.unsubscribe_failed", durable=self.durable, error=str(error))
         log.info("consumer.stopped", durable=self.durable)
 
-    async def _handle_batch(self, messages: list[Msg], handler: BatchHandler) -> None:
+    async def _handle_batch(
+        self, messages: list[Msg], handler: BatchHandler, working: dict[int, Msg]
+    ) -> None:
         """All of a fetch's messages by `handler` at once, acknowledged together; when that
         fails, each again on its own, so one bad message is retried or dead-lettered alone."""
-        keep_alive = [asyncio.create_task(self._keep_alive(message)) for message in messages]
         try:
             await handler([_delivery(message) for message in messages])
         except Exception as error:
@@ -333,21 +341,12 @@ class Consumer:
             )
         else:
             await asyncio.gather(*(message.ack() for message in messages))
+            working.clear()
             return
-        finally:
-            for task in keep_alive:
-                task.cancel()
-        await asyncio.gather(*(self._handle(message) for message in messages))
+        await asyncio.gather(*(self._handle(message, working) for message in messages))
 
-    async def _handle(self, message: Msg) -> None:
+    async def _handle(self, message: Msg, working: dict[int, Msg]) -> None:
         delivery = _delivery(message)
-        bound = log.bind(
-            durable=self.durable,
-            subject=delivery.subject,
-            attempt=delivery.attempt,
-            msg_id=delivery.headers.get(MSG_ID),
-        )
-        keep_alive = asyncio.create_task(self._keep_alive(message))
         try:
             await self.handler(delivery)
         except Poison as poison:
@@ -357,17 +356,19 @@ class Consumer:
                 await self._dead_letter(message, delivery, f"attempts exhausted: {retry}")
                 return
             delay = retry.delay if retry.delay is not None else backoff_delay(delivery.attempt)
-            bound.info("consumer.retry", reason=str(retry), delay=round(delay, 3))
+            self._bound(delivery).info("consumer.retry", reason=str(retry), delay=round(delay, 3))
             await message.nak(delay=delay)
         except Exception as error:
             if is_unavailable(error):
                 # The database or the bus is away: not the message's fault, so it does not use up
                 # an attempt towards the dead letters; it comes back when they may be back.
                 delay = backoff_delay(min(delivery.attempt, 8), base=1.0, ceiling=30.0)
-                bound.warning("consumer.unavailable", error=repr(error)[:500], delay=round(delay, 3))
+                self._bound(delivery).warning(
+                    "consumer.unavailable", error=repr(error)[:500], delay=round(delay, 3)
+                )
                 await message.nak(delay=delay)
                 return
-            bound.exception("consumer.handler_failed")
+            self._bound(delivery).exception("consumer.handler_failed")
             if delivery.attempt >= self.max_attempts:
                 await self._dead_letter(message, delivery, f"attempts exhausted: {error!r}")
                 return
@@ -375,18 +376,29 @@ class Consumer:
         else:
             await message.ack()
         finally:
-            keep_alive.cancel()
+            working.pop(id(message), None)
 
-    async def _keep_alive(self, message: Msg) -> None:
-        """Tell the server a slow handler is still working, so only a dead worker's messages come
-        back, after `ack_wait_seconds`: a short ack wait makes recovery from a crash quick."""
-        while True:
+    def _bound(self, delivery: Delivery) -> FilteringBoundLogger:
+        """The log with the message's particulars (bound only when there is something to say)."""
+        bound: FilteringBoundLogger = log.bind(
+            durable=self.durable,
+            subject=delivery.subject,
+            attempt=delivery.attempt,
+            msg_id=delivery.headers.get(MSG_ID),
+        )
+        return bound
+
+    async def _keep_alive(self, working: dict[int, Msg]) -> None:
+        """Tell the server that slow handlers are still working, so only a dead worker's messages
+        come back, after `ack_wait_seconds`: a short ack wait makes recovery from a crash quick."""
+        while working:
             await asyncio.sleep(self.ack_wait_seconds / 3)
-            try:
-                await message.in_progress()
-            except Exception as error:  # the connection is gone: redelivery will sort it out
-                log.info("consumer.keep_alive_failed", durable=self.durable, error=str(error))
-                return
+            for message in list(working.values()):
+                try:
+                    await message.in_progress()
+                except Exception as error:  # the connection is gone: redelivery will sort it out
+                    log.info("consumer.keep_alive_failed", durable=self.durable, error=str(error))
+                    return
 
     async def _dead_letter(self, message: Msg, delivery: Delivery, reason: str) -> None:
         log.warning("consumer.dead_letter", durable=self.durable, subject=delivery.subject, reason=reason)

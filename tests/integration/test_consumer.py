@@ -352,3 +352,29 @@ async def test_a_failed_batch_is_handled_again_one_by_one(js: JetStreamContext) 
     assert batches == [[b"good-3", b"bad", b"good-4"]]
     assert record.data == b"bad"
     assert sorted(d.data for d in handler.deliveries) == [b"bad", b"good-3", b"good-4"]
+
+
+async def test_a_slow_handler_keeps_its_message_from_another_worker(js: JetStreamContext) -> None:
+    lane = Lane()
+
+    async def slow_for_the_first(delivery: Delivery) -> None:
+        if delivery.data == b"slow":
+            await asyncio.sleep(3.5)  # over three ack waits
+
+    handler = RecordingHandler(slow_for_the_first)
+    first = dataclasses.replace(consumer_for(js, lane, handler), ack_wait_seconds=1.0)
+    await publish(js, lane, b"slow")
+
+    async with running(first):
+        await eventually(lambda: _async(bool(handler.deliveries)), what="the slow one taken")
+        # A second worker of the same durable consumer, pulling all along.
+        async with running(dataclasses.replace(first)):
+            last = await publish(js, lane, b"quick")
+            await eventually(lambda: settled(js, lane, last), what="both acked", within=15)
+            await asyncio.sleep(1.5)  # a redelivery would have come by now
+
+    assert sorted(d.data for d in handler.deliveries) == [b"quick", b"slow"]
+
+
+async def _async(value: bool) -> bool:
+    return value
