@@ -142,13 +142,22 @@ class SqlTriggerRepository:
 
     def __init__(self, session: AsyncSession):
         self._session = session
+        # The progress of each trigger this transaction locked, as its last statement left it:
+        # every statement that moves a trigger's counters returns them.
+        self._progress: dict[uuid.UUID, Progress] = {}
+
+    def _note(self, trigger_id: uuid.UUID, rows: list[Any]) -> list[Any]:
+        """Remember the progress the statement's rows show (none: the statement changed nothing)."""
+        if rows:
+            self._progress[trigger_id] = _progress(rows[-1])
+        return rows
 
     async def lock(self, trigger_id: uuid.UUID, team_id: str) -> TriggerState:
         rows = await LOCK.rows(self._session, trigger_id=trigger_id)
         if not rows:  # the trigger's first fact (or one racing it)
             await CREATE.execute(self._session, trigger_id=trigger_id, team_id=team_id)
             rows = await LOCK.rows(self._session, trigger_id=trigger_id)
-        [row] = rows
+        [row] = self._note(trigger_id, rows)
         return TriggerState(
             row.id,
             row.team_id,
@@ -169,16 +178,19 @@ class SqlTriggerRepository:
         )
 
     async def record_accepted(self, trigger_id: uuid.UUID, fact: tracking_pb2.TriggerAccepted) -> None:
-        await ACCEPTED.execute(
-            self._session,
-            trigger_id=trigger_id,
-            event_id=uuid.UUID(fact.event_id),
-            event_name=fact.event_name,
-            contact_id=fact.contact_id or None,
-            created_at=from_timestamp(fact.created_at),
-            scheduled_for=from_timestamp(fact.scheduled_for) if fact.HasField("scheduled_for") else None,
-            expected_events=fact.events if fact.events > 1 else None,
-            contacts=fact.contacts if fact.contacts > 0 else None,
+        self._note(
+            trigger_id,
+            await ACCEPTED.rows(
+                self._session,
+                trigger_id=trigger_id,
+                event_id=uuid.UUID(fact.event_id),
+                event_name=fact.event_name,
+                contact_id=fact.contact_id or None,
+                created_at=from_timestamp(fact.created_at),
+                scheduled_for=from_timestamp(fact.scheduled_for) if fact.HasField("scheduled_for") else None,
+                expected_events=fact.events if fact.events > 1 else None,
+                contacts=fact.contacts if fact.contacts > 0 else None,
+            ),
         )
 
     async def record_matched(
@@ -188,7 +200,9 @@ class SqlTriggerRepository:
         decided: list[tracking_pb2.EventMatched] = []
         several = [(fact, at) for fact, at in facts if fact.trigger_events > 1]
         for fact, at in facts:
-            if fact.trigger_events <= 1 and await MATCHED.rows(self._session, trigger_id=trigger_id, at=at):
+            if fact.trigger_events <= 1 and self._note(
+                trigger_id, await MATCHED.rows(self._session, trigger_id=trigger_id, at=at)
+            ):
                 decided.append(fact)
         if several:
             # Events of a trigger of several: each is decided once; the trigger is matched when all are.
@@ -209,9 +223,9 @@ class SqlTriggerRepository:
                     new.discard(event_id)  # the same event twice in this batch counts once
                     firsts.append((fact, at))
             if firsts:
-                await MATCHED_SOME_OF_SEVERAL.execute(
-                    self._session,
-                    trigger_id=trigger_id,
+                await self._counted(
+                    MATCHED_SOME_OF_SEVERAL,
+                    trigger_id,
                     at=min(at for _, at in firsts),
                     expected_events=firsts[-1][0].trigger_events,
                     count=len(firsts),
@@ -244,9 +258,9 @@ class SqlTriggerRepository:
             return
         # Runs whose end was reported before their decision count as finished now.
         [ended] = await ENDED.rows(self._session, run_ids=new_runs)
-        await COUNT_RUNS.execute(
-            self._session,
-            trigger_id=trigger_id,
+        await self._counted(
+            COUNT_RUNS,
+            trigger_id,
             expected=len(new_runs),
             finished=ended.finished,
             failed=ended.failed,
@@ -312,9 +326,9 @@ class SqlTriggerRepository:
         }
         counted = [move for run_id, move in moves.items() if run_id in decided]
         if counted:
-            await COUNT_RUNS.execute(
-                self._session,
-                trigger_id=trigger_id,
+            await self._counted(
+                COUNT_RUNS,
+                trigger_id,
                 expected=0,
                 finished=sum(finished for finished, _, _ in counted),
                 failed=sum(failed for _, failed, _ in counted),
@@ -344,20 +358,18 @@ class SqlTriggerRepository:
             on_conflict="ON CONFLICT (delivery_id) DO NOTHING",
         )
 
+    async def _counted(self, statement: DriverStatement, trigger_id: uuid.UUID, **parameters: Any) -> None:
+        """Run a statement that moves the trigger's counters (returning them)."""
+        self._note(trigger_id, await statement.rows(self._session, trigger_id=trigger_id, **parameters))
+
     async def progress(self, trigger_id: uuid.UUID) -> Progress:
+        known = self._progress.get(trigger_id)
+        if known is not None:  # locked by this transaction: what its statements returned
+            return known
         rows = await PROGRESS.rows(self._session, trigger_id=trigger_id)
         if not rows:  # no fact about the trigger yet
             return Progress(matched=False, expected_runs=0, finished_runs=0, failed_runs=0)
-        [row] = rows
-        return Progress(
-            matched=row.matched_at is not None,
-            expected_runs=row.runs_expected,
-            finished_runs=row.runs_finished,
-            failed_runs=row.runs_failed,
-            matched_at=row.matched_at,
-            last_finished_at=row.last_finished_at,
-            undecided_events=max(row.expected_events - row.events_matched, 0) if row.expected_events else 0,
-        )
+        return _progress(rows[0])
 
     async def view(self, team_id: str, trigger_id: uuid.UUID) -> TriggerView | None:
         decisions = (
@@ -438,12 +450,35 @@ class SqlTriggerRepository:
         return outcomes, total
 
 
+def _progress(row: Any) -> Progress:
+    """A trigger's progress from a row with its PROGRESS_COLUMNS."""
+    return Progress(
+        matched=row.matched_at is not None,
+        expected_runs=row.runs_expected,
+        finished_runs=row.runs_finished,
+        failed_runs=row.runs_failed,
+        matched_at=row.matched_at,
+        last_finished_at=row.last_finished_at,
+        undecided_events=max(row.expected_events - row.events_matched, 0) if row.expected_events else 0,
+    )
+
+
 # The statements facts run, compiled once (see DriverStatement).
 def _param(name: str, type_: Any) -> Any:
     return bindparam(name, type_=type_)
 
 
 TRIGGER_ID = _param("trigger_id", Uuid)
+# What a trigger's progress is made of (see _progress).
+PROGRESS_COLUMNS = (
+    TRIGGERS.c.matched_at,
+    TRIGGERS.c.expected_events,
+    TRIGGERS.c.events_matched,
+    TRIGGERS.c.runs_expected,
+    TRIGGERS.c.runs_finished,
+    TRIGGERS.c.runs_failed,
+    TRIGGERS.c.last_finished_at,
+)
 RUN_ID = _param("run_id", Uuid)
 AT = _param("at", DateTime(timezone=True))
 
@@ -475,18 +510,13 @@ ACCEPTED = DriverStatement.of(
         expected_events=func.coalesce(_param("expected_events", Integer), TRIGGERS.c.expected_events),
         contacts=func.coalesce(_param("contacts", Integer), TRIGGERS.c.contacts),
     )
+    .returning(*PROGRESS_COLUMNS)
 )
 MATCHED = DriverStatement.of(
     update(TRIGGERS)
     .where(TRIGGERS.c.id == TRIGGER_ID, TRIGGERS.c.matched_at.is_(None))
     .values(matched_at=AT)
-    .returning(TRIGGERS.c.id)
-)
-MATCH_OF_SEVERAL = DriverStatement.of(
-    insert(MATCHES)
-    .values(trigger_id=TRIGGER_ID, event_id=_param("event_id", Uuid))
-    .on_conflict_do_nothing()
-    .returning(MATCHES.c.event_id)
+    .returning(*PROGRESS_COLUMNS)
 )
 MATCHED_SOME_OF_SEVERAL = DriverStatement.of(
     update(TRIGGERS)
@@ -496,6 +526,7 @@ MATCHED_SOME_OF_SEVERAL = DriverStatement.of(
         expected_events=_param("expected_events", Integer),
         events_matched=TRIGGERS.c.events_matched + _param("count", Integer),
     )
+    .returning(*PROGRESS_COLUMNS)
 )
 ENDED = DriverStatement.of(
     select(
@@ -515,6 +546,7 @@ COUNT_RUNS = DriverStatement.of(
             TRIGGERS.c.last_finished_at, _param("last_finished_at", DateTime(timezone=True))
         ),
     )
+    .returning(*PROGRESS_COLUMNS)
 )
 RUN_IDS = _param("run_ids", ARRAY(Uuid))
 RUN_ENDS = DriverStatement.of(
@@ -525,17 +557,7 @@ RUNS_DECIDED = DriverStatement.of(
         DECISIONS.c.run_id == any_(RUN_IDS), DECISIONS.c.trigger_id == TRIGGER_ID, DECISIONS.c.matched
     )
 )
-PROGRESS = DriverStatement.of(
-    select(
-        TRIGGERS.c.matched_at,
-        TRIGGERS.c.expected_events,
-        TRIGGERS.c.events_matched,
-        TRIGGERS.c.runs_expected,
-        TRIGGERS.c.runs_finished,
-        TRIGGERS.c.runs_failed,
-        TRIGGERS.c.last_finished_at,
-    ).where(TRIGGERS.c.id == TRIGGER_ID)
-)
+PROGRESS = DriverStatement.of(select(*PROGRESS_COLUMNS).where(TRIGGERS.c.id == TRIGGER_ID))
 
 
 class TrackerSqlUnitOfWork(SqlUnitOfWork):
