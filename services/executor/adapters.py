@@ -256,6 +256,9 @@ class SqlRunRepository:
         if not rows:
             return None
         [row] = rows
+        # Read only once the run is locked: one statement joining the steps to the locked run
+        # would, after waiting for another worker's lock, return the steps as they were before
+        # that worker's change (PostgreSQL re-reads only the locked row), and send a step twice.
         steps = await STEPS_OF_RUN.rows(self._session, run_id=row.id)
         # As loaded, so that `save` writes only what changed.
         self._loaded[row.id] = (_run_values(row), {step.step_id: _step_values(step) for step in steps})
