@@ -19,7 +19,7 @@ from email.header import Header
 from email.message import EmailMessage, Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import formatdate, parseaddr, parsedate_to_datetime
 from typing import cast
 from urllib.parse import unquote, urlsplit
 
@@ -105,6 +105,8 @@ class SmtpEmailSender:
         self._timeout = timeout
         self._tls = ssl.create_default_context()  # loading the CA store is slow: once per sender
         self._idle: list[_Session] = []
+        # The envelope's sender: the address of the From header, parsed once.
+        self._envelope_from = parseaddr(mail_from)[1] or mail_from
 
     async def send(self, email: OutgoingEmail) -> str:
         message = compose(email, self._mail_from)
@@ -112,7 +114,9 @@ class SmtpEmailSender:
         sent = False
         try:
             session = await self._session()
-            _errors, response = await session.client.send_message(message)
+            _errors, response = await session.client.send_message(
+                message, sender=self._envelope_from, recipients=[email.to]
+            )
             sent = True
         except aiosmtplib.SMTPRecipientsRefused as error:
             permanent = all(500 <= refusal.code < 600 for refusal in error.recipients)
