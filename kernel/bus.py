@@ -287,14 +287,20 @@ class Consumer:
     concurrency: int = 16
     ack_wait_seconds: float = 6.0
     batch_handler: BatchHandler | None = None
+    # With a batch handler: the most messages a fetch takes (default: `concurrency`), and how
+    # long a fetch that came back short waits for more. Work off the critical path (tracking)
+    # lingers, so that under moderate load it still handles many messages per transaction.
+    batch_size: int | None = None
+    linger_seconds: float = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
+        size = (self.batch_size or self.concurrency) if self.batch_handler else self.concurrency
         config = api.ConsumerConfig(
             durable_name=self.durable,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait_seconds,
             max_deliver=-1,
-            max_ack_pending=max(1000, self.concurrency * 4),
+            max_ack_pending=max(1000, size * 4),
             filter_subject=self.filter_subject,
         )
         # Creates the durable consumer, or updates the settings of an existing one.
@@ -303,7 +309,7 @@ class Consumer:
         log.info("consumer.started", stream=self.stream, durable=self.durable)
         while not stop.is_set():
             try:
-                messages = await subscription.fetch(self.concurrency, timeout=1.0)
+                messages = await subscription.fetch(size, timeout=1.0)
             except (TimeoutError, NatsTimeoutError):
                 continue
             except Exception as error:  # connection trouble: wait for the reconnect
@@ -312,6 +318,8 @@ class Consumer:
                 log.warning("consumer.fetch_failed", durable=self.durable, error=str(error))
                 await asyncio.sleep(0.5)
                 continue
+            if self.linger_seconds and len(messages) < size:
+                messages += await self._more(subscription, size - len(messages))
             # One task keeps the whole fetch alive (not one per message: they are many).
             working = {id(message): message for message in messages}
             keep_alive = asyncio.create_task(self._keep_alive(working))
@@ -328,6 +336,15 @@ class Consumer:
             log.info("consumer.unsubscribe_failed", durable=self.durable, error=str(error))
         log.info("consumer.stopped", durable=self.durable)
 
+    async def _more(self, subscription: JetStreamContext.PullSubscription, wanted: int) -> list[Msg]:
+        """What arrived while lingering, up to `wanted` messages (none, on any trouble: the next
+        fetch will take them)."""
+        await asyncio.sleep(self.linger_seconds)
+        try:
+            return await subscription.fetch(wanted, timeout=0.01)
+        except Exception:  # nothing came (a timeout), or the connection is in trouble
+            return []
+
     async def _handle_batch(
         self, messages: list[Msg], handler: BatchHandler, working: dict[int, Msg]
     ) -> None:
@@ -343,7 +360,9 @@ class Consumer:
             await asyncio.gather(*(message.ack() for message in messages))
             working.clear()
             return
-        await asyncio.gather(*(self._handle(message, working) for message in messages))
+        for start in range(0, len(messages), self.concurrency):  # `concurrency` at a time
+            chunk = messages[start : start + self.concurrency]
+            await asyncio.gather(*(self._handle(message, working) for message in chunk))
 
     async def _handle(self, message: Msg, working: dict[int, Msg]) -> None:
         delivery = _delivery(message)

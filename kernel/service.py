@@ -70,10 +70,13 @@ class Runtime:
         handler: bus.Handler,
         max_attempts: int | None = None,
         batch_handler: bus.BatchHandler | None = None,
+        batch_size: int | None = None,
+        linger_seconds: float = 0.0,
     ) -> bus.Consumer:
         """A durable consumer; after `max_attempts` deliveries (default HERALD_MAX_DELIVERY_ATTEMPTS)
-        a message that still fails goes to the DLQ stream. With `batch_handler`, each fetch is
-        handled at once (see bus.BatchHandler)."""
+        a message that still fails goes to the DLQ stream. With `batch_handler`, each fetch (of up to
+        `batch_size` messages, lingering `linger_seconds` for more) is handled at once (see
+        bus.Consumer)."""
         return bus.Consumer(
             js=self.js,
             stream=stream,
@@ -83,6 +86,8 @@ class Runtime:
             max_attempts=max_attempts or self.settings.max_delivery_attempts,
             concurrency=self.settings.consumer_concurrency,
             batch_handler=batch_handler,
+            batch_size=batch_size,
+            linger_seconds=linger_seconds,
         )
 
     @classmethod

@@ -12,6 +12,11 @@ from services.tracker.adapters import TrackerSqlUnitOfWork
 from services.tracker.consumers import DURABLE, FILTER, tracking_batch_handler, tracking_handler
 from services.tracker.servicer import TrackerServicer
 
+# Tracking is off the delivery path: a fetch takes up to this many records, and one that came
+# back short waits this long for more, so that facts share transactions under moderate load too.
+TRACKING_BATCH = 128
+TRACKING_LINGER_SECONDS = 0.05
+
 SERVICE_NAME = tracker_pb2.DESCRIPTOR.services_by_name["TrackerService"].full_name
 
 
@@ -42,6 +47,8 @@ async def serve(runtime: Runtime) -> None:
                     FILTER,
                     tracking_handler(unit_of_work),
                     batch_handler=tracking_batch_handler(unit_of_work),
+                    batch_size=TRACKING_BATCH,
+                    linger_seconds=TRACKING_LINGER_SECONDS,
                 )
             ],
         )

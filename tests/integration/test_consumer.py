@@ -354,6 +354,37 @@ async def test_a_failed_batch_is_handled_again_one_by_one(js: JetStreamContext) 
     assert sorted(d.data for d in handler.deliveries) == [b"bad", b"good-3", b"good-4"]
 
 
+async def test_a_lingering_batch_takes_what_arrives_while_it_waits(js: JetStreamContext) -> None:
+    lane = Lane()
+    consumer, handler, batches = batch_handling(lane, js)
+    consumer = dataclasses.replace(consumer, batch_size=10, linger_seconds=1.5)
+    await publish(js, lane, b"first")
+
+    async def fetched() -> bool:
+        return bool((await js.consumer_info(STREAM, lane.durable)).num_ack_pending == 1)
+
+    async with running(consumer):
+        await eventually(fetched, what="the first message fetched")
+        last = [await publish(js, lane, payload) for payload in (b"second", b"third")][-1]
+        await eventually(lambda: settled(js, lane, last), what="all acked", within=10)
+
+    assert batches == [[b"first", b"second", b"third"]]
+    assert handler.deliveries == []
+
+
+async def test_a_failed_big_batch_is_handled_again_a_few_at_a_time(js: JetStreamContext) -> None:
+    lane = Lane()
+    consumer, handler, _ = batch_handling(lane, js)
+    consumer = dataclasses.replace(consumer, batch_size=12)  # concurrency 4
+    payloads = [f"good-{n}".encode() for n in range(11)] + [b"bad"]
+    last = [await publish(js, lane, payload) for payload in payloads][-1]
+
+    async with running(consumer):
+        await eventually(lambda: settled(js, lane, last), what="all handled", within=10)
+
+    assert sorted(d.data for d in handler.deliveries) == sorted(payloads)
+
+
 async def test_a_slow_handler_keeps_its_message_from_another_worker(js: JetStreamContext) -> None:
     lane = Lane()
 
