@@ -135,6 +135,45 @@ async def insert_many_returning(
     return list(await cursor.fetchall())
 
 
+async def update_many(
+    connection: psycopg.AsyncConnection[Any],
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    assignments: str,
+    *,
+    key: str = "id",
+    where: str = "",
+    returning: str = "",
+) -> list[Any]:
+    """UPDATE `table` from `rows` (dicts with the same keys: `key` and the values the update
+    reads) in one statement: `UPDATE … SET <assignments> FROM jsonb_to_recordset(%s) AS r(…)
+    WHERE t.<key> = r.<key> [AND <where>]`. In `assignments` and `where` the table is `t` and the
+    row `r` (e.g. "hits = t.hits + r.hits"). The rows' columns take the types of the table's columns
+    of those names. Answers the columns `returning` (SQL over `t`, comma-separated) of each row
+    updated, as named tuples; a row matching none updates nothing."""
+    if not rows:
+        return []
+    statement = _recordset_update(table, tuple(rows[0]), assignments, key, where, returning)
+    async with connection.cursor(row_factory=namedtuple_row) as cursor:
+        await cursor.execute(statement, (_document(rows),))
+        return list(await cursor.fetchall()) if returning else []
+
+
+@functools.cache
+def _recordset_update(
+    table: Table, names: tuple[str, ...], assignments: str, key: str, where: str, returning: str
+) -> str:
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    quote = dialect.identifier_preparer.quote
+    fields = ", ".join(f"{quote(name)} {table.c[name].type.compile(dialect=dialect)}" for name in names)
+    statement = (
+        f"UPDATE {dialect.identifier_preparer.format_table(table)} AS t SET {assignments} "
+        f"FROM jsonb_to_recordset(%s::jsonb) AS r({fields}) WHERE t.{quote(key)} = r.{quote(key)}"
+        + (f" AND {where}" if where else "")
+    )
+    return f"{statement} RETURNING {returning}" if returning else statement
+
+
 def _document(rows: Sequence[Mapping[str, Any]]) -> str:
     return json.dumps(rows, default=_json_value, separators=(",", ":"))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,9 +22,7 @@ from sqlalchemy import (
     func,
     select,
     true,
-    update,
 )
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -37,6 +35,7 @@ from kernel.database import (
     insert_many_returning,
     schema_metadata,
     table_of,
+    update_many,
 )
 from kernel.unit_of_work import SqlUnitOfWork
 from services.tracker.domain import Outcome, Progress, Summary, TriggerState, TriggerStatus, TriggerView
@@ -134,11 +133,11 @@ DELIVERIES = table_of(DeliveryRow)
 
 
 class SqlTriggerRepository:
-    """Each `record_*` applies one fact at most once: a repeated fact inserts nothing.
+    """Facts are applied a fetch at a time: a handful of statements for all the triggers of a
+    fetch and all their facts, whatever their number. Each fact counts at most once: a
+    repeated fact (from an earlier fetch, or twice in this one) changes nothing.
 
-    Plain SQL statements (SQLAlchemy Core): every event brings several facts, so this is the
-    busiest write path of the tracker, and the ORM's bookkeeping is not needed for it.
-    """
+    Plain SQL statements: this is the busiest write path of the tracker."""
 
     def __init__(self, session: AsyncSession):
         self._session = session
@@ -146,92 +145,135 @@ class SqlTriggerRepository:
         # every statement that moves a trigger's counters returns them.
         self._progress: dict[uuid.UUID, Progress] = {}
 
-    def _note(self, trigger_id: uuid.UUID, rows: list[Any]) -> list[Any]:
-        """Remember the progress the statement's rows show (none: the statement changed nothing)."""
-        if rows:
-            self._progress[trigger_id] = _progress(rows[-1])
-        return rows
+    def _note(self, rows: list[Any]) -> None:
+        """Remember the progress of each trigger a statement returned (with PROGRESS_COLUMNS)."""
+        for row in rows:
+            self._progress[row.id] = _progress(row)
 
-    async def lock(self, trigger_id: uuid.UUID, team_id: str) -> TriggerState:
-        rows = await LOCK.rows(self._session, trigger_id=trigger_id)
-        if not rows:  # the trigger's first fact (or one racing it)
-            await CREATE.execute(self._session, trigger_id=trigger_id, team_id=team_id)
-            rows = await LOCK.rows(self._session, trigger_id=trigger_id)
-        [row] = self._note(trigger_id, rows)
-        return TriggerState(
-            row.id,
-            row.team_id,
-            row.status,
-            row.created_at,
-            row.scheduled_for,
-            row.started_at,
-            row.completed_at,
-        )
-
-    async def save(self, state: TriggerState) -> None:
-        await SAVE.execute(
-            self._session,
-            trigger_id=state.id,
-            status=state.status,
-            started_at=state.started_at,
-            completed_at=state.completed_at,
-        )
-
-    async def record_accepted(self, trigger_id: uuid.UUID, fact: tracking_pb2.TriggerAccepted) -> None:
+    async def _update(self, rows: list[dict[str, Any]], assignments: str) -> None:
+        """Update triggers from `rows` (each with its "id"), noting their progress."""
         self._note(
-            trigger_id,
-            await ACCEPTED.rows(
-                self._session,
-                trigger_id=trigger_id,
-                event_id=uuid.UUID(fact.event_id),
-                event_name=fact.event_name,
-                contact_id=fact.contact_id or None,
-                created_at=from_timestamp(fact.created_at),
-                scheduled_for=from_timestamp(fact.scheduled_for) if fact.HasField("scheduled_for") else None,
-                expected_events=fact.events if fact.events > 1 else None,
-                contacts=fact.contacts if fact.contacts > 0 else None,
-            ),
+            await update_many(
+                await driver(self._session), TRIGGERS, rows, assignments, returning=PROGRESS_RETURNED
+            )
+        )
+
+    async def lock(self, teams: Mapping[uuid.UUID, str]) -> dict[uuid.UUID, TriggerState]:
+        ids = sorted(teams)  # one order for every transaction: two never wait on each other in a cycle
+        rows = await LOCK.rows(self._session, trigger_ids=ids)
+        missing = sorted(set(ids) - {row.id for row in rows})
+        if missing:  # triggers' first facts (or ones racing them)
+            new = [{"id": trigger_id, "team_id": teams[trigger_id], "status": TriggerStatus.QUEUED}
+                   for trigger_id in missing]  # fmt: skip
+            await insert_many(
+                await driver(self._session), TRIGGERS, new, on_conflict="ON CONFLICT (id) DO NOTHING"
+            )
+            rows += await LOCK.rows(self._session, trigger_ids=missing)
+        self._note(rows)
+        return {
+            row.id: TriggerState(
+                row.id,
+                row.team_id,
+                row.status,
+                row.created_at,
+                row.scheduled_for,
+                row.started_at,
+                row.completed_at,
+            )
+            for row in rows
+        }
+
+    async def save(self, states: Sequence[TriggerState]) -> None:
+        rows = [
+            {"id": state.id, "status": state.status, "started_at": state.started_at,
+             "completed_at": state.completed_at}
+            for state in states
+        ]  # fmt: skip
+        await update_many(
+            await driver(self._session),
+            TRIGGERS,
+            rows,
+            "status = r.status, started_at = r.started_at, completed_at = r.completed_at",
+        )
+
+    async def record_accepted(self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.TriggerAccepted]]) -> None:
+        rows = {
+            trigger_id: {
+                "id": trigger_id,
+                "event_id": uuid.UUID(fact.event_id),
+                "event_name": fact.event_name,
+                "contact_id": fact.contact_id or None,
+                "created_at": from_timestamp(fact.created_at),
+                "scheduled_for": from_timestamp(fact.scheduled_for)
+                if fact.HasField("scheduled_for")
+                else None,
+                # Only a trigger of several events says how many; only a direct trigger, how many contacts.
+                "expected_events": fact.events if fact.events > 1 else None,
+                "contacts": fact.contacts if fact.contacts > 0 else None,
+            }
+            for trigger_id, fact in facts
+        }
+        await self._update(
+            list(rows.values()),
+            "event_id = r.event_id, event_name = r.event_name, contact_id = r.contact_id, "
+            "created_at = r.created_at, scheduled_for = r.scheduled_for, "
+            "expected_events = coalesce(r.expected_events, t.expected_events), "
+            "contacts = coalesce(r.contacts, t.contacts)",
         )
 
     async def record_matched(
-        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.EventMatched, datetime]]
+        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.EventMatched, datetime]]
     ) -> None:
         """Each event's decisions, stored the first time the event is reported decided."""
-        decided: list[tracking_pb2.EventMatched] = []
-        several = [(fact, at) for fact, at in facts if fact.trigger_events > 1]
-        for fact, at in facts:
-            if fact.trigger_events <= 1 and self._note(
-                trigger_id, await MATCHED.rows(self._session, trigger_id=trigger_id, at=at)
-            ):
-                decided.append(fact)
+        decided: list[tuple[uuid.UUID, tracking_pb2.EventMatched]] = []
+        # A trigger of one event is decided once: the first report sets matched_at.
+        single: dict[uuid.UUID, tuple[tracking_pb2.EventMatched, datetime]] = {}
+        for trigger_id, fact, at in facts:
+            if fact.trigger_events <= 1:
+                single.setdefault(trigger_id, (fact, at))
+        if single:
+            rows = await update_many(
+                await driver(self._session),
+                TRIGGERS,
+                [{"id": trigger_id, "matched_at": at} for trigger_id, (_, at) in single.items()],
+                "matched_at = r.matched_at",
+                returning=PROGRESS_RETURNED,
+                where="t.matched_at IS NULL",
+            )
+            self._note(rows)
+            decided += [(row.id, single[row.id][0]) for row in rows]
+        # Events of a trigger of several: each is decided once; the trigger is matched when all are.
+        several = [(trigger_id, fact, at) for trigger_id, fact, at in facts if fact.trigger_events > 1]
         if several:
-            # Events of a trigger of several: each is decided once; the trigger is matched when all are.
-            new = {
-                event_id
-                for (event_id,) in await insert_many_returning(
+            new = set(
+                await insert_many_returning(
                     await driver(self._session),
                     MATCHES,
-                    [{"trigger_id": trigger_id, "event_id": uuid.UUID(fact.event_id)} for fact, _ in several],
-                    "event_id",
+                    [
+                        {"trigger_id": trigger_id, "event_id": uuid.UUID(fact.event_id)}
+                        for trigger_id, fact, _ in several
+                    ],
+                    "trigger_id, event_id",
                     on_conflict="ON CONFLICT DO NOTHING",
                 )
-            }
-            firsts = []
-            for fact, at in several:
-                event_id = uuid.UUID(fact.event_id)
-                if event_id in new:
-                    new.discard(event_id)  # the same event twice in this batch counts once
-                    firsts.append((fact, at))
-            if firsts:
-                await self._counted(
-                    MATCHED_SOME_OF_SEVERAL,
-                    trigger_id,
-                    at=min(at for _, at in firsts),
-                    expected_events=firsts[-1][0].trigger_events,
-                    count=len(firsts),
-                )
-                decided += [fact for fact, _ in firsts]
-        rows = [
+            )
+            moves: dict[uuid.UUID, dict[str, Any]] = {}
+            for trigger_id, fact, at in several:
+                pair = (trigger_id, uuid.UUID(fact.event_id))
+                if pair not in new:
+                    continue
+                new.discard(pair)  # the same event twice in this batch counts once
+                move = moves.setdefault(trigger_id, {"id": trigger_id, "matched_at": at, "events_matched": 0})
+                move["matched_at"] = min(move["matched_at"], at)
+                move["expected_events"] = fact.trigger_events
+                move["events_matched"] += 1
+                decided.append((trigger_id, fact))
+            await self._update(
+                list(moves.values()),
+                "matched_at = coalesce(t.matched_at, r.matched_at), expected_events = r.expected_events, "
+                "events_matched = t.events_matched + r.events_matched",
+            )
+        rows_of_decisions = [
             {
                 "trigger_id": trigger_id,
                 "workflow_key": decision.workflow_key,
@@ -241,34 +283,42 @@ class SqlTriggerRepository:
                 "reason": decision.reason,
                 "run_id": uuid.UUID(decision.run_id) if decision.run_id else None,
             }
-            for fact in decided
+            for trigger_id, fact in decided
             for decision in fact.decisions
         ]
-        if not rows:
-            return
         inserted = await insert_many_returning(
             await driver(self._session),
             DECISIONS,
-            rows,
-            "run_id, matched",
+            rows_of_decisions,
+            "trigger_id, run_id, matched",
             on_conflict="ON CONFLICT DO NOTHING",
         )
-        new_runs = [run_id for run_id, matched in inserted if matched and run_id is not None]
+        new_runs = {
+            run_id: trigger_id for trigger_id, run_id, matched in inserted if matched and run_id is not None
+        }
         if not new_runs:
             return
+        counts: dict[uuid.UUID, dict[str, Any]] = {}
+        for trigger_id in new_runs.values():
+            count = counts.setdefault(trigger_id, _count(trigger_id))
+            count["runs_expected"] += 1
         # Runs whose end was reported before their decision count as finished now.
-        [ended] = await ENDED.rows(self._session, run_ids=new_runs)
-        await self._counted(
-            COUNT_RUNS,
-            trigger_id,
-            expected=len(new_runs),
-            finished=ended.finished,
-            failed=ended.failed,
-            last_finished_at=ended.last,
+        for row in await RUN_ENDS.rows(self._session, run_ids=list(new_runs)):
+            if row.finished_at is not None:
+                _finish(counts[new_runs[row.run_id]], 1, row.status == "failed", row.finished_at)
+        await self._count(counts)
+
+    async def _count(self, counts: dict[uuid.UUID, dict[str, Any]]) -> None:
+        await self._update(
+            list(counts.values()),
+            "runs_expected = t.runs_expected + r.runs_expected, "
+            "runs_finished = t.runs_finished + r.runs_finished, "
+            "runs_failed = t.runs_failed + r.runs_failed, "
+            "last_finished_at = greatest(t.last_finished_at, r.last_finished_at)",
         )
 
     async def record_runs_started(
-        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.RunStarted, datetime]]
+        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.RunStarted, datetime]]
     ) -> None:
         rows = {
             fact.run_id: {
@@ -280,7 +330,7 @@ class SqlTriggerRepository:
                 "detail": "",
                 "started_at": at,
             }
-            for fact, at in facts
+            for trigger_id, fact, at in facts
         }
         await insert_many(
             await driver(self._session),
@@ -291,15 +341,15 @@ class SqlTriggerRepository:
         )
 
     async def record_runs_finished(
-        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.RunFinished, datetime]]
+        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.RunFinished, datetime]]
     ) -> None:
-        """Record the runs' ends; the trigger's counters move for each run that newly finished
+        """Record the runs' ends; a trigger's counters move for each run that newly finished
         (or, after a replay, finished the other way) and whose decision is known (the others are
         counted when their decision arrives). Of several ends of one run in a batch, the last counts."""
-        ends = {uuid.UUID(fact.run_id): (fact, at) for fact, at in facts}
+        ends = {uuid.UUID(fact.run_id): (trigger_id, fact, at) for trigger_id, fact, at in facts}
         before = {row.run_id: row for row in await RUN_ENDS.rows(self._session, run_ids=list(ends))}
         rows, moves = [], {}
-        for run_id, (fact, at) in ends.items():
+        for run_id, (trigger_id, fact, at) in ends.items():
             status = "completed" if fact.outcome == tracking_pb2.RUN_OUTCOME_COMPLETED else "failed"
             known = before.get(run_id)
             was_finished = known is not None and known.finished_at is not None
@@ -310,7 +360,7 @@ class SqlTriggerRepository:
                  "finished_at": at}
             )  # fmt: skip
             was_failed = was_finished and known is not None and known.status == "failed"
-            moves[run_id] = (0 if was_finished else 1, (status == "failed") - was_failed, at)
+            moves[run_id] = (trigger_id, 0 if was_finished else 1, (status == "failed") - was_failed, at)
         if not rows:
             return
         await insert_many(
@@ -321,22 +371,17 @@ class SqlTriggerRepository:
             "detail = EXCLUDED.detail, finished_at = EXCLUDED.finished_at",
         )
         decided = {
-            row.run_id
-            for row in await RUNS_DECIDED.rows(self._session, run_ids=list(moves), trigger_id=trigger_id)
+            (row.run_id, row.trigger_id)
+            for row in await RUNS_DECIDED.rows(self._session, run_ids=list(moves))
         }
-        counted = [move for run_id, move in moves.items() if run_id in decided]
-        if counted:
-            await self._counted(
-                COUNT_RUNS,
-                trigger_id,
-                expected=0,
-                finished=sum(finished for finished, _, _ in counted),
-                failed=sum(failed for _, failed, _ in counted),
-                last_finished_at=max(at for _, _, at in counted),
-            )
+        counts: dict[uuid.UUID, dict[str, Any]] = {}
+        for run_id, (trigger_id, finished, failed, at) in moves.items():
+            if (run_id, trigger_id) in decided:
+                _finish(counts.setdefault(trigger_id, _count(trigger_id)), finished, failed, at)
+        await self._count(counts)
 
     async def record_deliveries(
-        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.DeliveryRecorded, datetime]]
+        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.DeliveryRecorded, datetime]]
     ) -> None:
         await insert_many(
             await driver(self._session),
@@ -353,14 +398,14 @@ class SqlTriggerRepository:
                     "detail": fact.detail,
                     "recorded_at": at,
                 }
-                for fact, at in facts
+                for trigger_id, fact, at in facts
             ],
             on_conflict="ON CONFLICT (delivery_id) DO NOTHING",
         )
 
-    async def _counted(self, statement: DriverStatement, trigger_id: uuid.UUID, **parameters: Any) -> None:
-        """Run a statement that moves the trigger's counters (returning them)."""
-        self._note(trigger_id, await statement.rows(self._session, trigger_id=trigger_id, **parameters))
+    def progress_of(self, trigger_id: uuid.UUID) -> Progress:
+        """The progress of a trigger this transaction locked."""
+        return self._progress[trigger_id]
 
     async def progress(self, trigger_id: uuid.UUID) -> Progress:
         known = self._progress.get(trigger_id)
@@ -463,13 +508,26 @@ def _progress(row: Any) -> Progress:
     )
 
 
-# The statements facts run, compiled once (see DriverStatement).
-def _param(name: str, type_: Any) -> Any:
-    return bindparam(name, type_=type_)
+def _count(trigger_id: uuid.UUID) -> dict[str, Any]:
+    """How a trigger's run counters move (a row for `_count`)."""
+    return {
+        "id": trigger_id,
+        "runs_expected": 0,
+        "runs_finished": 0,
+        "runs_failed": 0,
+        "last_finished_at": None,
+    }
 
 
-TRIGGER_ID = _param("trigger_id", Uuid)
-# What a trigger's progress is made of (see _progress).
+def _finish(count: dict[str, Any], finished: int, failed: int, at: datetime) -> None:
+    count["runs_finished"] += finished
+    count["runs_failed"] += failed
+    count["last_finished_at"] = (
+        at if count["last_finished_at"] is None else max(count["last_finished_at"], at)
+    )
+
+
+# What a trigger's progress is made of (see _progress), as SQL returning it from `t`.
 PROGRESS_COLUMNS = (
     TRIGGERS.c.matched_at,
     TRIGGERS.c.expected_events,
@@ -479,85 +537,27 @@ PROGRESS_COLUMNS = (
     TRIGGERS.c.runs_failed,
     TRIGGERS.c.last_finished_at,
 )
-RUN_ID = _param("run_id", Uuid)
-AT = _param("at", DateTime(timezone=True))
+PROGRESS_RETURNED = ", ".join(f"t.{column.name}" for column in (TRIGGERS.c.id, *PROGRESS_COLUMNS))
 
-LOCK = DriverStatement.of(select(TRIGGERS).where(TRIGGERS.c.id == TRIGGER_ID).with_for_update())
-CREATE = DriverStatement.of(
-    insert(TRIGGERS)
-    .values(id=TRIGGER_ID, team_id=_param("team_id", String), status=TriggerStatus.QUEUED)
-    .on_conflict_do_nothing(index_elements=["id"])
+# The statements facts run, compiled once (see DriverStatement).
+RUN_IDS = bindparam("run_ids", type_=ARRAY(Uuid))
+LOCK = DriverStatement.of(
+    select(TRIGGERS)
+    .where(TRIGGERS.c.id == any_(bindparam("trigger_ids", type_=ARRAY(Uuid))))
+    .order_by(TRIGGERS.c.id)
+    .with_for_update()
 )
-SAVE = DriverStatement.of(
-    update(TRIGGERS)
-    .where(TRIGGERS.c.id == TRIGGER_ID)
-    .values(
-        status=_param("status", String),
-        started_at=_param("started_at", DateTime(timezone=True)),
-        completed_at=_param("completed_at", DateTime(timezone=True)),
-    )
-)
-ACCEPTED = DriverStatement.of(
-    update(TRIGGERS)
-    .where(TRIGGERS.c.id == TRIGGER_ID)
-    .values(
-        event_id=_param("event_id", Uuid),
-        event_name=_param("event_name", String),
-        contact_id=_param("contact_id", String),
-        created_at=_param("created_at", DateTime(timezone=True)),
-        scheduled_for=_param("scheduled_for", DateTime(timezone=True)),
-        # Only a trigger of several events says how many; only a direct trigger, how many contacts.
-        expected_events=func.coalesce(_param("expected_events", Integer), TRIGGERS.c.expected_events),
-        contacts=func.coalesce(_param("contacts", Integer), TRIGGERS.c.contacts),
-    )
-    .returning(*PROGRESS_COLUMNS)
-)
-MATCHED = DriverStatement.of(
-    update(TRIGGERS)
-    .where(TRIGGERS.c.id == TRIGGER_ID, TRIGGERS.c.matched_at.is_(None))
-    .values(matched_at=AT)
-    .returning(*PROGRESS_COLUMNS)
-)
-MATCHED_SOME_OF_SEVERAL = DriverStatement.of(
-    update(TRIGGERS)
-    .where(TRIGGERS.c.id == TRIGGER_ID)
-    .values(
-        matched_at=func.coalesce(TRIGGERS.c.matched_at, AT),
-        expected_events=_param("expected_events", Integer),
-        events_matched=TRIGGERS.c.events_matched + _param("count", Integer),
-    )
-    .returning(*PROGRESS_COLUMNS)
-)
-ENDED = DriverStatement.of(
-    select(
-        func.count().filter(RUNS.c.finished_at.is_not(None)).label("finished"),
-        func.count().filter(RUNS.c.status == "failed").label("failed"),
-        func.max(RUNS.c.finished_at).label("last"),
-    ).where(RUNS.c.run_id == any_(_param("run_ids", ARRAY(Uuid))))
-)
-COUNT_RUNS = DriverStatement.of(
-    update(TRIGGERS)
-    .where(TRIGGERS.c.id == TRIGGER_ID)
-    .values(
-        runs_expected=TRIGGERS.c.runs_expected + _param("expected", Integer),
-        runs_finished=TRIGGERS.c.runs_finished + _param("finished", Integer),
-        runs_failed=TRIGGERS.c.runs_failed + _param("failed", Integer),
-        last_finished_at=func.greatest(
-            TRIGGERS.c.last_finished_at, _param("last_finished_at", DateTime(timezone=True))
-        ),
-    )
-    .returning(*PROGRESS_COLUMNS)
-)
-RUN_IDS = _param("run_ids", ARRAY(Uuid))
 RUN_ENDS = DriverStatement.of(
     select(RUNS.c.run_id, RUNS.c.status, RUNS.c.finished_at).where(RUNS.c.run_id == any_(RUN_IDS))
 )
 RUNS_DECIDED = DriverStatement.of(
-    select(DECISIONS.c.run_id).where(
-        DECISIONS.c.run_id == any_(RUN_IDS), DECISIONS.c.trigger_id == TRIGGER_ID, DECISIONS.c.matched
+    select(DECISIONS.c.run_id, DECISIONS.c.trigger_id).where(
+        DECISIONS.c.run_id == any_(RUN_IDS), DECISIONS.c.matched
     )
 )
-PROGRESS = DriverStatement.of(select(*PROGRESS_COLUMNS).where(TRIGGERS.c.id == TRIGGER_ID))
+PROGRESS = DriverStatement.of(
+    select(*PROGRESS_COLUMNS).where(TRIGGERS.c.id == bindparam("trigger_id", type_=Uuid))
+)
 
 
 class TrackerSqlUnitOfWork(SqlUnitOfWork):

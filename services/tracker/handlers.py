@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
@@ -29,31 +29,39 @@ from services.tracker.domain import (
 
 
 class TriggerRepository(Protocol):
-    async def lock(self, trigger_id: uuid.UUID, team_id: str) -> TriggerState:
-        """The trigger (created empty if no fact named it yet), locked until the unit of work ends."""
+    """Facts are applied a fetch at a time, each kind for every trigger at once, each fact at
+    most once: a repeated fact (from an earlier fetch, or twice in this one) changes nothing."""
+
+    async def lock(self, teams: Mapping[uuid.UUID, str]) -> dict[uuid.UUID, TriggerState]:
+        """The triggers (each created empty if no fact named it yet, in its team), locked until
+        the unit of work ends."""
         ...
 
-    async def save(self, state: TriggerState) -> None: ...
+    async def save(self, states: Sequence[TriggerState]) -> None: ...
 
-    async def record_accepted(self, trigger_id: uuid.UUID, fact: tracking_pb2.TriggerAccepted) -> None: ...
+    async def record_accepted(
+        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.TriggerAccepted]]
+    ) -> None: ...
 
-    # Each applies its facts (with when each was recorded) at most once: a repeated fact
-    # changes nothing, whether it came in an earlier batch or twice in this one.
     async def record_matched(
-        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.EventMatched, datetime]]
+        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.EventMatched, datetime]]
     ) -> None: ...
 
     async def record_runs_started(
-        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.RunStarted, datetime]]
+        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.RunStarted, datetime]]
     ) -> None: ...
 
     async def record_runs_finished(
-        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.RunFinished, datetime]]
+        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.RunFinished, datetime]]
     ) -> None: ...
 
     async def record_deliveries(
-        self, trigger_id: uuid.UUID, facts: Sequence[tuple[tracking_pb2.DeliveryRecorded, datetime]]
+        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.DeliveryRecorded, datetime]]
     ) -> None: ...
+
+    def progress_of(self, trigger_id: uuid.UUID) -> Progress:
+        """The progress of a trigger this unit of work locked, with the facts recorded since."""
+        ...
 
     async def progress(self, trigger_id: uuid.UUID) -> Progress: ...
 
@@ -95,63 +103,75 @@ async def record_fact(record: tracking_pb2.TrackingRecord, uow: TrackerUnitOfWor
 
 
 async def record_facts(records: Sequence[tracking_pb2.TrackingRecord], uow: TrackerUnitOfWork) -> None:
-    """Apply tracking records in one transaction: each trigger is locked once, in id order (so
-    two batches never wait on each other in a cycle), gets its facts in the order given, and
-    then moves its status on."""
+    """Apply tracking records in one transaction: their triggers are locked together (in id
+    order, so two batches never wait on each other in a cycle), each kind of fact is recorded
+    for all of them at once (the counters they move do not depend on the order facts come in),
+    and then each trigger's status moves on."""
     by_trigger: dict[uuid.UUID, list[tracking_pb2.TrackingRecord]] = {}
     for record in records:
         by_trigger.setdefault(uuid.UUID(record.trigger_id), []).append(record)
     async with uow:
-        for trigger_id in sorted(by_trigger):
-            await _apply(trigger_id, by_trigger[trigger_id], uow.triggers)
+        await _apply(by_trigger, uow.triggers)
         await uow.commit()
 
 
 async def _apply(
-    trigger_id: uuid.UUID, records: list[tracking_pb2.TrackingRecord], repository: TriggerRepository
+    by_trigger: dict[uuid.UUID, list[tracking_pb2.TrackingRecord]], repository: TriggerRepository
 ) -> None:
-    """A trigger's facts, a statement or a few for each kind whatever their number (a direct
-    trigger of thousands of contacts brings thousands at once): the counters they move do not
-    depend on the order facts arrive in."""
-    trigger = await repository.lock(trigger_id, records[0].project_id)
-    before = (trigger.status, trigger.started_at, trigger.completed_at)
-    matched: list[tuple[tracking_pb2.EventMatched, datetime]] = []
-    started: list[tuple[tracking_pb2.RunStarted, datetime]] = []
-    finished: list[tuple[tracking_pb2.RunFinished, datetime]] = []
-    deliveries: list[tuple[tracking_pb2.DeliveryRecorded, datetime]] = []
-    at = utcnow()
-    for record in records:
-        at = from_timestamp(record.recorded_at) if record.HasField("recorded_at") else utcnow()
-        kind = record.WhichOneof("kind")
-        if kind == "trigger_accepted":
-            await repository.record_accepted(trigger_id, record.trigger_accepted)
-            trigger.scheduled_for = (
-                from_timestamp(record.trigger_accepted.scheduled_for)
-                if record.trigger_accepted.HasField("scheduled_for")
-                else None
-            )
-        elif kind == "event_matched":
-            matched.append((record.event_matched, at))
-        elif kind == "run_started":
-            started.append((record.run_started, at))
-        elif kind == "run_finished":
-            finished.append((record.run_finished, at))
-        elif kind == "delivery_recorded":
-            deliveries.append((record.delivery_recorded, at))
-        elif kind == "trigger_cancelled":
-            cancel(trigger, from_timestamp(record.trigger_cancelled.cancelled_at))
+    triggers = await repository.lock(
+        {trigger_id: records[0].project_id for trigger_id, records in by_trigger.items()}
+    )
+    before = {trigger_id: (t.status, t.started_at, t.completed_at) for trigger_id, t in triggers.items()}
+    accepted: list[tuple[uuid.UUID, tracking_pb2.TriggerAccepted]] = []
+    matched: list[tuple[uuid.UUID, tracking_pb2.EventMatched, datetime]] = []
+    started: list[tuple[uuid.UUID, tracking_pb2.RunStarted, datetime]] = []
+    finished: list[tuple[uuid.UUID, tracking_pb2.RunFinished, datetime]] = []
+    deliveries: list[tuple[uuid.UUID, tracking_pb2.DeliveryRecorded, datetime]] = []
+    last_at: dict[uuid.UUID, datetime] = {}
+    for trigger_id, records in by_trigger.items():
+        trigger = triggers[trigger_id]
+        for record in records:
+            at = from_timestamp(record.recorded_at) if record.HasField("recorded_at") else utcnow()
+            last_at[trigger_id] = at
+            kind = record.WhichOneof("kind")
+            if kind == "trigger_accepted":
+                accepted.append((trigger_id, record.trigger_accepted))
+                trigger.scheduled_for = (
+                    from_timestamp(record.trigger_accepted.scheduled_for)
+                    if record.trigger_accepted.HasField("scheduled_for")
+                    else None
+                )
+            elif kind == "event_matched":
+                matched.append((trigger_id, record.event_matched, at))
+            elif kind == "run_started":
+                started.append((trigger_id, record.run_started, at))
+            elif kind == "run_finished":
+                finished.append((trigger_id, record.run_finished, at))
+            elif kind == "delivery_recorded":
+                deliveries.append((trigger_id, record.delivery_recorded, at))
+            elif kind == "trigger_cancelled":
+                cancel(trigger, from_timestamp(record.trigger_cancelled.cancelled_at))
+    if accepted:
+        await repository.record_accepted(accepted)
     if matched:
-        await repository.record_matched(trigger_id, matched)
+        await repository.record_matched(matched)
     if started:
-        await repository.record_runs_started(trigger_id, started)
+        await repository.record_runs_started(started)
     if deliveries:
-        await repository.record_deliveries(trigger_id, deliveries)
+        await repository.record_deliveries(deliveries)
     if finished:
-        await repository.record_runs_finished(trigger_id, finished)
+        await repository.record_runs_finished(finished)
     # Once, after all of them: the status follows from the counters, whatever order facts came in.
-    next_status(trigger, await repository.progress(trigger_id), at, now=utcnow())
-    if (trigger.status, trigger.started_at, trigger.completed_at) != before:
-        await repository.save(trigger)
+    now = utcnow()
+    for trigger_id, trigger in triggers.items():
+        next_status(trigger, repository.progress_of(trigger_id), last_at[trigger_id], now=now)
+    changed = [
+        t
+        for trigger_id, t in triggers.items()
+        if (t.status, t.started_at, t.completed_at) != before[trigger_id]
+    ]
+    if changed:
+        await repository.save(changed)
 
 
 async def get_trigger(

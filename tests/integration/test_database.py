@@ -27,7 +27,14 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from kernel import database
-from kernel.database import DriverStatement, create_engine, driver, insert_many, insert_many_returning
+from kernel.database import (
+    DriverStatement,
+    create_engine,
+    driver,
+    insert_many,
+    insert_many_returning,
+    update_many,
+)
 from kernel.errors import is_unavailable
 from tests.conftest import Infrastructure
 
@@ -237,3 +244,35 @@ async def test_the_driver_connection_follows_the_sessions_transactions(
         await session.rollback()
 
     assert [r["name"] for r in (await stored(sessions, table)).values()] == ["committed"]
+
+
+async def test_update_many_updates_each_row_from_its_values_and_answers_what_it_changed(
+    sessions: async_sessionmaker[AsyncSession], table: Table
+) -> None:
+    rows = [row(name="a", count=1), row(name="b", count=2), row(name="c", count=None)]
+    async with sessions() as session, session.begin():
+        await insert_many(await driver(session), table, rows)
+    changes = [
+        {"id": rows[0]["id"], "count": 10, "name": "a2"},
+        {"id": rows[1]["id"], "count": 20, "name": "b2"},
+        {"id": rows[2]["id"], "count": 30, "name": "c2"},  # left out by the condition
+        {"id": uuid.uuid4(), "count": 40, "name": "nobody"},  # matches no row
+    ]
+
+    async with sessions() as session, session.begin():
+        answered = await update_many(
+            await driver(session),
+            table,
+            changes,
+            "count = t.count + r.count, name = r.name",
+            where="t.count IS NOT NULL",
+            returning="t.id, t.count",
+        )
+
+    assert sorted((r.id, r.count) for r in answered) == sorted([(rows[0]["id"], 11), (rows[1]["id"], 22)])
+    after = await stored(sessions, table)
+    assert [(after[r["id"]]["name"], after[r["id"]]["count"]) for r in rows] == [
+        ("a2", 11),
+        ("b2", 22),
+        ("c", None),
+    ]
