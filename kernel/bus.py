@@ -341,7 +341,7 @@ class Consumer:
         fetch will take them)."""
         await asyncio.sleep(self.linger_seconds)
         try:
-            return await subscription.fetch(wanted, timeout=0.01)
+            return await subscription.fetch(wanted, timeout=0.05)
         except Exception:  # nothing came (a timeout), or the connection is in trouble
             return []
 

@@ -159,16 +159,17 @@ class SqlTriggerRepository:
         )
 
     async def lock(self, teams: Mapping[uuid.UUID, str]) -> dict[uuid.UUID, TriggerState]:
-        ids = sorted(teams)  # one order for every transaction: two never wait on each other in a cycle
+        # Created (those no fact named yet), then locked, all in id order: two transactions
+        # never wait on each other in a cycle. An insert of a trigger that exists takes no lock.
+        ids = sorted(teams)
+        new = [
+            {"id": trigger_id, "team_id": teams[trigger_id], "status": TriggerStatus.QUEUED}
+            for trigger_id in ids
+        ]
+        await insert_many(
+            await driver(self._session), TRIGGERS, new, on_conflict="ON CONFLICT (id) DO NOTHING"
+        )
         rows = await LOCK.rows(self._session, trigger_ids=ids)
-        missing = sorted(set(ids) - {row.id for row in rows})
-        if missing:  # triggers' first facts (or ones racing them)
-            new = [{"id": trigger_id, "team_id": teams[trigger_id], "status": TriggerStatus.QUEUED}
-                   for trigger_id in missing]  # fmt: skip
-            await insert_many(
-                await driver(self._session), TRIGGERS, new, on_conflict="ON CONFLICT (id) DO NOTHING"
-            )
-            rows += await LOCK.rows(self._session, trigger_ids=missing)
         self._note(rows)
         return {
             row.id: TriggerState(

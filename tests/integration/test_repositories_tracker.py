@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -438,3 +439,38 @@ async def test_a_runs_two_ends_in_one_batch_count_as_its_last(
     view, progress = await look(sessions, story)
     assert (progress.expected_runs, progress.finished_runs, progress.failed_runs) == (1, 1, 0)
     assert view is not None and view.status == TriggerStatus.COMPLETED
+
+
+async def test_replicas_applying_known_and_new_triggers_at_once_neither_deadlock_nor_count_twice(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    stories = [TriggerStory(team.team_id) for _ in range(20)]
+    runs = [uuid.uuid4() for _ in stories]
+    facts = []
+    for story, run_id in zip(stories, runs, strict=True):
+        facts += [
+            story.accepted(),
+            story.matched({"welcome": run_id}),
+            story.run_started(run_id, "welcome"),
+            story.run_finished(run_id),
+        ]
+
+    def shuffled(seed: int) -> list[tracking_pb2.TrackingRecord]:
+        mixed = list(facts)
+        random.Random(seed).shuffle(mixed)
+        return mixed
+
+    async def applier(seed: int) -> None:
+        """A tracker replica: its own fetches of the facts, a few at a time, in its own order."""
+        mixed = shuffled(seed)
+        for start in range(0, len(mixed), 6):
+            await record_facts(mixed[start : start + 6], TrackerSqlUnitOfWork(sessions))
+
+    # Every other trigger known already: batches name known and new triggers, mixed.
+    await record_facts([story.accepted() for story in stories[::2]], TrackerSqlUnitOfWork(sessions))
+    await asyncio.gather(*(applier(seed) for seed in range(6)))
+
+    for story in stories:
+        view, progress = await look(sessions, story)
+        assert (progress.expected_runs, progress.finished_runs, progress.failed_runs) == (1, 1, 0)
+        assert view is not None and view.status == TriggerStatus.COMPLETED
