@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from herald.bus.v1 import tracking_pb2
-from kernel.clock import from_timestamp
+from kernel.clock import from_timestamp, utcnow
 from kernel.database import (
     DriverStatement,
     driver,
@@ -38,7 +38,15 @@ from kernel.database import (
     update_many,
 )
 from kernel.unit_of_work import SqlUnitOfWork
-from services.tracker.domain import Outcome, Progress, Summary, TriggerState, TriggerStatus, TriggerView
+from services.tracker.domain import (
+    Outcome,
+    Progress,
+    Summary,
+    TriggerState,
+    TriggerStatus,
+    TriggerView,
+    status_now,
+)
 
 SCHEMA = "tracker"
 
@@ -453,7 +461,7 @@ class SqlTriggerRepository:
         )
         return TriggerView(
             row.id,
-            row.status,
+            status_now(row.status, row.scheduled_for, utcnow()),
             row.created_at,
             row.started_at,
             row.completed_at,

@@ -92,6 +92,14 @@ def next_status(trigger: TriggerState, progress: Progress, at: datetime, now: da
     trigger.completed_at = max(moments) if moments else at
 
 
+def status_now(status: str, scheduled_for: datetime | None, now: datetime) -> str:
+    """A trigger's status as of `now`: a scheduled trigger whose time has come is queued, even
+    before the facts of its firing have been applied."""
+    if status == TriggerStatus.SCHEDULED and scheduled_for is not None and scheduled_for <= now:
+        return TriggerStatus.QUEUED
+    return status
+
+
 def cancel(trigger: TriggerState, at: datetime) -> None:
     """A scheduled trigger cancelled before it fired: final, with nothing sent."""
     if trigger.status in TriggerStatus.FINAL:

@@ -18,6 +18,7 @@ from services.tracker.domain import (
     TriggerView,
     cancel,
     next_status,
+    status_now,
 )
 from services.tracker.handlers import wait_period
 
@@ -228,3 +229,13 @@ def test_the_wait_of_a_synchronous_trigger(given: int, expected: int) -> None:
 def test_a_wait_out_of_range_is_refused(given: int) -> None:
     with pytest.raises(InvalidArgument, match="wait_seconds must be 1 to 30"):
         wait_period(given)
+
+
+def test_a_scheduled_trigger_whose_time_has_come_shows_as_queued() -> None:
+    at = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    second = timedelta(seconds=1)
+
+    assert status_now(TriggerStatus.SCHEDULED, at, at - second) == TriggerStatus.SCHEDULED
+    assert status_now(TriggerStatus.SCHEDULED, at, at) == TriggerStatus.QUEUED
+    assert status_now(TriggerStatus.CANCELLED, at, at + second) == TriggerStatus.CANCELLED
+    assert status_now(TriggerStatus.PROCESSING, None, at) == TriggerStatus.PROCESSING
