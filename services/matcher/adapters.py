@@ -353,31 +353,61 @@ class SqlSegmentRepository:
         )
         return bool(getattr(result, "rowcount", 0))
 
-    async def set_membership(
-        self, team_id: str, contact_id: str, keys: frozenset[str], now: datetime
-    ) -> list[str]:
-        """Record that the contact is in exactly the segments `keys`; the ones it newly entered."""
-        await self._session.execute(
-            delete(SEGMENT_MEMBERS).where(
-                SEGMENT_MEMBERS.c.team_id == team_id,
-                SEGMENT_MEMBERS.c.contact_id == contact_id,
-                SEGMENT_MEMBERS.c.segment_key.not_in(keys),
-            )
+    async def set_memberships(
+        self, members: Sequence[tuple[str, str, frozenset[str]]], now: datetime
+    ) -> list[tuple[str, str, str]]:
+        """Record that each contact is in exactly the segments given; the segments newly
+        entered. Two statements for any number of contacts; rows in one order (team, segment,
+        contact) so that two replicas never wait on each other in a cycle."""
+        held = sorted((team_id, key, contact_id) for team_id, contact_id, keys in members for key in keys)
+        await DROP_MEMBERSHIPS.execute(
+            self._session,
+            teams=[team_id for team_id, _, _ in members],
+            contacts=[contact_id for _, contact_id, _ in members],
+            held_teams=[team_id for team_id, _, _ in held],
+            held_keys=[key for _, key, _ in held],
+            held_contacts=[contact_id for _, _, contact_id in held],
         )
-        if not keys:
+        if not held:
             return []
-        rows = await self._session.execute(
-            insert(SEGMENT_MEMBERS)
-            .values(
-                [
-                    {"team_id": team_id, "segment_key": key, "contact_id": contact_id, "entered_at": now}
-                    for key in sorted(keys)
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["team_id", "segment_key", "contact_id"])
-            .returning(SEGMENT_MEMBERS.c.segment_key)
+        rows = await ADD_MEMBERSHIPS.rows(
+            self._session,
+            held_teams=[team_id for team_id, _, _ in held],
+            held_keys=[key for _, key, _ in held],
+            held_contacts=[contact_id for _, _, contact_id in held],
+            now=now,
         )
-        return sorted(row.segment_key for row in rows)
+        return sorted((row.team_id, row.contact_id, row.segment_key) for row in rows)
+
+
+# A batch's memberships, compiled once (see DriverStatement): the contacts' rows not held any
+# more go; those held are added, answering the ones that are new.
+_HELD = (
+    "unnest(CAST(:held_teams AS varchar[]), CAST(:held_keys AS varchar[]), "
+    "CAST(:held_contacts AS varchar[])) AS h(team_id, segment_key, contact_id)"
+)
+DROP_MEMBERSHIPS = DriverStatement.of(
+    text(
+        f"""
+        DELETE FROM matcher.segment_members AS m
+        USING unnest(CAST(:teams AS varchar[]), CAST(:contacts AS varchar[])) AS c(team_id, contact_id)
+        WHERE m.team_id = c.team_id AND m.contact_id = c.contact_id
+          AND NOT EXISTS (
+              SELECT 1 FROM {_HELD}
+              WHERE h.team_id = m.team_id AND h.segment_key = m.segment_key AND h.contact_id = m.contact_id)
+        """
+    )
+)
+ADD_MEMBERSHIPS = DriverStatement.of(
+    text(
+        f"""
+        INSERT INTO matcher.segment_members (team_id, segment_key, contact_id, entered_at)
+        SELECT h.team_id, h.segment_key, h.contact_id, :now FROM {_HELD}
+        ON CONFLICT (team_id, segment_key, contact_id) DO NOTHING
+        RETURNING team_id, contact_id, segment_key
+        """
+    )
+)
 
 
 class MatcherSqlUnitOfWork(SqlUnitOfWork):

@@ -79,10 +79,11 @@ class SegmentRepository(Protocol):
 
     async def delete(self, team_id: str, key: str) -> bool: ...
 
-    async def set_membership(
-        self, team_id: str, contact_id: str, keys: frozenset[str], now: datetime
-    ) -> list[str]:
-        """Record that the contact is in exactly the segments `keys`; the ones it newly entered."""
+    async def set_memberships(
+        self, members: Sequence[tuple[str, str, frozenset[str]]], now: datetime
+    ) -> list[tuple[str, str, str]]:
+        """Record that each (team, contact) is in exactly the segments given (one entry per
+        contact); the (team, contact, segment key) of each segment newly entered."""
         ...
 
 
@@ -238,6 +239,7 @@ async def match_events(
             return decided
         claimed = await uow.decisions.claim([matched for _, matched, _ in considered])
         stored: list[tuple[MatchedEvent, list[Decision]]] = []
+        memberships: Memberships = {}
         # Contact by contact (each contact's events in the order they came): the membership and
         # cooldown rows they lock are then taken in one order by every batch of every replica.
         considered.sort(key=lambda each: (each[1].team_id, each[1].contact_id))
@@ -246,7 +248,7 @@ async def match_events(
                 log.info("match.already_decided", event_id=event.event_id)
                 continue
             claimed.discard(matched.event_id)  # the same event twice in this batch is decided once
-            matched = await _with_segments(event, matched, uow, segments_of, record=True)
+            matched = await _with_segments(event, matched, uow, segments_of, record=memberships)
             decisions = [await _claim_cooldown(d, matched, uow) for d in decide(matched, workflows)]
             decided[event.event_id] = decisions
             triggers[event.event_id] = event.trigger_id
@@ -259,6 +261,7 @@ async def match_events(
                 uow.publish(messages.system_trigger_record(event))
             uow.publish(messages.matched_record(matched, decisions, event.trigger_events))
         await uow.decisions.add(stored)
+        await _record_memberships(memberships, uow)
         await uow.commit()
     for event_id, decisions in decided.items():
         log.info(
@@ -307,8 +310,13 @@ async def dry_run(event: event_pb2.Event, uow: MatcherUnitOfWork) -> list[Decisi
     matched = messages.matched_event(event)
     async with uow:
         workflows = await _considered(event, uow)
-        matched = await _with_segments(event, matched, uow, None, record=False)
+        matched = await _with_segments(event, matched, uow, None, record=None)
         return [await _claim_cooldown(decision, matched, uow) for decision in decide(matched, workflows)]
+
+
+# The segments each contact of a batch is in, as its last customer event says, with that event
+# and the project's segments by key: (team, contact) -> (event, members, segments).
+Memberships = dict[tuple[str, str], tuple[event_pb2.Event, frozenset[str], dict[str, Segment]]]
 
 
 async def _with_segments(
@@ -317,10 +325,10 @@ async def _with_segments(
     uow: MatcherUnitOfWork,
     segments_of: SegmentSource | None,
     *,
-    record: bool,
+    record: Memberships | None,
 ) -> MatchedEvent:
-    """`matched` with the segments its contact is in; with `record`, membership is stored and a
-    contact newly in a segment announces it (`herald.audience.entered`)."""
+    """`matched` with the segments its contact is in; with `record`, the membership is noted
+    there, to be stored for the whole batch (`_record_memberships`)."""
     if not matched.contact_id:
         return matched
     segments = await segments_of(matched.team_id) if segments_of else await uow.segments.all(matched.team_id)
@@ -328,14 +336,29 @@ async def _with_segments(
         return matched
     contact = contact_document(event.contact)
     members = frozenset(segment.key for segment in segments if segment.holds_for(contact))
-    if record and not event.depth:
+    if record is not None and not event.depth:
         # Only customers' events move membership: a run's system event carries the contact as it
         # was when the run started, which may be older than what was recorded since.
-        entered = await uow.segments.set_membership(matched.team_id, matched.contact_id, members, utcnow())
-        by_key = {segment.key: segment for segment in segments}
-        for key in entered:
-            uow.publish(messages.audience_entered(event, by_key[key]))
+        record[(matched.team_id, matched.contact_id)] = (
+            event,
+            members,
+            {segment.key: segment for segment in segments},
+        )
     return replace(matched, segments=members)
+
+
+async def _record_memberships(memberships: Memberships, uow: MatcherUnitOfWork) -> None:
+    """Store the batch's memberships (two statements, whatever the number of contacts); a
+    contact newly in a segment announces it (`herald.audience.entered`), once per batch."""
+    if not memberships:
+        return
+    entered = await uow.segments.set_memberships(
+        [(team_id, contact_id, members) for (team_id, contact_id), (_, members, _) in memberships.items()],
+        utcnow(),
+    )
+    for team_id, contact_id, key in entered:
+        event, _, segments = memberships[(team_id, contact_id)]
+        uow.publish(messages.audience_entered(event, segments[key]))
 
 
 async def put_segment(

@@ -14,7 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from kernel.clock import utcnow
 from kernel.errors import Conflict
 from kernel.steps import StepSpec
-from services.matcher.adapters import SqlCooldownRepository, SqlDecisionRepository, SqlWorkflowRepository
+from services.matcher.adapters import (
+    SqlCooldownRepository,
+    SqlDecisionRepository,
+    SqlSegmentRepository,
+    SqlWorkflowRepository,
+)
 from services.matcher.domain import Decision, MatchedEvent, Workflow, WorkflowDefinition
 from tests.conftest import TeamCredentials
 
@@ -277,3 +282,39 @@ async def test_two_transactions_claiming_one_cooldown_at_once_let_one_through(
 
     assert await first is None
     assert await second == now + timedelta(hours=1)
+
+
+async def test_memberships_of_a_batch_are_recorded_and_newly_entered_segments_answered(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    other = f"{team.team_id}-other"
+    now = utcnow()
+
+    async def record(*members: tuple[str, str, frozenset[str]]) -> list[tuple[str, str, str]]:
+        async with sessions() as session, session.begin():
+            return await SqlSegmentRepository(session).set_memberships(members, now)
+
+    async def held() -> list[tuple[str, str, str]]:
+        async with sessions() as session:
+            rows = await session.execute(
+                text(
+                    "SELECT team_id, contact_id, segment_key FROM matcher.segment_members "
+                    "WHERE team_id IN (:a, :b) ORDER BY 1, 2, 3"
+                ),
+                {"a": team.team_id, "b": other},
+            )
+            return [tuple(row) for row in rows]
+
+    first = await record(
+        (team.team_id, "ada", frozenset({"pro", "beta"})),
+        (team.team_id, "bob", frozenset({"pro"})),
+        (other, "ada", frozenset({"pro"})),
+    )
+    mine = team.team_id
+    assert first == [(mine, "ada", "beta"), (mine, "ada", "pro"), (mine, "bob", "pro"), (other, "ada", "pro")]
+
+    # Ada leaves beta, Bob leaves everything; the other project's Ada is not named and keeps hers.
+    assert await record((team.team_id, "ada", frozenset({"pro"})), (team.team_id, "bob", frozenset())) == []
+    assert await held() == [(team.team_id, "ada", "pro"), (other, "ada", "pro")]
+
+    assert await record((team.team_id, "ada", frozenset({"pro", "beta"}))) == [(team.team_id, "ada", "beta")]

@@ -743,12 +743,15 @@ class FakeSegmentRepository(FakeRepository):
             members.discard(key)
         return self.rows.pop((team_id, key), None) is not None
 
-    async def set_membership(
-        self, team_id: str, contact_id: str, keys: frozenset[str], now: datetime
-    ) -> list[str]:
-        before = self.rows.get((team_id, "member", contact_id), set())
-        self.rows[(team_id, "member", contact_id)] = set(keys)
-        return sorted(keys - before)
+    async def set_memberships(
+        self, members: Sequence[tuple[str, str, frozenset[str]]], now: datetime
+    ) -> list[tuple[str, str, str]]:
+        entered = []
+        for team_id, contact_id, keys in members:
+            before = self.rows.get((team_id, "member", contact_id), set())
+            self.rows[(team_id, "member", contact_id)] = set(keys)
+            entered += [(team_id, contact_id, key) for key in sorted(keys - before)]
+        return sorted(entered)
 
 
 class FakeMatcherUnitOfWork(FakeUnitOfWork):

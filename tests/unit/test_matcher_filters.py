@@ -24,6 +24,7 @@ from services.matcher.handlers import (
     list_versions,
     list_workflows,
     match_event,
+    match_events,
     put_segment,
     update_workflow,
 )
@@ -327,6 +328,19 @@ async def test_a_contact_newly_in_a_segment_announces_it_once() -> None:
     await match_event(an_event(custom_fields={"plan": "Free"}), uow)
     await match_event(an_event(custom_fields={"plan": "Pro"}), uow)
     assert len(entered_events(uow)) == 2  # left, then entered again
+
+
+async def test_a_batch_records_each_contacts_membership_as_its_last_event_says() -> None:
+    uow = await with_segment()
+    free, pro = an_event(custom_fields={"plan": "Free"}), an_event(custom_fields={"plan": "Pro"})
+    other = an_event(custom_fields={"plan": "Pro"}, contact_id="contact-2")
+
+    await match_events([pro, other, free], uow)  # contact-1: Pro, then Free
+
+    assert sorted(e.contact.id for e in entered_events(uow)) == ["contact-2"]
+    await match_events([an_event(custom_fields={"plan": "Pro"})], uow)
+    announced = entered_events(uow)
+    assert [e.contact.id for e in announced] == ["contact-2", "contact-1"]  # it had left: it enters
 
 
 async def test_a_dry_run_neither_records_membership_nor_announces_it() -> None:
