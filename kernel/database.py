@@ -129,8 +129,7 @@ async def insert_many_returning(
     inserted, as tuples (a row an `on_conflict` DO NOTHING skipped answers nothing)."""
     if not rows:
         return []
-    names = ", ".join(_quote(name.strip()) for name in returning.split(","))
-    statement = f"{_recordset_insert(table, tuple(rows[0]), on_conflict)} RETURNING {names}"
+    statement = _recordset_insert(table, tuple(rows[0]), on_conflict, returning)
     cursor = await connection.execute(statement, (_document(rows),))
     return list(await cursor.fetchall())
 
@@ -176,10 +175,6 @@ def _recordset_update(
 
 def _document(rows: Sequence[Mapping[str, Any]]) -> str:
     return json.dumps(rows, default=_json_value, separators=(",", ":"))
-
-
-def _quote(name: str) -> str:
-    return str(postgresql.dialect().identifier_preparer.quote(name))  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)
@@ -245,7 +240,7 @@ def _json_value(value: Any) -> Any:
 
 
 @functools.cache
-def _recordset_insert(table: Table, names: tuple[str, ...], on_conflict: str) -> str:
+def _recordset_insert(table: Table, names: tuple[str, ...], on_conflict: str, returning: str = "") -> str:
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     quote = dialect.identifier_preparer.quote
     fields, selected = [], []
@@ -257,9 +252,12 @@ def _recordset_insert(table: Table, names: tuple[str, ...], on_conflict: str) ->
         else:
             fields.append(f"{quote(name)} {column_type.compile(dialect=dialect)}")
             selected.append(f"r.{quote(name)}")
-    return (
+    statement = (
         f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
         f"({', '.join(quote(name) for name in names)}) "
         f"SELECT {', '.join(selected)} FROM jsonb_to_recordset(%s::jsonb) AS r({', '.join(fields)}) "
         f"{on_conflict}"
     ).rstrip()
+    if returning:
+        statement += " RETURNING " + ", ".join(quote(name.strip()) for name in returning.split(","))
+    return statement

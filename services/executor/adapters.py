@@ -291,8 +291,8 @@ class SqlRunRepository:
 
     async def save(self, *runs: Run) -> None:
         """Write the runs' and their steps' changes since they were loaded or added (everything,
-        for a run this repository did not load): the new steps in one statement, the changed
-        ones in one more."""
+        for a run this repository did not load): the new steps in one statement, each
+        changed one in its own (most often there is one)."""
         new_steps: list[dict[str, Any]] = []
         changed_steps: list[dict[str, Any]] = []
         for run in runs:
@@ -340,7 +340,7 @@ class SqlRunRepository:
             )
         if new_steps:
             await insert_many(await driver(self._session), RUN_STEPS, new_steps)
-        for values in changed_steps:  # most often one
+        for values in changed_steps:
             await UPDATE_STEP.execute(self._session, **values)
 
 

@@ -78,13 +78,13 @@ class SmtpServer:
 # An SMTP session is reused for this many emails at most, and kept open this long when idle;
 # one idle longer than REUSE_UNCHECKED_SECONDS is checked with NOOP before it is reused.
 MESSAGES_PER_SESSION = 100
+IDLE_SECONDS = 30.0
+REUSE_UNCHECKED_SECONDS = 2.0
+MAX_IDLE_SESSIONS = 16
 # The longest line (without CRLF) SMTP carries (RFC 5321); longer ones need a transfer encoding.
 MAX_LINE = 998
 # A subject with a word longer than this is built by EmailMessage, which can fold it.
 MAX_HEADER_WORD = 900
-IDLE_SECONDS = 30.0
-REUSE_UNCHECKED_SECONDS = 2.0
-MAX_IDLE_SESSIONS = 16
 
 
 @dataclass
@@ -195,15 +195,20 @@ def compose(email: OutgoingEmail, mail_from: str) -> Message:
         message = MIMEMultipart("alternative")
         message.attach(body)
         message.attach(_text_part(email.html, "html"))
+    # compat32 takes a Header for a value (encoded and folded as it is written).
+    subject = email.subject if _plain(email.subject) else cast(str, Header(email.subject, "utf-8"))
+    _set_headers(message, email, mail_from, subject)
+    return message
+
+
+def _set_headers(message: Message, email: OutgoingEmail, mail_from: str, subject: str) -> None:
     message["From"] = mail_from
     message["To"] = email.to
-    # compat32 takes a Header for a value (encoded and folded as it is written).
-    message["Subject"] = email.subject if _plain(email.subject) else cast(str, Header(email.subject, "utf-8"))
+    message["Subject"] = subject
     message["Message-ID"] = email.message_id
     message["Date"] = formatdate(localtime=False, usegmt=True)
     for name, value in email.headers.items():
         message[name] = value
-    return message
 
 
 def _plain(value: str) -> bool:
@@ -230,13 +235,7 @@ def _text_part(text: str, subtype: str) -> MIMEText:
 
 def _email_message(email: OutgoingEmail, mail_from: str) -> EmailMessage:
     message = EmailMessage()
-    message["From"] = mail_from
-    message["To"] = email.to
-    message["Subject"] = email.subject
-    message["Message-ID"] = email.message_id
-    message["Date"] = formatdate(localtime=False, usegmt=True)
-    for name, value in email.headers.items():
-        message[name] = value
+    _set_headers(message, email, mail_from, email.subject)
     message.set_content(email.text)
     if email.html:
         message.add_alternative(email.html, subtype="html")

@@ -27,7 +27,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from kernel.database import DriverStatement, driver, insert_many, schema_metadata, table_of
+from kernel.database import (
+    DriverStatement,
+    driver,
+    insert_many,
+    insert_many_returning,
+    schema_metadata,
+    table_of,
+)
 from kernel.errors import Conflict
 from kernel.outbox import outbox_table
 from kernel.unit_of_work import SqlUnitOfWork
@@ -268,13 +275,14 @@ class SqlDecisionRepository:
         if not events:
             return set()
         ordered = sorted({event.event_id: event for event in events}.values(), key=lambda e: e.event_id)
-        rows = await CLAIM_EVENTS.rows(
-            self._session,
-            event_ids=[event.event_id for event in ordered],
-            trigger_ids=[event.trigger_id for event in ordered],
-            team_ids=[event.team_id for event in ordered],
+        rows = await insert_many_returning(
+            await driver(self._session),
+            DECIDED_EVENTS,
+            [{"event_id": e.event_id, "trigger_id": e.trigger_id, "team_id": e.team_id} for e in ordered],
+            "event_id",
+            on_conflict="ON CONFLICT (event_id) DO NOTHING",
         )
-        return {row.event_id for row in rows}
+        return {event_id for (event_id,) in rows}
 
     async def add(self, decided: Sequence[tuple[MatchedEvent, list[Decision]]]) -> None:
         rows = [
@@ -293,22 +301,6 @@ class SqlDecisionRepository:
             for decision in decisions
         ]
         await insert_many(await driver(self._session), MATCH_DECISIONS, rows)
-
-
-# Events' claims in one statement, compiled once (see DriverStatement), in event id order (two
-# replicas claiming overlapping batches wait on each other, never in a cycle): the ids that
-# come back are the events claimed now; a redelivered event's id does not.
-CLAIM_EVENTS = DriverStatement.of(
-    text(
-        """
-        INSERT INTO matcher.decided_events (event_id, trigger_id, team_id)
-        SELECT * FROM unnest(CAST(:event_ids AS uuid[]), CAST(:trigger_ids AS uuid[]),
-                             CAST(:team_ids AS varchar[]))
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING event_id
-        """
-    )
-)
 
 
 class SqlSegmentRepository:
@@ -368,43 +360,31 @@ class SqlSegmentRepository:
             held_keys=[key for _, key, _ in held],
             held_contacts=[contact_id for _, _, contact_id in held],
         )
-        if not held:
-            return []
-        rows = await ADD_MEMBERSHIPS.rows(
-            self._session,
-            held_teams=[team_id for team_id, _, _ in held],
-            held_keys=[key for _, key, _ in held],
-            held_contacts=[contact_id for _, _, contact_id in held],
-            now=now,
+        entered = await insert_many_returning(
+            await driver(self._session),
+            SEGMENT_MEMBERS,
+            [
+                {"team_id": team_id, "segment_key": key, "contact_id": contact_id, "entered_at": now}
+                for team_id, key, contact_id in held
+            ],
+            "team_id, contact_id, segment_key",
+            on_conflict="ON CONFLICT (team_id, segment_key, contact_id) DO NOTHING",
         )
-        return sorted((row.team_id, row.contact_id, row.segment_key) for row in rows)
+        return sorted(tuple(row) for row in entered)
 
 
-# A batch's memberships, compiled once (see DriverStatement): the contacts' rows not held any
-# more go; those held are added, answering the ones that are new.
-_HELD = (
-    "unnest(CAST(:held_teams AS varchar[]), CAST(:held_keys AS varchar[]), "
-    "CAST(:held_contacts AS varchar[])) AS h(team_id, segment_key, contact_id)"
-)
+# The memberships a batch's contacts no longer hold, compiled once (see DriverStatement).
 DROP_MEMBERSHIPS = DriverStatement.of(
     text(
-        f"""
+        """
         DELETE FROM matcher.segment_members AS m
         USING unnest(CAST(:teams AS varchar[]), CAST(:contacts AS varchar[])) AS c(team_id, contact_id)
         WHERE m.team_id = c.team_id AND m.contact_id = c.contact_id
           AND NOT EXISTS (
-              SELECT 1 FROM {_HELD}
+              SELECT 1
+              FROM unnest(CAST(:held_teams AS varchar[]), CAST(:held_keys AS varchar[]),
+                          CAST(:held_contacts AS varchar[])) AS h(team_id, segment_key, contact_id)
               WHERE h.team_id = m.team_id AND h.segment_key = m.segment_key AND h.contact_id = m.contact_id)
-        """
-    )
-)
-ADD_MEMBERSHIPS = DriverStatement.of(
-    text(
-        f"""
-        INSERT INTO matcher.segment_members (team_id, segment_key, contact_id, entered_at)
-        SELECT h.team_id, h.segment_key, h.contact_id, :now FROM {_HELD}
-        ON CONFLICT (team_id, segment_key, contact_id) DO NOTHING
-        RETURNING team_id, contact_id, segment_key
         """
     )
 )

@@ -158,13 +158,14 @@ class SqlTriggerRepository:
         for row in rows:
             self._progress[row.id] = _progress(row)
 
-    async def _update(self, rows: list[dict[str, Any]], assignments: str) -> None:
-        """Update triggers from `rows` (each with its "id"), noting their progress."""
-        self._note(
-            await update_many(
-                await driver(self._session), TRIGGERS, rows, assignments, returning=PROGRESS_RETURNED
-            )
+    async def _update(self, rows: list[dict[str, Any]], assignments: str, where: str = "") -> list[Any]:
+        """Update triggers from `rows` (each with its "id"), noting the progress of those updated;
+        their rows."""
+        updated = await update_many(
+            await driver(self._session), TRIGGERS, rows, assignments, where=where, returning=PROGRESS_RETURNED
         )
+        self._note(updated)
+        return updated
 
     async def lock(self, teams: Mapping[uuid.UUID, str]) -> dict[uuid.UUID, TriggerState]:
         # Created (those no fact named yet), then locked, all in id order: two transactions
@@ -241,15 +242,11 @@ class SqlTriggerRepository:
             if fact.trigger_events <= 1:
                 single.setdefault(trigger_id, (fact, at))
         if single:
-            rows = await update_many(
-                await driver(self._session),
-                TRIGGERS,
+            rows = await self._update(
                 [{"id": trigger_id, "matched_at": at} for trigger_id, (_, at) in single.items()],
                 "matched_at = r.matched_at",
-                returning=PROGRESS_RETURNED,
                 where="t.matched_at IS NULL",
             )
-            self._note(rows)
             decided += [(row.id, single[row.id][0]) for row in rows]
         # Events of a trigger of several: each is decided once; the trigger is matched when all are.
         several = [(trigger_id, fact, at) for trigger_id, fact, at in facts if fact.trigger_events > 1]

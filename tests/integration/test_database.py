@@ -240,7 +240,9 @@ async def test_the_driver_connection_follows_the_sessions_transactions(
         await insert_many(first, table, [committed])
         await session.commit()
         # A new transaction: the statement belongs to it, and goes when it is rolled back.
+        assert not session.in_transaction()
         await insert_many(await driver(session), table, [rolled_back])
+        assert session.in_transaction()  # a cached connection of the old one would begin none
         await session.rollback()
 
     assert [r["name"] for r in (await stored(sessions, table)).values()] == ["committed"]
