@@ -8,7 +8,9 @@ from herald.tracker.v1 import tracker_pb2, tracker_pb2_grpc
 from kernel.clients import channel
 from kernel.grpc_server import ServiceRegistration
 from kernel.service import Runtime, run_service
+from services.tracker import catalog_consumers
 from services.tracker.adapters import TrackerSqlUnitOfWork
+from services.tracker.catalog_adapters import CatalogSqlUnitOfWork
 from services.tracker.consumers import DURABLE, FILTER, tracking_batch_handler, tracking_handler
 from services.tracker.servicer import TrackerServicer
 
@@ -16,6 +18,9 @@ from services.tracker.servicer import TrackerServicer
 # back short waits this long for more, so that facts share transactions under moderate load too.
 TRACKING_BATCH = 128
 TRACKING_LINGER_SECONDS = 0.05
+# The catalog reads every event off the delivery path too, a fetch per transaction.
+CATALOG_BATCH = 128
+CATALOG_LINGER_SECONDS = 0.05
 
 SERVICE_NAME = tracker_pb2.DESCRIPTOR.services_by_name["TrackerService"].full_name
 
@@ -23,6 +28,9 @@ SERVICE_NAME = tracker_pb2.DESCRIPTOR.services_by_name["TrackerService"].full_na
 async def serve(runtime: Runtime) -> None:
     def unit_of_work() -> TrackerSqlUnitOfWork:
         return TrackerSqlUnitOfWork(runtime.sessions)
+
+    def catalog_unit_of_work() -> CatalogSqlUnitOfWork:
+        return CatalogSqlUnitOfWork(runtime.sessions)
 
     async with (
         channel(runtime.settings.target("ingest")) as ingest_channel,
@@ -33,6 +41,7 @@ async def serve(runtime: Runtime) -> None:
             unit_of_work,
             ingest_pb2_grpc.IngestServiceStub(ingest_channel),
             executor_pb2_grpc.ExecutorServiceStub(executor_channel),
+            catalog_unit_of_work,
         )
         await runtime.serve(
             [
@@ -49,7 +58,16 @@ async def serve(runtime: Runtime) -> None:
                     batch_handler=tracking_batch_handler(unit_of_work),
                     batch_size=TRACKING_BATCH,
                     linger_seconds=TRACKING_LINGER_SECONDS,
-                )
+                ),
+                runtime.consumer(
+                    "EVENTS",
+                    catalog_consumers.DURABLE,
+                    catalog_consumers.FILTER,
+                    catalog_consumers.catalog_handler(catalog_unit_of_work),
+                    batch_handler=catalog_consumers.catalog_batch_handler(catalog_unit_of_work),
+                    batch_size=CATALOG_BATCH,
+                    linger_seconds=CATALOG_LINGER_SECONDS,
+                ),
             ],
         )
 

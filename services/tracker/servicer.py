@@ -19,6 +19,8 @@ from kernel.clock import isoformat_ms
 from kernel.errors import from_rpc_error
 from kernel.grpc_server import RESPONSE_HEADER_NAMES
 from services.tracker import handlers
+from services.tracker.catalog_handlers import CatalogUnitOfWork
+from services.tracker.catalog_servicer import CatalogRpcs
 from services.tracker.domain import (
     FLOW_TYPE,
     Accepted,
@@ -188,15 +190,17 @@ class IngestEventSender:
         )
 
 
-class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
+class TrackerServicer(CatalogRpcs, tracker_pb2_grpc.TrackerServiceServicer):
     def __init__(
         self,
         authenticator: Authenticator,
         unit_of_work: Callable[[], handlers.TrackerUnitOfWork],
         ingest: ingest_pb2_grpc.IngestServiceAsyncStub,
         executor: executor_pb2_grpc.ExecutorServiceAsyncStub,
+        catalog: Callable[[], CatalogUnitOfWork],
     ):
         self._auth = authenticator
+        self._catalog = catalog
         self._uow = unit_of_work
         self._ingest = ingest
         self._executor = executor
