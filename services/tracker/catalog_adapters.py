@@ -452,6 +452,17 @@ class SqlCatalogRepository:
         result = await self._session.execute(delete(EXAMPLES).where(EXAMPLES.c.event_id.in_(oldest)))
         return int(getattr(result, "rowcount", 0))
 
+    async def forget_counted_events(self, before: datetime, limit: int) -> int:
+        oldest = (
+            select(APPLIED.c.event_id)
+            .where(APPLIED.c.accepted_at < before)
+            .order_by(APPLIED.c.accepted_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        result = await self._session.execute(delete(APPLIED).where(APPLIED.c.event_id.in_(oldest)))
+        return int(getattr(result, "rowcount", 0))
+
 
 def _count(row: Any) -> int:
     """A row's `count` column (`row.count` is the tuple's method)."""

@@ -137,6 +137,8 @@ class CatalogRepository(Protocol):
 
     async def purge_examples(self, team_id: str, before: datetime, limit: int) -> int: ...
 
+    async def forget_counted_events(self, before: datetime, limit: int) -> int: ...
+
 
 class CatalogUnitOfWork(UnitOfWork, Protocol):
     @property
@@ -370,3 +372,13 @@ async def purge_examples(team_id: str, before: datetime, limit: int, uow: Catalo
         purged = await uow.catalog.purge_examples(team_id, before, limit)
         await uow.commit()
     return purged
+
+
+async def forget_counted_events(before: datetime, limit: int, uow: CatalogUnitOfWork) -> int:
+    """Forget up to `limit` of the event ids the catalog counted, of events accepted before
+    `before`; how many. Only for events the bus can no longer redeliver: `before` must be older
+    than the EVENTS stream's max age (7 days), or a redelivery would count again."""
+    async with uow:
+        forgotten = await uow.catalog.forget_counted_events(before, limit)
+        await uow.commit()
+    return forgotten

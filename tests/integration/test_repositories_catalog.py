@@ -225,3 +225,16 @@ async def test_purge_is_bounded(team: TeamCredentials, uow: CatalogSqlUnitOfWork
     await catalog_handlers.record_events([an_event(team, f"bulk.e{i}", {}, at=i) for i in range(6)], uow)
     assert await catalog_handlers.purge_examples(team.team_id, utcnow(), 4, uow) == 4
     assert await catalog_handlers.purge_examples(team.team_id, utcnow(), 4, uow) == 2
+
+
+async def test_counted_event_ids_are_forgotten_by_age(
+    team: TeamCredentials, uow: CatalogSqlUnitOfWork
+) -> None:
+    old = an_event(team, "aged", {}, at=-30 * 24 * 3600)
+    await catalog_handlers.record_events([old, an_event(team, "aged", {})], uow)
+    before = START - timedelta(days=29)
+    assert await catalog_handlers.forget_counted_events(before, 1000, uow) >= 1
+    assert await catalog_handlers.forget_counted_events(before, 1000, uow) == 0
+    # Forgotten, the old event would count again: hence `before` beyond the stream's max age.
+    await catalog_handlers.record_events([old], uow)
+    assert (await detail(team, "aged", uow)).entry.count == 3
