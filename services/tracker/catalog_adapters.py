@@ -30,7 +30,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from kernel.database import driver, insert_many, insert_many_returning, table_of
+from kernel.database import driver, insert_many, insert_many_returning, table_of, update_many
 from kernel.unit_of_work import SqlUnitOfWork
 from services.tracker.adapters import TrackerBase
 from services.tracker.catalog import (
@@ -434,6 +434,26 @@ class SqlCatalogRepository:
             select(exists().where(EVENTS.c.team_id == team_id, EVENTS.c.name == name))
         )
         return bool(found)
+
+    async def examples(self, team_id: str, name: str) -> dict[str, Mapping[str, Any]]:
+        rows = await self._session.execute(
+            select(EXAMPLES.c.event_id, EXAMPLES.c.payload)
+            .where(EXAMPLES.c.team_id == team_id, EXAMPLES.c.name == name)
+            .order_by(EXAMPLES.c.event_id)
+            .with_for_update()
+        )
+        return {row.event_id: row.payload for row in rows}
+
+    async def rewrite_examples(self, team_id: str, payloads: Mapping[str, Mapping[str, Any]]) -> None:
+        if not payloads:
+            return
+        await update_many(
+            await driver(self._session),
+            EXAMPLES,
+            [{"event_id": event_id, "payload": payload} for event_id, payload in sorted(payloads.items())],
+            "payload = r.payload",
+            key="event_id",
+        )
 
     async def erase_contact_examples(self, team_id: str, contact_id: str) -> int:
         result = await self._session.execute(

@@ -133,6 +133,12 @@ class CatalogRepository(Protocol):
 
     async def has_event(self, team_id: str, name: str) -> bool: ...
 
+    async def examples(self, team_id: str, name: str) -> dict[str, Mapping[str, Any]]:
+        """The stored examples of an event name (payload by event id), locked."""
+        ...
+
+    async def rewrite_examples(self, team_id: str, payloads: Mapping[str, Mapping[str, Any]]) -> None: ...
+
     async def erase_contact_examples(self, team_id: str, contact_id: str) -> int: ...
 
     async def purge_examples(self, team_id: str, before: datetime, limit: int) -> int: ...
@@ -352,6 +358,13 @@ async def review_pii(
                 f"Event '{name}' has no path '{path}' in the catalog",
                 reason="CATALOG_PATH_NOT_FOUND",
                 metadata={"name": name, "path": path},
+            )
+        if status == PiiStatus.CONFIRMED:
+            # The stored examples too: a confirmed path is redacted in every example.
+            review = _review((await uow.catalog.known_paths([(team_id, name)])).get((team_id, name), {}))
+            stored = await uow.catalog.examples(team_id, name)
+            await uow.catalog.rewrite_examples(
+                team_id, {event_id: redacted_example(payload, review) for event_id, payload in stored.items()}
             )
         await uow.commit()
     return await get_catalog_event(team_id, name, uow)

@@ -125,6 +125,9 @@ async def test_pii_flags_reviews_and_redaction(team: TeamCredentials, uow: Catal
     at = utcnow()
     await catalog_handlers.review_pii(team.team_id, name, "data.product.name", "dismiss", at, uow)
     reviewed = await catalog_handlers.review_pii(team.team_id, name, "data.plan", "confirm", at, uow)
+    # The example stored before is redacted at the confirmed path too.
+    assert reviewed.examples[0].payload["data"]["plan"] == "[REDACTED:pii]"
+    assert reviewed.examples[0].payload["data"]["email"] == "j***@example.com"
     flags = {f.path: (f.kinds, f.status) for f in reviewed.pii}
     assert flags["data.product.name"] == (("name",), "dismissed")
     assert flags["data.plan"] == ((), "confirmed")

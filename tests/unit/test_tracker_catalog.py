@@ -4,11 +4,16 @@ redacted examples (services.tracker.catalog), and the list API's inputs (catalog
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from herald.bus.v1 import event_pb2
+from kernel.bus import Delivery, Poison
+from kernel.clock import to_timestamp
 from kernel.errors import InvalidArgument
+from kernel.structs import to_struct
 from services.tracker import pii
 from services.tracker.catalog import (
     EXAMPLE_MAX_ITEMS,
@@ -21,6 +26,7 @@ from services.tracker.catalog import (
     pii_status,
     redacted_example,
 )
+from services.tracker.catalog_consumers import observed
 from services.tracker.catalog_handlers import decode_cursor, encode_cursor, name_pattern, page_limit
 
 
@@ -322,3 +328,53 @@ def test_limits_and_cursors() -> None:
     assert decode_cursor("") == ""
     with pytest.raises(InvalidArgument, match="cursor is not valid"):
         decode_cursor("!!!")
+
+
+# What the consumer reads off an event.
+
+
+def a_delivery(event: event_pb2.Event) -> Delivery:
+    return Delivery(
+        subject="events.t.x", data=event.SerializeToString(), headers={}, attempt=1, stream_sequence=1
+    )
+
+
+def test_an_event_is_observed_with_its_contact_as_user_info() -> None:
+    event = event_pb2.Event(
+        event_id="e-1",
+        project_id="team-1",
+        name="order.completed",
+        contact=event_pb2.Contact(
+            id="c-1",
+            external_id="u-1",
+            email="jane@example.com",
+            tags=["vip"],
+            custom_fields=to_struct({"zip": "1"}),
+        ),
+        data=to_struct({"total": 3}),
+        source=event_pb2.Source(type="web", ip="203.0.113.9"),
+        accepted_at=to_timestamp(datetime(2024, 12, 10, tzinfo=UTC)),
+    )
+    seen = observed(a_delivery(event))
+    assert (seen.team_id, seen.event_id, seen.name, seen.source, seen.contact_id) == (
+        "team-1",
+        "e-1",
+        "order.completed",
+        "web",
+        "c-1",
+    )
+    assert seen.accepted_at == datetime(2024, 12, 10, tzinfo=UTC)
+    assert seen.sections == {
+        "data": {"total": 3},
+        "variables": {},
+        "user_info": {"external_id": "u-1", "email": "jane@example.com", "custom_fields": {"zip": "1"}},
+    }
+    anonymous = observed(a_delivery(event_pb2.Event(event_id="e-2", project_id="t", name="ping")))
+    assert (anonymous.source, anonymous.contact_id, anonymous.sections["user_info"]) == ("unknown", None, {})
+
+
+def test_an_event_without_id_project_or_name_is_poison() -> None:
+    with pytest.raises(Poison, match="an event needs an id, a project and a name"):
+        observed(a_delivery(event_pb2.Event(project_id="t", name="x")))
+    with pytest.raises(Poison, match=r"not a herald\.bus\.v1\.Event"):
+        observed(Delivery(subject="events.t.x", data=b"\xff\xff", headers={}, attempt=1, stream_sequence=1))
