@@ -45,7 +45,14 @@ def schema_of(event: dict[str, Any]) -> dict[str, tuple[bool, dict[str, bool]]]:
 def test_schema_hints_and_drift_from_differently_shaped_events(running: RunningStack) -> None:
     name = "catalog.order_placed"
     first = {"total": 10, "items": [{"sku": "MUG-1", "qty": 2}]}
-    send(running, name, first, user_info={"contact_external_id": "cat-1"}, source={"type": "web_signup"})
+    send(
+        running,
+        name,
+        first,
+        user_info={"contact_external_id": "cat-1"},
+        source={"type": "web_signup"},
+        variables={"greeting": "Hi"},
+    )
     catalogued(running, name, 1)
     # Later: a number becomes a string, a new field appears, an array element gains a field.
     later = {"total": "10.00", "items": [{"sku": "MUG-2", "qty": 1, "gift": True}], "coupon": "WELCOME"}
@@ -67,6 +74,7 @@ def test_schema_hints_and_drift_from_differently_shaped_events(running: RunningS
         "data.items[].sku": (False, {"string": False}),
         "data.total": (False, {"number": False, "string": True}),
         "user_info.external_id": (False, {"string": False}),
+        "variables.greeting": (False, {"string": False}),
     }
     counts = {p["path"]: p["count"] for p in event["schema"]}
     assert (counts["data.total"], counts["data.coupon"], counts["user_info.external_id"]) == (3, 1, 3)
