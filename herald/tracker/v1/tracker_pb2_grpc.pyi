@@ -44,6 +44,12 @@ class TrackerServiceStub:
     most 30) until its trigger finished, and answer with the full execution result. For
     testing and debugging: production senders use events/send.
     """
+    ListTriggers: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.ListTriggersRequest, _tracker_pb2.ListTriggersResponse]
+    """The project's triggers, newest first, with filters and cursor pagination."""
+    GetContactTimeline: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.GetContactTimelineRequest, _tracker_pb2.GetContactTimelineResponse]
+    """A contact's events, runs and deliveries, newest first."""
+    GetStats: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.GetStatsRequest, _tracker_pb2.GetStatsResponse]
+    """Latency per event name over a window, and the bus's queue lag now."""
 
 @_typing.type_check_only
 class TrackerServiceAsyncStub(TrackerServiceStub):
@@ -61,6 +67,12 @@ class TrackerServiceAsyncStub(TrackerServiceStub):
     most 30) until its trigger finished, and answer with the full execution result. For
     testing and debugging: production senders use events/send.
     """
+    ListTriggers: _aio.UnaryUnaryMultiCallable[_tracker_pb2.ListTriggersRequest, _tracker_pb2.ListTriggersResponse]  # type: ignore[assignment]
+    """The project's triggers, newest first, with filters and cursor pagination."""
+    GetContactTimeline: _aio.UnaryUnaryMultiCallable[_tracker_pb2.GetContactTimelineRequest, _tracker_pb2.GetContactTimelineResponse]  # type: ignore[assignment]
+    """A contact's events, runs and deliveries, newest first."""
+    GetStats: _aio.UnaryUnaryMultiCallable[_tracker_pb2.GetStatsRequest, _tracker_pb2.GetStatsResponse]  # type: ignore[assignment]
+    """Latency per event name over a window, and the bus's queue lag now."""
 
 class TrackerServiceServicer(metaclass=_abc_1.ABCMeta):
     """TrackerService answers what happened to a trigger after it was sent."""
@@ -93,5 +105,29 @@ class TrackerServiceServicer(metaclass=_abc_1.ABCMeta):
         most 30) until its trigger finished, and answer with the full execution result. For
         testing and debugging: production senders use events/send.
         """
+
+    @_abc_1.abstractmethod
+    def ListTriggers(
+        self,
+        request: _tracker_pb2.ListTriggersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.ListTriggersResponse, _abc.Awaitable[_tracker_pb2.ListTriggersResponse]]:
+        """The project's triggers, newest first, with filters and cursor pagination."""
+
+    @_abc_1.abstractmethod
+    def GetContactTimeline(
+        self,
+        request: _tracker_pb2.GetContactTimelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.GetContactTimelineResponse, _abc.Awaitable[_tracker_pb2.GetContactTimelineResponse]]:
+        """A contact's events, runs and deliveries, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetStats(
+        self,
+        request: _tracker_pb2.GetStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.GetStatsResponse, _abc.Awaitable[_tracker_pb2.GetStatsResponse]]:
+        """Latency per event name over a window, and the bus's queue lag now."""
 
 def add_TrackerServiceServicer_to_server(servicer: TrackerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
