@@ -3,6 +3,7 @@ contact's timeline, latency per event name, and the bus's queue lag."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
@@ -124,10 +125,13 @@ async def test_each_filter_narrows_the_list(
     future = utcnow() + timedelta(days=1)
     scheduled, due = story_at(team, 20), story_at(team, 10)
     await apply(sessions, *completed(done), queued.accepted(), other.accepted())
-    for story, moment in ((scheduled, future), (due, utcnow() - timedelta(seconds=5))):
+    soon = utcnow() + timedelta(seconds=1)
+    for story, moment in ((scheduled, future), (due, soon)):
         fact = story.accepted()
         fact.trigger_accepted.scheduled_for.CopyFrom(to_timestamp(moment))
         await apply(sessions, fact)
+    # `due` is stored scheduled; once its time has come it is queued, before any fact says so.
+    await asyncio.sleep(max((soon - utcnow()).total_seconds(), 0) + 0.05)
 
     async def ids(**query: object) -> set[uuid.UUID]:
         page = await listed(sessions, team.team_id, TriggerQuery(**query))  # type: ignore[arg-type]
