@@ -37,6 +37,7 @@ from services.tracker.domain import (
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
+MAX_INT32 = 2**31 - 1
 
 
 def _trigger_fields(view: TriggerView) -> dict[str, Any]:
@@ -116,9 +117,9 @@ def stats_to_proto(stats: Stats) -> tracker_pb2.GetStatsResponse:
             tracker_pb2.QueueLag(
                 stream=lag.stream,
                 consumer=lag.consumer,
-                pending=lag.pending,
-                ack_pending=lag.ack_pending,
-                redelivered=lag.redelivered,
+                pending=min(lag.pending, MAX_INT32),
+                ack_pending=min(lag.ack_pending, MAX_INT32),
+                redelivered=min(lag.redelivered, MAX_INT32),
                 oldest_pending_age_seconds=round(lag.oldest_pending_age_seconds, 3),
             )
             for lag in stats.queues

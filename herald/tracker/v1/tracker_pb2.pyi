@@ -732,7 +732,9 @@ Global___Latency: _TypeAlias = Latency  # noqa: Y015
 
 @_typing.final
 class QueueLag(_message.Message):
-    """QueueLag is how far one durable consumer is behind its stream."""
+    """QueueLag is how far one durable consumer is behind its stream (counts above 2^31 - 1 read as
+    that: int32 keeps them plain JSON numbers).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
