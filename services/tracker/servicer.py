@@ -154,7 +154,10 @@ class IngestTriggerRecords:
             status=record.status,
             created_at=datetime.fromisoformat(record.created_at),
             started_at=None,
-            completed_at=None,
+            # A cancelled trigger is final from when it was cancelled.
+            completed_at=datetime.fromisoformat(record.cancelled_at)
+            if record.HasField("cancelled_at")
+            else None,
             summary=Summary(total_contacts=record.contacts),
             event_name=record.event_name,
         )
