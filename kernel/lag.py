@@ -14,10 +14,12 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from kernel.clock import utcnow
+from kernel.errors import Unavailable
 
 # Subjects every stream message matches, for a consumer with no filter.
 ALL_SUBJECTS = ">"
@@ -35,7 +37,15 @@ class ConsumerLag:
 
 
 async def queue_lag(js: JetStreamContext) -> list[ConsumerLag]:
-    """The lag of every durable consumer of every stream, by stream and consumer name."""
+    """The lag of every durable consumer of every stream, by stream and consumer name; Unavailable
+    when the bus does not answer."""
+    try:
+        return await _queue_lag(js)
+    except (NatsError, TimeoutError) as error:
+        raise Unavailable(f"The bus did not answer, so its queue lag is unknown: {error!r}"[:300]) from error
+
+
+async def _queue_lag(js: JetStreamContext) -> list[ConsumerLag]:
     streams = await js.streams_info()
     names = [stream.config.name for stream in streams if stream.config.name]
     consumers = await asyncio.gather(*(js.consumers_info(name) for name in names))

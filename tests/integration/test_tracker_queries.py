@@ -14,7 +14,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from herald.bus.v1 import tracking_pb2
+from kernel import bus
 from kernel.clock import to_timestamp, utcnow
+from kernel.errors import Unavailable
 from kernel.lag import queue_lag
 from services.tracker.adapters import TrackerSqlUnitOfWork
 from services.tracker.domain import (
@@ -26,7 +28,7 @@ from services.tracker.domain import (
     TriggerStatus,
 )
 from services.tracker.handlers import record_facts
-from tests.conftest import TeamCredentials
+from tests.conftest import Infrastructure, TeamCredentials
 from tests.integration.test_repositories_tracker import TriggerStory, apply
 
 
@@ -323,3 +325,11 @@ async def test_queue_lag_of_an_empty_stream_is_zero(nats_client: NatsClient) -> 
         ] == [("reader", 0, 0, 0.0)]
     finally:
         await js.delete_stream(name)
+
+
+async def test_queue_lag_without_the_bus_is_unavailable(infrastructure: Infrastructure) -> None:
+    client = await bus.connect(infrastructure.nats_url, name="herald-lag-test")
+    await client.close()
+
+    with pytest.raises(Unavailable, match="The bus did not answer, so its queue lag is unknown"):
+        await queue_lag(client.jetstream())
