@@ -112,7 +112,7 @@ def test_a_scheduled_trigger_goes_through_every_status_in_order(running: Running
             listed_while["scheduled"] = listed_as("scheduled")
         if trigger["status"] == "completed":
             break
-        time.sleep(0.02)
+        time.sleep(0.01)
 
     assert [t["status"] for t in seen] == ["scheduled", "queued", "processing", "completed"]
     scheduled, queued, processing, completed = seen
