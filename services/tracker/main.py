@@ -7,6 +7,7 @@ from herald.ingest.v1 import ingest_pb2_grpc
 from herald.tracker.v1 import tracker_pb2, tracker_pb2_grpc
 from kernel.clients import channel
 from kernel.grpc_server import ServiceRegistration
+from kernel.lag import queue_lag
 from kernel.service import Runtime, run_service
 from services.tracker import catalog_consumers
 from services.tracker.adapters import TrackerSqlUnitOfWork
@@ -42,6 +43,8 @@ async def serve(runtime: Runtime) -> None:
             ingest_pb2_grpc.IngestServiceStub(ingest_channel),
             executor_pb2_grpc.ExecutorServiceStub(executor_channel),
             catalog_unit_of_work,
+            ingest_pb2_grpc.ContactServiceStub(ingest_channel),
+            lambda: queue_lag(runtime.js),
         )
         await runtime.serve(
             [

@@ -55,6 +55,12 @@ class TrackerServiceStub:
     """
     ReviewCatalogPii: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.ReviewCatalogPiiRequest, _tracker_pb2.ReviewCatalogPiiResponse]
     """Confirm or dismiss the PII flag of one path of an event; answers the event as it is now."""
+    ListTriggers: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.ListTriggersRequest, _tracker_pb2.ListTriggersResponse]
+    """The project's triggers, newest first, with filters and cursor pagination."""
+    GetContactTimeline: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.GetContactTimelineRequest, _tracker_pb2.GetContactTimelineResponse]
+    """A contact's events, runs and deliveries, newest first."""
+    GetStats: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.GetStatsRequest, _tracker_pb2.GetStatsResponse]
+    """Latency per event name over a window, and the bus's queue lag now."""
 
 @_typing.type_check_only
 class TrackerServiceAsyncStub(TrackerServiceStub):
@@ -83,6 +89,12 @@ class TrackerServiceAsyncStub(TrackerServiceStub):
     """
     ReviewCatalogPii: _aio.UnaryUnaryMultiCallable[_tracker_pb2.ReviewCatalogPiiRequest, _tracker_pb2.ReviewCatalogPiiResponse]  # type: ignore[assignment]
     """Confirm or dismiss the PII flag of one path of an event; answers the event as it is now."""
+    ListTriggers: _aio.UnaryUnaryMultiCallable[_tracker_pb2.ListTriggersRequest, _tracker_pb2.ListTriggersResponse]  # type: ignore[assignment]
+    """The project's triggers, newest first, with filters and cursor pagination."""
+    GetContactTimeline: _aio.UnaryUnaryMultiCallable[_tracker_pb2.GetContactTimelineRequest, _tracker_pb2.GetContactTimelineResponse]  # type: ignore[assignment]
+    """A contact's events, runs and deliveries, newest first."""
+    GetStats: _aio.UnaryUnaryMultiCallable[_tracker_pb2.GetStatsRequest, _tracker_pb2.GetStatsResponse]  # type: ignore[assignment]
+    """Latency per event name over a window, and the bus's queue lag now."""
 
 class TrackerServiceServicer(metaclass=_abc_1.ABCMeta):
     """TrackerService answers what happened to a trigger after it was sent."""
@@ -144,5 +156,29 @@ class TrackerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tracker_pb2.ReviewCatalogPiiResponse, _abc.Awaitable[_tracker_pb2.ReviewCatalogPiiResponse]]:
         """Confirm or dismiss the PII flag of one path of an event; answers the event as it is now."""
+
+    @_abc_1.abstractmethod
+    def ListTriggers(
+        self,
+        request: _tracker_pb2.ListTriggersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.ListTriggersResponse, _abc.Awaitable[_tracker_pb2.ListTriggersResponse]]:
+        """The project's triggers, newest first, with filters and cursor pagination."""
+
+    @_abc_1.abstractmethod
+    def GetContactTimeline(
+        self,
+        request: _tracker_pb2.GetContactTimelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.GetContactTimelineResponse, _abc.Awaitable[_tracker_pb2.GetContactTimelineResponse]]:
+        """A contact's events, runs and deliveries, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetStats(
+        self,
+        request: _tracker_pb2.GetStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.GetStatsResponse, _abc.Awaitable[_tracker_pb2.GetStatsResponse]]:
+        """Latency per event name over a window, and the bus's queue lag now."""
 
 def add_TrackerServiceServicer_to_server(servicer: TrackerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
