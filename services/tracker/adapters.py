@@ -663,10 +663,12 @@ class SqlTriggerRepository:
         ]
         return Page(items, items[-1].position if len(rows) > limit else None)
 
-    async def latency(self, team_id: str, since: datetime, until: datetime) -> list[EventLatency]:
-        """Per event name, the triggers accepted between `since` and `until`: how many, and how
-        long they took from accepted (or due, when scheduled) to matched and to their first step
-        done. Busiest first."""
+    async def latency(
+        self, team_id: str, since: datetime, until: datetime, event_name: str | None = None
+    ) -> list[EventLatency]:
+        """Per event name (or for `event_name` only), the triggers accepted between `since` and
+        `until`: how many, and how long they took from accepted (or due, when scheduled) to matched
+        and to their first step done. Busiest first."""
         start = func.greatest(TRIGGERS.c.created_at, TRIGGERS.c.scheduled_for)
         to_matched = _milliseconds(TRIGGERS.c.matched_at - start)
         to_first_step = _milliseconds(TRIGGERS.c.first_step_at - start)
@@ -682,7 +684,9 @@ class SqlTriggerRepository:
             )
             .where(
                 TRIGGERS.c.team_id == team_id,
-                TRIGGERS.c.event_name.is_not(None),
+                TRIGGERS.c.event_name.is_not(None)
+                if event_name is None
+                else TRIGGERS.c.event_name == event_name,
                 TRIGGERS.c.created_at >= since,
                 TRIGGERS.c.created_at <= until,
             )

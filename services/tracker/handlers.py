@@ -101,8 +101,11 @@ class TriggerRepository(Protocol):
         """A page of the contact's events, run starts and ends and deliveries, newest first."""
         ...
 
-    async def latency(self, team_id: str, since: datetime, until: datetime) -> list[EventLatency]:
-        """Per event name, the latency of the triggers accepted between `since` and `until`."""
+    async def latency(
+        self, team_id: str, since: datetime, until: datetime, event_name: str | None = None
+    ) -> list[EventLatency]:
+        """Per event name (or for `event_name` only), the latency of the triggers accepted
+        between `since` and `until`."""
         ...
 
 
@@ -368,3 +371,14 @@ async def get_stats(team_id: str, window_text: str, uow: TrackerUnitOfWork, lag:
     async with uow:
         events = await uow.triggers.latency(team_id, since, until)
     return Stats(window_text or DEFAULT_WINDOW, since, until, events, await lag())
+
+
+async def event_latency(
+    team_id: str, event_name: str, window_text: str, uow: TrackerUnitOfWork
+) -> tuple[str, EventLatency | None]:
+    """One event name's latency over the window ending now (its catalog page shows it)."""
+    window = parse_window(window_text)
+    until = utcnow()
+    async with uow:
+        found = await uow.triggers.latency(team_id, until - window, until, event_name)
+    return window_text or DEFAULT_WINDOW, (found[0] if found else None)

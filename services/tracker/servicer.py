@@ -20,11 +20,10 @@ from kernel.errors import from_rpc_error
 from kernel.grpc_server import RESPONSE_HEADER_NAMES
 from services.tracker import handlers
 from services.tracker.catalog_handlers import CatalogUnitOfWork
-from services.tracker.catalog_servicer import CatalogRpcs
+from services.tracker.catalog_servicer import CatalogRpcs, event_latency_to_proto
 from services.tracker.domain import (
     FLOW_TYPE,
     Accepted,
-    Latency,
     Outcome,
     Page,
     Stats,
@@ -87,34 +86,12 @@ def entry_to_proto(entry: TimelineEntry) -> tracker_pb2.TimelineEntry:
     )
 
 
-def latency_to_proto(latency: Latency | None) -> tracker_pb2.Latency | None:
-    if latency is None:
-        return None
-    return tracker_pb2.Latency(
-        avg_ms=round(latency.avg_ms, 3),
-        p50_ms=round(latency.p50_ms, 3),
-        p95_ms=round(latency.p95_ms, 3),
-        p99_ms=round(latency.p99_ms, 3),
-        max_ms=round(latency.max_ms, 3),
-    )
-
-
 def stats_to_proto(stats: Stats) -> tracker_pb2.GetStatsResponse:
     return tracker_pb2.GetStatsResponse(
         window=stats.window,
         since=isoformat_ms(stats.since),
         until=isoformat_ms(stats.until),
-        events=[
-            tracker_pb2.EventLatency(
-                event_name=event.event_name,
-                count=event.count,
-                matched=event.matched,
-                first_step_done=event.first_step_done,
-                accepted_to_matched=latency_to_proto(event.accepted_to_matched),
-                accepted_to_first_step=latency_to_proto(event.accepted_to_first_step),
-            )
-            for event in stats.events
-        ],
+        events=[event_latency_to_proto(event) for event in stats.events],
         queues=[
             tracker_pb2.QueueLag(
                 stream=lag.stream,

@@ -487,15 +487,19 @@ class GetCatalogEventRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    window: _builtins.str
+    """The window of the latency figures, an ISO 8601 duration ending now (default PT1H, at most P7D)."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        window: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -538,6 +542,8 @@ class CatalogEvent(_message.Message):
     PII_FIELD_NUMBER: _builtins.int
     EXAMPLES_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    LATENCY_WINDOW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     first_seen: _builtins.str
     last_seen: _builtins.str
@@ -546,6 +552,8 @@ class CatalogEvent(_message.Message):
     drift: _builtins.bool
     truncated: _builtins.bool
     """Whether some payloads had more, deeper or longer paths than the catalog keeps."""
+    latency_window: _builtins.str
+    """The latency window (GET only)."""
     @_builtins.property
     def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogSource]: ...
     @_builtins.property
@@ -559,6 +567,12 @@ class CatalogEvent(_message.Message):
     @_builtins.property
     def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogExample]:
         """The latest examples (at most 5), newest first, with personal data redacted."""
+
+    @_builtins.property
+    def latency(self) -> Global___EventLatency:
+        """How fast this event's triggers went through Herald in the latency window (GET only; absent
+        when none was accepted in it).
+        """
 
     def __init__(
         self,
@@ -574,10 +588,12 @@ class CatalogEvent(_message.Message):
         pii: _abc.Iterable[Global___PiiFlag] | None = ...,
         examples: _abc.Iterable[Global___CatalogExample] | None = ...,
         truncated: _builtins.bool = ...,
+        latency: Global___EventLatency | None = ...,
+        latency_window: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "drift", b"drift", "examples", b"examples", "first_seen", b"first_seen", "last_seen", b"last_seen", "name", b"name", "pii", b"pii", "pii_paths", b"pii_paths", "schema", b"schema", "sources", b"sources", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "drift", b"drift", "examples", b"examples", "first_seen", b"first_seen", "last_seen", b"last_seen", "latency", b"latency", "latency_window", b"latency_window", "name", b"name", "pii", b"pii", "pii_paths", b"pii_paths", "schema", b"schema", "sources", b"sources", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
