@@ -462,6 +462,10 @@ class SqlTimerRepository:
             delete(TIMERS).where(TIMERS.c.run_id == timer.run_id, TIMERS.c.step_id == timer.step_id)
         )
 
+    async def of_run(self, run_id: uuid.UUID) -> list[Timer]:
+        rows = await self._session.execute(select(TIMERS).where(TIMERS.c.run_id == run_id))
+        return [_timer(row) for row in rows]
+
     async def postpone(self, timer: Timer, until: datetime) -> None:
         await self._session.execute(
             update(TIMERS)

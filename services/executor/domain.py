@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -68,6 +69,22 @@ class Timer:
     event: str = ""
     # Events received before this time (the run's own trigger time) do not end a wait.
     since: datetime | None = None
+
+
+def waiting(step: StepState, timers: Sequence[Timer]) -> tuple[str, datetime | None]:
+    """What an unfinished step waits for, in words, and until when (GetRun shows it)."""
+    if step.status in StepStatus.FINISHED or step.status == StepStatus.PENDING:
+        return "", None
+    timer = next((t for t in timers if t.step_id == step.spec.id), None)
+    if step.status == StepStatus.QUEUED:
+        retry = f" (attempt {step.attempts + 1})" if step.attempts else ""
+        return f"delivery on the {step.spec.channel} channel{retry}", None
+    if timer is None:
+        return "", None
+    if timer.kind == TimerKind.WAIT:
+        timeout = f"then step '{step.spec.on_timeout}'" if step.spec.on_timeout else "then the next step"
+        return f"event '{timer.event}' from the same contact; on timeout, {timeout}", timer.due_at
+    return "the end of the delay", timer.due_at
 
 
 @dataclass

@@ -102,6 +102,10 @@ class TimerRepository(Protocol):
 
     async def postpone(self, timer: Timer, until: datetime) -> None: ...
 
+    async def of_run(self, run_id: uuid.UUID) -> list[Timer]:
+        """The run's timers: what its waiting steps wait for."""
+        ...
+
 
 class FeedRepository(Protocol):
     async def add(self, item: FeedItem) -> None:
@@ -696,12 +700,22 @@ async def list_dev_messages(
 
 
 async def get_run(team_id: str, run_id: str, uow: ExecutorUnitOfWork) -> Run:
+    run, _ = await describe_run(team_id, run_id, uow, with_timers=False)
+    return run
+
+
+async def describe_run(
+    team_id: str, run_id: str, uow: ExecutorUnitOfWork, *, with_timers: bool = True
+) -> tuple[Run, list[Timer]]:
+    """The run, and the timers of its waiting steps (a delay's end, a wait's event and timeout)."""
     try:
         parsed = uuid.UUID(run_id)
     except ValueError:
         raise NotFound("Run not found", reason="RUN_NOT_FOUND") from None
     async with uow:
         run = await uow.runs.get(team_id, parsed)
-    if run is None:
-        raise NotFound("Run not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id})
-    return run
+        if run is None:
+            raise NotFound("Run not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id})
+        running = with_timers and run.status == RunStatus.RUNNING
+        timers = await uow.timers.of_run(run.id) if running else []
+    return run, timers

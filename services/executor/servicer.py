@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -12,12 +12,21 @@ from herald.executor.v1 import executor_pb2, executor_pb2_grpc
 from kernel.auth import Authenticator
 from kernel.clock import isoformat_ms
 from services.executor import handlers
-from services.executor.domain import DeadLetter, FeedItem, OutgoingText, ProviderSettings, Run
+from services.executor.domain import (
+    DeadLetter,
+    FeedItem,
+    OutgoingText,
+    ProviderSettings,
+    Run,
+    Timer,
+    waiting,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def run_to_proto(run: Run) -> executor_pb2.Run:
+def run_to_proto(run: Run, timers: Sequence[Timer] = ()) -> executor_pb2.Run:
+    """The run and its steps; with `timers`, each waiting step says what it waits for."""
     message = executor_pb2.Run(
         id=str(run.id),
         trigger_id=str(run.trigger_id),
@@ -40,6 +49,10 @@ def run_to_proto(run: Run) -> executor_pb2.Run:
         )
         if step.finished_at:
             proto_step.finished_at = isoformat_ms(step.finished_at)
+        waiting_for, until = waiting(step, timers)
+        proto_step.waiting_for = waiting_for
+        if until is not None:
+            proto_step.waiting_until = isoformat_ms(until)
     return message
 
 
@@ -110,8 +123,8 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self, request: executor_pb2.GetRunRequest, context: Context
     ) -> executor_pb2.GetRunResponse:
         team = await self._auth.authenticate(context.invocation_metadata())
-        run = await handlers.get_run(team.id, request.run_id, self._uow())
-        return executor_pb2.GetRunResponse(run=run_to_proto(run))
+        run, timers = await handlers.describe_run(team.id, request.run_id, self._uow())
+        return executor_pb2.GetRunResponse(run=run_to_proto(run, timers))
 
     async def ListFeed(
         self, request: executor_pb2.ListFeedRequest, context: Context

@@ -147,6 +147,9 @@ class StepState:
     attempts: int
     detail: str
     finished_at: str = ""
+    # What an unfinished step waits for, and until when (see the executor's RunStep).
+    waiting_for: str = ""
+    waiting_until: str = ""
 
 
 @dataclass(frozen=True)

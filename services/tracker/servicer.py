@@ -159,6 +159,8 @@ def outcome_to_proto(outcome: Outcome) -> tracker_pb2.WorkflowOutcome:
                 attempts=step.attempts,
                 detail=step.detail,
                 finished_at=step.finished_at or None,
+                waiting_for=step.waiting_for,
+                waiting_until=step.waiting_until or None,
             )
             for step in outcome.steps
         ],
@@ -232,7 +234,16 @@ class ExecutorRunSteps:
                 return ()
             raise from_rpc_error(error) from error
         return tuple(
-            StepState(step.step_id, step.type, step.status, step.attempts, step.detail, step.finished_at)
+            StepState(
+                step.step_id,
+                step.type,
+                step.status,
+                step.attempts,
+                step.detail,
+                step.finished_at,
+                step.waiting_for,
+                step.waiting_until,
+            )
             for step in answer.run.steps
         )
 

@@ -234,6 +234,21 @@ def test_a_run_waits_for_an_event_and_takes_the_timeout_path_without_it(
     send(running, "flow.activated", "flow-ada", plan="")
     send(running, "flow.activated", "flow-ada", plan="pro")
 
+    # While Bob's run waits, its trigger's detail says what each unfinished step waits for.
+    def waiting_steps() -> dict[str, Any] | None:
+        detail = running.http.get(f"/api/v1/triggers/{quiet}/workflow", headers=running.credentials.headers)
+        assert detail.status_code == 200, detail.text
+        outcomes = detail.json()["workflows"]
+        steps = {step["step_id"]: step for step in outcomes[0]["steps"]} if outcomes else {}
+        return steps if steps.get("activated", {}).get("status") == "waiting" else None
+
+    steps = eventually(waiting_steps)
+    assert steps["activated"]["waiting_for"] == (
+        "event 'flow.activated' from the same contact; on timeout, then step 'nudge'"
+    )
+    assert steps["activated"]["waiting_until"] > steps["pause"]["finished_at"]
+    assert (steps["pause"]["waiting_for"], steps["nudge"]["waiting_for"]) == ("", "")
+
     activated = finished_run(running, infrastructure, waiting)
     timed_out = finished_run(running, infrastructure, quiet)
 

@@ -865,6 +865,9 @@ class FakeTimerRepository(FakeRepository):
     async def delete(self, timer: Timer) -> None:
         self.rows.pop((timer.run_id, timer.step_id), None)
 
+    async def of_run(self, run_id: uuid.UUID) -> list[Timer]:
+        return [timer for timer, _ in self.rows.values() if timer.run_id == run_id]
+
     async def postpone(self, timer: Timer, until: datetime) -> None:
         key = (timer.run_id, timer.step_id)
         if key in self.rows:

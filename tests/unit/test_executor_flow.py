@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncGenerator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from herald.workflow.v1 import workflow_pb2
 from kernel.bus import OutgoingMessage, RetryLater
 from kernel.clock import to_timestamp, utcnow
 from kernel.errors import FailedPrecondition, InvalidArgument, NotFound
+from kernel.steps import StepSpec
 from kernel.structs import to_struct
 from services.executor.domain import (
     DeliveryError,
@@ -24,10 +25,12 @@ from services.executor.domain import (
     ProviderSettings,
     Run,
     RunStatus,
+    StepState,
     StepStatus,
     Timer,
     TimerKind,
 )
+from services.executor.domain import waiting as waits_for
 from services.executor.handlers import (
     Channels,
     catch_up_waits,
@@ -693,3 +696,27 @@ async def test_channel_and_listing_requests_with_bad_input_are_refused_and_chang
     assert await uow.channels.provider(TEAM, "sms") is None
     with pytest.raises(InvalidArgument, match="whsec_ followed by 24 to 64 bytes"):
         await set_webhook_secret(TEAM, "whsec_c2hvcnQ=", uow)
+
+
+def test_an_unfinished_step_says_what_it_waits_for_and_until_when() -> None:
+    due = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    wait = StepSpec(id="w", type="wait_for_event", event="a.b", timeout="PT1H", on_timeout="n")
+    delay = StepSpec(id="d", type="delay", duration="PT1M")
+    email = StepSpec(id="e", type="email", subject="s", body="b")
+    timers = [
+        Timer(RUN_ID, "w", TEAM, TimerKind.WAIT, due, contact_id="c", event="a.b"),
+        Timer(RUN_ID, "d", TEAM, TimerKind.DELAY, due),
+    ]
+    assert waits_for(StepState(wait, 0, StepStatus.WAITING), timers) == (
+        "event 'a.b' from the same contact; on timeout, then step 'n'",
+        due,
+    )
+    assert waits_for(StepState(delay, 1, StepStatus.WAITING), timers) == ("the end of the delay", due)
+    queued = StepState(email, 2, StepStatus.QUEUED)
+    assert waits_for(queued, timers) == ("delivery on the email channel", None)
+    assert waits_for(StepState(email, 2, StepStatus.QUEUED, attempts=2), timers) == (
+        "delivery on the email channel (attempt 3)",
+        None,
+    )
+    assert waits_for(StepState(email, 2, StepStatus.SENT), timers) == ("", None)
+    assert waits_for(StepState(wait, 0, StepStatus.WAITING), []) == ("", None)

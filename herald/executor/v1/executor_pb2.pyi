@@ -672,6 +672,8 @@ class RunStep(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
+    WAITING_UNTIL_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     type: _builtins.str
     status: _builtins.str
@@ -680,6 +682,12 @@ class RunStep(_message.Message):
     detail: _builtins.str
     """The provider's answer or the last error."""
     finished_at: _builtins.str
+    waiting_for: _builtins.str
+    """What a step that is not finished waits for, in words: the end of a delay, an event from the
+    contact (or its timeout), or its channel's delivery; empty once the step is finished.
+    """
+    waiting_until: _builtins.str
+    """Until when it waits (a delay's end, a wait's timeout), when it has a time."""
     def __init__(
         self,
         *,
@@ -689,13 +697,20 @@ class RunStep(_message.Message):
         attempts: _builtins.int = ...,
         detail: _builtins.str = ...,
         finished_at: _builtins.str | None = ...,
+        waiting_for: _builtins.str = ...,
+        waiting_until: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at", "finished_at", b"finished_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at", "_waiting_until", b"_waiting_until", "finished_at", b"finished_at", "waiting_until", b"waiting_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at", "attempts", b"attempts", "detail", b"detail", "finished_at", b"finished_at", "status", b"status", "step_id", b"step_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at", "_waiting_until", b"_waiting_until", "attempts", b"attempts", "detail", b"detail", "finished_at", b"finished_at", "status", b"status", "step_id", b"step_id", "type", b"type", "waiting_for", b"waiting_for", "waiting_until", b"waiting_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__finished_at: _TypeAlias = _typing.Literal["finished_at"]  # noqa: Y015
     _WhichOneofArgType__finished_at: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at"]  # noqa: Y015
+    _WhichOneofReturnType__waiting_until: _TypeAlias = _typing.Literal["waiting_until"]  # noqa: Y015
+    _WhichOneofArgType__waiting_until: _TypeAlias = _typing.Literal["_waiting_until", b"_waiting_until"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__finished_at) -> _WhichOneofReturnType__finished_at | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__waiting_until) -> _WhichOneofReturnType__waiting_until | None: ...
 
 Global___RunStep: _TypeAlias = RunStep  # noqa: Y015
