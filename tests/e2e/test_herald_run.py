@@ -31,6 +31,7 @@ def run_environment(data_dir: Path, **extra: str) -> dict[str, str]:
         "HERALD_DEVMAIL_SMTP_PORT": str(free_port()),
         "HERALD_LOG_FORMAT": "json",
         **{f"HERALD_{name}_ADDR": f"127.0.0.1:{free_port()}" for name in SERVICES},
+        **{f"HERALD_{name}_METRICS_ADDR": f"127.0.0.1:{free_port()}" for name in SERVICES},
         **extra,
     })  # fmt: skip
     return env
@@ -38,7 +39,8 @@ def run_environment(data_dir: Path, **extra: str) -> dict[str, str]:
 
 def ports_of(env: dict[str, str]) -> list[int]:
     ports = [int(env["HERALD_HTTP_PORT"]), int(env["HERALD_DEVMAIL_SMTP_PORT"])]
-    return ports + [int(env[f"HERALD_{name}_ADDR"].rsplit(":", 1)[1]) for name in SERVICES]
+    ports += [int(env[f"HERALD_{name}_ADDR"].rsplit(":", 1)[1]) for name in SERVICES]
+    return ports + [int(env[f"HERALD_{name}_METRICS_ADDR"].rsplit(":", 1)[1]) for name in SERVICES]
 
 
 @contextmanager
