@@ -10,6 +10,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
 
+import structlog
+
 from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp, utcnow
 from kernel.errors import InvalidArgument, NotFound
@@ -26,6 +28,8 @@ from services.tracker.domain import (
     cancel,
     next_status,
 )
+
+log = structlog.get_logger(__name__)
 
 
 class TriggerRepository(Protocol):
@@ -111,13 +115,22 @@ async def record_facts(records: Sequence[tracking_pb2.TrackingRecord], uow: Trac
     for record in records:
         by_trigger.setdefault(uuid.UUID(record.trigger_id), []).append(record)
     async with uow:
-        await _apply(by_trigger, uow.triggers)
+        moved = await _apply(by_trigger, uow.triggers)
         await uow.commit()
+    if moved:
+        # One line per batch, not per record: the triggers whose status moved, and to what.
+        ids = [str(trigger.id) for trigger in moved]
+        log.info(
+            "triggers.moved",
+            trigger_ids=ids,
+            statuses={trigger_id: trigger.status for trigger_id, trigger in zip(ids, moved, strict=True)},
+        )
 
 
 async def _apply(
     by_trigger: dict[uuid.UUID, list[tracking_pb2.TrackingRecord]], repository: TriggerRepository
-) -> None:
+) -> list[TriggerState]:
+    """Apply the records; the triggers whose status (or its times) changed."""
     triggers = await repository.lock(
         {trigger_id: records[0].project_id for trigger_id, records in by_trigger.items()}
     )
@@ -172,6 +185,7 @@ async def _apply(
     ]
     if changed:
         await repository.save(changed)
+    return changed
 
 
 async def get_trigger(
