@@ -75,7 +75,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 status = to_status(error)
                 headers = tuple((key, value) for key, value in error.headers.items())
                 await context.abort(status.code, status.details, (*status.trailing_metadata, *headers))
-            except grpc.aio.AbortError:
+            except grpc.aio.AbortError:  # the servicer aborted the call itself
+                code = _aborted_code(context)
                 raise
             except NotImplementedError:
                 code = grpc.StatusCode.UNIMPLEMENTED
@@ -97,6 +98,17 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The status a servicer's own `context.abort` set (as an enum, whatever gRPC keeps)."""
+    raw: Any = context.code()
+    if isinstance(raw, grpc.StatusCode):
+        return raw
+    for code in grpc.StatusCode:
+        if code.value[0] == raw:
+            return code
+    return grpc.StatusCode.UNKNOWN
 
 
 async def create_server(
