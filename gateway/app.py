@@ -31,7 +31,7 @@ from herald.ingest.v1 import ingest_pb2
 from kernel.clients import channel
 from kernel.errors import HeraldError
 from kernel.grpc_server import RESPONSE_HEADER_NAMES
-from kernel.metrics import HTTP_LATENCY, HTTP_REQUESTS, metrics_page
+from kernel.metrics import HttpCounters, metrics_page
 from kernel.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -52,6 +52,7 @@ RESPONSE_HEADERS["ratelimit-policy"] = "RateLimit-Policy"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHANNELS: web.AppKey[dict[str, grpc.aio.Channel]] = web.AppKey("channels", dict)
 COALESCER: web.AppKey[Coalescer] = web.AppKey("coalescer", Coalescer)
+HTTP_COUNTERS: web.AppKey[HttpCounters] = web.AppKey("http_counters", HttpCounters)
 # Single sends travel to ingest together (gateway.coalesce).
 COALESCED_METHOD = "herald.ingest.v1.IngestService.SendEvent"
 # The processes /readyz waits for: every service but the development capture inbox.
@@ -203,9 +204,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = from_herald_error(error)
     response.headers["X-Request-Id"] = request_id
     seconds = time.perf_counter() - started
-    route = route_template(request)
-    HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
-    HTTP_LATENCY.labels(route, request.method).observe(seconds)
+    request.app[HTTP_COUNTERS].observe(route_template(request), request.method, response.status, seconds)
     level = log.debug if request.path in QUIET_PATHS else log.info
     level(
         "http.request",
@@ -253,6 +252,7 @@ def create_app(settings: Settings) -> web.Application:
     all_routes = routes()
     processes = sorted({route.process for route in all_routes})
     app[CHANNELS] = {}
+    app[HTTP_COUNTERS] = HttpCounters()
     spec = openapi.document(all_routes, VERSION)
 
     async def open_channels(app: web.Application) -> None:

@@ -145,6 +145,21 @@ class RpcCounters:
         children[1].observe(seconds)
 
 
+class HttpCounters:
+    """The gateway's children by route template, method and status, each taken on first use."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        children = self._children.get((route, method, status))
+        if children is None:
+            children = (HTTP_REQUESTS.labels(route, method, str(status)), HTTP_LATENCY.labels(route, method))
+            self._children[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
 def exposition() -> bytes:
     """The registry in Prometheus's text format."""
     return generate_latest(REGISTRY)
