@@ -208,6 +208,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 reason="EMPTY_BATCH" if not request.items else "BATCH_TOO_LARGE",
             )
 
+        accepted: list[EventQueued] = []
+
         async def one(item: ingest_pb2.SendEventsItem) -> ingest_pb2.SendEventsResult:
             try:
                 key = idempotency_key(item.idempotency_key_header, item.event.idempotency_key)
@@ -226,7 +228,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 response=send_event_response(queued), headers=_queued_headers(queued)
             )
 
-        accepted: list[EventQueued] = []
         results = await asyncio.gather(*(one(item) for item in request.items))
         bind_accepted(accepted)
         return ingest_pb2.SendEventsResponse(results=results)
