@@ -31,6 +31,7 @@ from herald.ingest.v1 import ingest_pb2
 from kernel.clients import channel
 from kernel.errors import HeraldError
 from kernel.grpc_server import RESPONSE_HEADER_NAMES
+from kernel.metrics import HttpCounters, metrics_page
 from kernel.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -51,10 +52,13 @@ RESPONSE_HEADERS["ratelimit-policy"] = "RateLimit-Policy"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHANNELS: web.AppKey[dict[str, grpc.aio.Channel]] = web.AppKey("channels", dict)
 COALESCER: web.AppKey[Coalescer] = web.AppKey("coalescer", Coalescer)
+HTTP_COUNTERS: web.AppKey[HttpCounters] = web.AppKey("http_counters", HttpCounters)
 # Single sends travel to ingest together (gateway.coalesce).
 COALESCED_METHOD = "herald.ingest.v1.IngestService.SendEvent"
 # The processes /readyz waits for: every service but the development capture inbox.
 READY_SERVICES = ("ingest", "matcher", "executor", "tracker")
+# Operations endpoints: polled often, logged at debug level only.
+QUIET_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
 def request_metadata(request: web.Request, request_id: str) -> tuple[tuple[str, str], ...]:
@@ -199,16 +203,25 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except HeraldError as error:
         response = from_herald_error(error)
     response.headers["X-Request-Id"] = request_id
-    level = log.debug if request.path in ("/healthz", "/readyz") else log.info
+    seconds = time.perf_counter() - started
+    request.app[HTTP_COUNTERS].observe(route_template(request), request.method, response.status, seconds)
+    level = log.debug if request.path in QUIET_PATHS else log.info
     level(
         "http.request",
         method=request.method,
         path=request.path,
         status=response.status,
-        ms=round((time.perf_counter() - started) * 1000, 2),
+        ms=round(seconds * 1000, 2),
         request_id=request_id,
     )
     return response
+
+
+def route_template(request: web.Request) -> str:
+    """The route's path template (`/api/v1/triggers/{trigger_id}`): one metric per route, not
+    per trigger; `unmatched` for a path no route takes."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -239,6 +252,7 @@ def create_app(settings: Settings) -> web.Application:
     all_routes = routes()
     processes = sorted({route.process for route in all_routes})
     app[CHANNELS] = {}
+    app[HTTP_COUNTERS] = HttpCounters()
     spec = openapi.document(all_routes, VERSION)
 
     async def open_channels(app: web.Application) -> None:
@@ -255,6 +269,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_cleanup.append(close_channels)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/openapi.json", openapi_json)
     for route in all_routes:
         app.router.add_route(route.http_method, route.path, rpc_handler(route))

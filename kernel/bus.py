@@ -13,9 +13,10 @@ import asyncio
 import itertools
 import json
 import random
+import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
@@ -31,6 +32,7 @@ from nats.js.errors import BadRequestError
 from structlog.typing import FilteringBoundLogger
 
 from kernel.errors import Unavailable, is_unavailable
+from kernel.metrics import ConsumerCounters
 
 log = structlog.get_logger(__name__)
 
@@ -276,7 +278,13 @@ def backoff_delay(attempt: int, base: float = 0.5, ceiling: float = 60.0) -> flo
 
 @dataclass
 class Consumer:
-    """A durable pull consumer running `handler` for each message, `concurrency` at a time."""
+    """A durable pull consumer running `handler` for each message, `concurrency` at a time.
+
+    Each message is handled in a task of its own: a handler may bind the ids of what the message
+    is about (trigger_id, event_id, run_id) to structlog's context with `bind_contextvars`, and
+    the consumer's own lines about that message (retry, dead letter) carry them. Each outcome is
+    counted (kernel.metrics: ack, retry, dead_letter) and so is the time to handle each fetch.
+    """
 
     js: JetStreamContext
     stream: str
@@ -292,6 +300,10 @@ class Consumer:
     # lingers, so that under moderate load it still handles many messages per transaction.
     batch_size: int | None = None
     linger_seconds: float = 0.0
+    counters: ConsumerCounters = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.counters = ConsumerCounters(self.stream, self.durable)
 
     async def run(self, stop: asyncio.Event) -> None:
         size = (self.batch_size or self.concurrency) if self.batch_handler else self.concurrency
@@ -323,6 +335,7 @@ class Consumer:
             # One task keeps the whole fetch alive (not one per message: they are many).
             working = {id(message): message for message in messages}
             keep_alive = asyncio.create_task(self._keep_alive(working))
+            started = time.perf_counter()
             try:
                 if self.batch_handler is not None and len(messages) > 1:
                     await self._handle_batch(messages, self.batch_handler, working)
@@ -330,6 +343,7 @@ class Consumer:
                     await asyncio.gather(*(self._handle(message, working) for message in messages))
             finally:
                 keep_alive.cancel()
+                self.counters.fetch_seconds.observe(time.perf_counter() - started)
         try:
             await subscription.unsubscribe()
         except Exception as error:  # the connection may be gone already
@@ -358,6 +372,7 @@ class Consumer:
             )
         else:
             await asyncio.gather(*(message.ack() for message in messages))
+            self.counters.ack.inc(len(messages))
             working.clear()
             return
         for start in range(0, len(messages), self.concurrency):  # `concurrency` at a time
@@ -376,6 +391,7 @@ class Consumer:
                 return
             delay = retry.delay if retry.delay is not None else backoff_delay(delivery.attempt)
             self._bound(delivery).info("consumer.retry", reason=str(retry), delay=round(delay, 3))
+            self.counters.retry.inc()
             await message.nak(delay=delay)
         except Exception as error:
             if is_unavailable(error):
@@ -385,15 +401,18 @@ class Consumer:
                 self._bound(delivery).warning(
                     "consumer.unavailable", error=repr(error)[:500], delay=round(delay, 3)
                 )
+                self.counters.retry.inc()
                 await message.nak(delay=delay)
                 return
             self._bound(delivery).exception("consumer.handler_failed")
             if delivery.attempt >= self.max_attempts:
                 await self._dead_letter(message, delivery, f"attempts exhausted: {error!r}")
                 return
+            self.counters.retry.inc()
             await message.nak(delay=backoff_delay(delivery.attempt))
         else:
             await message.ack()
+            self.counters.ack.inc()
         finally:
             working.pop(id(message), None)
 
@@ -438,9 +457,11 @@ class Consumer:
                 },
             )
         except Unavailable:
+            self.counters.retry.inc()
             await message.nak(delay=backoff_delay(delivery.attempt))  # keep it until the DLQ is writable
             return
         await message.term()
+        self.counters.dead_letter.inc()
 
 
 def _delivery(message: Msg) -> Delivery:

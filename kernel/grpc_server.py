@@ -3,7 +3,10 @@
 The interceptor turns a `HeraldError` into its status + ErrorInfo (kernel.errors) and anything
 unexpected into a logged INTERNAL, so no servicer handles errors itself; it also binds the method
 (and the caller's request id) to structlog's context for every line logged while the request
-runs, and logs the outcome.
+runs, logs the outcome and counts it (kernel.metrics: requests and latency by service, method
+and status code). A servicer may bind the ids of what the request is about (`trigger_id`,
+`event_id`, their plural lists for a batch) to structlog's context: the request's `rpc.done` line
+carries them, and they are unbound when the request ends.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kernel.errors import HeraldError, internal_status, to_status
+from kernel.metrics import RpcCounters
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +35,8 @@ RESPONSE_HEADER_NAMES = (
     "ratelimit-reset",
     "ratelimit-policy",
 )
+# What a servicer may bind to structlog's context for the request's own lines.
+REQUEST_CONTEXT = ("rpc", "request_id", "trigger_id", "event_id", "trigger_ids", "event_ids")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,9 @@ class ServiceRegistration:
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self._counters = RpcCounters()
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
@@ -66,7 +75,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 status = to_status(error)
                 headers = tuple((key, value) for key, value in error.headers.items())
                 await context.abort(status.code, status.details, (*status.trailing_metadata, *headers))
-            except grpc.aio.AbortError:
+            except grpc.aio.AbortError:  # the servicer aborted the call itself
+                code = _aborted_code(context)
                 raise
             except NotImplementedError:
                 code = grpc.StatusCode.UNIMPLEMENTED
@@ -77,15 +87,28 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 status = internal_status()
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                seconds = time.perf_counter() - started
+                self._counters.observe(method, code.name, seconds)
                 level = log.debug if method.startswith("/grpc.health") else log.info
-                level("rpc.done", code=code.name, ms=round((time.perf_counter() - started) * 1000, 2))
-                structlog.contextvars.unbind_contextvars("rpc", "request_id")
+                level("rpc.done", code=code.name, ms=round(seconds * 1000, 2))
+                structlog.contextvars.unbind_contextvars(*REQUEST_CONTEXT)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The status a servicer's own `context.abort` set (as an enum, whatever gRPC keeps)."""
+    raw: Any = context.code()
+    if isinstance(raw, grpc.StatusCode):
+        return raw
+    for code in grpc.StatusCode:
+        if code.value[0] == raw:
+            return code
+    return grpc.StatusCode.UNKNOWN
 
 
 async def create_server(

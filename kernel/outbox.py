@@ -38,6 +38,7 @@ from kernel.bus import BusPublisher, OutgoingMessage, PublishRejected
 from kernel.database import driver, insert_many
 from kernel.errors import Unavailable
 from kernel.loops import every
+from kernel.metrics import OUTBOX_PENDING, OUTBOX_PUBLISHED
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +75,11 @@ class Outbox:
         # Message ids acknowledged by the bus whose rows are still to be deleted.
         self._acknowledged: list[str] = []
         self._deleter: asyncio.Task[None] | None = None
+        schema = table.schema or "public"
+        self._published_at_commit = OUTBOX_PUBLISHED.labels(schema, "commit")
+        self._published_by_relay = OUTBOX_PUBLISHED.labels(schema, "relay")
+        self._pending = OUTBOX_PENDING.labels(schema)
+        self._count = select(func.count()).select_from(table)
 
     async def stage(self, session: AsyncSession, messages: Sequence[OutgoingMessage]) -> None:
         """Write `messages` in the caller's transaction; a message id already staged is kept once."""
@@ -99,6 +105,7 @@ class Outbox:
             else:
                 log.error("outbox.publish_rejected", msg_id=message.msg_id, error=str(outcome))
         if receipts:
+            self._published_at_commit.inc(len(receipts))
             self._acknowledged += receipts
             if self._deleter is None:
                 self._deleter = asyncio.create_task(self._delete_acknowledged(), name="outbox.delete")
@@ -153,8 +160,15 @@ class Outbox:
             if published:
                 await session.execute(delete(table).where(table.c.id.in_(published)))
         if published:
+            self._published_by_relay.inc(len(published))
             log.info("outbox.relayed", count=len(published))
         return len(published)
+
+    async def sample_pending(self) -> None:
+        """Set the pending-rows gauge (kernel.metrics): rows published and not deleted yet, and
+        rows the relay has still to publish."""
+        async with self._sessions() as session:
+            self._pending.set((await session.execute(self._count)).scalar_one())
 
     async def run_relay(self, stop: asyncio.Event, interval: float = 1.0) -> None:
         await every(interval, "outbox.relay", self.relay_once, stop)

@@ -18,6 +18,14 @@ DEFAULT_GRPC_PORTS = {
     "tracker": 50054,
     "devmail": 50055,
 }
+# Where each service serves Prometheus /metrics (9100 is node_exporter's).
+DEFAULT_METRICS_PORTS = {
+    "ingest": 9101,
+    "matcher": 9102,
+    "executor": 9103,
+    "tracker": 9104,
+    "devmail": 9105,
+}
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,9 @@ class Settings:
     grpc_listen_host: str = "127.0.0.1"
     service_addresses: Mapping[str, str] = field(
         default_factory=lambda: {name: f"127.0.0.1:{port}" for name, port in DEFAULT_GRPC_PORTS.items()}
+    )
+    metrics_addresses: Mapping[str, str] = field(
+        default_factory=lambda: {name: f"127.0.0.1:{port}" for name, port in DEFAULT_METRICS_PORTS.items()}
     )
     smtp_url: str | None = None
     devmail_smtp_port: int = 1025
@@ -55,6 +66,9 @@ class Settings:
         addresses = dict(defaults.service_addresses)
         for name in SERVICES:
             addresses[name] = _address(env, f"HERALD_{name.upper()}_ADDR", addresses[name])
+        metrics = dict(defaults.metrics_addresses)
+        for name in SERVICES:
+            metrics[name] = _address(env, f"HERALD_{name.upper()}_METRICS_ADDR", metrics[name])
         return cls(
             database_url=env.get("HERALD_DATABASE_URL") or None,
             nats_url=env.get("HERALD_NATS_URL") or None,
@@ -63,6 +77,7 @@ class Settings:
             http_port=_integer(env, "HERALD_HTTP_PORT", defaults.http_port),
             grpc_listen_host=env.get("HERALD_GRPC_LISTEN_HOST", defaults.grpc_listen_host),
             service_addresses=addresses,
+            metrics_addresses=metrics,
             smtp_url=env.get("HERALD_SMTP_URL") or None,
             devmail_smtp_port=_integer(env, "HERALD_DEVMAIL_SMTP_PORT", defaults.devmail_smtp_port),
             mail_from=env.get("HERALD_MAIL_FROM", defaults.mail_from),
@@ -97,6 +112,11 @@ class Settings:
     def listen_address(self, service: str) -> str:
         """The host:port that `service` binds: its (first) port, on the listen host."""
         port = self.address(service).rsplit(":", 1)[1]
+        return f"{self.grpc_listen_host}:{port}"
+
+    def metrics_listen_address(self, service: str) -> str:
+        """The host:port where `service` (its first replica) serves /metrics, on the listen host."""
+        port = self.metrics_addresses[service].split(",")[0].rsplit(":", 1)[1]
         return f"{self.grpc_listen_host}:{port}"
 
     def require_database_url(self) -> str:

@@ -309,7 +309,11 @@ def main() -> None:
             Path(scratch), log_level="warning", dev_team_id=f"bench-{uuid.uuid4().hex[:6]}"
         )
         ingest = ",".join(f"127.0.0.1:{free_port()}" for _ in range(options.ingest_replicas))
-        settings = settings.with_changes(service_addresses={**settings.service_addresses, "ingest": ingest})
+        metrics = ",".join(f"127.0.0.1:{free_port()}" for _ in range(options.ingest_replicas))
+        settings = settings.with_changes(
+            service_addresses={**settings.service_addresses, "ingest": ingest},
+            metrics_addresses={**settings.metrics_addresses, "ingest": metrics},
+        )
         stack = Stack(settings, restart_crashed=False, log_directory=Path(scratch) / "logs")
         stack.start()
         try:

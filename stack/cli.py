@@ -19,11 +19,14 @@ from kernel.logs import configure_logging
 from kernel.migrations import upgrade_all
 from kernel.settings import Settings
 from kernel.tenancy import ensure_team, issue_key, list_keys, revoke_key
+from stack import trace as tracing
 from stack import workflow_files
 from stack.embedded import EmbeddedServerError
 from stack.launcher import MODULES, STACK_FILE, Stack, StackError
 
 WATCH_INTERVAL_SECONDS = 0.5
+# Under the data directory: one JSON-lines file per process (`herald trace` reads them).
+LOGS_DIRECTORY = "logs"
 
 
 def run(settings: Settings, options: argparse.Namespace) -> int:
@@ -34,7 +37,7 @@ def run(settings: Settings, options: argparse.Namespace) -> int:
         stopping.set()
 
     signal.signal(signal.SIGTERM, request_stop)
-    stack = Stack(settings)
+    stack = Stack(settings, log_directory=settings.data_dir / LOGS_DIRECTORY, echo_logs=True)
     print("Starting Herald…", file=sys.stderr)
     try:
         stack.start()
@@ -116,6 +119,28 @@ def workflows(settings: Settings, options: argparse.Namespace) -> int:
     return 0
 
 
+def trace(settings: Settings, options: argparse.Namespace) -> int:
+    """One trigger's story from the processes' log files; with --url or --api-key, the
+    tracker's account of it too."""
+    directory = Path(options.logs) if options.logs else settings.data_dir / LOGS_DIRECTORY
+    story = tracing.trace(directory, options.trigger_id)
+    detail = None
+    if options.url or options.api_key:
+        api = workflow_files.api_for(settings, options.url, options.api_key, options.team)
+        detail = api.trigger_detail(story.trigger_id)
+    if options.json:
+        document = story.document()
+        if detail is not None:
+            document["tracker"] = detail
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+        return 0
+    lines = tracing.render(story)
+    if detail is not None:
+        lines += tracing.render_detail(detail)
+    print("\n".join(lines))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="herald", description="Herald: event-triggered messaging workflows.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -144,6 +169,17 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--url", help="the API (default HERALD_URL, else the running `herald run`)")
         command.add_argument("--api-key", help="default HERALD_API_KEY, else the development key")
         command.add_argument("--team", help="the team id (default HERALD_TEAM_ID, else the development team)")
+    trace_parser = commands.add_parser(
+        "trace", help="print one trigger's story across every service, from their log files"
+    )
+    trace_parser.add_argument("trigger_id", help="the trigger id SendEvent answered")
+    trace_parser.add_argument(
+        "--logs", help="directory of the processes' *.log files (default HERALD_DATA_DIR/logs)"
+    )
+    trace_parser.add_argument("--json", action="store_true", help="print the story as one JSON document")
+    trace_parser.add_argument("--url", help="also ask the tracker API at this URL (default HERALD_URL)")
+    trace_parser.add_argument("--api-key", help="also ask the tracker API with this key")
+    trace_parser.add_argument("--team", help="the team id, with --url/--api-key (default HERALD_TEAM_ID)")
     return root
 
 
@@ -153,6 +189,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "migrate": migrate,
     "keys": keys,
     "workflows": workflows,
+    "trace": trace,
 }
 
 

@@ -23,7 +23,7 @@ from kernel.migrations import upgrade_all
 from kernel.settings import Settings
 from kernel.tenancy import ensure_team, issue_key
 from stack.embedded import EmbeddedNats, EmbeddedPostgres, port_is_free, promise_ports
-from stack.supervisor import Supervisor
+from stack.supervisor import Echo, Supervisor
 
 MODULES = {
     "devmail": "services.executor.devmail",
@@ -35,6 +35,7 @@ MODULES = {
 }
 GRPC_SERVICES = ("devmail", "ingest", "matcher", "executor", "tracker")
 READY_TIMEOUT_SECONDS = 60.0
+REPLICA_METRICS_PORT_STEP = 10
 STACK_FILE = "stack.json"
 CREDENTIALS_FILE = "dev-credentials.json"
 
@@ -62,10 +63,15 @@ class Stack:
         durable: bool = True,
         restart_crashed: bool = True,
         log_directory: Path | None = None,
+        echo_logs: bool = False,
     ):
+        """Each process's output goes to `log_directory`/<process>.log (JSON lines, what `herald
+        trace` reads) when given, and also to our stderr with `echo_logs` (as `herald run` does);
+        else to our stderr only."""
         self.settings = settings.with_changes(data_dir=settings.data_dir.resolve())
         self.durable = durable
         self.log_directory = log_directory
+        self.echo_logs = echo_logs
         self.supervisor = Supervisor(restart_crashed=restart_crashed)
         self.postgres: EmbeddedPostgres | None = None
         self.nats: EmbeddedNats | None = None
@@ -94,9 +100,26 @@ class Stack:
         service, _, number = name.partition("-")
         return self.settings.addresses(service)[int(number or 1) - 1]
 
+    def metrics_address(self, name: str) -> str:
+        """Where the process `name` serves /metrics: the n-th of its service's metrics addresses;
+        a replica the list has no address for takes the last one's port + 10, + 20, …"""
+        service, _, number = name.partition("-")
+        addresses = self.settings.metrics_addresses[service].split(",")
+        index = int(number or 1) - 1
+        if index < len(addresses):
+            return addresses[index]
+        host, _, port = addresses[-1].rpartition(":")
+        return f"{host}:{int(port) + REPLICA_METRICS_PORT_STEP * (index - len(addresses) + 1)}"
+
     @property
     def gateway_url(self) -> str:
         return f"http://{self.settings.http_host}:{self.settings.http_port}"
+
+    def metrics_url(self, name: str) -> str:
+        """Where Prometheus scrapes the process `name`."""
+        if name == "gateway":
+            return f"{self.gateway_url}/metrics"
+        return f"http://{self.metrics_address(name)}/metrics"
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +149,9 @@ class Stack:
                 wanted[f"HERALD_{service.upper()}_ADDR {name}"] = int(
                     self.replica_address(name).rsplit(":", 1)[1]
                 )
+                wanted[f"HERALD_{service.upper()}_METRICS_ADDR {name}"] = int(
+                    self.metrics_address(name).rsplit(":", 1)[1]
+                )
         if "devmail" in self.processes:
             wanted["HERALD_DEVMAIL_SMTP_PORT"] = self.settings.devmail_smtp_port
         busy = [f"{port} ({variable})" for variable, port in wanted.items() if not port_is_free(port)]
@@ -148,14 +174,17 @@ class Stack:
             "HERALD_HTTP_HOST": settings.http_host,
             "HERALD_HTTP_PORT": str(settings.http_port),
             "HERALD_DEVMAIL_SMTP_PORT": str(settings.devmail_smtp_port),
-            "HERALD_LOG_FORMAT": settings.log_format,
+            # Log files are JSON lines, whatever the terminal shows (`herald trace` reads them).
+            "HERALD_LOG_FORMAT": "json" if self.log_directory is not None else settings.log_format,
             "HERALD_LOG_LEVEL": settings.log_level,
             "PYTHONUNBUFFERED": "1",
         }
         for service in GRPC_SERVICES:
             env[f"HERALD_{service.upper()}_ADDR"] = settings.service_addresses[service]
+            env[f"HERALD_{service.upper()}_METRICS_ADDR"] = settings.metrics_addresses[service]
         if name and _service(name) in GRPC_SERVICES:
             env[f"HERALD_{_service(name).upper()}_ADDR"] = self.replica_address(name)
+            env[f"HERALD_{_service(name).upper()}_METRICS_ADDR"] = self.metrics_address(name)
         if settings.smtp_url:
             env["HERALD_SMTP_URL"] = settings.smtp_url
         if settings.allow_private_destinations:
@@ -168,7 +197,13 @@ class Stack:
             self.log_directory.mkdir(parents=True, exist_ok=True)
             log_path = self.log_directory / f"{name}.log"
         command = [sys.executable, "-m", MODULES[_service(name)]]
-        self.supervisor.start(name, command, self.environment(name), log_path)
+        echo = Echo(console=self._console()) if self.echo_logs and log_path is not None else None
+        self.supervisor.start(name, command, self.environment(name), log_path, echo)
+
+    def _console(self) -> bool:
+        """Whether echoed lines are shown as console lines rather than as the JSON in the files."""
+        log_format = self.settings.log_format
+        return log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
 
     def kill(self, name: str) -> None:
         self.supervisor.kill(name)
@@ -237,6 +272,8 @@ class Stack:
                         for name in GRPC_SERVICES
                         if name in self.processes
                     },
+                    "metrics": {name: self.metrics_url(name) for name in self.processes},
+                    "logs": str(self.log_directory) if self.log_directory is not None else None,
                 },
                 indent=2,
             )
@@ -255,6 +292,10 @@ class Stack:
             f"  NATS JetStream:   {self.nats_url}" + (" (embedded)" if self.nats else ""),
         ]
         lines.append(f"  Data:             {self.data_dir}")
+        if self.log_directory is not None:
+            lines.append(f"  Logs:             {self.log_directory} (`herald trace TRIGGER_ID` reads them)")
+        lines.append("  Metrics:")
+        lines += [f"    {name:<15} {self.metrics_url(name)}" for name in self.processes]
         if "devmail" in self.processes:
             lines.append(
                 f"  Captured mail:    {self.gateway_url}/api/v1/dev/mail "

@@ -105,7 +105,7 @@ def _normalized(source: str, document: Any) -> LocalWorkflow:
 
 
 class Api:
-    """The project's workflows over the REST API."""
+    """The project's workflows (and a trigger's account, for `herald trace`) over the REST API."""
 
     def __init__(self, url: str, api_key: str, team_id: str):
         headers = {"X-API-Key": api_key, "X-Team-ID": team_id}
@@ -120,6 +120,12 @@ class Api:
             "PUT", f"/api/v1/workflows/{workflow.key}", workflow.document
         ).json()
         return stored
+
+    def trigger_detail(self, trigger_id: str) -> dict[str, Any]:
+        """The tracker's account of a trigger: GET /api/v1/triggers/{id}/workflow."""
+        answer: dict[str, Any] = self._call("GET", f"/api/v1/triggers/{trigger_id}/workflow").json()
+        detail = answer.get("detail", answer)
+        return detail if isinstance(detail, dict) else answer
 
     def _call(self, method: str, path: str, body: Any = None) -> httpx.Response:
         try:

@@ -13,10 +13,12 @@ from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 
 from herald.bus.v1 import event_pb2, run_pb2
-from kernel.bus import BatchHandler, Delivery, Handler, Poison, decode, event_subject, read_since
+from kernel.bus import BatchHandler, Delivery, Handler, Poison, RetryLater, decode, event_subject, read_since
 from kernel.cache import TtlCache
 from kernel.steps import CHANNEL_OF_STEP_TYPE
 from services.executor import handlers
+from services.executor.domain import StepStatus
+from services.executor.metrics import count_delivery
 
 log = structlog.get_logger(__name__)
 RUNS_DURABLE, RUNS_FILTER = "executor-runs", "runs.>"
@@ -41,8 +43,10 @@ def _run_start(delivery: Delivery) -> run_pb2.RunStart:
 def run_start_handler(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) -> Handler:
     async def handle(delivery: Delivery) -> None:
         start = _run_start(delivery)
-        with structlog.contextvars.bound_contextvars(run_id=start.run_id, trigger_id=start.trigger_id):
-            await handlers.start_run(start, unit_of_work())
+        structlog.contextvars.bind_contextvars(
+            run_id=start.run_id, trigger_id=start.trigger_id, event_id=start.event.event_id
+        )
+        await handlers.start_run(start, unit_of_work())
 
     return handle
 
@@ -58,14 +62,25 @@ def run_start_batch_handler(unit_of_work: Callable[[], handlers.ExecutorUnitOfWo
 
 
 def step_handler(
-    unit_of_work: Callable[[], handlers.ExecutorUnitOfWork], channels: handlers.Channels
+    unit_of_work: Callable[[], handlers.ExecutorUnitOfWork], channels: handlers.Channels, channel: str
 ) -> Handler:
+    """A worker of `channel`: delivers each step task, counting the outcome (services.executor.metrics)."""
+
     async def handle(delivery: Delivery) -> None:
         task = decode(run_pb2.StepTask, delivery)
-        with structlog.contextvars.bound_contextvars(
+        # Left bound for the consumer's own lines about this message (each runs in its own task).
+        structlog.contextvars.bind_contextvars(
             run_id=task.run_id, trigger_id=task.trigger_id, step_id=task.step_id
-        ):
-            await handlers.perform_step(task, unit_of_work(), channels)
+        )
+        try:
+            status = await handlers.perform_step(task, unit_of_work(), channels)
+        except RetryLater:
+            count_delivery(channel, "retry")
+            raise
+        if status == StepStatus.SENT:
+            count_delivery(channel, "sent")
+        elif status == StepStatus.FAILED:
+            count_delivery(channel, "failed")
 
     return handle
 

@@ -345,8 +345,9 @@ def _delay_until(run: Run, step: StepState, now: datetime) -> datetime:
     return due
 
 
-async def perform_step(task: run_pb2.StepTask, uow: ExecutorUnitOfWork, channels: Channels) -> None:
-    """Deliver one message step, at most once per run and step, then move the run on.
+async def perform_step(task: run_pb2.StepTask, uow: ExecutorUnitOfWork, channels: Channels) -> str | None:
+    """Deliver one message step, at most once per run and step, then move the run on; the
+    step's new status (sent or failed), or None when it was done already.
 
     The run stays locked while the message is sent, so two workers never send the same step;
     a step already sent or failed is skipped. A transient failure is retried by the bus with
@@ -358,12 +359,12 @@ async def perform_step(task: run_pb2.StepTask, uow: ExecutorUnitOfWork, channels
     except ValueError:
         raise Poison(f"a step task names no run: {task.run_id!r}") from None
     async with channels.slots:
-        await _perform(task, run_id, uow, channels)
+        return await _perform(task, run_id, uow, channels)
 
 
 async def _perform(
     task: run_pb2.StepTask, run_id: uuid.UUID, uow: ExecutorUnitOfWork, channels: Channels
-) -> None:
+) -> str | None:
     async with uow:
         run = await uow.runs.lock(run_id)
         step = run.step(task.step_id) if run else None
@@ -371,7 +372,7 @@ async def _perform(
             raise Poison(f"run {task.run_id} has no step {task.step_id!r}")
         if step.status != StepStatus.QUEUED:
             log.info("step.already_done", run_id=task.run_id, step_id=task.step_id, status=step.status)
-            return
+            return None
         step.attempts += 1
         max_attempts = step.spec.max_attempts or channels.max_attempts
         try:
@@ -394,6 +395,7 @@ async def _perform(
     log.info(
         "step.done", run_id=task.run_id, step_id=step.spec.id, status=step.status, attempts=step.attempts
     )
+    return step.status
 
 
 def retry_delay(attempt: int, retry_after: float | None = None) -> float:

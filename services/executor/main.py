@@ -30,6 +30,7 @@ from services.executor.consumers import (
     wait_batch_handler,
     wait_handler,
 )
+from services.executor.metrics import dead_letter_sampler
 from services.executor.senders import (
     Destinations,
     HttpTextSender,
@@ -75,6 +76,7 @@ async def serve(runtime: Runtime) -> None:
     outbox = runtime.outbox(OUTBOX)
     senders = channels(runtime.settings)
     events = JetStreamEventLog(runtime.js)
+    runtime.sample(dead_letter_sampler(runtime.sessions, runtime.js))
 
     def unit_of_work() -> ExecutorSqlUnitOfWork:
         return ExecutorSqlUnitOfWork(runtime.sessions, outbox)
@@ -93,7 +95,7 @@ async def serve(runtime: Runtime) -> None:
         runtime.consumer(
             "STEPS",
             *step_consumer(channel),
-            step_handler(unit_of_work, senders),
+            step_handler(unit_of_work, senders, channel),
             max_attempts=MAX_ATTEMPTS + 5,
         )
         for channel in CHANNELS

@@ -81,6 +81,20 @@ def send_event_command(team_id: str, request: ingest_pb2.SendEventRequest, idemp
     )
 
 
+def bind_accepted(accepted: list[EventQueued]) -> None:
+    """The ids of what a request accepted, for its `rpc.done` line (kernel.grpc_server), so that
+    `herald trace` finds where a trigger began: one event's ids, or a batch's as lists."""
+    if len(accepted) == 1:
+        structlog.contextvars.bind_contextvars(
+            trigger_id=str(accepted[0].trigger_id), event_id=str(accepted[0].event_id)
+        )
+    elif accepted:
+        structlog.contextvars.bind_contextvars(
+            trigger_ids=[str(queued.trigger_id) for queued in accepted],
+            event_ids=[str(queued.event_id) for queued in accepted],
+        )
+
+
 def _queued_headers(queued: EventQueued) -> dict[str, str]:
     headers = dict(queued.rate.headers()) if queued.rate else {}
     if queued.replayed:
@@ -180,6 +194,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         team = await self._auth.authenticate(context.invocation_metadata())
         command = send_event_command(team.id, request, _header_key(context, request.idempotency_key))
         queued = await handlers.send_event(command, self._intake)
+        bind_accepted([queued])
         _answer_headers(context, queued)
         return send_event_response(queued)
 
@@ -192,6 +207,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 f"SendEvents takes 1 to {MAX_BATCH} events; this call has {len(request.items)}",
                 reason="EMPTY_BATCH" if not request.items else "BATCH_TOO_LARGE",
             )
+
+        accepted: list[EventQueued] = []
 
         async def one(item: ingest_pb2.SendEventsItem) -> ingest_pb2.SendEventsResult:
             try:
@@ -206,13 +223,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         status_code=500, message="Internal server error", error=http_phrase(500), reason=""
                     )
                 )
+            accepted.append(queued)
             return ingest_pb2.SendEventsResult(
                 response=send_event_response(queued), headers=_queued_headers(queued)
             )
 
-        return ingest_pb2.SendEventsResponse(
-            results=await asyncio.gather(*(one(item) for item in request.items))
-        )
+        results = await asyncio.gather(*(one(item) for item in request.items))
+        bind_accepted(accepted)
+        return ingest_pb2.SendEventsResponse(results=results)
 
     async def PublishEvent(
         self, request: ingest_pb2.PublishEventRequest, context: Context
@@ -231,6 +249,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if not command.event_name:
             raise InvalidArgument("Event name is required: set 'event'", reason="EVENT_NAME_REQUIRED")
         queued = await handlers.send_event(command, self._intake)
+        bind_accepted([queued])
         _answer_headers(context, queued)
         return ingest_pb2.PublishEventResponse(
             id=str(queued.event_id),
@@ -255,6 +274,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
         commands = [send_event_command(team.id, event, event.idempotency_key) for event in request.events]
         outcomes = await handlers.send_batch(commands, self._intake)
+        bind_accepted([outcome for outcome in outcomes if not isinstance(outcome, HeraldError)])
         response = ingest_pb2.SendEventBatchResponse()
         for index, outcome in enumerate(outcomes):
             result = response.results.add(index=index)
@@ -294,6 +314,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         triggered = await handlers.trigger_workflow(
             command, self._intake, MatcherCalls(self._matcher, forwarded_metadata(metadata))
         )
+        structlog.contextvars.bind_contextvars(trigger_id=str(triggered.trigger_id))
         if triggered.replayed:
             context.set_trailing_metadata((("idempotent-replayed", "true"),))
         return ingest_pb2.TriggerWorkflowResponse(
@@ -308,6 +329,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.CancelTriggerRequest, context: Context
     ) -> ingest_pb2.CancelTriggerResponse:
         team = await self._auth.authenticate(context.invocation_metadata())
+        structlog.contextvars.bind_contextvars(trigger_id=request.trigger_id)
         record = await handlers.cancel_trigger(team.id, request.trigger_id, self._intake.unit_of_work())
         return ingest_pb2.CancelTriggerResponse(
             id=str(record.id),

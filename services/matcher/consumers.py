@@ -52,8 +52,9 @@ def event_handler(unit_of_work: Callable[[], handlers.MatcherUnitOfWork], caches
         event = decode(event_pb2.Event, delivery)
         if event.depth and not await caches.listened(event.project_id, event.name):
             return  # most of the system events runs emit: nobody listens, so nothing to decide
-        with structlog.contextvars.bound_contextvars(event_id=event.event_id, trigger_id=event.trigger_id):
-            await handlers.match_event(event, unit_of_work(), caches.segments.get, caches.workflows.get)
+        # Left bound for the consumer's own lines about this message (each runs in its own task).
+        structlog.contextvars.bind_contextvars(event_id=event.event_id, trigger_id=event.trigger_id)
+        await handlers.match_event(event, unit_of_work(), caches.segments.get, caches.workflows.get)
 
     return handle
 

@@ -30,8 +30,9 @@ def _record(delivery: Delivery) -> tracking_pb2.TrackingRecord:
 def tracking_handler(unit_of_work: Callable[[], handlers.TrackerUnitOfWork]) -> Handler:
     async def handle(delivery: Delivery) -> None:
         record = _record(delivery)
-        with structlog.contextvars.bound_contextvars(trigger_id=record.trigger_id):
-            await handlers.record_fact(record, unit_of_work())
+        # Left bound for the consumer's own lines about this message (each runs in its own task).
+        structlog.contextvars.bind_contextvars(trigger_id=record.trigger_id)
+        await handlers.record_fact(record, unit_of_work())
 
     return handle
 

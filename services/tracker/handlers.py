@@ -10,6 +10,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
 
+import structlog
+
 from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp, utcnow
 from kernel.errors import InvalidArgument, NotFound
@@ -46,6 +48,8 @@ from services.tracker.domain import (
     parse_statuses,
     parse_window,
 )
+
+log = structlog.get_logger(__name__)
 
 
 class TriggerRepository(Protocol):
@@ -162,13 +166,22 @@ async def record_facts(records: Sequence[tracking_pb2.TrackingRecord], uow: Trac
     for record in records:
         by_trigger.setdefault(uuid.UUID(record.trigger_id), []).append(record)
     async with uow:
-        await _apply(by_trigger, uow.triggers)
+        moved = await _apply(by_trigger, uow.triggers)
         await uow.commit()
+    if moved:
+        # One line per batch, not per record: the triggers whose status moved, and to what.
+        ids = [str(trigger.id) for trigger in moved]
+        log.info(
+            "triggers.moved",
+            trigger_ids=ids,
+            statuses={trigger_id: trigger.status for trigger_id, trigger in zip(ids, moved, strict=True)},
+        )
 
 
 async def _apply(
     by_trigger: dict[uuid.UUID, list[tracking_pb2.TrackingRecord]], repository: TriggerRepository
-) -> None:
+) -> list[TriggerState]:
+    """Apply the records; the triggers whose status (or its times) changed."""
     triggers = await repository.lock(
         {trigger_id: records[0].project_id for trigger_id, records in by_trigger.items()}
     )
@@ -220,6 +233,7 @@ async def _apply(
     changed = [t for trigger_id, t in triggers.items() if _saved(t) != before[trigger_id]]
     if changed:
         await repository.save(changed)
+    return changed
 
 
 def _saved(trigger: TriggerState) -> tuple[object, ...]:

@@ -170,6 +170,7 @@ def stack_settings(data_dir: Path, **changes: Any) -> Settings:
         data_dir=data_dir,
         http_port=free_port(),
         service_addresses={name: f"127.0.0.1:{free_port()}" for name in GRPC_SERVICES},
+        metrics_addresses={name: f"127.0.0.1:{free_port()}" for name in GRPC_SERVICES},
         devmail_smtp_port=free_port(),
         dev_team_id=f"e2e-{uuid.uuid4().hex[:10]}",
         log_format="json",

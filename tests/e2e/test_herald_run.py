@@ -3,6 +3,7 @@ credentials, the capture inbox, a clean Ctrl-C, and data that survives a restart
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -31,6 +33,7 @@ def run_environment(data_dir: Path, **extra: str) -> dict[str, str]:
         "HERALD_DEVMAIL_SMTP_PORT": str(free_port()),
         "HERALD_LOG_FORMAT": "json",
         **{f"HERALD_{name}_ADDR": f"127.0.0.1:{free_port()}" for name in SERVICES},
+        **{f"HERALD_{name}_METRICS_ADDR": f"127.0.0.1:{free_port()}" for name in SERVICES},
         **extra,
     })  # fmt: skip
     return env
@@ -38,7 +41,8 @@ def run_environment(data_dir: Path, **extra: str) -> dict[str, str]:
 
 def ports_of(env: dict[str, str]) -> list[int]:
     ports = [int(env["HERALD_HTTP_PORT"]), int(env["HERALD_DEVMAIL_SMTP_PORT"])]
-    return ports + [int(env[f"HERALD_{name}_ADDR"].rsplit(":", 1)[1]) for name in SERVICES]
+    ports += [int(env[f"HERALD_{name}_ADDR"].rsplit(":", 1)[1]) for name in SERVICES]
+    return ports + [int(env[f"HERALD_{name}_METRICS_ADDR"].rsplit(":", 1)[1]) for name in SERVICES]
 
 
 @contextmanager
@@ -64,6 +68,16 @@ def herald_run(env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Pope
             except subprocess.TimeoutExpired:
                 process.kill()
                 raise
+
+
+def story_of(env: dict[str, str], trigger_id: str, awaited: str) -> dict[str, Any] | None:
+    """`herald trace --json` of the trigger, once its story has an `awaited` line."""
+    answer = subprocess.run(
+        [HERALD, "trace", trigger_id, "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert answer.returncode == 0, answer.stderr
+    story: dict[str, Any] = json.loads(answer.stdout)
+    return story if awaited in {line["event"] for line in story["lines"]} else None
 
 
 def credentials(summary: str) -> dict[str, str]:
@@ -103,6 +117,20 @@ def test_herald_run_serves_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
             assert mail[0]["subject"] == "Welcome, John Doe"
             assert mail[0]["rcpt_to"] == ["john.doe@example.com"]
             assert mail[0]["text"].strip() == "Hello J"
+            trigger_id = sent.json()["trigger_id"]
+            eventually(lambda: http.get(f"/api/v1/triggers/{trigger_id}").json()["status"] == "completed")
+        # Every process's /metrics is listed and answers; its log lines are in files `herald trace` reads.
+        for name in SERVICES:
+            url = f"http://{env[f'HERALD_{name}_METRICS_ADDR']}/metrics"
+            assert url in summary
+            assert "herald_grpc_requests_total" in httpx.get(url, timeout=5).text
+        assert "herald_http_requests_total" in httpx.get(f"{gateway}/metrics", timeout=5).text
+        assert f"Logs:             {data_dir.resolve() / 'logs'}" in summary
+        assert {"ingest.log", "matcher.log", "executor.log", "tracker.log", "gateway.log"} <= {
+            path.name for path in (data_dir / "logs").iterdir()
+        }
+        story = eventually(lambda: story_of(env, trigger_id, "step.done"))
+        assert story["services"][:4] == ["ingest", "matcher", "executor", "tracker"]
         stop_with_ctrl_c(process, env, data_dir)
 
     with herald_run(env, log) as (process, summary):

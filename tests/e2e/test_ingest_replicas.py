@@ -27,7 +27,11 @@ def running(
     """A platform whose ingest runs as two replicas."""
     settings = session_settings(tmp_path_factory.mktemp("replicas"), infrastructure, smtp_sink)
     ingest = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
-    settings = settings.with_changes(service_addresses={**settings.service_addresses, "ingest": ingest})
+    metrics = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    settings = settings.with_changes(
+        service_addresses={**settings.service_addresses, "ingest": ingest},
+        metrics_addresses={**settings.metrics_addresses, "ingest": metrics},
+    )
     with started(settings, smtp_sink) as running:
         yield running
 

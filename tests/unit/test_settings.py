@@ -22,6 +22,11 @@ EVERY_VARIABLE = {
     "HERALD_EXECUTOR_ADDR": "executor:7003",
     "HERALD_TRACKER_ADDR": "tracker:7004",
     "HERALD_DEVMAIL_ADDR": "devmail:7005",
+    "HERALD_INGEST_METRICS_ADDR": "ingest:9201",
+    "HERALD_MATCHER_METRICS_ADDR": "matcher:9202",
+    "HERALD_EXECUTOR_METRICS_ADDR": "executor:9203",
+    "HERALD_TRACKER_METRICS_ADDR": "tracker:9204",
+    "HERALD_DEVMAIL_METRICS_ADDR": "devmail:9205",
     "HERALD_SMTP_URL": "smtp://user:secret@mail:587",
     "HERALD_DEVMAIL_SMTP_PORT": "2525",
     "HERALD_MAIL_FROM": "Acme <hello@acme.test>",
@@ -48,6 +53,8 @@ def test_an_empty_environment_gives_the_defaults() -> None:
     assert settings.http_port == 8080
     assert settings.address("ingest") == "127.0.0.1:50051"
     assert settings.address("devmail") == "127.0.0.1:50055"
+    assert settings.metrics_listen_address("ingest") == "127.0.0.1:9101"
+    assert settings.metrics_listen_address("devmail") == "127.0.0.1:9105"
     assert settings.max_delivery_attempts == 5
 
 
@@ -67,6 +74,13 @@ def test_every_variable_is_read() -> None:
             "executor": "executor:7003",
             "tracker": "tracker:7004",
             "devmail": "devmail:7005",
+        },
+        metrics_addresses={
+            "ingest": "ingest:9201",
+            "matcher": "matcher:9202",
+            "executor": "executor:9203",
+            "tracker": "tracker:9204",
+            "devmail": "devmail:9205",
         },
         smtp_url="smtp://user:secret@mail:587",
         devmail_smtp_port=2525,
@@ -199,3 +213,29 @@ def test_the_launcher_runs_one_process_per_replica(tmp_path: Path) -> None:
     assert (
         stack.environment("gateway")["HERALD_INGEST_ADDR"] == "127.0.0.1:7001,127.0.0.1:7011,127.0.0.1:7021"
     )
+    # Each replica serves /metrics on a port of its own: the default's, then + 10, + 20.
+    assert environment["HERALD_INGEST_METRICS_ADDR"] == "127.0.0.1:9111"
+    assert [stack.metrics_address(name) for name in ingest] == [
+        "127.0.0.1:9101",
+        "127.0.0.1:9111",
+        "127.0.0.1:9121",
+    ]
+
+
+def test_replicas_take_their_metrics_addresses_from_the_list(tmp_path: Path) -> None:
+    settings = Settings.from_env({
+        "HERALD_DATA_DIR": str(tmp_path),
+        "HERALD_INGEST_ADDR": "127.0.0.1:7001,127.0.0.1:7011",
+        "HERALD_INGEST_METRICS_ADDR": "127.0.0.1:8001,127.0.0.1:8002",
+    })  # fmt: skip
+    stack = Stack(settings)
+    assert stack.metrics_address("ingest") == "127.0.0.1:8001"
+    assert stack.environment("ingest-2")["HERALD_INGEST_METRICS_ADDR"] == "127.0.0.1:8002"
+    assert stack.environment("gateway")["HERALD_INGEST_METRICS_ADDR"] == "127.0.0.1:8001,127.0.0.1:8002"
+    assert stack.metrics_url("ingest-2") == "http://127.0.0.1:8002/metrics"
+    assert settings.metrics_listen_address("ingest") == "127.0.0.1:8001"
+
+
+def test_a_bad_metrics_address_says_what_to_fix() -> None:
+    with pytest.raises(ConfigurationError, match="HERALD_TRACKER_METRICS_ADDR must be host:port"):
+        Settings.from_env({"HERALD_TRACKER_METRICS_ADDR": "9104"})
