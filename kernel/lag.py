@@ -11,6 +11,7 @@ Shared by the tracker's GET /api/v1/stats and the services' metrics.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,6 +21,13 @@ from nats.js.errors import NotFoundError
 
 from kernel.clock import utcnow
 from kernel.errors import Unavailable
+from kernel.metrics import (
+    CONSUMER_ACK_PENDING,
+    CONSUMER_OLDEST_PENDING_AGE,
+    CONSUMER_PENDING,
+    CONSUMER_REDELIVERED,
+    Sampler,
+)
 
 # Subjects every stream message matches, for a consumer with no filter.
 ALL_SUBJECTS = ">"
@@ -49,10 +57,14 @@ async def _queue_lag(js: JetStreamContext) -> list[ConsumerLag]:
     streams = await js.streams_info()
     names = [stream.config.name for stream in streams if stream.config.name]
     consumers = await asyncio.gather(*(js.consumers_info(name) for name in names))
-    infos = [info for found in consumers for info in found]
+    lags = await _lags(js, [info for found in consumers for info in found])
+    return sorted(lags, key=lambda lag: (lag.stream, lag.consumer))
+
+
+async def _lags(js: JetStreamContext, infos: list[api.ConsumerInfo]) -> list[ConsumerLag]:
     now = utcnow()
     ages = await asyncio.gather(*(_oldest_pending_age(js, info, now) for info in infos))
-    lags = [
+    return [
         ConsumerLag(
             stream=info.stream_name,
             consumer=info.name,
@@ -63,7 +75,22 @@ async def _queue_lag(js: JetStreamContext) -> list[ConsumerLag]:
         )
         for info, age in zip(infos, ages, strict=True)
     ]
-    return sorted(lags, key=lambda lag: (lag.stream, lag.consumer))
+
+
+def lag_sampler(js: JetStreamContext, consumers: Sequence[tuple[str, str]]) -> Sampler:
+    """A metrics sampler (kernel.metrics) of the lag of this process's own consumers, by
+    (stream, durable): every replica reports the same figures for a consumer it shares."""
+
+    async def sample_consumer_lag() -> None:
+        infos = await asyncio.gather(*(js.consumer_info(stream, durable) for stream, durable in consumers))
+        for lag in await _lags(js, list(infos)):
+            labels = (lag.stream, lag.consumer)
+            CONSUMER_PENDING.labels(*labels).set(lag.pending)
+            CONSUMER_ACK_PENDING.labels(*labels).set(lag.ack_pending)
+            CONSUMER_REDELIVERED.labels(*labels).set(lag.redelivered)
+            CONSUMER_OLDEST_PENDING_AGE.labels(*labels).set(lag.oldest_pending_age_seconds)
+
+    return sample_consumer_lag
 
 
 async def _oldest_pending_age(js: JetStreamContext, info: api.ConsumerInfo, now: datetime) -> float:

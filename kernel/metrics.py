@@ -111,6 +111,30 @@ OUTBOX_PENDING = Gauge(
     ["schema"],
     registry=REGISTRY,
 )
+CONSUMER_PENDING = Gauge(
+    "herald_consumer_pending",
+    "Stream messages a durable consumer has not delivered yet, by stream and consumer; sampled",
+    ["stream", "consumer"],
+    registry=REGISTRY,
+)
+CONSUMER_ACK_PENDING = Gauge(
+    "herald_consumer_ack_pending",
+    "Messages delivered and not acknowledged yet, by stream and consumer; sampled",
+    ["stream", "consumer"],
+    registry=REGISTRY,
+)
+CONSUMER_REDELIVERED = Gauge(
+    "herald_consumer_redelivered",
+    "Messages redelivered and not acknowledged yet, by stream and consumer; sampled",
+    ["stream", "consumer"],
+    registry=REGISTRY,
+)
+CONSUMER_OLDEST_PENDING_AGE = Gauge(
+    "herald_consumer_oldest_pending_age_seconds",
+    "How long the oldest message a consumer has not acknowledged has waited (0: none); sampled",
+    ["stream", "consumer"],
+    registry=REGISTRY,
+)
 DEPENDENCY_UP = Gauge(
     "herald_dependency_up",
     "1 while the process reaches a dependency (database, nats), else 0; checked every second",

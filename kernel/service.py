@@ -35,6 +35,7 @@ from kernel.auth import Authenticator
 from kernel.database import create_engine, session_factory
 from kernel.errors import ConfigurationError, HeraldError
 from kernel.grpc_server import ServiceRegistration, create_server
+from kernel.lag import lag_sampler
 from kernel.logs import configure_logging
 from kernel.metrics import DEPENDENCY_UP, Sampler, run_samplers, serve_metrics
 from kernel.outbox import Outbox
@@ -152,6 +153,9 @@ class Runtime:
         metrics_host, _, metrics_port = self.settings.metrics_listen_address(self.name).rpartition(":")
         metrics, metrics_port_bound = await serve_metrics(metrics_host, int(metrics_port))
         await server.start()
+        consumers = list(consumers)
+        if consumers:
+            self.sample(lag_sampler(self.js, [(consumer.stream, consumer.durable) for consumer in consumers]))
         tasks = [
             asyncio.create_task(consumer.run(self.stop), name=consumer.durable) for consumer in consumers
         ]

@@ -3,6 +3,7 @@ events go through, and `herald trace` telling one trigger's story from the proce
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -106,6 +107,32 @@ def test_every_process_serves_its_metrics(running: RunningStack) -> None:
     )
     assert value(scrape(stack.metrics_url("matcher")), "herald_dependency_up", dependency="nats") == 1
     assert stack.metrics_url("gateway") == f"{stack.gateway_url}/metrics"
+    # Each service samples the lag of its own consumers (and only those).
+    lag_names = {
+        "herald_consumer_pending",
+        "herald_consumer_ack_pending",
+        "herald_consumer_redelivered",
+        "herald_consumer_oldest_pending_age_seconds",
+    }
+    expected = {
+        "matcher": {("EVENTS", "matcher")},
+        "tracker": {("TRACKING", "tracker"), ("EVENTS", "tracker-catalog")},
+    }
+    for process, consumers in expected.items():
+        url = stack.metrics_url(process)
+        lags = eventually(functools.partial(_lags, url), timeout=15)
+        assert {name for name, _ in lags} == lag_names, process
+        assert {labels for _, labels in lags} == consumers, process
+
+
+def _lags(url: str) -> set[tuple[str, tuple[str, str]]] | None:
+    """The consumer-lag samples of a /metrics page, by name and (stream, consumer); None if none."""
+    found = {
+        (name, (dict(labels)["stream"], dict(labels)["consumer"]))
+        for name, labels in scrape(url)
+        if name.startswith("herald_consumer_")
+    }
+    return found or None
 
 
 def test_metrics_move_as_an_event_goes_through(running: RunningStack, workflows: None) -> None:
