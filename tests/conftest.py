@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -94,6 +95,15 @@ async def team(sessions: async_sessionmaker[AsyncSession]) -> TeamCredentials:
         await ensure_team(session, team_id)
         issued = await issue_key(session, team_id, label="tests")
     return TeamCredentials(team_id, issued.secret)
+
+
+@pytest.fixture(autouse=True)
+def structlog_left_as_found() -> Iterator[None]:
+    """A test that runs the CLI in-process configures logging onto its captured stderr, which
+    pytest closes after the test: put back the configuration every other test logs with."""
+    found = structlog.get_config()
+    yield
+    structlog.configure(**found)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
