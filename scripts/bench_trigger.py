@@ -88,9 +88,10 @@ def main() -> None:
     parser.add_argument("--audience", choices=("listed", "segment"), default="listed")
     options = parser.parse_args()
 
-    with running_stack() as (stack, sink, headers), httpx.Client(
-        base_url=stack.gateway_url, headers=headers, timeout=120
-    ) as http:
+    with (
+        running_stack() as (stack, sink, headers),
+        httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=120) as http,
+    ):
         body = prepare(http, options)
         time.sleep(2)  # let the seeding events drain before the clock starts
         processes = stack_processes(stack)

@@ -11,6 +11,7 @@ import grpc
 from herald.executor.v1 import executor_pb2, executor_pb2_grpc
 from kernel.auth import Authenticator
 from kernel.clock import isoformat_ms
+from kernel.retention import ContactNames, LifecycleUnitOfWork, erase_contact
 from services.executor import handlers
 from services.executor.domain import DeadLetter, FeedItem, OutgoingText, ProviderSettings, Run
 
@@ -102,9 +103,15 @@ def dev_message_to_proto(message: OutgoingText, at: datetime) -> executor_pb2.De
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
-    def __init__(self, authenticator: Authenticator, unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]):
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        unit_of_work: Callable[[], handlers.ExecutorUnitOfWork],
+        lifecycle: Callable[[], LifecycleUnitOfWork],
+    ):
         self._auth = authenticator
         self._uow = unit_of_work
+        self._lifecycle = lifecycle
 
     async def GetRun(
         self, request: executor_pb2.GetRunRequest, context: Context
@@ -183,3 +190,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         return executor_pb2.ListDevMessagesResponse(
             messages=[dev_message_to_proto(message, at) for message, at in found]
         )
+
+    async def EraseContact(
+        self, request: executor_pb2.EraseContactRequest, context: Context
+    ) -> executor_pb2.EraseContactResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        erased = await erase_contact(team.id, ContactNames.of(request), self._lifecycle())
+        return executor_pb2.EraseContactResponse(erased=erased)

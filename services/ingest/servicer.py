@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -349,10 +350,61 @@ def contact_message(contact: Contact) -> ingest_pb2.Contact:
     )
 
 
+# Erasing one contact from a service may delete many rows: it gets longer than a usual call.
+ERASE_TIMEOUT_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class EraseRpc:
+    """The EraseContact RPC of another service: its name, the stub's method and its request type."""
+
+    service: str
+    method: Callable[..., Awaitable[Any]]
+    request: Callable[..., Any]
+
+
+def erasing_elsewhere(
+    rpcs: Sequence[EraseRpc], metadata: tuple[tuple[str, str], ...]
+) -> handlers.EraseElsewhere:
+    """Erase a contact in each of the other services at once, with the caller's credentials;
+    Unavailable (503: try again) when any of them fails."""
+
+    async def erase_in(rpc: EraseRpc, contact: Contact) -> dict[str, int]:
+        request = rpc.request(
+            contact_id=str(contact.id),
+            external_id=contact.external_id or "",
+            email=contact.email or "",
+            phone=contact.phone or "",
+        )
+        try:
+            response = await rpc.method(request, metadata=metadata, timeout=ERASE_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            log.warning("contact.erase_failed", service=rpc.service, error=error.details())
+            raise Unavailable(
+                f"The contact could not be erased from the {rpc.service} service just now; nothing "
+                "was deleted that cannot be erased again: try again",
+                reason="ERASURE_INCOMPLETE",
+                metadata={"service": rpc.service},
+            ) from error
+        return dict(response.erased)
+
+    async def erase(contact: Contact) -> dict[str, int]:
+        erased: dict[str, int] = {}
+        for counts in await asyncio.gather(*(erase_in(rpc, contact) for rpc in rpcs)):
+            erased.update(counts)
+        return erased
+
+    return erase
+
+
 class ContactServicer(ingest_pb2_grpc.ContactServiceServicer):
-    def __init__(self, authenticator: Authenticator, intake: handlers.Intake):
+    def __init__(
+        self, authenticator: Authenticator, intake: handlers.Intake, erase_rpcs: Sequence[EraseRpc] = ()
+    ):
         self._auth = authenticator
         self._intake = intake
+        # The other services' EraseContact, called before ingest erases its own rows.
+        self._erase_rpcs = tuple(erase_rpcs)
 
     async def _team(self, context: Context) -> str:
         return (await self._auth.authenticate(context.invocation_metadata())).id
@@ -387,10 +439,12 @@ class ContactServicer(ingest_pb2_grpc.ContactServiceServicer):
     async def DeleteContact(
         self, request: ingest_pb2.DeleteContactRequest, context: Context
     ) -> ingest_pb2.DeleteContactResponse:
-        await handlers.delete_contact(
-            await self._team(context), request.external_id, self._intake.unit_of_work()
+        team_id = await self._team(context)
+        elsewhere = erasing_elsewhere(self._erase_rpcs, forwarded_metadata(context.invocation_metadata()))
+        erased = await handlers.erase_contact(
+            team_id, request.external_id, self._intake.unit_of_work(), elsewhere
         )
-        return ingest_pb2.DeleteContactResponse()
+        return ingest_pb2.DeleteContactResponse(erased=erased)
 
     async def UpdateContactTags(
         self, request: ingest_pb2.UpdateContactTagsRequest, context: Context

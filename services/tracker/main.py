@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from herald.executor.v1 import executor_pb2_grpc
 from herald.ingest.v1 import ingest_pb2_grpc
 from herald.tracker.v1 import tracker_pb2, tracker_pb2_grpc
 from kernel.clients import channel
 from kernel.grpc_server import ServiceRegistration
+from kernel.retention import Retention, purge_project
 from kernel.service import Runtime, run_service
 from services.tracker.adapters import TrackerSqlUnitOfWork
 from services.tracker.consumers import DURABLE, FILTER, tracking_batch_handler, tracking_handler
@@ -33,7 +36,13 @@ async def serve(runtime: Runtime) -> None:
             unit_of_work,
             ingest_pb2_grpc.IngestServiceStub(ingest_channel),
             executor_pb2_grpc.ExecutorServiceStub(executor_channel),
+            unit_of_work,
         )
+
+        async def purge(team_id: str, before: datetime, limit: int) -> dict[str, int]:
+            return await purge_project(team_id, before, limit, unit_of_work())
+
+        retention = Retention.for_service("tracker", runtime, purge)
         await runtime.serve(
             [
                 ServiceRegistration(
@@ -51,6 +60,7 @@ async def serve(runtime: Runtime) -> None:
                     linger_seconds=TRACKING_LINGER_SECONDS,
                 )
             ],
+            background=[retention.run],
         )
 
 

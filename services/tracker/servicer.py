@@ -18,6 +18,7 @@ from kernel.clients import CALL_TIMEOUT_SECONDS, forwarded_metadata
 from kernel.clock import isoformat_ms
 from kernel.errors import from_rpc_error
 from kernel.grpc_server import RESPONSE_HEADER_NAMES
+from kernel.retention import ContactNames, LifecycleUnitOfWork, erase_contact
 from services.tracker import handlers
 from services.tracker.domain import (
     FLOW_TYPE,
@@ -195,11 +196,13 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
         unit_of_work: Callable[[], handlers.TrackerUnitOfWork],
         ingest: ingest_pb2_grpc.IngestServiceAsyncStub,
         executor: executor_pb2_grpc.ExecutorServiceAsyncStub,
+        lifecycle: Callable[[], LifecycleUnitOfWork],
     ):
         self._auth = authenticator
         self._uow = unit_of_work
         self._ingest = ingest
         self._executor = executor
+        self._lifecycle = lifecycle
 
     async def GetTrigger(
         self, request: tracker_pb2.GetTriggerRequest, context: Context
@@ -257,3 +260,10 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
         if accepted.scheduled_for is not None:
             response.scheduled_for = accepted.scheduled_for
         return response
+
+    async def EraseContact(
+        self, request: tracker_pb2.EraseContactRequest, context: Context
+    ) -> tracker_pb2.EraseContactResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        erased = await erase_contact(team.id, ContactNames.of(request), self._lifecycle())
+        return tracker_pb2.EraseContactResponse(erased=erased)

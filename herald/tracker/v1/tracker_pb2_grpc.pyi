@@ -44,6 +44,10 @@ class TrackerServiceStub:
     most 30) until its trigger finished, and answer with the full execution result. For
     testing and debugging: production senders use events/send.
     """
+    EraseContact: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.EraseContactRequest, _tracker_pb2.EraseContactResponse]
+    """Erase one contact's personal data from this service's tables: ingest calls it when the
+    contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
+    """
 
 @_typing.type_check_only
 class TrackerServiceAsyncStub(TrackerServiceStub):
@@ -60,6 +64,10 @@ class TrackerServiceAsyncStub(TrackerServiceStub):
     """Accept an event as POST /api/v1/events/send does, then wait (wait_seconds, default 10, at
     most 30) until its trigger finished, and answer with the full execution result. For
     testing and debugging: production senders use events/send.
+    """
+    EraseContact: _aio.UnaryUnaryMultiCallable[_tracker_pb2.EraseContactRequest, _tracker_pb2.EraseContactResponse]  # type: ignore[assignment]
+    """Erase one contact's personal data from this service's tables: ingest calls it when the
+    contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
     """
 
 class TrackerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -92,6 +100,16 @@ class TrackerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Accept an event as POST /api/v1/events/send does, then wait (wait_seconds, default 10, at
         most 30) until its trigger finished, and answer with the full execution result. For
         testing and debugging: production senders use events/send.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseContact(
+        self,
+        request: _tracker_pb2.EraseContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.EraseContactResponse, _abc.Awaitable[_tracker_pb2.EraseContactResponse]]:
+        """Erase one contact's personal data from this service's tables: ingest calls it when the
+        contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
         """
 
 def add_TrackerServiceServicer_to_server(servicer: TrackerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
