@@ -5,8 +5,8 @@ One shape for the four services. A service gives a `Purge`: for one project, del
 `limit` rows per table of what is older than `before`, and say how many went from each table.
 `Retention.run_pass` walks every project (kernel.policy.retention_by_team), calls the purge
 again and again (a short pause between rounds, so that the service's own traffic is never
-blocked by a long delete) until no table had a full batch or the pass's budget of rounds is
-spent (what is left goes in the next pass), then logs one `retention.purged` line with the
+blocked by a long delete) until no table had a full batch or the project's budget of rounds
+for the pass is spent (what is left goes in the next pass), then logs one `retention.purged` line with the
 cutoff and the per-table counts of each project, and keeps that report for the service to show.
 """
 
@@ -21,7 +21,6 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.clock import isoformat_ms, utcnow
 from kernel.errors import InvalidArgument
@@ -35,6 +34,10 @@ log = structlog.get_logger(__name__)
 Purge = Callable[[str, datetime, int], Awaitable[Mapping[str, int]]]
 """`purge(team_id, before, limit)`: delete up to `limit` rows of each table, of the project's data
 older than `before`; how many rows went, by table ("schema.table")."""
+
+
+Projects = Callable[[], Awaitable[list[tuple[str, int]]]]
+"""Every project with its retention in days (kernel.policy.retention_by_team)."""
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,9 @@ class RetentionSettings:
     interval_seconds: float = 600.0
     # Rows one statement deletes at most (per table, per round).
     batch: int = 5000
-    # Rounds one pass spends at most, over all projects: the rest waits for the next pass.
-    max_rounds: int = 200
+    # Rounds one pass spends at most on one project: the rest of a large backlog waits for the
+    # next pass, so that one project never holds up the others.
+    max_rounds: int = 20
     # The pause between two rounds, so that the service's own statements get their turn.
     pause_seconds: float = 0.05
 
@@ -126,6 +130,10 @@ class ProjectPurge:
     rounds: int = 0
     # False when the pass's budget ran out before this project's old rows were all gone.
     complete: bool = True
+
+    @property
+    def total(self) -> int:
+        return sum(self.purged.values())
 
     def document(self) -> dict[str, object]:
         return {
@@ -148,7 +156,7 @@ class RetentionReport:
 
     @property
     def total(self) -> int:
-        return sum(sum(project.purged.values()) for project in self.projects)
+        return sum(project.total for project in self.projects)
 
     def purged(self, team_id: str) -> dict[str, int]:
         """The counts of one project (empty when the pass purged nothing of it)."""
@@ -160,7 +168,7 @@ class RetentionReport:
             "started_at": isoformat_ms(self.started_at),
             "finished_at": isoformat_ms(self.finished_at) if self.finished_at else None,
             "total": self.total,
-            "projects": [project.document() for project in self.projects if project.purged],
+            "projects": [project.document() for project in self.projects if project.total],
         }
 
 
@@ -170,12 +178,12 @@ class Retention:
     def __init__(
         self,
         service: str,
-        sessions: async_sessionmaker[AsyncSession],
+        projects: Projects,
         purge: Purge,
         settings: RetentionSettings | None = None,
     ):
         self.service = service
-        self._sessions = sessions
+        self._projects = projects
         self._purge = purge
         self._settings = settings or RetentionSettings()
         self.last_report: RetentionReport | None = None
@@ -185,18 +193,15 @@ class Retention:
         now = now or utcnow()
         settings = self._settings
         report = RetentionReport(self.service, started_at=utcnow())
-        async with self._sessions() as session:
-            teams = await retention_by_team(session)
-        rounds_left = settings.max_rounds
+        teams = await self._projects()
         started = time.monotonic()
         for team_id, days in sorted(teams):
             project = ProjectPurge(team_id, days, now - timedelta(days=days))
             report.projects.append(project)
             while True:
-                if rounds_left <= 0:
+                if project.rounds >= settings.max_rounds:
                     project.complete = False
                     break
-                rounds_left -= 1
                 project.rounds += 1
                 counts = await self._purge(team_id, project.cutoff, settings.batch)
                 for table, count in counts.items():
@@ -211,7 +216,7 @@ class Retention:
             service=self.service,
             total=report.total,
             seconds=round(time.monotonic() - started, 3),
-            projects=[project.document() for project in report.projects if project.purged],
+            projects=[project.document() for project in report.projects if project.total],
             incomplete=[project.team_id for project in report.projects if not project.complete],
         )
         return report
@@ -229,9 +234,14 @@ class Retention:
     def for_service(cls, service: str, runtime: Runtime, purge: Purge) -> Retention:
         """The retention job of a service process, as its settings say."""
         settings = runtime.settings
+
+        async def projects() -> list[tuple[str, int]]:
+            async with runtime.sessions() as session:
+                return await retention_by_team(session)
+
         return cls(
             service,
-            runtime.sessions,
+            projects,
             purge,
             RetentionSettings(
                 interval_seconds=settings.retention_interval_seconds, batch=settings.retention_batch_size
