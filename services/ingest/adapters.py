@@ -288,7 +288,10 @@ class SqlContactRepository:
             sa_delete(EVENTS).where(EVENTS.c.team_id == team_id, EVENTS.c.contact_id == contact.id),
         )
         outbox = await delete_naming(self._session, OUTBOX, team_id, contact_identifiers(contact))
-        contacts = await changed_rows(self._session, sa_delete(CONTACTS).where(CONTACTS.c.id == contact.id))
+        contacts = await changed_rows(
+            self._session,
+            sa_delete(CONTACTS).where(CONTACTS.c.team_id == team_id, CONTACTS.c.id == contact.id),
+        )
         return {
             "ingest.contacts": contacts,
             "ingest.events": deleted + emptied,
