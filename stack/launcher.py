@@ -150,6 +150,8 @@ class Stack:
             "HERALD_DEVMAIL_SMTP_PORT": str(settings.devmail_smtp_port),
             "HERALD_LOG_FORMAT": settings.log_format,
             "HERALD_LOG_LEVEL": settings.log_level,
+            "HERALD_RETENTION_INTERVAL_SECONDS": str(settings.retention_interval_seconds),
+            "HERALD_RETENTION_BATCH_SIZE": str(settings.retention_batch_size),
             "PYTHONUNBUFFERED": "1",
         }
         for service in GRPC_SERVICES:
