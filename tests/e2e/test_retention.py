@@ -25,7 +25,8 @@ ORDERS = 2
 # Each service's rows of one contact (%(team)s, %(contact)s, %(phone)s, %(external)s), as
 # retention sees them: the rows it may purge once they are old, by table.
 PURGEABLE = {
-    "ingest.events": "SELECT count(*) FROM ingest.events WHERE team_id = %(team)s AND contact_id = %(contact)s::uuid",
+    "ingest.events": "SELECT count(*) FROM ingest.events WHERE team_id = %(team)s "
+    "AND contact_id = %(contact)s::uuid",
     "ingest.triggers": "SELECT count(*) FROM ingest.triggers t JOIN ingest.events e ON e.id = t.event_id "
     "WHERE e.team_id = %(team)s AND e.contact_id = %(contact)s::uuid",
     "matcher.match_decisions": "SELECT count(*) FROM matcher.match_decisions "
@@ -61,12 +62,14 @@ BACKDATE = (
     "OR event_id IN (SELECT id FROM ingest.events WHERE contact_id = %(contact)s::uuid))",
     "UPDATE ingest.triggers t SET created_at = %(at)s FROM ingest.events e WHERE e.id = t.event_id "
     "AND e.team_id = %(team)s AND e.contact_id = %(contact)s::uuid",
-    "UPDATE ingest.events SET accepted_at = %(at)s WHERE team_id = %(team)s AND contact_id = %(contact)s::uuid",
+    "UPDATE ingest.events SET accepted_at = %(at)s WHERE team_id = %(team)s "
+    "AND contact_id = %(contact)s::uuid",
     "UPDATE matcher.match_decisions SET decided_at = %(at)s WHERE team_id = %(team)s "
     "AND contact_id = %(contact)s",
     "UPDATE executor.runs SET created_at = %(at)s, finished_at = CASE WHEN finished_at IS NULL THEN NULL "
     "ELSE %(at)s END WHERE team_id = %(team)s AND contact_id = %(contact)s",
-    "UPDATE executor.feed_items SET created_at = %(at)s WHERE team_id = %(team)s AND external_id = %(external)s",
+    "UPDATE executor.feed_items SET created_at = %(at)s WHERE team_id = %(team)s "
+    "AND external_id = %(external)s",
     'UPDATE executor.dev_messages SET created_at = %(at)s WHERE team_id = %(team)s AND "to" = %(phone)s',
     "UPDATE tracker.triggers SET created_at = %(at)s WHERE team_id = %(team)s AND contact_id = %(contact)s",
 )
