@@ -25,7 +25,13 @@ from kernel.service import Runtime, run_service
 from services.ingest import handlers
 from services.ingest.adapters import OUTBOX, IngestGroupUnitOfWork, IngestSqlUnitOfWork, SqlRateLimiter
 from services.ingest.groups import GroupCommit
-from services.ingest.servicer import ContactServicer, EraseRpc, IngestServicer, ProjectServicer
+from services.ingest.servicer import (
+    RESWEEP_SECONDS,
+    ContactServicer,
+    EraseRpc,
+    IngestServicer,
+    ProjectServicer,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +46,7 @@ def registrations(
     outbox: Outbox,
     matcher: matcher_pb2_grpc.MatcherServiceAsyncStub | None = None,
     erase_rpcs: Sequence[EraseRpc] = (),
+    resweep_seconds: Sequence[float] = RESWEEP_SECONDS,
 ) -> tuple[list[ServiceRegistration], handlers.Intake]:
     """Ingest's three gRPC services over `sessions` and `outbox`, and the intake they share;
     `matcher` answers dry runs (POST /api/v1/events/match); `erase_rpcs` erase a deleted
@@ -62,7 +69,7 @@ def registrations(
         ),
         ServiceRegistration(
             SERVICES["ContactService"].full_name,
-            ContactServicer(authenticator, intake, erase_rpcs),
+            ContactServicer(authenticator, intake, erase_rpcs, resweep_seconds),
             ingest_pb2_grpc.add_ContactServiceServicer_to_server,
         ),
         ServiceRegistration(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,6 +352,9 @@ def contact_message(contact: Contact) -> ingest_pb2.Contact:
 
 # Erasing one contact from a service may delete many rows: it gets longer than a usual call.
 ERASE_TIMEOUT_SECONDS = 20.0
+# After an erasure, the other services erase the contact again this long after: what messages
+# still in flight at the DELETE wrote meanwhile goes too (best effort, by the answering process).
+RESWEEP_SECONDS = (5.0, 60.0)
 
 
 @dataclass(frozen=True)
@@ -399,12 +402,18 @@ def erasing_elsewhere(
 
 class ContactServicer(ingest_pb2_grpc.ContactServiceServicer):
     def __init__(
-        self, authenticator: Authenticator, intake: handlers.Intake, erase_rpcs: Sequence[EraseRpc] = ()
+        self,
+        authenticator: Authenticator,
+        intake: handlers.Intake,
+        erase_rpcs: Sequence[EraseRpc] = (),
+        resweep_seconds: Sequence[float] = RESWEEP_SECONDS,
     ):
         self._auth = authenticator
         self._intake = intake
         # The other services' EraseContact, called before ingest erases its own rows.
         self._erase_rpcs = tuple(erase_rpcs)
+        self._resweep_seconds = tuple(resweep_seconds)
+        self._resweeps: set[asyncio.Task[None]] = set()
 
     async def _team(self, context: Context) -> str:
         return (await self._auth.authenticate(context.invocation_metadata())).id
@@ -441,10 +450,33 @@ class ContactServicer(ingest_pb2_grpc.ContactServiceServicer):
     ) -> ingest_pb2.DeleteContactResponse:
         team_id = await self._team(context)
         elsewhere = erasing_elsewhere(self._erase_rpcs, forwarded_metadata(context.invocation_metadata()))
+        asked: list[Contact] = []
+
+        async def erase_elsewhere(contact: Contact) -> Mapping[str, int]:
+            asked.append(contact)
+            return await elsewhere(contact)
+
         erased = await handlers.erase_contact(
-            team_id, request.external_id, self._intake.unit_of_work(), elsewhere
+            team_id, request.external_id, self._intake.unit_of_work(), erase_elsewhere
         )
+        if self._erase_rpcs and asked and self._resweep_seconds:
+            task = asyncio.create_task(self._resweep(elsewhere, asked[-1]), name="contact.resweep")
+            self._resweeps.add(task)
+            task.add_done_callback(self._resweeps.discard)
         return ingest_pb2.DeleteContactResponse(erased=erased)
+
+    async def _resweep(self, elsewhere: handlers.EraseElsewhere, contact: Contact) -> None:
+        """Erase the contact from the other services again, RESWEEP_SECONDS after the erasure."""
+        waited = 0.0
+        for at in self._resweep_seconds:
+            await asyncio.sleep(at - waited)
+            waited = at
+            try:
+                erased = await elsewhere(contact)
+            except HeraldError as error:
+                log.warning("contact.resweep_failed", contact_id=str(contact.id), error=error.message)
+                continue
+            log.info("contact.erased_again", contact_id=str(contact.id), erased=erased)
 
     async def UpdateContactTags(
         self, request: ingest_pb2.UpdateContactTagsRequest, context: Context
