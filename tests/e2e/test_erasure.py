@@ -124,6 +124,18 @@ def test_deleting_a_contact_erases_its_personal_data_everywhere_and_says_what_we
         return trigger_id
 
     triggers = [order(who, n) for n in range(ORDERS) for who in (person, other)]
+    # One direct trigger for both: erasing one contact leaves the trigger and its figures for the other.
+    direct = http.post(
+        "/api/v1/workflows/trigger",
+        json={
+            "workflow_key": workflow["key"],
+            "contacts": [{"external_id": person["external_id"]}, {"external_id": other["external_id"]}],
+            "data": {"n": 99},
+        },
+        headers=headers,
+    )
+    assert direct.status_code == 201, direct.text
+    triggers.append(direct.json()["trigger_id"])
 
     def completed() -> bool:
         statuses = [http.get(f"/api/v1/triggers/{t}", headers=headers).json().get("status") for t in triggers]
@@ -147,21 +159,26 @@ def test_deleting_a_contact_erases_its_personal_data_everywhere_and_says_what_we
     # Its orders and herald.contact.created, and the system events (mail sent) about it.
     assert erased["ingest.events"] == before["ingest.events"] >= ORDERS + 1
     assert erased["ingest.idempotency_keys"] == ORDERS
-    assert erased["executor.runs"] == before["executor.runs"] >= ORDERS
+    assert erased["executor.runs"] == before["executor.runs"] >= ORDERS + 1
     assert erased["executor.run_steps"] == before["executor.run_steps"]
-    assert erased["executor.feed_items"] == ORDERS
-    assert erased["executor.dev_messages"] == ORDERS
+    assert erased["executor.feed_items"] == ORDERS + 1
+    assert erased["executor.dev_messages"] == ORDERS + 1
     assert erased["matcher.match_decisions"] == before["matcher.match_decisions"]
     assert erased["matcher.segment_members"] == 1
     assert erased["tracker.triggers"] == before["tracker.triggers"]
     assert erased["tracker.trigger_decisions"] == before["tracker.trigger_decisions"]
     assert erased["tracker.trigger_runs"] == before["tracker.trigger_runs"]
-    assert erased["tracker.trigger_deliveries"] == before["tracker.trigger_deliveries"] >= 4 * ORDERS
+    assert erased["tracker.trigger_deliveries"] == before["tracker.trigger_deliveries"] >= 4 * (ORDERS + 1)
     for value in (person["email"], person["phone"], person["name"], person["external_id"], contact_id):
         assert database_hits(database, value) == [], f"{value!r} is still stored"
     assert footprint(database, team_id, other_id, other["external_id"]) == other_before
     assert database_hits(database, other["email"]), "the other contact is untouched"
     assert http.get(f"/api/v1/contacts/{other['external_id']}", headers=headers).status_code == 200
+    shared = http.get(f"/api/v1/triggers/{triggers[-1]}", headers=headers)
+    assert shared.status_code == 200, shared.text
+    # The other contact's run and its four deliveries are still counted; the erased one's are gone.
+    assert shared.json()["status"] == "completed"
+    assert (shared.json()["summary"]["sent"], shared.json()["summary"]["failed"]) == (4, 0)
 
     again = http.delete(f"/api/v1/contacts/{person['external_id']}", headers=headers)
     assert again.status_code == 404, again.text
