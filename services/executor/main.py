@@ -9,7 +9,8 @@ from email.utils import parseaddr
 
 import structlog
 
-from herald.executor.v1 import executor_pb2, executor_pb2_grpc
+from herald.executor.v1 import devmail_pb2_grpc, executor_pb2, executor_pb2_grpc
+from kernel.clients import channel
 from kernel.grpc_server import ServiceRegistration
 from kernel.loops import every
 from kernel.retention import Retention, purge_project
@@ -74,6 +75,15 @@ def channels(settings: Settings) -> handlers.Channels:
 
 
 async def serve(runtime: Runtime) -> None:
+    if runtime.settings.smtp_url:
+        await _serve(runtime, None)
+        return
+    # Email goes to the development capture inbox: erasing a contact erases its mail there too.
+    async with channel(runtime.settings.target("devmail")) as devmail_channel:
+        await _serve(runtime, devmail_pb2_grpc.DevMailServiceStub(devmail_channel))
+
+
+async def _serve(runtime: Runtime, devmail: devmail_pb2_grpc.DevMailServiceAsyncStub | None) -> None:
     outbox = runtime.outbox(OUTBOX)
     senders = channels(runtime.settings)
     events = JetStreamEventLog(runtime.js)
@@ -109,7 +119,7 @@ async def serve(runtime: Runtime) -> None:
         [
             ServiceRegistration(
                 SERVICE_NAME,
-                ExecutorServicer(runtime.authenticator(), unit_of_work, unit_of_work),
+                ExecutorServicer(runtime.authenticator(), unit_of_work, unit_of_work, devmail),
                 executor_pb2_grpc.add_ExecutorServiceServicer_to_server,
             )
         ],
