@@ -276,11 +276,12 @@ class SqlContactRepository:
                     IDEMPOTENCY_KEYS.c.team_id == team_id, IDEMPOTENCY_KEYS.c.trigger_id.in_(trigger_ids)
                 ),
             )
-        shared = select(TRIGGERS.c.event_id).where(TRIGGERS.c.team_id == team_id)
+        # The head event of a trigger of several contacts, which is left (emptied).
+        shared = select(TRIGGERS.c.id).where(TRIGGERS.c.event_id == EVENTS.c.id).exists()
         emptied = await changed_rows(
             self._session,
             sa_update(EVENTS)
-            .where(EVENTS.c.team_id == team_id, EVENTS.c.contact_id == contact.id, EVENTS.c.id.in_(shared))
+            .where(EVENTS.c.team_id == team_id, EVENTS.c.contact_id == contact.id, shared)
             .values(contact_id=None, data={}, variables={}, source={}),
         )
         deleted = await changed_rows(

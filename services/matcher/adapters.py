@@ -107,7 +107,10 @@ class CooldownRow(MatcherBase):
     """When a workflow last ran for a contact, and until when it may not run again for them."""
 
     __tablename__ = "cooldowns"
-    __table_args__ = (Index("ix_matcher_cooldowns_team_contact", "team_id", "contact_id"),)
+    __table_args__ = (
+        Index("ix_matcher_cooldowns_team_contact", "team_id", "contact_id"),
+        Index("ix_matcher_cooldowns_team_last_run", "team_id", "last_run_at"),
+    )
 
     team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     workflow_key: Mapped[str] = mapped_column(String(100), primary_key=True)

@@ -662,23 +662,26 @@ class SqlLifecycleRepository:
             ).scalars()
         )
         erased = await self._delete_triggers(own, 2**31 - 1)
-        of_team = select(TRIGGERS.c.id).where(TRIGGERS.c.team_id == team_id)
+        # The contact's decisions and runs in the team's other triggers (a join on the trigger,
+        # so that only the contact's rows are read, whatever the team's size).
+        of_team = (TRIGGERS.c.team_id == team_id,)
         decisions = (
             await session.execute(
                 delete(DECISIONS)
-                .where(DECISIONS.c.contact_id == contact_id, DECISIONS.c.trigger_id.in_(of_team))
+                .where(
+                    DECISIONS.c.contact_id == contact_id, DECISIONS.c.trigger_id == TRIGGERS.c.id, *of_team
+                )
                 .returning(DECISIONS.c.trigger_id, DECISIONS.c.run_id, DECISIONS.c.matched)
             )
         ).all()
+        decided_runs = [row.run_id for row in decisions if row.run_id is not None]
         runs = (
             await session.execute(
                 delete(RUNS)
                 .where(
-                    RUNS.c.trigger_id.in_(of_team),
-                    or_(
-                        RUNS.c.contact_id == contact_id,
-                        RUNS.c.run_id.in_([row.run_id for row in decisions if row.run_id is not None]),
-                    ),
+                    RUNS.c.trigger_id == TRIGGERS.c.id,
+                    *of_team,
+                    or_(RUNS.c.contact_id == contact_id, RUNS.c.run_id.in_(decided_runs)),
                 )
                 .returning(RUNS.c.run_id, RUNS.c.status, RUNS.c.finished_at)
             )
