@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -26,8 +26,10 @@ from kernel.clock import isoformat_ms, utcnow
 from kernel.errors import InvalidArgument
 from kernel.loops import every
 from kernel.policy import retention_by_team
-from kernel.service import Runtime
 from kernel.unit_of_work import UnitOfWork
+
+if TYPE_CHECKING:
+    from kernel.service import Runtime
 
 log = structlog.get_logger(__name__)
 
