@@ -19,7 +19,9 @@ from kernel.clock import isoformat_ms
 from kernel.errors import from_rpc_error
 from kernel.grpc_server import RESPONSE_HEADER_NAMES
 from kernel.retention import ContactNames, LifecycleUnitOfWork, erase_contact
-from services.tracker import handlers
+from services.tracker import catalog_handlers, handlers
+from services.tracker.catalog_handlers import CatalogUnitOfWork
+from services.tracker.catalog_servicer import CatalogRpcs
 from services.tracker.domain import (
     FLOW_TYPE,
     Accepted,
@@ -189,16 +191,18 @@ class IngestEventSender:
         )
 
 
-class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
+class TrackerServicer(CatalogRpcs, tracker_pb2_grpc.TrackerServiceServicer):
     def __init__(
         self,
         authenticator: Authenticator,
         unit_of_work: Callable[[], handlers.TrackerUnitOfWork],
         ingest: ingest_pb2_grpc.IngestServiceAsyncStub,
         executor: executor_pb2_grpc.ExecutorServiceAsyncStub,
+        catalog: Callable[[], CatalogUnitOfWork],
         lifecycle: Callable[[], LifecycleUnitOfWork],
     ):
         self._auth = authenticator
+        self._catalog = catalog
         self._uow = unit_of_work
         self._ingest = ingest
         self._executor = executor
@@ -265,5 +269,9 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
         self, request: tracker_pb2.EraseContactRequest, context: Context
     ) -> tracker_pb2.EraseContactResponse:
         team = await self._auth.authenticate(context.invocation_metadata())
-        erased = await erase_contact(team.id, ContactNames.of(request), self._lifecycle())
+        names = ContactNames.of(request)
+        erased = await erase_contact(team.id, names, self._lifecycle())
+        erased["tracker.catalog_examples"] = await catalog_handlers.erase_contact_examples(
+            team.id, names.contact_id, self._catalog()
+        )
         return tracker_pb2.EraseContactResponse(erased=erased)

@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from herald.api.v1 import options_pb2 as herald_dot_api_dot_v1_dot_options__pb2
 from herald.executor.v1 import executor_pb2 as herald_dot_executor_dot_v1_dot_executor__pb2
 from herald.ingest.v1 import ingest_pb2 as herald_dot_ingest_dot_v1_dot_ingest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fherald/tracker/v1/tracker.proto\x12\x11herald.tracker.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bherald/api/v1/options.proto\x1a!herald/executor/v1/executor.proto\x1a\x1dherald/ingest/v1/ingest.proto\"/\n\x19GetTriggerWorkflowRequest\x12\x12\n\ntrigger_id\x18\x01 \x01(\t\"N\n\x1aGetTriggerWorkflowResponse\x12\x30\n\x06\x64\x65tail\x18\x01 \x01(\x0b\x32 .herald.tracker.v1.TriggerDetail\"\x95\x01\n\rTriggerDetail\x12+\n\x07trigger\x18\x01 \x01(\x0b\x32\x1a.herald.tracker.v1.Trigger\x12\x12\n\nevent_name\x18\x02 \x01(\t\x12\x35\n\tworkflows\x18\x03 \x03(\x0b\x32\".herald.tracker.v1.WorkflowOutcome\x12\x0c\n\x04note\x18\x04 \x01(\t\"\xa8\x02\n\x0fWorkflowOutcome\x12\x14\n\x0cworkflow_key\x18\x01 \x01(\t\x12\x18\n\x10workflow_version\x18\x02 \x01(\x05\x12\x12\n\ncontact_id\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\x12\x12\n\nrun_status\x18\x07 \x01(\t\x12\x1b\n\x0erun_started_at\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x0frun_finished_at\x18\t \x01(\tH\x01\x88\x01\x01\x12*\n\x05steps\x18\n \x03(\x0b\x32\x1b.herald.executor.v1.RunStepB\x11\n\x0f_run_started_atB\x12\n\x10_run_finished_at\"^\n\x13TriggerEventRequest\x12\x31\n\x05\x65vent\x18\x01 \x01(\x0b\x32\".herald.ingest.v1.SendEventRequest\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x05\"\xce\x01\n\x14TriggerEventResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x12\n\ntrigger_id\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x1a\n\rscheduled_for\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x08\x66inished\x18\x06 \x01(\x08\x12\x30\n\x06\x64\x65tail\x18\x07 \x01(\x0b\x32 .herald.tracker.v1.TriggerDetailB\x10\n\x0e_scheduled_for\"\'\n\x11GetTriggerRequest\x12\x12\n\ntrigger_id\x18\x01 \x01(\t\"A\n\x12GetTriggerResponse\x12+\n\x07trigger\x18\x01 \x01(\x0b\x32\x1a.herald.tracker.v1.Trigger\"\x84\x02\n\x07Trigger\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tflow_type\x18\x02 \x01(\t\x12\x14\n\x0ctrigger_type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\t\x12\x17\n\nstarted_at\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x63ompleted_at\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x32\n\x07summary\x18\x08 \x01(\x0b\x32!.herald.tracker.v1.TriggerSummary\x12\x18\n\x10\x64\x65tails_endpoint\x18\t \x01(\tB\r\n\x0b_started_atB\x0f\n\r_completed_at\"X\n\x0eTriggerSummary\x12\x16\n\x0etotal_contacts\x18\x01 \x01(\x05\x12\x0c\n\x04sent\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\x10\n\x08\x66iltered\x18\x04 \x01(\x05\"\\\n\x13\x45raseContactRequest\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\r\n\x05phone\x18\x04 \x01(\t\"\x8a\x01\n\x14\x45raseContactResponse\x12\x43\n\x06\x65rased\x18\x01 \x03(\x0b\x32\x33.herald.tracker.v1.EraseContactResponse.ErasedEntry\x1a-\n\x0b\x45rasedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x32\xbb\x04\n\x0eTrackerService\x12\x89\x01\n\nGetTrigger\x12$.herald.tracker.v1.GetTriggerRequest\x1a%.herald.tracker.v1.GetTriggerResponse\".\x82\xd3\xe4\x93\x02(\x12\x1d/api/v1/triggers/{trigger_id}b\x07trigger\x12\xa9\x01\n\x12GetTriggerWorkflow\x12,.herald.tracker.v1.GetTriggerWorkflowRequest\x1a-.herald.tracker.v1.GetTriggerWorkflowResponse\"6\x82\xd3\xe4\x93\x02\x30\x12&/api/v1/triggers/{trigger_id}/workflowb\x06\x64\x65tail\x12\x8f\x01\n\x0cTriggerEvent\x12&.herald.tracker.v1.TriggerEventRequest\x1a\'.herald.tracker.v1.TriggerEventResponse\".\xc8\xf3\x18\xc9\x01\xd0\xf3\x18(\x82\xd3\xe4\x93\x02\x1f\"\x16/api/v1/events/trigger:\x05\x65vent\x12_\n\x0c\x45raseContact\x12&.herald.tracker.v1.EraseContactRequest\x1a\'.herald.tracker.v1.EraseContactResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fherald/tracker/v1/tracker.proto\x12\x11herald.tracker.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1bherald/api/v1/options.proto\x1a!herald/executor/v1/executor.proto\x1a\x1dherald/ingest/v1/ingest.proto\"/\n\x19GetTriggerWorkflowRequest\x12\x12\n\ntrigger_id\x18\x01 \x01(\t\"N\n\x1aGetTriggerWorkflowResponse\x12\x30\n\x06\x64\x65tail\x18\x01 \x01(\x0b\x32 .herald.tracker.v1.TriggerDetail\"\x95\x01\n\rTriggerDetail\x12+\n\x07trigger\x18\x01 \x01(\x0b\x32\x1a.herald.tracker.v1.Trigger\x12\x12\n\nevent_name\x18\x02 \x01(\t\x12\x35\n\tworkflows\x18\x03 \x03(\x0b\x32\".herald.tracker.v1.WorkflowOutcome\x12\x0c\n\x04note\x18\x04 \x01(\t\"\xa8\x02\n\x0fWorkflowOutcome\x12\x14\n\x0cworkflow_key\x18\x01 \x01(\t\x12\x18\n\x10workflow_version\x18\x02 \x01(\x05\x12\x12\n\ncontact_id\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\x12\x12\n\nrun_status\x18\x07 \x01(\t\x12\x1b\n\x0erun_started_at\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x0frun_finished_at\x18\t \x01(\tH\x01\x88\x01\x01\x12*\n\x05steps\x18\n \x03(\x0b\x32\x1b.herald.executor.v1.RunStepB\x11\n\x0f_run_started_atB\x12\n\x10_run_finished_at\"^\n\x13TriggerEventRequest\x12\x31\n\x05\x65vent\x18\x01 \x01(\x0b\x32\".herald.ingest.v1.SendEventRequest\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x05\"\xce\x01\n\x14TriggerEventResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x12\n\ntrigger_id\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x1a\n\rscheduled_for\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x08\x66inished\x18\x06 \x01(\x08\x12\x30\n\x06\x64\x65tail\x18\x07 \x01(\x0b\x32 .herald.tracker.v1.TriggerDetailB\x10\n\x0e_scheduled_for\"\'\n\x11GetTriggerRequest\x12\x12\n\ntrigger_id\x18\x01 \x01(\t\"A\n\x12GetTriggerResponse\x12+\n\x07trigger\x18\x01 \x01(\x0b\x32\x1a.herald.tracker.v1.Trigger\"\x84\x02\n\x07Trigger\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tflow_type\x18\x02 \x01(\t\x12\x14\n\x0ctrigger_type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\t\x12\x17\n\nstarted_at\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x63ompleted_at\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x32\n\x07summary\x18\x08 \x01(\x0b\x32!.herald.tracker.v1.TriggerSummary\x12\x18\n\x10\x64\x65tails_endpoint\x18\t \x01(\tB\r\n\x0b_started_atB\x0f\n\r_completed_at\"X\n\x0eTriggerSummary\x12\x16\n\x0etotal_contacts\x18\x01 \x01(\x05\x12\x0c\n\x04sent\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\x10\n\x08\x66iltered\x18\x04 \x01(\x05\"q\n\x18ListCatalogEventsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x03pii\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x05 \x01(\tB\x06\n\x04_pii\"h\n\x19ListCatalogEventsResponse\x12\x36\n\x06\x65vents\x18\x01 \x03(\x0b\x32&.herald.tracker.v1.CatalogEventSummary\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xae\x01\n\x13\x43\x61talogEventSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nfirst_seen\x18\x02 \x01(\t\x12\x11\n\tlast_seen\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x12\x31\n\x07sources\x18\x05 \x03(\x0b\x32 .herald.tracker.v1.CatalogSource\x12\x11\n\tpii_paths\x18\x06 \x01(\x05\x12\r\n\x05\x64rift\x18\x07 \x01(\x08\",\n\rCatalogSource\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"&\n\x16GetCatalogEventRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"I\n\x17GetCatalogEventResponse\x12.\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1f.herald.tracker.v1.CatalogEvent\"\xc7\x02\n\x0c\x43\x61talogEvent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nfirst_seen\x18\x02 \x01(\t\x12\x11\n\tlast_seen\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x12\x31\n\x07sources\x18\x05 \x03(\x0b\x32 .herald.tracker.v1.CatalogSource\x12\x11\n\tpii_paths\x18\x06 \x01(\x05\x12\r\n\x05\x64rift\x18\x07 \x01(\x08\x12-\n\x06schema\x18\x08 \x03(\x0b\x32\x1d.herald.tracker.v1.SchemaPath\x12\'\n\x03pii\x18\t \x03(\x0b\x32\x1a.herald.tracker.v1.PiiFlag\x12\x33\n\x08\x65xamples\x18\n \x03(\x0b\x32!.herald.tracker.v1.CatalogExample\x12\x11\n\ttruncated\x18\x0b \x01(\x08\"\x8b\x01\n\nSchemaPath\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x12\n\nfirst_seen\x18\x03 \x01(\t\x12\x11\n\tlast_seen\x18\x04 \x01(\t\x12\r\n\x05\x64rift\x18\x05 \x01(\x08\x12*\n\x05types\x18\x06 \x03(\x0b\x32\x1b.herald.tracker.v1.PathType\"]\n\x08PathType\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x12\n\nfirst_seen\x18\x03 \x01(\t\x12\x11\n\tlast_seen\x18\x04 \x01(\t\x12\r\n\x05\x64rift\x18\x05 \x01(\x08\"`\n\x07PiiFlag\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05kinds\x18\x02 \x03(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x18\n\x0breviewed_at\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_reviewed_at\"q\n\x0e\x43\x61talogExample\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65pted_at\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12(\n\x07payload\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"E\n\x17ReviewCatalogPiiRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\"J\n\x18ReviewCatalogPiiResponse\x12.\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1f.herald.tracker.v1.CatalogEvent\"\\\n\x13\x45raseContactRequest\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\r\n\x05phone\x18\x04 \x01(\t\"\x8a\x01\n\x14\x45raseContactResponse\x12\x43\n\x06\x65rased\x18\x01 \x03(\x0b\x32\x33.herald.tracker.v1.EraseContactResponse.ErasedEntry\x1a-\n\x0b\x45rasedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x32\x88\x08\n\x0eTrackerService\x12\x89\x01\n\nGetTrigger\x12$.herald.tracker.v1.GetTriggerRequest\x1a%.herald.tracker.v1.GetTriggerResponse\".\x82\xd3\xe4\x93\x02(\x12\x1d/api/v1/triggers/{trigger_id}b\x07trigger\x12\xa9\x01\n\x12GetTriggerWorkflow\x12,.herald.tracker.v1.GetTriggerWorkflowRequest\x1a-.herald.tracker.v1.GetTriggerWorkflowResponse\"6\x82\xd3\xe4\x93\x02\x30\x12&/api/v1/triggers/{trigger_id}/workflowb\x06\x64\x65tail\x12\x8f\x01\n\x0cTriggerEvent\x12&.herald.tracker.v1.TriggerEventRequest\x1a\'.herald.tracker.v1.TriggerEventResponse\".\xc8\xf3\x18\xc9\x01\xd0\xf3\x18(\x82\xd3\xe4\x93\x02\x1f\"\x16/api/v1/events/trigger:\x05\x65vent\x12\x8e\x01\n\x11ListCatalogEvents\x12+.herald.tracker.v1.ListCatalogEventsRequest\x1a,.herald.tracker.v1.ListCatalogEventsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/catalog/events\x12\x96\x01\n\x0fGetCatalogEvent\x12).herald.tracker.v1.GetCatalogEventRequest\x1a*.herald.tracker.v1.GetCatalogEventResponse\",\x82\xd3\xe4\x93\x02&\x12\x1d/api/v1/catalog/events/{name}b\x05\x65vent\x12\xa0\x01\n\x10ReviewCatalogPii\x12*.herald.tracker.v1.ReviewCatalogPiiRequest\x1a+.herald.tracker.v1.ReviewCatalogPiiResponse\"3\x82\xd3\xe4\x93\x02-\"!/api/v1/catalog/events/{name}/pii:\x01*b\x05\x65vent\x12_\n\x0c\x45raseContact\x12&.herald.tracker.v1.EraseContactRequest\x1a\'.herald.tracker.v1.EraseContactResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,32 +44,64 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRACKERSERVICE'].methods_by_name['GetTriggerWorkflow']._serialized_options = b'\202\323\344\223\0020\022&/api/v1/triggers/{trigger_id}/workflowb\006detail'
   _globals['_TRACKERSERVICE'].methods_by_name['TriggerEvent']._loaded_options = None
   _globals['_TRACKERSERVICE'].methods_by_name['TriggerEvent']._serialized_options = b'\310\363\030\311\001\320\363\030(\202\323\344\223\002\037\"\026/api/v1/events/trigger:\005event'
-  _globals['_GETTRIGGERWORKFLOWREQUEST']._serialized_start=179
-  _globals['_GETTRIGGERWORKFLOWREQUEST']._serialized_end=226
-  _globals['_GETTRIGGERWORKFLOWRESPONSE']._serialized_start=228
-  _globals['_GETTRIGGERWORKFLOWRESPONSE']._serialized_end=306
-  _globals['_TRIGGERDETAIL']._serialized_start=309
-  _globals['_TRIGGERDETAIL']._serialized_end=458
-  _globals['_WORKFLOWOUTCOME']._serialized_start=461
-  _globals['_WORKFLOWOUTCOME']._serialized_end=757
-  _globals['_TRIGGEREVENTREQUEST']._serialized_start=759
-  _globals['_TRIGGEREVENTREQUEST']._serialized_end=853
-  _globals['_TRIGGEREVENTRESPONSE']._serialized_start=856
-  _globals['_TRIGGEREVENTRESPONSE']._serialized_end=1062
-  _globals['_GETTRIGGERREQUEST']._serialized_start=1064
-  _globals['_GETTRIGGERREQUEST']._serialized_end=1103
-  _globals['_GETTRIGGERRESPONSE']._serialized_start=1105
-  _globals['_GETTRIGGERRESPONSE']._serialized_end=1170
-  _globals['_TRIGGER']._serialized_start=1173
-  _globals['_TRIGGER']._serialized_end=1433
-  _globals['_TRIGGERSUMMARY']._serialized_start=1435
-  _globals['_TRIGGERSUMMARY']._serialized_end=1523
-  _globals['_ERASECONTACTREQUEST']._serialized_start=1525
-  _globals['_ERASECONTACTREQUEST']._serialized_end=1617
-  _globals['_ERASECONTACTRESPONSE']._serialized_start=1620
-  _globals['_ERASECONTACTRESPONSE']._serialized_end=1758
-  _globals['_ERASECONTACTRESPONSE_ERASEDENTRY']._serialized_start=1713
-  _globals['_ERASECONTACTRESPONSE_ERASEDENTRY']._serialized_end=1758
-  _globals['_TRACKERSERVICE']._serialized_start=1761
-  _globals['_TRACKERSERVICE']._serialized_end=2332
+  _globals['_TRACKERSERVICE'].methods_by_name['ListCatalogEvents']._loaded_options = None
+  _globals['_TRACKERSERVICE'].methods_by_name['ListCatalogEvents']._serialized_options = b'\202\323\344\223\002\030\022\026/api/v1/catalog/events'
+  _globals['_TRACKERSERVICE'].methods_by_name['GetCatalogEvent']._loaded_options = None
+  _globals['_TRACKERSERVICE'].methods_by_name['GetCatalogEvent']._serialized_options = b'\202\323\344\223\002&\022\035/api/v1/catalog/events/{name}b\005event'
+  _globals['_TRACKERSERVICE'].methods_by_name['ReviewCatalogPii']._loaded_options = None
+  _globals['_TRACKERSERVICE'].methods_by_name['ReviewCatalogPii']._serialized_options = b'\202\323\344\223\002-\"!/api/v1/catalog/events/{name}/pii:\001*b\005event'
+  _globals['_GETTRIGGERWORKFLOWREQUEST']._serialized_start=209
+  _globals['_GETTRIGGERWORKFLOWREQUEST']._serialized_end=256
+  _globals['_GETTRIGGERWORKFLOWRESPONSE']._serialized_start=258
+  _globals['_GETTRIGGERWORKFLOWRESPONSE']._serialized_end=336
+  _globals['_TRIGGERDETAIL']._serialized_start=339
+  _globals['_TRIGGERDETAIL']._serialized_end=488
+  _globals['_WORKFLOWOUTCOME']._serialized_start=491
+  _globals['_WORKFLOWOUTCOME']._serialized_end=787
+  _globals['_TRIGGEREVENTREQUEST']._serialized_start=789
+  _globals['_TRIGGEREVENTREQUEST']._serialized_end=883
+  _globals['_TRIGGEREVENTRESPONSE']._serialized_start=886
+  _globals['_TRIGGEREVENTRESPONSE']._serialized_end=1092
+  _globals['_GETTRIGGERREQUEST']._serialized_start=1094
+  _globals['_GETTRIGGERREQUEST']._serialized_end=1133
+  _globals['_GETTRIGGERRESPONSE']._serialized_start=1135
+  _globals['_GETTRIGGERRESPONSE']._serialized_end=1200
+  _globals['_TRIGGER']._serialized_start=1203
+  _globals['_TRIGGER']._serialized_end=1463
+  _globals['_TRIGGERSUMMARY']._serialized_start=1465
+  _globals['_TRIGGERSUMMARY']._serialized_end=1553
+  _globals['_LISTCATALOGEVENTSREQUEST']._serialized_start=1555
+  _globals['_LISTCATALOGEVENTSREQUEST']._serialized_end=1668
+  _globals['_LISTCATALOGEVENTSRESPONSE']._serialized_start=1670
+  _globals['_LISTCATALOGEVENTSRESPONSE']._serialized_end=1774
+  _globals['_CATALOGEVENTSUMMARY']._serialized_start=1777
+  _globals['_CATALOGEVENTSUMMARY']._serialized_end=1951
+  _globals['_CATALOGSOURCE']._serialized_start=1953
+  _globals['_CATALOGSOURCE']._serialized_end=1997
+  _globals['_GETCATALOGEVENTREQUEST']._serialized_start=1999
+  _globals['_GETCATALOGEVENTREQUEST']._serialized_end=2037
+  _globals['_GETCATALOGEVENTRESPONSE']._serialized_start=2039
+  _globals['_GETCATALOGEVENTRESPONSE']._serialized_end=2112
+  _globals['_CATALOGEVENT']._serialized_start=2115
+  _globals['_CATALOGEVENT']._serialized_end=2442
+  _globals['_SCHEMAPATH']._serialized_start=2445
+  _globals['_SCHEMAPATH']._serialized_end=2584
+  _globals['_PATHTYPE']._serialized_start=2586
+  _globals['_PATHTYPE']._serialized_end=2679
+  _globals['_PIIFLAG']._serialized_start=2681
+  _globals['_PIIFLAG']._serialized_end=2777
+  _globals['_CATALOGEXAMPLE']._serialized_start=2779
+  _globals['_CATALOGEXAMPLE']._serialized_end=2892
+  _globals['_REVIEWCATALOGPIIREQUEST']._serialized_start=2894
+  _globals['_REVIEWCATALOGPIIREQUEST']._serialized_end=2963
+  _globals['_REVIEWCATALOGPIIRESPONSE']._serialized_start=2965
+  _globals['_REVIEWCATALOGPIIRESPONSE']._serialized_end=3039
+  _globals['_ERASECONTACTREQUEST']._serialized_start=3041
+  _globals['_ERASECONTACTREQUEST']._serialized_end=3133
+  _globals['_ERASECONTACTRESPONSE']._serialized_start=3136
+  _globals['_ERASECONTACTRESPONSE']._serialized_end=3274
+  _globals['_ERASECONTACTRESPONSE_ERASEDENTRY']._serialized_start=3229
+  _globals['_ERASECONTACTRESPONSE_ERASEDENTRY']._serialized_end=3274
+  _globals['_TRACKERSERVICE']._serialized_start=3277
+  _globals['_TRACKERSERVICE']._serialized_end=4309
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from herald.executor.v1 import executor_pb2 as _executor_pb2
 from herald.ingest.v1 import ingest_pb2 as _ingest_pb2
@@ -350,6 +351,426 @@ class TriggerSummary(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TriggerSummary: _TypeAlias = TriggerSummary  # noqa: Y015
+
+@_typing.final
+class ListCatalogEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    PII_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A name prefix (`order.`), or a pattern with `*` wildcards (`*pay*`, `*.failed`)."""
+    source: _builtins.str
+    """Only events seen with this source type (e.g. "api", "web_signup", "herald")."""
+    pii: _builtins.bool
+    """true: only events with PII flags that were not dismissed; false: only events without."""
+    limit: _builtins.int
+    """At most this many (default 50, at most 200)."""
+    cursor: _builtins.str
+    """The next_cursor of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        source: _builtins.str = ...,
+        pii: _builtins.bool | None = ...,
+        limit: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_pii", b"_pii", "pii", b"pii"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_pii", b"_pii", "cursor", b"cursor", "limit", b"limit", "name", b"name", "pii", b"pii", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__pii: _TypeAlias = _typing.Literal["pii"]  # noqa: Y015
+    _WhichOneofArgType__pii: _TypeAlias = _typing.Literal["_pii", b"_pii"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pii) -> _WhichOneofReturnType__pii | None: ...
+
+Global___ListCatalogEventsRequest: _TypeAlias = ListCatalogEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListCatalogEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """Empty after the last page."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogEventSummary]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___CatalogEventSummary] | None = ...,
+        next_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_cursor", b"next_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCatalogEventsResponse: _TypeAlias = ListCatalogEventsResponse  # noqa: Y015
+
+@_typing.final
+class CatalogEventSummary(_message.Message):
+    """CatalogEventSummary is an event name as the catalog lists it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    PII_PATHS_FIELD_NUMBER: _builtins.int
+    DRIFT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    first_seen: _builtins.str
+    """RFC 3339 timestamps, UTC, milliseconds: when the first and last events were accepted."""
+    last_seen: _builtins.str
+    count: _builtins.int
+    """How many events were catalogued (each event once, however often it was delivered)."""
+    pii_paths: _builtins.int
+    """How many paths carry a PII flag that was not dismissed."""
+    drift: _builtins.bool
+    """Whether a path or a type appeared after the event name's first event (schema drift)."""
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogSource]:
+        """Each source type seen, most frequent first."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        first_seen: _builtins.str = ...,
+        last_seen: _builtins.str = ...,
+        count: _builtins.int = ...,
+        sources: _abc.Iterable[Global___CatalogSource] | None = ...,
+        pii_paths: _builtins.int = ...,
+        drift: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "drift", b"drift", "first_seen", b"first_seen", "last_seen", b"last_seen", "name", b"name", "pii_paths", b"pii_paths", "sources", b"sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogEventSummary: _TypeAlias = CatalogEventSummary  # noqa: Y015
+
+@_typing.final
+class CatalogSource(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogSource: _TypeAlias = CatalogSource  # noqa: Y015
+
+@_typing.final
+class GetCatalogEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCatalogEventRequest: _TypeAlias = GetCatalogEventRequest  # noqa: Y015
+
+@_typing.final
+class GetCatalogEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___CatalogEvent: ...
+    def __init__(
+        self,
+        *,
+        event: Global___CatalogEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCatalogEventResponse: _TypeAlias = GetCatalogEventResponse  # noqa: Y015
+
+@_typing.final
+class CatalogEvent(_message.Message):
+    """CatalogEvent is everything the catalog knows about an event name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    PII_PATHS_FIELD_NUMBER: _builtins.int
+    DRIFT_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    PII_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    first_seen: _builtins.str
+    last_seen: _builtins.str
+    count: _builtins.int
+    pii_paths: _builtins.int
+    drift: _builtins.bool
+    truncated: _builtins.bool
+    """Whether some payloads had more, deeper or longer paths than the catalog keeps."""
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogSource]: ...
+    @_builtins.property
+    def schema(self) -> _containers.RepeatedCompositeFieldContainer[Global___SchemaPath]:
+        """Every JSON path seen under data, variables and user_info (at most 500), by path."""
+
+    @_builtins.property
+    def pii(self) -> _containers.RepeatedCompositeFieldContainer[Global___PiiFlag]:
+        """The paths with likely personal data, or that an owner confirmed or dismissed as such."""
+
+    @_builtins.property
+    def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogExample]:
+        """The latest examples (at most 5), newest first, with personal data redacted."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        first_seen: _builtins.str = ...,
+        last_seen: _builtins.str = ...,
+        count: _builtins.int = ...,
+        sources: _abc.Iterable[Global___CatalogSource] | None = ...,
+        pii_paths: _builtins.int = ...,
+        drift: _builtins.bool = ...,
+        schema: _abc.Iterable[Global___SchemaPath] | None = ...,
+        pii: _abc.Iterable[Global___PiiFlag] | None = ...,
+        examples: _abc.Iterable[Global___CatalogExample] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "drift", b"drift", "examples", b"examples", "first_seen", b"first_seen", "last_seen", b"last_seen", "name", b"name", "pii", b"pii", "pii_paths", b"pii_paths", "schema", b"schema", "sources", b"sources", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogEvent: _TypeAlias = CatalogEvent  # noqa: Y015
+
+@_typing.final
+class SchemaPath(_message.Message):
+    """SchemaPath is one JSON path of an event: `data.items[].sku`, `user_info.email`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    DRIFT_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    count: _builtins.int
+    """How many events had the path."""
+    first_seen: _builtins.str
+    last_seen: _builtins.str
+    drift: _builtins.bool
+    """The path first appeared after the event name's first event."""
+    @_builtins.property
+    def types(self) -> _containers.RepeatedCompositeFieldContainer[Global___PathType]:
+        """Each JSON type seen at the path (string, number, boolean, null, object, array)."""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        count: _builtins.int = ...,
+        first_seen: _builtins.str = ...,
+        last_seen: _builtins.str = ...,
+        drift: _builtins.bool = ...,
+        types: _abc.Iterable[Global___PathType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "drift", b"drift", "first_seen", b"first_seen", "last_seen", b"last_seen", "path", b"path", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchemaPath: _TypeAlias = SchemaPath  # noqa: Y015
+
+@_typing.final
+class PathType(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    DRIFT_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    count: _builtins.int
+    first_seen: _builtins.str
+    last_seen: _builtins.str
+    drift: _builtins.bool
+    """The type first appeared at the path after the event name's first event."""
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        count: _builtins.int = ...,
+        first_seen: _builtins.str = ...,
+        last_seen: _builtins.str = ...,
+        drift: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "drift", b"drift", "first_seen", b"first_seen", "last_seen", b"last_seen", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PathType: _TypeAlias = PathType  # noqa: Y015
+
+@_typing.final
+class PiiFlag(_message.Message):
+    """PiiFlag is likely personal data at a path."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REVIEWED_AT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    status: _builtins.str
+    """detected, confirmed or dismissed."""
+    reviewed_at: _builtins.str
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What was detected: email, phone, ip, card, name, address (none when only confirmed)."""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        kinds: _abc.Iterable[_builtins.str] | None = ...,
+        status: _builtins.str = ...,
+        reviewed_at: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_reviewed_at", b"_reviewed_at", "reviewed_at", b"reviewed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reviewed_at", b"_reviewed_at", "kinds", b"kinds", "path", b"path", "reviewed_at", b"reviewed_at", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__reviewed_at: _TypeAlias = _typing.Literal["reviewed_at"]  # noqa: Y015
+    _WhichOneofArgType__reviewed_at: _TypeAlias = _typing.Literal["_reviewed_at", b"_reviewed_at"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reviewed_at) -> _WhichOneofReturnType__reviewed_at | None: ...
+
+Global___PiiFlag: _TypeAlias = PiiFlag  # noqa: Y015
+
+@_typing.final
+class CatalogExample(_message.Message):
+    """CatalogExample is a recent event of the name, personal data redacted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    ACCEPTED_AT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    accepted_at: _builtins.str
+    source: _builtins.str
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Struct:
+        """data, variables and user_info, redacted."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        accepted_at: _builtins.str = ...,
+        source: _builtins.str = ...,
+        payload: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "event_id", b"event_id", "payload", b"payload", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogExample: _TypeAlias = CatalogExample  # noqa: Y015
+
+@_typing.final
+class ReviewCatalogPiiRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    path: _builtins.str
+    """A path of the event, as the event's schema lists it."""
+    action: _builtins.str
+    """"confirm" or "dismiss"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        path: _builtins.str = ...,
+        action: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "name", b"name", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewCatalogPiiRequest: _TypeAlias = ReviewCatalogPiiRequest  # noqa: Y015
+
+@_typing.final
+class ReviewCatalogPiiResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___CatalogEvent: ...
+    def __init__(
+        self,
+        *,
+        event: Global___CatalogEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewCatalogPiiResponse: _TypeAlias = ReviewCatalogPiiResponse  # noqa: Y015
 
 @_typing.final
 class EraseContactRequest(_message.Message):

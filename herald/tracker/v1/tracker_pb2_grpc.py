@@ -50,6 +50,21 @@ class TrackerServiceStub:
                 request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.TriggerEventRequest.SerializeToString,
                 response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.TriggerEventResponse.FromString,
                 _registered_method=True)
+        self.ListCatalogEvents = channel.unary_unary(
+                '/herald.tracker.v1.TrackerService/ListCatalogEvents',
+                request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ListCatalogEventsRequest.SerializeToString,
+                response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ListCatalogEventsResponse.FromString,
+                _registered_method=True)
+        self.GetCatalogEvent = channel.unary_unary(
+                '/herald.tracker.v1.TrackerService/GetCatalogEvent',
+                request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetCatalogEventRequest.SerializeToString,
+                response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetCatalogEventResponse.FromString,
+                _registered_method=True)
+        self.ReviewCatalogPii = channel.unary_unary(
+                '/herald.tracker.v1.TrackerService/ReviewCatalogPii',
+                request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ReviewCatalogPiiRequest.SerializeToString,
+                response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ReviewCatalogPiiResponse.FromString,
+                _registered_method=True)
         self.EraseContact = channel.unary_unary(
                 '/herald.tracker.v1.TrackerService/EraseContact',
                 request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.EraseContactRequest.SerializeToString,
@@ -85,6 +100,30 @@ class TrackerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCatalogEvents(self, request, context):
+        """The project's catalogued event names, by name, a page at a time: `name` is a prefix
+        (`order.`), or a pattern with `*` wildcards (`*pay*` contains "pay"); `source` a source type
+        seen with the event; `pii` whether the event has PII flags that were not dismissed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCatalogEvent(self, request, context):
+        """One catalogued event name: counts, sources, schema hints (each JSON path with its types and
+        drift), PII flags and redacted examples.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewCatalogPii(self, request, context):
+        """Confirm or dismiss the PII flag of one path of an event; answers the event as it is now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EraseContact(self, request, context):
         """Erase one contact's personal data from this service's tables: ingest calls it when the
         contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
@@ -110,6 +149,21 @@ def add_TrackerServiceServicer_to_server(servicer, server):
                     servicer.TriggerEvent,
                     request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.TriggerEventRequest.FromString,
                     response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.TriggerEventResponse.SerializeToString,
+            ),
+            'ListCatalogEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCatalogEvents,
+                    request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ListCatalogEventsRequest.FromString,
+                    response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ListCatalogEventsResponse.SerializeToString,
+            ),
+            'GetCatalogEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCatalogEvent,
+                    request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetCatalogEventRequest.FromString,
+                    response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetCatalogEventResponse.SerializeToString,
+            ),
+            'ReviewCatalogPii': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewCatalogPii,
+                    request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ReviewCatalogPiiRequest.FromString,
+                    response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ReviewCatalogPiiResponse.SerializeToString,
             ),
             'EraseContact': grpc.unary_unary_rpc_method_handler(
                     servicer.EraseContact,
@@ -199,6 +253,87 @@ class TrackerService:
             '/herald.tracker.v1.TrackerService/TriggerEvent',
             herald_dot_tracker_dot_v1_dot_tracker__pb2.TriggerEventRequest.SerializeToString,
             herald_dot_tracker_dot_v1_dot_tracker__pb2.TriggerEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCatalogEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.tracker.v1.TrackerService/ListCatalogEvents',
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.ListCatalogEventsRequest.SerializeToString,
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.ListCatalogEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCatalogEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.tracker.v1.TrackerService/GetCatalogEvent',
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.GetCatalogEventRequest.SerializeToString,
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.GetCatalogEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewCatalogPii(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.tracker.v1.TrackerService/ReviewCatalogPii',
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.ReviewCatalogPiiRequest.SerializeToString,
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.ReviewCatalogPiiResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,17 @@ class TrackerServiceStub:
     most 30) until its trigger finished, and answer with the full execution result. For
     testing and debugging: production senders use events/send.
     """
+    ListCatalogEvents: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.ListCatalogEventsRequest, _tracker_pb2.ListCatalogEventsResponse]
+    """The project's catalogued event names, by name, a page at a time: `name` is a prefix
+    (`order.`), or a pattern with `*` wildcards (`*pay*` contains "pay"); `source` a source type
+    seen with the event; `pii` whether the event has PII flags that were not dismissed.
+    """
+    GetCatalogEvent: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.GetCatalogEventRequest, _tracker_pb2.GetCatalogEventResponse]
+    """One catalogued event name: counts, sources, schema hints (each JSON path with its types and
+    drift), PII flags and redacted examples.
+    """
+    ReviewCatalogPii: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.ReviewCatalogPiiRequest, _tracker_pb2.ReviewCatalogPiiResponse]
+    """Confirm or dismiss the PII flag of one path of an event; answers the event as it is now."""
     EraseContact: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.EraseContactRequest, _tracker_pb2.EraseContactResponse]
     """Erase one contact's personal data from this service's tables: ingest calls it when the
     contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
@@ -65,6 +76,17 @@ class TrackerServiceAsyncStub(TrackerServiceStub):
     most 30) until its trigger finished, and answer with the full execution result. For
     testing and debugging: production senders use events/send.
     """
+    ListCatalogEvents: _aio.UnaryUnaryMultiCallable[_tracker_pb2.ListCatalogEventsRequest, _tracker_pb2.ListCatalogEventsResponse]  # type: ignore[assignment]
+    """The project's catalogued event names, by name, a page at a time: `name` is a prefix
+    (`order.`), or a pattern with `*` wildcards (`*pay*` contains "pay"); `source` a source type
+    seen with the event; `pii` whether the event has PII flags that were not dismissed.
+    """
+    GetCatalogEvent: _aio.UnaryUnaryMultiCallable[_tracker_pb2.GetCatalogEventRequest, _tracker_pb2.GetCatalogEventResponse]  # type: ignore[assignment]
+    """One catalogued event name: counts, sources, schema hints (each JSON path with its types and
+    drift), PII flags and redacted examples.
+    """
+    ReviewCatalogPii: _aio.UnaryUnaryMultiCallable[_tracker_pb2.ReviewCatalogPiiRequest, _tracker_pb2.ReviewCatalogPiiResponse]  # type: ignore[assignment]
+    """Confirm or dismiss the PII flag of one path of an event; answers the event as it is now."""
     EraseContact: _aio.UnaryUnaryMultiCallable[_tracker_pb2.EraseContactRequest, _tracker_pb2.EraseContactResponse]  # type: ignore[assignment]
     """Erase one contact's personal data from this service's tables: ingest calls it when the
     contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
@@ -101,6 +123,35 @@ class TrackerServiceServicer(metaclass=_abc_1.ABCMeta):
         most 30) until its trigger finished, and answer with the full execution result. For
         testing and debugging: production senders use events/send.
         """
+
+    @_abc_1.abstractmethod
+    def ListCatalogEvents(
+        self,
+        request: _tracker_pb2.ListCatalogEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.ListCatalogEventsResponse, _abc.Awaitable[_tracker_pb2.ListCatalogEventsResponse]]:
+        """The project's catalogued event names, by name, a page at a time: `name` is a prefix
+        (`order.`), or a pattern with `*` wildcards (`*pay*` contains "pay"); `source` a source type
+        seen with the event; `pii` whether the event has PII flags that were not dismissed.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCatalogEvent(
+        self,
+        request: _tracker_pb2.GetCatalogEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.GetCatalogEventResponse, _abc.Awaitable[_tracker_pb2.GetCatalogEventResponse]]:
+        """One catalogued event name: counts, sources, schema hints (each JSON path with its types and
+        drift), PII flags and redacted examples.
+        """
+
+    @_abc_1.abstractmethod
+    def ReviewCatalogPii(
+        self,
+        request: _tracker_pb2.ReviewCatalogPiiRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.ReviewCatalogPiiResponse, _abc.Awaitable[_tracker_pb2.ReviewCatalogPiiResponse]]:
+        """Confirm or dismiss the PII flag of one path of an event; answers the event as it is now."""
 
     @_abc_1.abstractmethod
     def EraseContact(

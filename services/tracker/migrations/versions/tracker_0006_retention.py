@@ -2,14 +2,14 @@
 and for retention (every fact table found by its trigger).
 
 Revision ID: tracker_0006
-Revises: tracker_0003
+Revises: tracker_0004
 """
 
 from alembic import op
 
 revision = "tracker_0006"
-# Written beside tracker_0004 and tracker_0005: the merge chains it after tracker_0005.
-down_revision = "tracker_0003"
+# Written beside tracker_0005 (not merged yet): when it is, this one follows it instead.
+down_revision = "tracker_0004"
 branch_labels = None
 depends_on = None
 SCHEMA = "tracker"

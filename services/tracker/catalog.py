@@ -1,0 +1,279 @@
+"""The event catalog's domain: the shape of an event (its JSON paths, the types and likely
+personal data at each), a redacted example of it, and what the catalog answers. Pure: no I/O.
+
+Paths name where a value is: `data.order.total`, `variables.plan`, `user_info.email`; an array's
+elements are `data.items[]` (their fields `data.items[].sku`); a key that is not a plain
+identifier is quoted, `data["first name"]`. A hostile payload cannot blow up the catalog: an event
+yields at most MAX_PATHS_PER_EVENT paths, at most MAX_DEPTH levels deep, each at most
+MAX_PATH_LENGTH characters.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from services.tracker import pii
+
+SECTIONS = ("data", "variables", "user_info")
+MAX_PATHS_PER_EVENT = 500
+MAX_DEPTH = 10
+MAX_PATH_LENGTH = 256
+# What an example keeps of a large payload (after redaction).
+EXAMPLES_PER_EVENT = 5
+EXAMPLE_MAX_STRING = 1000
+EXAMPLE_MAX_ITEMS = 20
+EXAMPLE_MAX_KEYS = 100
+TRUNCATED = "[TRUNCATED]"
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
+
+
+class JsonType:
+    STRING = "string"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    NULL = "null"
+    OBJECT = "object"
+    ARRAY = "array"
+
+
+class PiiStatus:
+    DETECTED = "detected"
+    CONFIRMED = "confirmed"
+    DISMISSED = "dismissed"
+
+
+class PiiAction:
+    CONFIRM = "confirm"
+    DISMISS = "dismiss"
+
+    ALL = (CONFIRM, DISMISS)
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return JsonType.NULL
+    if isinstance(value, bool):
+        return JsonType.BOOLEAN
+    if isinstance(value, (int, float)):
+        return JsonType.NUMBER
+    if isinstance(value, str):
+        return JsonType.STRING
+    if isinstance(value, list):
+        return JsonType.ARRAY
+    return JsonType.OBJECT
+
+
+def key_segment(key: str) -> str:
+    """A key as a path segment, its personal data redacted (`{"jane@x.io": 1}` must not put an
+    address into the catalog)."""
+    safe = pii.redact_text(key, pii.find_in_text(key))
+    return f".{safe}" if _PLAIN_KEY.fullmatch(safe) else f"[{json.dumps(safe, ensure_ascii=False)}]"
+
+
+@dataclass
+class PathShape:
+    """What one event had at one path."""
+
+    types: set[str] = field(default_factory=set)
+    kinds: set[str] = field(default_factory=set)
+
+
+@dataclass
+class EventShape:
+    """Every path of one event (up to the caps), and whether the caps cut it short."""
+
+    paths: dict[str, PathShape] = field(default_factory=dict)
+    truncated: bool = False
+
+
+def value_kinds(value: Any, key: str) -> set[str]:
+    """The kinds of personal data a scalar value at `key` looks like (by key and by value)."""
+    kinds: set[str] = set()
+    if isinstance(value, str):
+        if value.strip():
+            kinds |= {f.kind for f in pii.find_in_text(value, phone_key=pii.is_phone_key(key))}
+            kinds |= pii.kinds_of_key(key)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        kinds |= pii.number_kinds(value)
+        if pii.is_phone_key(key) and len(str(abs(int(value)))) >= 7:
+            kinds.add(pii.PiiKind.PHONE)
+        if pii.kinds_of_key(key) & {pii.PiiKind.ADDRESS}:
+            kinds.add(pii.PiiKind.ADDRESS)  # a zip code as a number
+    return kinds
+
+
+def event_shape(sections: Mapping[str, Any]) -> EventShape:
+    """The paths of an event's sections (data, variables, user_info), breadth first, so that
+    the caps keep the shallow paths of a huge payload."""
+    shape = EventShape()
+    queue: list[tuple[str, Any, str, int]] = []
+    for section in SECTIONS:
+        value = sections.get(section)
+        if isinstance(value, dict):
+            queue += [(section + key_segment(k), v, k, 1) for k, v in value.items()]
+    position = 0
+    while position < len(queue):
+        path, value, key, depth = queue[position]
+        position += 1
+        if len(path) > MAX_PATH_LENGTH:
+            shape.truncated = True
+            continue
+        known = shape.paths.get(path)
+        if known is None:
+            if len(shape.paths) >= MAX_PATHS_PER_EVENT:
+                shape.truncated = True
+                continue
+            known = shape.paths[path] = PathShape()
+        known.types.add(json_type(value))
+        if isinstance(value, dict):
+            if depth >= MAX_DEPTH:
+                shape.truncated = bool(value) or shape.truncated
+                continue
+            queue += [(path + key_segment(k), v, k, depth + 1) for k, v in value.items()]
+        elif isinstance(value, list):
+            if depth >= MAX_DEPTH:
+                shape.truncated = bool(value) or shape.truncated
+                continue
+            queue += [(path + "[]", item, key, depth + 1) for item in value]
+        else:
+            known.kinds |= value_kinds(value, key)
+    return shape
+
+
+@dataclass(frozen=True)
+class Review:
+    """What a project owner said about the paths of an event: confirmed paths (with the kind
+    shown in their placeholder) are always redacted; dismissed ones are no longer redacted by
+    their key alone (what a value detector finds in them still is)."""
+
+    confirmed: Mapping[str, str] = field(default_factory=dict)
+    dismissed: frozenset[str] = frozenset()
+
+
+def redacted_example(sections: Mapping[str, Any], review: Review = Review()) -> dict[str, Any]:
+    """The event's sections with every likely piece of personal data redacted, and cut to a
+    bounded size: emails masked (`j***@example.com`), other kinds `[REDACTED:<kind>]`."""
+    example: dict[str, Any] = {}
+    for section in SECTIONS:
+        value = sections.get(section)
+        if isinstance(value, dict):
+            example[section] = _redact_object(section, value, review, 1)
+    return example
+
+
+def _redact_object(path: str, value: Mapping[str, Any], review: Review, depth: int) -> dict[str, Any]:
+    redacted: dict[str, Any] = {}
+    for index, (key, item) in enumerate(value.items()):
+        if index >= EXAMPLE_MAX_KEYS:
+            redacted["…"] = TRUNCATED
+            break
+        safe_key = pii.redact_text(key, pii.find_in_text(key))
+        redacted[safe_key] = _redact(path + key_segment(key), item, key, review, depth)
+    return redacted
+
+
+def _redact(path: str, value: Any, key: str, review: Review, depth: int) -> Any:
+    if path in review.confirmed:
+        return pii.placeholder(review.confirmed[path])
+    if len(path) > MAX_PATH_LENGTH or depth > MAX_DEPTH:
+        return TRUNCATED
+    if isinstance(value, dict):
+        return _redact_object(path, value, review, depth + 1)
+    if isinstance(value, list):
+        items = [_redact(path + "[]", item, key, review, depth + 1) for item in value[:EXAMPLE_MAX_ITEMS]]
+        return items + ([TRUNCATED] if len(value) > EXAMPLE_MAX_ITEMS else [])
+    by_key = pii.kinds_of_key(key)
+    if by_key and path not in review.dismissed and value not in (None, "") and not isinstance(value, bool):
+        return pii.placeholder(sorted(by_key)[0])
+    if isinstance(value, str):
+        text = pii.redact_text(value, pii.find_in_text(value, phone_key=pii.is_phone_key(key)))
+        return text if len(text) <= EXAMPLE_MAX_STRING else text[:EXAMPLE_MAX_STRING] + "…"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        kinds = value_kinds(value, key) - {pii.PiiKind.ADDRESS}
+        if kinds:
+            return pii.placeholder(sorted(kinds)[0])
+    return value
+
+
+# What the catalog answers.
+
+
+@dataclass(frozen=True)
+class SourceCount:
+    type: str
+    count: int
+
+
+@dataclass(frozen=True)
+class TypeHint:
+    type: str
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    drift: bool
+
+
+@dataclass(frozen=True)
+class PathHint:
+    path: str
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    drift: bool
+    types: tuple[TypeHint, ...]
+
+
+@dataclass(frozen=True)
+class PiiFlag:
+    path: str
+    kinds: tuple[str, ...]
+    status: str
+    reviewed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Example:
+    event_id: str
+    accepted_at: datetime
+    source: str
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """An event name as the catalog lists it."""
+
+    name: str
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+    sources: tuple[SourceCount, ...]
+    pii_paths: int
+    drift: bool
+
+
+@dataclass(frozen=True)
+class CatalogDetail:
+    entry: CatalogEntry
+    paths: tuple[PathHint, ...]
+    pii: tuple[PiiFlag, ...]
+    examples: tuple[Example, ...]
+    truncated: bool
+
+
+def pii_status(kinds: tuple[str, ...], review: str) -> str | None:
+    """A path's PII flag: None when nothing was detected and nobody confirmed it."""
+    if review in (PiiStatus.CONFIRMED, PiiStatus.DISMISSED):
+        return review
+    return PiiStatus.DETECTED if kinds else None
+
+
+def confirmed_kind(kinds: tuple[str, ...]) -> str:
+    """The placeholder's kind for a confirmed path: its first detected kind, else `pii`."""
+    return sorted(kinds)[0] if kinds else pii.PiiKind.CONFIRMED
