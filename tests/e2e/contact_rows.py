@@ -27,6 +27,8 @@ def footprint(database_url: str, team_id: str, contact_id: str, external_id: str
         "tracker.trigger_decisions": "SELECT count(*) FROM tracker.trigger_decisions "
         "WHERE contact_id = %(contact)s",
         "tracker.trigger_runs": "SELECT count(*) FROM tracker.trigger_runs WHERE contact_id = %(contact)s",
+        "tracker.catalog_examples": "SELECT count(*) FROM tracker.catalog_examples WHERE team_id = %(team)s "
+        "AND contact_id = %(contact)s",
         "tracker.trigger_deliveries": "SELECT count(*) FROM tracker.trigger_deliveries d "
         "JOIN tracker.trigger_runs r ON r.run_id = d.run_id WHERE r.contact_id = %(contact)s",
     }

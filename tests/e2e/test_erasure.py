@@ -168,6 +168,7 @@ def test_deleting_a_contact_erases_its_personal_data_everywhere_and_says_what_we
     assert erased["tracker.triggers"] == before["tracker.triggers"]
     assert erased["tracker.trigger_decisions"] == before["tracker.trigger_decisions"]
     assert erased["tracker.trigger_runs"] == before["tracker.trigger_runs"]
+    assert erased["tracker.catalog_examples"] == before["tracker.catalog_examples"]
     assert erased["tracker.trigger_deliveries"] == before["tracker.trigger_deliveries"] >= 4 * (ORDERS + 1)
     for value in (person["email"], person["phone"], person["name"], person["external_id"], contact_id):
         assert database_hits(database, value) == [], f"{value!r} is still stored"

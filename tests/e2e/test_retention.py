@@ -53,6 +53,8 @@ PURGEABLE = {
     "tracker.trigger_deliveries": "SELECT count(*) FROM tracker.trigger_deliveries WHERE trigger_id IN ("
     "SELECT id FROM tracker.triggers WHERE team_id = %(team)s AND contact_id = %(contact)s "
     "AND status <> 'processing')",
+    "tracker.catalog_examples": "SELECT count(*) FROM tracker.catalog_examples WHERE team_id = %(team)s "
+    "AND contact_id = %(contact)s",
 }
 # Moves every row of one contact to %(at)s (decided events first: they are found by the
 # decisions and events, whose own times do not matter to them).
@@ -72,6 +74,8 @@ BACKDATE = (
     "AND external_id = %(external)s",
     'UPDATE executor.dev_messages SET created_at = %(at)s WHERE team_id = %(team)s AND "to" = %(phone)s',
     "UPDATE tracker.triggers SET created_at = %(at)s WHERE team_id = %(team)s AND contact_id = %(contact)s",
+    "UPDATE tracker.catalog_examples SET accepted_at = %(at)s WHERE team_id = %(team)s "
+    "AND contact_id = %(contact)s",
 )
 
 
