@@ -384,8 +384,8 @@ def erasing_elsewhere(
         except grpc.aio.AioRpcError as error:
             log.warning("contact.erase_failed", service=rpc.service, error=error.details())
             raise Unavailable(
-                f"The contact could not be erased from the {rpc.service} service just now; nothing "
-                "was deleted that cannot be erased again: try again",
+                f"The contact could not be erased from the {rpc.service} service just now; the "
+                "contact is kept, so that the same DELETE can erase it: try again",
                 reason="ERASURE_INCOMPLETE",
                 metadata={"service": rpc.service},
             ) from error
