@@ -332,6 +332,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
         if record.scheduled_for is not None:
             response.scheduled_for = isoformat_ms(record.scheduled_for)
+        if record.finished_at is not None:
+            response.cancelled_at = isoformat_ms(record.finished_at)
         return response
 
 

@@ -9,26 +9,39 @@ from typing import Any
 
 from sqlalchemy import (
     ARRAY,
+    ColumnElement,
+    CompoundSelect,
     DateTime,
+    Float,
     Index,
     Integer,
     String,
     Text,
     Uuid,
+    and_,
     any_,
     bindparam,
     case,
+    cast,
     delete,
     distinct,
+    extract,
     func,
+    literal,
+    not_,
+    null,
     or_,
     select,
     text,
     true,
+    tuple_,
+    union_all,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
 
 from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp, utcnow
@@ -45,9 +58,17 @@ from kernel.database import (
 from kernel.retention import ContactNames
 from kernel.unit_of_work import SqlUnitOfWork
 from services.tracker.domain import (
+    EventLatency,
+    Latency,
     Outcome,
+    Page,
+    Position,
     Progress,
     Summary,
+    TimelineEntry,
+    TimelineKind,
+    TriggerListing,
+    TriggerQuery,
     TriggerState,
     TriggerStatus,
     TriggerView,
@@ -63,9 +84,12 @@ class TrackerBase(DeclarativeBase):
 
 class TriggerRow(TrackerBase):
     __tablename__ = "triggers"
+    # Newest first by (created_at, id): the list, its filters by event name and contact, a
+    # contact's timeline, and the latency per event name.
     __table_args__ = (
-        Index("ix_triggers_team_created", "team_id", "created_at"),
-        Index("ix_tracker_triggers_team_contact", "team_id", "contact_id"),
+        Index("ix_triggers_team_created_id", "team_id", "created_at", "id"),
+        Index("ix_triggers_team_event_created", "team_id", "event_name", "created_at", "id"),
+        Index("ix_triggers_team_contact_created", "team_id", "contact_id", "created_at", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -79,6 +103,8 @@ class TriggerRow(TrackerBase):
     matched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When its first step was done (a message delivered, or failed for good): for latency.
+    first_step_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # A trigger of several events (a direct workflow trigger): how many, and how many contacts it
     # targets. None for an event's own trigger: one event, matched once matched_at is set.
     expected_events: Mapped[int | None] = mapped_column(Integer)
@@ -120,7 +146,7 @@ class DecisionRow(TrackerBase):
 
 class RunRow(TrackerBase):
     __tablename__ = "trigger_runs"
-    __table_args__ = (Index("ix_tracker_trigger_runs_contact", "contact_id"),)
+    __table_args__ = (Index("ix_trigger_runs_contact_id", "contact_id"),)
 
     run_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     trigger_id: Mapped[uuid.UUID] = mapped_column(index=True)
@@ -134,7 +160,7 @@ class RunRow(TrackerBase):
 
 class DeliveryRow(TrackerBase):
     __tablename__ = "trigger_deliveries"
-    __table_args__ = (Index("ix_tracker_trigger_deliveries_run", "run_id"),)
+    __table_args__ = (Index("ix_trigger_deliveries_run_id", "run_id"),)
 
     delivery_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     trigger_id: Mapped[uuid.UUID] = mapped_column(index=True)
@@ -203,6 +229,7 @@ class SqlTriggerRepository:
                 row.scheduled_for,
                 row.started_at,
                 row.completed_at,
+                row.first_step_at,
             )
             for row in rows
         }
@@ -210,14 +237,15 @@ class SqlTriggerRepository:
     async def save(self, states: Sequence[TriggerState]) -> None:
         rows = [
             {"id": state.id, "status": state.status, "started_at": state.started_at,
-             "completed_at": state.completed_at}
+             "completed_at": state.completed_at, "first_step_at": state.first_step_at}
             for state in states
         ]  # fmt: skip
         await update_many(
             await driver(self._session),
             TRIGGERS,
             rows,
-            "status = r.status, started_at = r.started_at, completed_at = r.completed_at",
+            "status = r.status, started_at = r.started_at, completed_at = r.completed_at, "
+            "first_step_at = r.first_step_at",
         )
 
     async def record_accepted(self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.TriggerAccepted]]) -> None:
@@ -513,6 +541,314 @@ class SqlTriggerRepository:
                 )
             )
         return outcomes, total
+
+    async def list_triggers(self, team_id: str, query: TriggerQuery, now: datetime) -> Page[TriggerListing]:
+        """A page of the team's triggers, newest first (by created_at, then id)."""
+        conditions = [TRIGGERS.c.team_id == team_id, TRIGGERS.c.created_at.is_not(None)]
+        if query.statuses:
+            conditions.append(or_(*(_status_is(status, now) for status in query.statuses)))
+        if query.event_name:
+            conditions.append(TRIGGERS.c.event_name == query.event_name)
+        if query.contact_id:
+            conditions.append(TRIGGERS.c.contact_id == query.contact_id)
+        if query.created_after is not None:
+            conditions.append(TRIGGERS.c.created_at >= query.created_after)
+        if query.created_before is not None:
+            conditions.append(TRIGGERS.c.created_at < query.created_before)
+        if query.after is not None:
+            conditions.append(
+                tuple_(TRIGGERS.c.created_at, TRIGGERS.c.id)
+                < tuple_(
+                    literal(query.after.at, DateTime(timezone=True)), literal(uuid.UUID(query.after.key))
+                )
+            )
+        rows = list(
+            await self._session.execute(
+                select(TRIGGERS)
+                .where(*conditions)
+                .order_by(TRIGGERS.c.created_at.desc(), TRIGGERS.c.id.desc())
+                .limit(query.limit + 1)
+            )
+        )
+        shown = rows[: query.limit]
+        summaries = await self._summaries(shown)
+        items = [
+            TriggerListing(
+                TriggerView(
+                    row.id,
+                    status_now(row.status, row.scheduled_for, now),
+                    row.created_at,
+                    row.started_at,
+                    row.completed_at,
+                    summaries[row.id],
+                    row.event_name or "",
+                ),
+                row.contact_id or "",
+            )
+            for row in shown
+        ]
+        return Page(items, items[-1].position if len(rows) > query.limit else None)
+
+    async def _summaries(self, triggers: Sequence[Any]) -> dict[uuid.UUID, Summary]:
+        """The summary of each of the trigger rows (as `view` counts it), in two grouped statements."""
+        ids = [row.id for row in triggers]
+        if not ids:
+            return {}
+        decided = {
+            row.trigger_id: row
+            for row in await self._session.execute(
+                select(
+                    DECISIONS.c.trigger_id,
+                    func.count(distinct(case((DECISIONS.c.matched, DECISIONS.c.contact_id)))).label(
+                        "matched_contacts"
+                    ),
+                    func.count().filter(~DECISIONS.c.matched).label("filtered"),
+                )
+                .where(DECISIONS.c.trigger_id.in_(ids))
+                .group_by(DECISIONS.c.trigger_id)
+            )
+        }
+        delivered = {
+            row.trigger_id: row
+            for row in await self._session.execute(
+                select(
+                    DELIVERIES.c.trigger_id,
+                    func.count().filter(DELIVERIES.c.sent).label("sent"),
+                    func.count().filter(~DELIVERIES.c.sent).label("failed"),
+                )
+                .where(DELIVERIES.c.trigger_id.in_(ids))
+                .group_by(DELIVERIES.c.trigger_id)
+            )
+        }
+        summaries = {}
+        for trigger in triggers:
+            decisions, deliveries = decided.get(trigger.id), delivered.get(trigger.id)
+            matched_contacts = decisions.matched_contacts if decisions else 0
+            summaries[trigger.id] = Summary(
+                total_contacts=trigger.contacts if trigger.contacts is not None else matched_contacts,
+                sent=deliveries.sent if deliveries else 0,
+                failed=deliveries.failed if deliveries else 0,
+                filtered=decisions.filtered if decisions else 0,
+            )
+        return summaries
+
+    async def timeline(
+        self, team_id: str, contact_id: str, limit: int, after: Position | None, now: datetime
+    ) -> Page[TimelineEntry]:
+        """A page of the contact's events, runs and deliveries, newest first."""
+        story = _timeline(team_id, contact_id).subquery("story")
+        conditions = []
+        if after is not None:
+            conditions.append(
+                tuple_(story.c.at, story.c.rank, story.c.key)
+                < tuple_(literal(after.at, DateTime(timezone=True)), literal(after.rank), literal(after.key))
+            )
+        rows = list(
+            await self._session.execute(
+                select(story)
+                .where(*conditions)
+                .order_by(story.c.at.desc(), story.c.rank.desc(), story.c.key.desc())
+                .limit(limit + 1)
+            )
+        )
+        items = [
+            TimelineEntry(
+                kind=row.kind,
+                at=row.at,
+                key=row.key,
+                trigger_id=row.trigger_id,
+                event_name=row.event_name or "",
+                run_id=row.run_id,
+                workflow_key=row.workflow_key or "",
+                step_id=row.step_id or "",
+                channel=row.channel or "",
+                outcome=status_now(row.outcome, row.scheduled_for, now)
+                if row.kind == TimelineKind.EVENT
+                else row.outcome,
+                detail=row.detail or "",
+            )
+            for row in rows[:limit]
+        ]
+        return Page(items, items[-1].position if len(rows) > limit else None)
+
+    async def latency(
+        self, team_id: str, since: datetime, until: datetime, event_name: str | None = None
+    ) -> list[EventLatency]:
+        """Per event name (or for `event_name` only), the triggers accepted between `since` and
+        `until`: how many, and how long they took from accepted (or due, when scheduled) to matched
+        and to their first step done. Busiest first."""
+        start = func.greatest(TRIGGERS.c.created_at, TRIGGERS.c.scheduled_for)
+        to_matched = _milliseconds(TRIGGERS.c.matched_at - start)
+        to_first_step = _milliseconds(TRIGGERS.c.first_step_at - start)
+        count = func.count()
+        rows = await self._session.execute(
+            select(
+                TRIGGERS.c.event_name,
+                count.label("total"),
+                func.count(TRIGGERS.c.matched_at).label("matched"),
+                func.count(TRIGGERS.c.first_step_at).label("first_step_done"),
+                *_latency_columns("matched", to_matched),
+                *_latency_columns("first_step", to_first_step),
+            )
+            .where(
+                TRIGGERS.c.team_id == team_id,
+                TRIGGERS.c.event_name.is_not(None)
+                if event_name is None
+                else TRIGGERS.c.event_name == event_name,
+                TRIGGERS.c.created_at >= since,
+                TRIGGERS.c.created_at <= until,
+            )
+            .group_by(TRIGGERS.c.event_name)
+            .order_by(count.desc(), TRIGGERS.c.event_name)
+        )
+        return [
+            EventLatency(
+                event_name=row.event_name,
+                count=row.total,
+                matched=row.matched,
+                first_step_done=row.first_step_done,
+                accepted_to_matched=_latency(row, "matched"),
+                accepted_to_first_step=_latency(row, "first_step"),
+            )
+            for row in rows
+        ]
+
+
+def _status_is(status: str, now: datetime) -> ColumnElement[bool]:
+    """Triggers whose status as of `now` is `status` (see status_now: a scheduled trigger whose
+    time has come is queued)."""
+    due = and_(
+        TRIGGERS.c.status == TriggerStatus.SCHEDULED,
+        TRIGGERS.c.scheduled_for.is_not(None),
+        TRIGGERS.c.scheduled_for <= now,
+    )
+    if status == TriggerStatus.QUEUED:
+        return or_(TRIGGERS.c.status == TriggerStatus.QUEUED, due)
+    if status == TriggerStatus.SCHEDULED:
+        return and_(TRIGGERS.c.status == TriggerStatus.SCHEDULED, not_(due))
+    return TRIGGERS.c.status == status
+
+
+def _timeline(team_id: str, contact_id: str) -> CompoundSelect[Any]:
+    """Every entry of the contact's story: its triggers' events, its runs' starts and ends, and
+    their deliveries; each with kind, rank, at, key and what it is about."""
+    runs = RUNS.join(TRIGGERS, TRIGGERS.c.id == RUNS.c.trigger_id)
+    of_runs = (RUNS.c.contact_id == contact_id, TRIGGERS.c.team_id == team_id)
+
+    def entry(kind: str, at: Any, key: Any, **columns: Any) -> list[Any]:
+        values = {
+            "trigger_id": TRIGGERS.c.id,
+            "event_name": TRIGGERS.c.event_name,
+            "run_id": null(),
+            "workflow_key": null(),
+            "step_id": null(),
+            "channel": null(),
+            "outcome": literal(""),
+            "detail": literal(""),
+            "scheduled_for": null(),
+            **columns,
+        }
+        types: dict[str, TypeEngine[Any]] = {
+            "trigger_id": Uuid(),
+            "run_id": Uuid(),
+            "scheduled_for": DateTime(timezone=True),
+        }
+        return [
+            literal(kind).label("kind"),
+            literal(TimelineKind.RANK[kind]).label("rank"),
+            at.label("at"),
+            cast(key, Text).label("key"),
+            # Typed alike in every part of the union, NULLs included.
+            *(cast(value, types.get(name, Text())).label(name) for name, value in values.items()),
+        ]
+
+    events = select(
+        *entry(
+            TimelineKind.EVENT,
+            TRIGGERS.c.created_at,
+            TRIGGERS.c.id,
+            outcome=TRIGGERS.c.status,
+            scheduled_for=TRIGGERS.c.scheduled_for,
+        )
+    ).where(
+        TRIGGERS.c.team_id == team_id, TRIGGERS.c.contact_id == contact_id, TRIGGERS.c.created_at.is_not(None)
+    )
+    run_columns = {"run_id": RUNS.c.run_id, "workflow_key": RUNS.c.workflow_key}
+    started = (
+        select(
+            *entry(
+                TimelineKind.RUN_STARTED,
+                RUNS.c.started_at,
+                RUNS.c.run_id,
+                outcome=literal("started"),
+                **run_columns,
+            )
+        )
+        .select_from(runs)
+        .where(*of_runs, RUNS.c.started_at.is_not(None))
+    )
+    finished = (
+        select(
+            *entry(
+                TimelineKind.RUN_FINISHED,
+                RUNS.c.finished_at,
+                RUNS.c.run_id,
+                outcome=RUNS.c.status,
+                detail=RUNS.c.detail,
+                **run_columns,
+            )
+        )
+        .select_from(runs)
+        .where(*of_runs, RUNS.c.finished_at.is_not(None))
+    )
+    delivered = (
+        select(
+            *entry(
+                TimelineKind.DELIVERY,
+                DELIVERIES.c.recorded_at,
+                DELIVERIES.c.delivery_id,
+                step_id=DELIVERIES.c.step_id,
+                channel=DELIVERIES.c.channel,
+                outcome=case((DELIVERIES.c.sent, literal("sent")), else_=literal("failed")),
+                detail=DELIVERIES.c.detail,
+                **run_columns,
+            )
+        )
+        .select_from(DELIVERIES.join(runs, RUNS.c.run_id == DELIVERIES.c.run_id))
+        .where(*of_runs)
+    )
+    return union_all(events, started, delivered, finished)
+
+
+def _milliseconds(interval: Any) -> ColumnElement[float]:
+    return cast(extract("epoch", interval) * 1000, Float)
+
+
+PERCENTILES = (0.5, 0.95, 0.99)
+
+
+def _latency_columns(name: str, milliseconds: ColumnElement[float]) -> list[Any]:
+    return [
+        func.avg(milliseconds).label(f"{name}_avg"),
+        func.percentile_cont(postgresql.array(PERCENTILES))
+        .within_group(milliseconds)
+        .label(f"{name}_percentiles"),
+        func.max(milliseconds).label(f"{name}_max"),
+    ]
+
+
+def _latency(row: Any, name: str) -> Latency | None:
+    average = getattr(row, f"{name}_avg")
+    if average is None:
+        return None
+    p50, p95, p99 = getattr(row, f"{name}_percentiles")
+    return Latency(
+        avg_ms=float(average),
+        p50_ms=float(p50),
+        p95_ms=float(p95),
+        p99_ms=float(p99),
+        max_ms=float(getattr(row, f"{name}_max")),
+    )
 
 
 def _progress(row: Any) -> Progress:

@@ -11,9 +11,10 @@ from herald.tracker.v1 import tracker_pb2
 from kernel.auth import Authenticator
 from kernel.clock import isoformat_ms, utcnow
 from kernel.structs import to_struct
-from services.tracker import catalog_handlers
+from services.tracker import catalog_handlers, handlers
 from services.tracker.catalog import CatalogDetail, CatalogEntry
 from services.tracker.catalog_handlers import CatalogUnitOfWork
+from services.tracker.domain import EventLatency, Latency
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Counts are int32 on the wire: a larger one shows as the largest.
@@ -26,6 +27,29 @@ def _count(value: int) -> int:
 
 def _sources(entry: CatalogEntry) -> list[tracker_pb2.CatalogSource]:
     return [tracker_pb2.CatalogSource(type=s.type, count=_count(s.count)) for s in entry.sources]
+
+
+def _latency_to_proto(latency: Latency | None) -> tracker_pb2.Latency | None:
+    if latency is None:
+        return None
+    return tracker_pb2.Latency(
+        avg_ms=round(latency.avg_ms, 3),
+        p50_ms=round(latency.p50_ms, 3),
+        p95_ms=round(latency.p95_ms, 3),
+        p99_ms=round(latency.p99_ms, 3),
+        max_ms=round(latency.max_ms, 3),
+    )
+
+
+def event_latency_to_proto(event: EventLatency) -> tracker_pb2.EventLatency:
+    return tracker_pb2.EventLatency(
+        event_name=event.event_name,
+        count=event.count,
+        matched=event.matched,
+        first_step_done=event.first_step_done,
+        accepted_to_matched=_latency_to_proto(event.accepted_to_matched),
+        accepted_to_first_step=_latency_to_proto(event.accepted_to_first_step),
+    )
 
 
 def summary_to_proto(entry: CatalogEntry) -> tracker_pb2.CatalogEventSummary:
@@ -97,6 +121,7 @@ class CatalogRpcs:
 
     _auth: Authenticator
     _catalog: Callable[[], CatalogUnitOfWork]
+    _uow: Callable[[], handlers.TrackerUnitOfWork]
 
     async def ListCatalogEvents(
         self, request: tracker_pb2.ListCatalogEventsRequest, context: Context
@@ -120,7 +145,14 @@ class CatalogRpcs:
     ) -> tracker_pb2.GetCatalogEventResponse:
         team = await self._auth.authenticate(context.invocation_metadata())
         detail = await catalog_handlers.get_catalog_event(team.id, request.name, self._catalog())
-        return tracker_pb2.GetCatalogEventResponse(event=detail_to_proto(detail))
+        window, latency = await handlers.event_latency(
+            team.id, detail.entry.name, request.window, self._uow()
+        )
+        event = detail_to_proto(detail)
+        event.latency_window = window
+        if latency is not None:
+            event.latency.CopyFrom(event_latency_to_proto(latency))
+        return tracker_pb2.GetCatalogEventResponse(event=event)
 
     async def ReviewCatalogPii(
         self, request: tracker_pb2.ReviewCatalogPiiRequest, context: Context

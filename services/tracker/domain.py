@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Generic, TypeVar
+
+from kernel.durations import parse_duration
+from kernel.errors import InvalidArgument
+from kernel.event_names import check_format
+from kernel.lag import ConsumerLag
 
 FLOW_TYPE = "workflow"
+T = TypeVar("T")
 
 
 class TriggerStatus:
@@ -52,6 +62,8 @@ class TriggerState:
     scheduled_for: datetime | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    # When the first of its steps was done (a message delivered, or failed for good).
+    first_step_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,13 @@ def status_now(status: str, scheduled_for: datetime | None, now: datetime) -> st
     if status == TriggerStatus.SCHEDULED and scheduled_for is not None and scheduled_for <= now:
         return TriggerStatus.QUEUED
     return status
+
+
+def note_step_done(trigger: TriggerState, at: datetime) -> None:
+    """A step of the trigger's runs was done at `at`: the earliest such moment is its first step's
+    (facts may arrive in any order, and a repeated one changes nothing)."""
+    if trigger.first_step_at is None or at < trigger.first_step_at:
+        trigger.first_step_at = at
 
 
 def cancel(trigger: TriggerState, at: datetime) -> None:
@@ -175,3 +194,241 @@ class TriggerDetail:
         if self.total_outcomes > len(self.outcomes):
             return f"{self.total_outcomes} outcomes; the first {len(self.outcomes)} are listed"
         return ""
+
+
+# Listing triggers and a contact's timeline.
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 200
+STATUSES = (
+    TriggerStatus.SCHEDULED,
+    TriggerStatus.QUEUED,
+    TriggerStatus.PROCESSING,
+    TriggerStatus.COMPLETED,
+    TriggerStatus.FAILED,
+    TriggerStatus.CANCELLED,
+)
+
+
+def bad_parameter(parameter: str, message: str) -> InvalidArgument:
+    return InvalidArgument(message, reason="INVALID_PARAMETER", metadata={"parameter": parameter})
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a page ended, in the list's order (newest first): the last entry's moment, its rank
+    among entries of the same moment, and its key. The next page starts strictly after it."""
+
+    at: datetime
+    rank: int
+    key: str
+
+
+def encode_cursor(position: Position) -> str:
+    """The opaque cursor of `position`."""
+    document = json.dumps([position.at.isoformat(), position.rank, position.key], separators=(",", ":"))
+    return base64.urlsafe_b64encode(document.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Position | None:
+    """The position a cursor this API gave names; None for no cursor; 400 for any other text."""
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, rank, key = json.loads(raw)
+        moment = datetime.fromisoformat(at)
+        if moment.tzinfo is None or not isinstance(rank, int) or not isinstance(key, str):
+            raise ValueError(cursor)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise bad_parameter(
+            "cursor", "cursor is not one this API gave: pass the next_cursor of the previous page"
+        ) from None
+    return Position(moment, rank, key)
+
+
+def page_size(limit: int) -> int:
+    if limit == 0:
+        return DEFAULT_PAGE
+    if not 1 <= limit <= MAX_PAGE:
+        raise bad_parameter("limit", f"limit must be 1 to {MAX_PAGE} (default {DEFAULT_PAGE}); got {limit}")
+    return limit
+
+
+def parse_moment(text: str, parameter: str) -> datetime | None:
+    """An ISO 8601 date or date-time (UTC when it has no offset); None for no text."""
+    if not text.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise bad_parameter(
+            parameter,
+            f"{parameter} must be an ISO 8601 date-time such as 2024-12-10T10:00:00Z; got {text[:64]!r}",
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def parse_statuses(text: str) -> tuple[str, ...]:
+    """The statuses of a comma-separated list; none for no text."""
+    statuses = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [status for status in statuses if status not in STATUSES]
+    if unknown or (text.strip() and not statuses):
+        raise bad_parameter(
+            "status",
+            f"status must be one or more of {', '.join(STATUSES)}, separated by commas; got {text[:64]!r}",
+        )
+    return statuses
+
+
+def parse_event_name(text: str) -> str:
+    if not text:
+        return ""
+    try:
+        return check_format(text)
+    except InvalidArgument as error:
+        raise bad_parameter("event_name", f"event_name: {error.message}") from None
+
+
+def parse_contact_id(text: str) -> str:
+    if not text:
+        return ""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise bad_parameter(
+            "contact_id", f"contact_id must be Herald's id of a contact (a UUID); got {text[:64]!r}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class TriggerListRequest:
+    """The list's parameters as the caller wrote them."""
+
+    status: str = ""
+    event_name: str = ""
+    contact: str = ""
+    contact_id: str = ""
+    created_after: str = ""
+    created_before: str = ""
+    limit: int = 0
+    cursor: str = ""
+
+
+@dataclass(frozen=True)
+class TriggerQuery:
+    """Which of a project's triggers to list, and where the page starts."""
+
+    statuses: tuple[str, ...] = ()
+    event_name: str = ""
+    contact_id: str = ""
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    limit: int = DEFAULT_PAGE
+    after: Position | None = None
+
+    def __post_init__(self) -> None:
+        if self.created_after and self.created_before and self.created_after >= self.created_before:
+            raise bad_parameter("created_before", "created_before must be later than created_after")
+        if self.after is not None:
+            try:
+                uuid.UUID(self.after.key)
+            except ValueError:
+                raise bad_parameter(
+                    "cursor", "cursor is not one of this list's: start again without it"
+                ) from None
+
+
+@dataclass(frozen=True)
+class TriggerListing:
+    """A trigger as the list shows it."""
+
+    view: TriggerView
+    contact_id: str
+
+    @property
+    def position(self) -> Position:
+        return Position(self.view.created_at, 0, str(self.view.id))
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    # Where the next page starts; None when this one is the last.
+    next: Position | None
+
+
+class TimelineKind:
+    EVENT = "event"
+    RUN_STARTED = "run_started"
+    DELIVERY = "delivery"
+    RUN_FINISHED = "run_finished"
+    # Of entries of the same moment, the later in a story ranks higher (listed first, newest first).
+    RANK = {EVENT: 0, RUN_STARTED: 1, DELIVERY: 2, RUN_FINISHED: 3}
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    kind: str
+    at: datetime
+    # What the entry is about: the trigger, run or delivery id; the cursor's key.
+    key: str
+    trigger_id: uuid.UUID
+    event_name: str = ""
+    run_id: uuid.UUID | None = None
+    workflow_key: str = ""
+    step_id: str = ""
+    channel: str = ""
+    outcome: str = ""
+    detail: str = ""
+
+    @property
+    def position(self) -> Position:
+        return Position(self.at, TimelineKind.RANK[self.kind], self.key)
+
+
+# Latency per event name and queue lag.
+
+DEFAULT_WINDOW = "PT1H"
+MAX_WINDOW = timedelta(days=7)
+
+
+def parse_window(text: str) -> timedelta:
+    """The stats window: an ISO 8601 duration, longer than zero and at most MAX_WINDOW."""
+    try:
+        window = parse_duration(text or DEFAULT_WINDOW)
+    except ValueError as error:
+        raise bad_parameter("window", f"window: {error}") from None
+    if not timedelta(0) < window <= MAX_WINDOW:
+        raise bad_parameter("window", f"window must be longer than zero and at most P7D; got {text[:40]!r}")
+    return window
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds."""
+
+    avg_ms: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+@dataclass(frozen=True)
+class EventLatency:
+    event_name: str
+    count: int
+    matched: int
+    first_step_done: int
+    accepted_to_matched: Latency | None
+    accepted_to_first_step: Latency | None
+
+
+@dataclass(frozen=True)
+class Stats:
+    window: str
+    since: datetime
+    until: datetime
+    events: list[EventLatency]
+    queues: list[ConsumerLag]

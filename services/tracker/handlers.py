@@ -13,18 +13,38 @@ from typing import Protocol
 from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp, utcnow
 from kernel.errors import InvalidArgument, NotFound
+from kernel.lag import ConsumerLag
 from kernel.unit_of_work import UnitOfWork
 from services.tracker.domain import (
+    DEFAULT_WINDOW,
     Accepted,
+    EventLatency,
     Outcome,
+    Page,
+    Position,
     Progress,
+    Stats,
     StepState,
+    TimelineEntry,
+    TimelineKind,
     TriggerDetail,
+    TriggerListing,
+    TriggerListRequest,
+    TriggerQuery,
     TriggerState,
     TriggerStatus,
     TriggerView,
+    bad_parameter,
     cancel,
+    decode_cursor,
     next_status,
+    note_step_done,
+    page_size,
+    parse_contact_id,
+    parse_event_name,
+    parse_moment,
+    parse_statuses,
+    parse_window,
 )
 
 
@@ -71,6 +91,23 @@ class TriggerRepository(Protocol):
         """The first `limit` decisions about the trigger, with their runs; and how many there are."""
         ...
 
+    async def list_triggers(self, team_id: str, query: TriggerQuery, now: datetime) -> Page[TriggerListing]:
+        """A page of the team's triggers, newest first, with their status as of `now`."""
+        ...
+
+    async def timeline(
+        self, team_id: str, contact_id: str, limit: int, after: Position | None, now: datetime
+    ) -> Page[TimelineEntry]:
+        """A page of the contact's events, run starts and ends and deliveries, newest first."""
+        ...
+
+    async def latency(
+        self, team_id: str, since: datetime, until: datetime, event_name: str | None = None
+    ) -> list[EventLatency]:
+        """Per event name (or for `event_name` only), the latency of the triggers accepted
+        between `since` and `until`."""
+        ...
+
 
 class TrackerUnitOfWork(UnitOfWork, Protocol):
     @property
@@ -89,6 +126,20 @@ class EventSender(Protocol):
     """Accepts an event as POST /api/v1/events/send does (ingest, with the caller's credentials)."""
 
     async def send(self) -> Accepted: ...
+
+
+class ContactDirectory(Protocol):
+    """Ingest's contacts, by external id."""
+
+    async def id_of(self, external_id: str) -> str | None:
+        """Herald's id of the contact; None when the project has no such contact."""
+        ...
+
+
+class QueueLag(Protocol):
+    """How far each durable consumer of the bus is behind (kernel.lag.queue_lag)."""
+
+    async def __call__(self) -> list[ConsumerLag]: ...
 
 
 class TriggerRecords(Protocol):
@@ -121,7 +172,7 @@ async def _apply(
     triggers = await repository.lock(
         {trigger_id: records[0].project_id for trigger_id, records in by_trigger.items()}
     )
-    before = {trigger_id: (t.status, t.started_at, t.completed_at) for trigger_id, t in triggers.items()}
+    before = {trigger_id: _saved(t) for trigger_id, t in triggers.items()}
     accepted: list[tuple[uuid.UUID, tracking_pb2.TriggerAccepted]] = []
     matched: list[tuple[uuid.UUID, tracking_pb2.EventMatched, datetime]] = []
     started: list[tuple[uuid.UUID, tracking_pb2.RunStarted, datetime]] = []
@@ -149,6 +200,7 @@ async def _apply(
                 finished.append((trigger_id, record.run_finished, at))
             elif kind == "delivery_recorded":
                 deliveries.append((trigger_id, record.delivery_recorded, at))
+                note_step_done(trigger, at)
             elif kind == "trigger_cancelled":
                 cancel(trigger, from_timestamp(record.trigger_cancelled.cancelled_at))
     if accepted:
@@ -165,13 +217,14 @@ async def _apply(
     now = utcnow()
     for trigger_id, trigger in triggers.items():
         next_status(trigger, repository.progress_of(trigger_id), last_at[trigger_id], now=now)
-    changed = [
-        t
-        for trigger_id, t in triggers.items()
-        if (t.status, t.started_at, t.completed_at) != before[trigger_id]
-    ]
+    changed = [t for trigger_id, t in triggers.items() if _saved(t) != before[trigger_id]]
     if changed:
         await repository.save(changed)
+
+
+def _saved(trigger: TriggerState) -> tuple[object, ...]:
+    """What `TriggerRepository.save` writes of a trigger."""
+    return (trigger.status, trigger.started_at, trigger.completed_at, trigger.first_step_at)
 
 
 async def get_trigger(
@@ -258,3 +311,74 @@ async def trigger_event(
         pause = min(pause * 2, LOOK_SECONDS)
     detail = await get_trigger_detail(team_id, accepted.trigger_id, unit_of_work(), records, steps)
     return accepted, detail
+
+
+async def list_triggers(
+    team_id: str, request: TriggerListRequest, uow: TrackerUnitOfWork, contacts: ContactDirectory
+) -> Page[TriggerListing]:
+    """A page of the project's triggers that pass the request's filters, newest first."""
+    if request.contact and request.contact_id:
+        raise bad_parameter("contact", "Filter by contact (an external id) or by contact_id, not both")
+    query = TriggerQuery(
+        statuses=parse_statuses(request.status),
+        event_name=parse_event_name(request.event_name),
+        contact_id=parse_contact_id(request.contact_id),
+        created_after=parse_moment(request.created_after, "created_after"),
+        created_before=parse_moment(request.created_before, "created_before"),
+        limit=page_size(request.limit),
+        after=decode_cursor(request.cursor),
+    )
+    if request.contact:
+        contact_id = await contacts.id_of(request.contact)
+        if contact_id is None:
+            raise NotFound(
+                f"Contact not found: no contact has the external id {request.contact[:256]!r} "
+                "(parameter contact)",
+                reason="CONTACT_NOT_FOUND",
+                metadata={"parameter": "contact", "external_id": request.contact[:256]},
+            )
+        query = replace(query, contact_id=contact_id)
+    async with uow:
+        return await uow.triggers.list_triggers(team_id, query, utcnow())
+
+
+async def contact_timeline(
+    team_id: str,
+    external_id: str,
+    limit: int,
+    cursor: str,
+    uow: TrackerUnitOfWork,
+    contacts: ContactDirectory,
+) -> tuple[str, Page[TimelineEntry]]:
+    """The contact's id and a page of its story, newest first; NotFound for an unknown contact."""
+    size, after = page_size(limit), decode_cursor(cursor)
+    if after is not None and after.rank not in TimelineKind.RANK.values():
+        raise bad_parameter("cursor", "cursor is not one of this timeline's: start again without it")
+    contact_id = await contacts.id_of(external_id)
+    if contact_id is None:
+        raise NotFound(
+            "Contact not found", reason="CONTACT_NOT_FOUND", metadata={"external_id": external_id[:256]}
+        )
+    async with uow:
+        return contact_id, await uow.triggers.timeline(team_id, contact_id, size, after, utcnow())
+
+
+async def get_stats(team_id: str, window_text: str, uow: TrackerUnitOfWork, lag: QueueLag) -> Stats:
+    """Latency per event name over the window ending now, and the bus's queue lag now."""
+    window = parse_window(window_text)
+    until = utcnow()
+    since = until - window
+    async with uow:
+        events = await uow.triggers.latency(team_id, since, until)
+    return Stats(window_text or DEFAULT_WINDOW, since, until, events, await lag())
+
+
+async def event_latency(
+    team_id: str, event_name: str, window_text: str, uow: TrackerUnitOfWork
+) -> tuple[str, EventLatency | None]:
+    """One event name's latency over the window ending now (its catalog page shows it)."""
+    window = parse_window(window_text)
+    until = utcnow()
+    async with uow:
+        found = await uow.triggers.latency(team_id, until - window, until, event_name)
+    return window_text or DEFAULT_WINDOW, (found[0] if found else None)

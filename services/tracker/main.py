@@ -13,6 +13,7 @@ from kernel.bus import STREAMS
 from kernel.clients import channel
 from kernel.clock import isoformat_ms, utcnow
 from kernel.grpc_server import ServiceRegistration
+from kernel.lag import queue_lag
 from kernel.loops import every
 from kernel.retention import Retention, purge_project
 from kernel.service import Runtime, run_service
@@ -55,6 +56,8 @@ async def serve(runtime: Runtime) -> None:
             ingest_pb2_grpc.IngestServiceStub(ingest_channel),
             executor_pb2_grpc.ExecutorServiceStub(executor_channel),
             catalog_unit_of_work,
+            ingest_pb2_grpc.ContactServiceStub(ingest_channel),
+            lambda: queue_lag(runtime.js),
             unit_of_work,
         )
 

@@ -21,40 +21,94 @@ from kernel.grpc_server import RESPONSE_HEADER_NAMES
 from kernel.retention import ContactNames, LifecycleUnitOfWork, erase_contact
 from services.tracker import catalog_handlers, handlers
 from services.tracker.catalog_handlers import CatalogUnitOfWork
-from services.tracker.catalog_servicer import CatalogRpcs
+from services.tracker.catalog_servicer import CatalogRpcs, event_latency_to_proto
 from services.tracker.domain import (
     FLOW_TYPE,
     Accepted,
     Outcome,
+    Page,
+    Stats,
     StepState,
     Summary,
+    TimelineEntry,
     TriggerDetail,
+    TriggerListing,
+    TriggerListRequest,
     TriggerView,
+    encode_cursor,
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
+MAX_INT32 = 2**31 - 1
 
 
-def trigger_to_proto(view: TriggerView) -> tracker_pb2.Trigger:
-    message = tracker_pb2.Trigger(
-        id=str(view.id),
-        flow_type=FLOW_TYPE,
-        trigger_type=FLOW_TYPE,
-        status=view.status,
-        created_at=isoformat_ms(view.created_at),
-        summary=tracker_pb2.TriggerSummary(
+def _trigger_fields(view: TriggerView) -> dict[str, Any]:
+    """The Sendmator trigger shape's fields of `view` (Trigger, and TriggerListItem's first ones)."""
+    return {
+        "id": str(view.id),
+        "flow_type": FLOW_TYPE,
+        "trigger_type": FLOW_TYPE,
+        "status": view.status,
+        "created_at": isoformat_ms(view.created_at),
+        "started_at": isoformat_ms(view.started_at) if view.started_at else None,
+        "completed_at": isoformat_ms(view.completed_at) if view.completed_at else None,
+        "summary": tracker_pb2.TriggerSummary(
             total_contacts=view.summary.total_contacts,
             sent=view.summary.sent,
             failed=view.summary.failed,
             filtered=view.summary.filtered,
         ),
-        details_endpoint=view.details_endpoint,
+        "details_endpoint": view.details_endpoint,
+    }
+
+
+def trigger_to_proto(view: TriggerView) -> tracker_pb2.Trigger:
+    return tracker_pb2.Trigger(**_trigger_fields(view))
+
+
+def listing_to_proto(listing: TriggerListing) -> tracker_pb2.TriggerListItem:
+    return tracker_pb2.TriggerListItem(
+        **_trigger_fields(listing.view), event_name=listing.view.event_name, contact_id=listing.contact_id
     )
-    if view.started_at:
-        message.started_at = isoformat_ms(view.started_at)
-    if view.completed_at:
-        message.completed_at = isoformat_ms(view.completed_at)
-    return message
+
+
+def entry_to_proto(entry: TimelineEntry) -> tracker_pb2.TimelineEntry:
+    return tracker_pb2.TimelineEntry(
+        kind=entry.kind,
+        at=isoformat_ms(entry.at),
+        trigger_id=str(entry.trigger_id),
+        event_name=entry.event_name,
+        run_id=str(entry.run_id) if entry.run_id else "",
+        workflow_key=entry.workflow_key,
+        step_id=entry.step_id,
+        channel=entry.channel,
+        outcome=entry.outcome,
+        detail=entry.detail,
+    )
+
+
+def stats_to_proto(stats: Stats) -> tracker_pb2.GetStatsResponse:
+    return tracker_pb2.GetStatsResponse(
+        window=stats.window,
+        since=isoformat_ms(stats.since),
+        until=isoformat_ms(stats.until),
+        events=[event_latency_to_proto(event) for event in stats.events],
+        queues=[
+            tracker_pb2.QueueLag(
+                stream=lag.stream,
+                consumer=lag.consumer,
+                pending=min(lag.pending, MAX_INT32),
+                ack_pending=min(lag.ack_pending, MAX_INT32),
+                redelivered=min(lag.redelivered, MAX_INT32),
+                oldest_pending_age_seconds=round(lag.oldest_pending_age_seconds, 3),
+            )
+            for lag in stats.queues
+        ],
+    )
+
+
+def cursor_of(page: Page[Any]) -> str:
+    return encode_cursor(page.next) if page.next is not None else ""
 
 
 class IngestTriggerRecords:
@@ -80,7 +134,10 @@ class IngestTriggerRecords:
             status=record.status,
             created_at=datetime.fromisoformat(record.created_at),
             started_at=None,
-            completed_at=None,
+            # A cancelled trigger is final from when it was cancelled.
+            completed_at=datetime.fromisoformat(record.cancelled_at)
+            if record.HasField("cancelled_at")
+            else None,
             summary=Summary(total_contacts=record.contacts),
             event_name=record.event_name,
         )
@@ -127,6 +184,27 @@ def detail_to_proto(detail: TriggerDetail) -> tracker_pb2.TriggerDetail:
 # own wait starts once it is accepted); and how many runs' steps are asked at once.
 SEND_TIMEOUT_SECONDS = 10.0
 STEP_CALLS = 8
+
+
+class IngestContacts:
+    """Asks ingest for a contact by external id, with the caller's own credentials."""
+
+    def __init__(self, stub: ingest_pb2_grpc.ContactServiceAsyncStub, metadata: tuple[tuple[str, str], ...]):
+        self._stub = stub
+        self._metadata = metadata
+
+    async def id_of(self, external_id: str) -> str | None:
+        try:
+            answer = await self._stub.GetContact(
+                ingest_pb2.GetContactRequest(external_id=external_id),
+                metadata=self._metadata,
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise from_rpc_error(error) from error
+        return answer.contact.id
 
 
 class ExecutorRunSteps:
@@ -199,6 +277,8 @@ class TrackerServicer(CatalogRpcs, tracker_pb2_grpc.TrackerServiceServicer):
         ingest: ingest_pb2_grpc.IngestServiceAsyncStub,
         executor: executor_pb2_grpc.ExecutorServiceAsyncStub,
         catalog: Callable[[], CatalogUnitOfWork],
+        contacts: ingest_pb2_grpc.ContactServiceAsyncStub,
+        queue_lag: handlers.QueueLag,
         lifecycle: Callable[[], LifecycleUnitOfWork],
     ):
         self._auth = authenticator
@@ -206,6 +286,8 @@ class TrackerServicer(CatalogRpcs, tracker_pb2_grpc.TrackerServiceServicer):
         self._uow = unit_of_work
         self._ingest = ingest
         self._executor = executor
+        self._contacts = contacts
+        self._queue_lag = queue_lag
         self._lifecycle = lifecycle
 
     async def GetTrigger(
@@ -264,6 +346,56 @@ class TrackerServicer(CatalogRpcs, tracker_pb2_grpc.TrackerServiceServicer):
         if accepted.scheduled_for is not None:
             response.scheduled_for = accepted.scheduled_for
         return response
+
+    async def ListTriggers(
+        self, request: tracker_pb2.ListTriggersRequest, context: Context
+    ) -> tracker_pb2.ListTriggersResponse:
+        metadata = context.invocation_metadata()
+        team = await self._auth.authenticate(metadata)
+        page = await handlers.list_triggers(
+            team.id,
+            TriggerListRequest(
+                status=request.status,
+                event_name=request.event_name,
+                contact=request.contact,
+                contact_id=request.contact_id,
+                created_after=request.created_after,
+                created_before=request.created_before,
+                limit=request.limit,
+                cursor=request.cursor,
+            ),
+            self._uow(),
+            IngestContacts(self._contacts, forwarded_metadata(metadata)),
+        )
+        return tracker_pb2.ListTriggersResponse(
+            triggers=[listing_to_proto(listing) for listing in page.items], next_cursor=cursor_of(page)
+        )
+
+    async def GetContactTimeline(
+        self, request: tracker_pb2.GetContactTimelineRequest, context: Context
+    ) -> tracker_pb2.GetContactTimelineResponse:
+        metadata = context.invocation_metadata()
+        team = await self._auth.authenticate(metadata)
+        contact_id, page = await handlers.contact_timeline(
+            team.id,
+            request.external_id,
+            request.limit,
+            request.cursor,
+            self._uow(),
+            IngestContacts(self._contacts, forwarded_metadata(metadata)),
+        )
+        return tracker_pb2.GetContactTimelineResponse(
+            contact_id=contact_id,
+            entries=[entry_to_proto(entry) for entry in page.items],
+            next_cursor=cursor_of(page),
+        )
+
+    async def GetStats(
+        self, request: tracker_pb2.GetStatsRequest, context: Context
+    ) -> tracker_pb2.GetStatsResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        stats = await handlers.get_stats(team.id, request.window, self._uow(), self._queue_lag)
+        return stats_to_proto(stats)
 
     async def EraseContact(
         self, request: tracker_pb2.EraseContactRequest, context: Context

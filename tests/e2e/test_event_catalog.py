@@ -84,10 +84,25 @@ def test_schema_hints_and_drift_from_differently_shaped_events(running: RunningS
     assert event["drift"] is True
     assert {s["type"]: s["count"] for s in event["sources"]} == {"web_signup": 1, "unknown": 2}
     assert [e["payload"]["data"].get("total") for e in event["examples"]] == [7, "10.00", 10]
-    assert set(event) == {
+    # (`latency` is absent until the tracker has the triggers: it may lag the catalog a little.)
+    assert set(event) | {"latency"} == {
         "name", "first_seen", "last_seen", "count", "sources", "pii_paths", "drift", "schema", "pii",
-        "examples", "truncated",
+        "examples", "truncated", "latency", "latency_window",
     }  # fmt: skip
+    # The page carries the event's latency over the last hour: its three triggers, matched.
+    latency = eventually(lambda: _latency_once_matched(running, name, 3))
+    assert (latency["event_name"], latency["count"], event["latency_window"]) == (name, 3, "PT1H")
+    figures = latency["accepted_to_matched"]
+    assert 0 <= figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    answer = running.http.get(f"{CATALOG}/{name}?window=P30D", headers=running.credentials.headers)
+    assert answer.status_code == 400 and "window" in answer.json()["message"], answer.text
+
+
+def _latency_once_matched(running: RunningStack, name: str, count: int) -> dict[str, Any] | None:
+    answer = running.http.get(f"{CATALOG}/{name}?window=PT2H", headers=running.credentials.headers)
+    assert answer.status_code == 200, answer.text
+    latency: dict[str, Any] | None = answer.json().get("latency")
+    return latency if latency and latency["matched"] == count else None
 
 
 PII = {

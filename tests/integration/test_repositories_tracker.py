@@ -28,6 +28,7 @@ class TriggerStory:
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)
     contact_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     accepted_at: datetime = field(default_factory=lambda: utcnow().replace(microsecond=0))
+    event_name: str = "user_signup"
 
     def record(self, at_offset_seconds: float, **kind: object) -> tracking_pb2.TrackingRecord:
         return tracking_pb2.TrackingRecord(
@@ -42,14 +43,14 @@ class TriggerStory:
             0,
             trigger_accepted=tracking_pb2.TriggerAccepted(
                 event_id=str(self.event_id),
-                event_name="user_signup",
+                event_name=self.event_name,
                 contact_id=self.contact_id,
                 created_at=to_timestamp(self.accepted_at),
             ),
         )
 
     def matched(
-        self, runs: dict[str, uuid.UUID], filtered: Iterable[str] = ()
+        self, runs: dict[str, uuid.UUID], filtered: Iterable[str] = (), at_offset_seconds: float = 1
     ) -> tracking_pb2.TrackingRecord:
         decisions = [
             tracking_pb2.MatchDecision(
@@ -71,9 +72,9 @@ class TriggerStory:
             for key in filtered
         ]
         return self.record(
-            1,
+            at_offset_seconds,
             event_matched=tracking_pb2.EventMatched(
-                event_id=str(self.event_id), event_name="user_signup", decisions=decisions
+                event_id=str(self.event_id), event_name=self.event_name, decisions=decisions
             ),
         )
 
@@ -85,9 +86,11 @@ class TriggerStory:
             ),
         )
 
-    def delivery(self, run_id: uuid.UUID, step_id: str, *, sent: bool) -> tracking_pb2.TrackingRecord:
+    def delivery(
+        self, run_id: uuid.UUID, step_id: str, *, sent: bool, at_offset_seconds: float = 3
+    ) -> tracking_pb2.TrackingRecord:
         return self.record(
-            3,
+            at_offset_seconds,
             delivery_recorded=tracking_pb2.DeliveryRecorded(
                 delivery_id=str(uuid.uuid5(run_id, step_id)),
                 run_id=str(run_id),

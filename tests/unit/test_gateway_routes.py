@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from gateway.app import create_app
 from gateway.routes import Route, is_map, message_of, routes
 from herald.executor.v1 import devmail_pb2
 from herald.ingest.v1 import ingest_pb2
-from kernel.settings import SERVICES
+from kernel.settings import SERVICES, Settings
 
 
 def route(http_method: str, path: str) -> Route:
@@ -100,3 +104,30 @@ def test_message_of_and_is_map() -> None:
     assert not is_map(user_info)
     assert is_map(struct_fields)
     assert not is_map(devmail_pb2.ListDevMailRequest.DESCRIPTOR.fields_by_name["limit"])
+
+
+def test_no_two_rpcs_share_a_route() -> None:
+    seen = [(r.http_method, r.path) for r in routes()]
+    assert len(seen) == len(set(seen))
+
+
+@pytest.mark.parametrize(
+    ("path", "rpc"),
+    [
+        ("/api/v1/contacts/ada", "herald.ingest.v1.ContactService/GetContact"),
+        ("/api/v1/contacts/ada/feed", "herald.executor.v1.ExecutorService/ListFeed"),
+        ("/api/v1/contacts/ada/timeline", "herald.tracker.v1.TrackerService/GetContactTimeline"),
+        ("/api/v1/contacts/timeline", "herald.ingest.v1.ContactService/GetContact"),  # a contact so named
+        ("/api/v1/triggers", "herald.tracker.v1.TrackerService/ListTriggers"),
+        ("/api/v1/triggers/t-1", "herald.tracker.v1.TrackerService/GetTrigger"),
+        ("/api/v1/stats", "herald.tracker.v1.TrackerService/GetStats"),
+    ],
+)
+async def test_the_gateway_sends_each_contact_and_trigger_path_to_its_own_rpc(path: str, rpc: str) -> None:
+    app = create_app(Settings(data_dir=Path("/nonexistent")))
+    match = await app.router.resolve(make_mocked_request("GET", path, app=app))
+
+    resource = match.route.resource
+    assert resource is not None, f"no route for {path}"
+    [found] = [r for r in routes() if (r.http_method, r.path) == ("GET", resource.canonical)]
+    assert found.grpc_path == f"/{rpc}"

@@ -800,6 +800,7 @@ class GetTriggerRecordResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     SCHEDULED_FOR_FIELD_NUMBER: _builtins.int
     CONTACTS_FIELD_NUMBER: _builtins.int
+    CANCELLED_AT_FIELD_NUMBER: _builtins.int
     trigger_id: _builtins.str
     event_id: _builtins.str
     event_name: _builtins.str
@@ -809,6 +810,8 @@ class GetTriggerRecordResponse(_message.Message):
     scheduled_for: _builtins.str
     contacts: _builtins.int
     """A direct workflow trigger's number of contacts; 0 for an event's trigger."""
+    cancelled_at: _builtins.str
+    """When a cancelled trigger was cancelled."""
     def __init__(
         self,
         *,
@@ -819,13 +822,19 @@ class GetTriggerRecordResponse(_message.Message):
         status: _builtins.str = ...,
         scheduled_for: _builtins.str | None = ...,
         contacts: _builtins.int = ...,
+        cancelled_at: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_scheduled_for", b"_scheduled_for", "scheduled_for", b"scheduled_for"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cancelled_at", b"_cancelled_at", "_scheduled_for", b"_scheduled_for", "cancelled_at", b"cancelled_at", "scheduled_for", b"scheduled_for"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_scheduled_for", b"_scheduled_for", "contacts", b"contacts", "created_at", b"created_at", "event_id", b"event_id", "event_name", b"event_name", "scheduled_for", b"scheduled_for", "status", b"status", "trigger_id", b"trigger_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cancelled_at", b"_cancelled_at", "_scheduled_for", b"_scheduled_for", "cancelled_at", b"cancelled_at", "contacts", b"contacts", "created_at", b"created_at", "event_id", b"event_id", "event_name", b"event_name", "scheduled_for", b"scheduled_for", "status", b"status", "trigger_id", b"trigger_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cancelled_at: _TypeAlias = _typing.Literal["cancelled_at"]  # noqa: Y015
+    _WhichOneofArgType__cancelled_at: _TypeAlias = _typing.Literal["_cancelled_at", b"_cancelled_at"]  # noqa: Y015
     _WhichOneofReturnType__scheduled_for: _TypeAlias = _typing.Literal["scheduled_for"]  # noqa: Y015
     _WhichOneofArgType__scheduled_for: _TypeAlias = _typing.Literal["_scheduled_for", b"_scheduled_for"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cancelled_at) -> _WhichOneofReturnType__cancelled_at | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__scheduled_for) -> _WhichOneofReturnType__scheduled_for | None: ...
 
 Global___GetTriggerRecordResponse: _TypeAlias = GetTriggerRecordResponse  # noqa: Y015

@@ -487,15 +487,19 @@ class GetCatalogEventRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    window: _builtins.str
+    """The window of the latency figures, an ISO 8601 duration ending now (default PT1H, at most P7D)."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        window: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -538,6 +542,8 @@ class CatalogEvent(_message.Message):
     PII_FIELD_NUMBER: _builtins.int
     EXAMPLES_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    LATENCY_WINDOW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     first_seen: _builtins.str
     last_seen: _builtins.str
@@ -546,6 +552,8 @@ class CatalogEvent(_message.Message):
     drift: _builtins.bool
     truncated: _builtins.bool
     """Whether some payloads had more, deeper or longer paths than the catalog keeps."""
+    latency_window: _builtins.str
+    """The latency window (GET only)."""
     @_builtins.property
     def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogSource]: ...
     @_builtins.property
@@ -559,6 +567,12 @@ class CatalogEvent(_message.Message):
     @_builtins.property
     def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogExample]:
         """The latest examples (at most 5), newest first, with personal data redacted."""
+
+    @_builtins.property
+    def latency(self) -> Global___EventLatency:
+        """How fast this event's triggers went through Herald in the latency window (GET only; absent
+        when none was accepted in it).
+        """
 
     def __init__(
         self,
@@ -574,10 +588,12 @@ class CatalogEvent(_message.Message):
         pii: _abc.Iterable[Global___PiiFlag] | None = ...,
         examples: _abc.Iterable[Global___CatalogExample] | None = ...,
         truncated: _builtins.bool = ...,
+        latency: Global___EventLatency | None = ...,
+        latency_window: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "drift", b"drift", "examples", b"examples", "first_seen", b"first_seen", "last_seen", b"last_seen", "name", b"name", "pii", b"pii", "pii_paths", b"pii_paths", "schema", b"schema", "sources", b"sources", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "drift", b"drift", "examples", b"examples", "first_seen", b"first_seen", "last_seen", b"last_seen", "latency", b"latency", "latency_window", b"latency_window", "name", b"name", "pii", b"pii", "pii_paths", b"pii_paths", "schema", b"schema", "sources", b"sources", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -771,6 +787,427 @@ class ReviewCatalogPiiResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReviewCatalogPiiResponse: _TypeAlias = ReviewCatalogPiiResponse  # noqa: Y015
+
+@_typing.final
+class ListTriggersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    EVENT_NAME_FIELD_NUMBER: _builtins.int
+    CONTACT_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    status: _builtins.str
+    """Only triggers in these statuses: one, or several separated by commas (e.g. "failed,cancelled")."""
+    event_name: _builtins.str
+    """Only triggers of this event name (exact)."""
+    contact: _builtins.str
+    """Only the triggers of this contact, by external id (or by Herald's id with contact_id)."""
+    contact_id: _builtins.str
+    created_after: _builtins.str
+    """Only triggers created at or after / before these moments (ISO 8601; UTC when no offset)."""
+    created_before: _builtins.str
+    limit: _builtins.int
+    """At most this many (default 50, at most 200)."""
+    cursor: _builtins.str
+    """The next_cursor of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        status: _builtins.str = ...,
+        event_name: _builtins.str = ...,
+        contact: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        created_after: _builtins.str = ...,
+        created_before: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "contact_id", b"contact_id", "created_after", b"created_after", "created_before", b"created_before", "cursor", b"cursor", "event_name", b"event_name", "limit", b"limit", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTriggersRequest: _TypeAlias = ListTriggersRequest  # noqa: Y015
+
+@_typing.final
+class ListTriggersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIGGERS_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """Pass as `cursor` for the next page; empty when this is the last one."""
+    @_builtins.property
+    def triggers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TriggerListItem]: ...
+    def __init__(
+        self,
+        *,
+        triggers: _abc.Iterable[Global___TriggerListItem] | None = ...,
+        next_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_cursor", b"next_cursor", "triggers", b"triggers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTriggersResponse: _TypeAlias = ListTriggersResponse  # noqa: Y015
+
+@_typing.final
+class TriggerListItem(_message.Message):
+    """TriggerListItem is a trigger in the Sendmator shape (the fields of Trigger, numbered alike),
+    with its event name and contact.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FLOW_TYPE_FIELD_NUMBER: _builtins.int
+    TRIGGER_TYPE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    COMPLETED_AT_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    DETAILS_ENDPOINT_FIELD_NUMBER: _builtins.int
+    EVENT_NAME_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    flow_type: _builtins.str
+    trigger_type: _builtins.str
+    status: _builtins.str
+    created_at: _builtins.str
+    started_at: _builtins.str
+    completed_at: _builtins.str
+    details_endpoint: _builtins.str
+    event_name: _builtins.str
+    contact_id: _builtins.str
+    """Herald's id of the trigger's contact; empty for a direct trigger of several contacts."""
+    @_builtins.property
+    def summary(self) -> Global___TriggerSummary: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        flow_type: _builtins.str = ...,
+        trigger_type: _builtins.str = ...,
+        status: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        started_at: _builtins.str | None = ...,
+        completed_at: _builtins.str | None = ...,
+        summary: Global___TriggerSummary | None = ...,
+        details_endpoint: _builtins.str = ...,
+        event_name: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_completed_at", b"_completed_at", "_started_at", b"_started_at", "completed_at", b"completed_at", "started_at", b"started_at", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_completed_at", b"_completed_at", "_started_at", b"_started_at", "completed_at", b"completed_at", "contact_id", b"contact_id", "created_at", b"created_at", "details_endpoint", b"details_endpoint", "event_name", b"event_name", "flow_type", b"flow_type", "id", b"id", "started_at", b"started_at", "status", b"status", "summary", b"summary", "trigger_type", b"trigger_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__completed_at: _TypeAlias = _typing.Literal["completed_at"]  # noqa: Y015
+    _WhichOneofArgType__completed_at: _TypeAlias = _typing.Literal["_completed_at", b"_completed_at"]  # noqa: Y015
+    _WhichOneofReturnType__started_at: _TypeAlias = _typing.Literal["started_at"]  # noqa: Y015
+    _WhichOneofArgType__started_at: _TypeAlias = _typing.Literal["_started_at", b"_started_at"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__completed_at) -> _WhichOneofReturnType__completed_at | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__started_at) -> _WhichOneofReturnType__started_at | None: ...
+
+Global___TriggerListItem: _TypeAlias = TriggerListItem  # noqa: Y015
+
+@_typing.final
+class GetContactTimelineRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    external_id: _builtins.str
+    limit: _builtins.int
+    """At most this many entries (default 50, at most 200)."""
+    cursor: _builtins.str
+    """The next_cursor of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        external_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "external_id", b"external_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContactTimelineRequest: _TypeAlias = GetContactTimelineRequest  # noqa: Y015
+
+@_typing.final
+class GetContactTimelineResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    """Herald's id of the contact."""
+    next_cursor: _builtins.str
+    """Pass as `cursor` for the next page; empty when this is the last one."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimelineEntry]: ...
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+        entries: _abc.Iterable[Global___TimelineEntry] | None = ...,
+        next_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "entries", b"entries", "next_cursor", b"next_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContactTimelineResponse: _TypeAlias = GetContactTimelineResponse  # noqa: Y015
+
+@_typing.final
+class TimelineEntry(_message.Message):
+    """TimelineEntry is one moment of a contact's story."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    TRIGGER_ID_FIELD_NUMBER: _builtins.int
+    EVENT_NAME_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_KEY_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """event (a trigger of the contact was accepted), run_started, delivery, run_finished."""
+    at: _builtins.str
+    """RFC 3339, UTC, milliseconds."""
+    trigger_id: _builtins.str
+    event_name: _builtins.str
+    run_id: _builtins.str
+    workflow_key: _builtins.str
+    step_id: _builtins.str
+    channel: _builtins.str
+    outcome: _builtins.str
+    """event: the trigger's status now; run_started: running; run_finished: completed or failed;
+    delivery: sent or failed.
+    """
+    detail: _builtins.str
+    """The provider's answer or the error (delivery), why a run failed (run_finished)."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        at: _builtins.str = ...,
+        trigger_id: _builtins.str = ...,
+        event_name: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        workflow_key: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "channel", b"channel", "detail", b"detail", "event_name", b"event_name", "kind", b"kind", "outcome", b"outcome", "run_id", b"run_id", "step_id", b"step_id", "trigger_id", b"trigger_id", "workflow_key", b"workflow_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimelineEntry: _TypeAlias = TimelineEntry  # noqa: Y015
+
+@_typing.final
+class GetStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    window: _builtins.str
+    """The window the latency figures cover, ending now: an ISO 8601 duration (default PT1H, at
+    most P7D).
+    """
+    def __init__(
+        self,
+        *,
+        window: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsRequest: _TypeAlias = GetStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    QUEUES_FIELD_NUMBER: _builtins.int
+    window: _builtins.str
+    since: _builtins.str
+    """The window's bounds: RFC 3339, UTC, milliseconds."""
+    until: _builtins.str
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventLatency]:
+        """One per event name with triggers accepted in the window, busiest first."""
+
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueLag]:
+        """One per stream and durable consumer of the bus, for the whole platform."""
+
+    def __init__(
+        self,
+        *,
+        window: _builtins.str = ...,
+        since: _builtins.str = ...,
+        until: _builtins.str = ...,
+        events: _abc.Iterable[Global___EventLatency] | None = ...,
+        queues: _abc.Iterable[Global___QueueLag] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "queues", b"queues", "since", b"since", "until", b"until", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class EventLatency(_message.Message):
+    """EventLatency is how fast the triggers of one event name went through Herald."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_NAME_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
+    FIRST_STEP_DONE_FIELD_NUMBER: _builtins.int
+    ACCEPTED_TO_MATCHED_FIELD_NUMBER: _builtins.int
+    ACCEPTED_TO_FIRST_STEP_FIELD_NUMBER: _builtins.int
+    event_name: _builtins.str
+    count: _builtins.int
+    """Triggers accepted in the window; of those, how many the matcher decided and how many had a
+    first step done (a message delivered or failed for good).
+    """
+    matched: _builtins.int
+    first_step_done: _builtins.int
+    @_builtins.property
+    def accepted_to_matched(self) -> Global___Latency:
+        """Accepted (or, for a scheduled trigger, due) → matched; absent when none matched."""
+
+    @_builtins.property
+    def accepted_to_first_step(self) -> Global___Latency:
+        """Accepted (or due) → the first step done; absent when no step is done."""
+
+    def __init__(
+        self,
+        *,
+        event_name: _builtins.str = ...,
+        count: _builtins.int = ...,
+        matched: _builtins.int = ...,
+        first_step_done: _builtins.int = ...,
+        accepted_to_matched: Global___Latency | None = ...,
+        accepted_to_first_step: Global___Latency | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_to_first_step", b"accepted_to_first_step", "accepted_to_matched", b"accepted_to_matched"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_to_first_step", b"accepted_to_first_step", "accepted_to_matched", b"accepted_to_matched", "count", b"count", "event_name", b"event_name", "first_step_done", b"first_step_done", "matched", b"matched"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventLatency: _TypeAlias = EventLatency  # noqa: Y015
+
+@_typing.final
+class Latency(_message.Message):
+    """Latency figures in milliseconds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AVG_MS_FIELD_NUMBER: _builtins.int
+    P50_MS_FIELD_NUMBER: _builtins.int
+    P95_MS_FIELD_NUMBER: _builtins.int
+    P99_MS_FIELD_NUMBER: _builtins.int
+    MAX_MS_FIELD_NUMBER: _builtins.int
+    avg_ms: _builtins.float
+    p50_ms: _builtins.float
+    p95_ms: _builtins.float
+    p99_ms: _builtins.float
+    max_ms: _builtins.float
+    def __init__(
+        self,
+        *,
+        avg_ms: _builtins.float = ...,
+        p50_ms: _builtins.float = ...,
+        p95_ms: _builtins.float = ...,
+        p99_ms: _builtins.float = ...,
+        max_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_ms", b"avg_ms", "max_ms", b"max_ms", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Latency: _TypeAlias = Latency  # noqa: Y015
+
+@_typing.final
+class QueueLag(_message.Message):
+    """QueueLag is how far one durable consumer is behind its stream (counts above 2^31 - 1 read as
+    that: int32 keeps them plain JSON numbers).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    CONSUMER_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    ACK_PENDING_FIELD_NUMBER: _builtins.int
+    REDELIVERED_FIELD_NUMBER: _builtins.int
+    OLDEST_PENDING_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    stream: _builtins.str
+    consumer: _builtins.str
+    pending: _builtins.int
+    """Messages not yet delivered to the consumer."""
+    ack_pending: _builtins.int
+    """Delivered, not yet acknowledged."""
+    redelivered: _builtins.int
+    """Delivered more than once and not yet acknowledged."""
+    oldest_pending_age_seconds: _builtins.float
+    """How long the oldest message not yet acknowledged has waited; 0 when none waits."""
+    def __init__(
+        self,
+        *,
+        stream: _builtins.str = ...,
+        consumer: _builtins.str = ...,
+        pending: _builtins.int = ...,
+        ack_pending: _builtins.int = ...,
+        redelivered: _builtins.int = ...,
+        oldest_pending_age_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_pending", b"ack_pending", "consumer", b"consumer", "oldest_pending_age_seconds", b"oldest_pending_age_seconds", "pending", b"pending", "redelivered", b"redelivered", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueLag: _TypeAlias = QueueLag  # noqa: Y015
 
 @_typing.final
 class EraseContactRequest(_message.Message):

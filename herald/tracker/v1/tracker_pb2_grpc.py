@@ -65,6 +65,21 @@ class TrackerServiceStub:
                 request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ReviewCatalogPiiRequest.SerializeToString,
                 response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ReviewCatalogPiiResponse.FromString,
                 _registered_method=True)
+        self.ListTriggers = channel.unary_unary(
+                '/herald.tracker.v1.TrackerService/ListTriggers',
+                request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ListTriggersRequest.SerializeToString,
+                response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ListTriggersResponse.FromString,
+                _registered_method=True)
+        self.GetContactTimeline = channel.unary_unary(
+                '/herald.tracker.v1.TrackerService/GetContactTimeline',
+                request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetContactTimelineRequest.SerializeToString,
+                response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetContactTimelineResponse.FromString,
+                _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/herald.tracker.v1.TrackerService/GetStats',
+                request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
         self.EraseContact = channel.unary_unary(
                 '/herald.tracker.v1.TrackerService/EraseContact',
                 request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.EraseContactRequest.SerializeToString,
@@ -124,6 +139,27 @@ class TrackerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTriggers(self, request, context):
+        """The project's triggers, newest first, with filters and cursor pagination.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetContactTimeline(self, request, context):
+        """A contact's events, runs and deliveries, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """Latency per event name over a window, and the bus's queue lag now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EraseContact(self, request, context):
         """Erase one contact's personal data from this service's tables: ingest calls it when the
         contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
@@ -164,6 +200,21 @@ def add_TrackerServiceServicer_to_server(servicer, server):
                     servicer.ReviewCatalogPii,
                     request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ReviewCatalogPiiRequest.FromString,
                     response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ReviewCatalogPiiResponse.SerializeToString,
+            ),
+            'ListTriggers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTriggers,
+                    request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ListTriggersRequest.FromString,
+                    response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.ListTriggersResponse.SerializeToString,
+            ),
+            'GetContactTimeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContactTimeline,
+                    request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetContactTimelineRequest.FromString,
+                    response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetContactTimelineResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsRequest.FromString,
+                    response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsResponse.SerializeToString,
             ),
             'EraseContact': grpc.unary_unary_rpc_method_handler(
                     servicer.EraseContact,
@@ -334,6 +385,87 @@ class TrackerService:
             '/herald.tracker.v1.TrackerService/ReviewCatalogPii',
             herald_dot_tracker_dot_v1_dot_tracker__pb2.ReviewCatalogPiiRequest.SerializeToString,
             herald_dot_tracker_dot_v1_dot_tracker__pb2.ReviewCatalogPiiResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTriggers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.tracker.v1.TrackerService/ListTriggers',
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.ListTriggersRequest.SerializeToString,
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.ListTriggersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContactTimeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.tracker.v1.TrackerService/GetContactTimeline',
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.GetContactTimelineRequest.SerializeToString,
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.GetContactTimelineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.tracker.v1.TrackerService/GetStats',
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsRequest.SerializeToString,
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

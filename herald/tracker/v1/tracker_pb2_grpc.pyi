@@ -55,6 +55,12 @@ class TrackerServiceStub:
     """
     ReviewCatalogPii: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.ReviewCatalogPiiRequest, _tracker_pb2.ReviewCatalogPiiResponse]
     """Confirm or dismiss the PII flag of one path of an event; answers the event as it is now."""
+    ListTriggers: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.ListTriggersRequest, _tracker_pb2.ListTriggersResponse]
+    """The project's triggers, newest first, with filters and cursor pagination."""
+    GetContactTimeline: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.GetContactTimelineRequest, _tracker_pb2.GetContactTimelineResponse]
+    """A contact's events, runs and deliveries, newest first."""
+    GetStats: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.GetStatsRequest, _tracker_pb2.GetStatsResponse]
+    """Latency per event name over a window, and the bus's queue lag now."""
     EraseContact: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.EraseContactRequest, _tracker_pb2.EraseContactResponse]
     """Erase one contact's personal data from this service's tables: ingest calls it when the
     contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
@@ -87,6 +93,12 @@ class TrackerServiceAsyncStub(TrackerServiceStub):
     """
     ReviewCatalogPii: _aio.UnaryUnaryMultiCallable[_tracker_pb2.ReviewCatalogPiiRequest, _tracker_pb2.ReviewCatalogPiiResponse]  # type: ignore[assignment]
     """Confirm or dismiss the PII flag of one path of an event; answers the event as it is now."""
+    ListTriggers: _aio.UnaryUnaryMultiCallable[_tracker_pb2.ListTriggersRequest, _tracker_pb2.ListTriggersResponse]  # type: ignore[assignment]
+    """The project's triggers, newest first, with filters and cursor pagination."""
+    GetContactTimeline: _aio.UnaryUnaryMultiCallable[_tracker_pb2.GetContactTimelineRequest, _tracker_pb2.GetContactTimelineResponse]  # type: ignore[assignment]
+    """A contact's events, runs and deliveries, newest first."""
+    GetStats: _aio.UnaryUnaryMultiCallable[_tracker_pb2.GetStatsRequest, _tracker_pb2.GetStatsResponse]  # type: ignore[assignment]
+    """Latency per event name over a window, and the bus's queue lag now."""
     EraseContact: _aio.UnaryUnaryMultiCallable[_tracker_pb2.EraseContactRequest, _tracker_pb2.EraseContactResponse]  # type: ignore[assignment]
     """Erase one contact's personal data from this service's tables: ingest calls it when the
     contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
@@ -152,6 +164,30 @@ class TrackerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tracker_pb2.ReviewCatalogPiiResponse, _abc.Awaitable[_tracker_pb2.ReviewCatalogPiiResponse]]:
         """Confirm or dismiss the PII flag of one path of an event; answers the event as it is now."""
+
+    @_abc_1.abstractmethod
+    def ListTriggers(
+        self,
+        request: _tracker_pb2.ListTriggersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.ListTriggersResponse, _abc.Awaitable[_tracker_pb2.ListTriggersResponse]]:
+        """The project's triggers, newest first, with filters and cursor pagination."""
+
+    @_abc_1.abstractmethod
+    def GetContactTimeline(
+        self,
+        request: _tracker_pb2.GetContactTimelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.GetContactTimelineResponse, _abc.Awaitable[_tracker_pb2.GetContactTimelineResponse]]:
+        """A contact's events, runs and deliveries, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetStats(
+        self,
+        request: _tracker_pb2.GetStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.GetStatsResponse, _abc.Awaitable[_tracker_pb2.GetStatsResponse]]:
+        """Latency per event name over a window, and the bus's queue lag now."""
 
     @_abc_1.abstractmethod
     def EraseContact(
