@@ -91,6 +91,14 @@ def create_engine(url: str, *, pool_size: int = 16) -> AsyncEngine:
     return engine
 
 
+async def changed_rows(
+    session: AsyncSession, statement: Any, parameters: Mapping[str, Any] | None = None
+) -> int:
+    """Run an UPDATE or DELETE in the session's transaction; how many rows it changed."""
+    result = await session.execute(statement, dict(parameters or {}))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 

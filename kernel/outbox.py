@@ -30,6 +30,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    or_,
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -63,6 +64,22 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("payload", LargeBinary, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
+
+
+async def delete_naming(
+    session: AsyncSession, table: Table, project_id: str, identifiers: Sequence[str]
+) -> int:
+    """Delete the project's outbox rows whose payload contains one of `identifiers` (Protobuf
+    writes strings as plain UTF-8): right to erasure, for what a crash or an outage left
+    unpublished. How many rows went."""
+    values = [value for value in identifiers if value]
+    if not values:
+        return 0
+    named = or_(
+        *(func.position(func.convert_to(value, "UTF8").op("IN")(table.c.payload)) > 0 for value in values)
+    )
+    result = await session.execute(delete(table).where(table.c.project_id == project_id, named))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 class Outbox:

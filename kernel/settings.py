@@ -58,6 +58,10 @@ class Settings:
     max_delivery_attempts: int = 5
     # Webhooks and providers may reach loopback and private addresses (development, tests).
     allow_private_destinations: bool = False
+    # How often each service purges what is older than its projects' retention, and how many
+    # rows one statement deletes at most.
+    retention_interval_seconds: float = 600.0
+    retention_batch_size: int = 5000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -90,6 +94,12 @@ class Settings:
                 env, "HERALD_MAX_DELIVERY_ATTEMPTS", defaults.max_delivery_attempts
             ),
             allow_private_destinations=_flag(env, "HERALD_ALLOW_PRIVATE_DESTINATIONS"),
+            retention_interval_seconds=_positive_number(
+                env, "HERALD_RETENTION_INTERVAL_SECONDS", defaults.retention_interval_seconds
+            ),
+            retention_batch_size=_positive_integer(
+                env, "HERALD_RETENTION_BATCH_SIZE", defaults.retention_batch_size
+            ),
         )
 
     def with_changes(self, **changes: object) -> Settings:
@@ -172,6 +182,26 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     if raw in ("1", "true", "yes"):
         return True
     raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+
+
+def _positive_number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number greater than 0, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigurationError(f"{name} must be a number greater than 0, got {raw!r}")
+    return value
+
+
+def _positive_integer(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _integer(env, name, default)
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be a whole number greater than 0, got {value}")
+    return value
 
 
 def _integer(env: Mapping[str, str], name: str, default: int) -> int:

@@ -177,6 +177,8 @@ class Stack:
             # Log files are JSON lines, whatever the terminal shows (`herald trace` reads them).
             "HERALD_LOG_FORMAT": "json" if self.log_directory is not None else settings.log_format,
             "HERALD_LOG_LEVEL": settings.log_level,
+            "HERALD_RETENTION_INTERVAL_SECONDS": str(settings.retention_interval_seconds),
+            "HERALD_RETENTION_BATCH_SIZE": str(settings.retention_batch_size),
             "PYTHONUNBUFFERED": "1",
         }
         for service in GRPC_SERVICES:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    or_,
     select,
     text,
     update,
@@ -33,13 +34,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from kernel.clock import utcnow
 from kernel.database import (
     DriverStatement,
+    changed_rows,
     driver,
     insert_many,
     insert_many_returning,
     schema_metadata,
     table_of,
 )
-from kernel.outbox import outbox_table
+from kernel.outbox import delete_naming, outbox_table
+from kernel.retention import ContactNames
 from kernel.steps import StepSpec
 from kernel.unit_of_work import SqlUnitOfWork
 from services.executor.domain import (
@@ -48,6 +51,7 @@ from services.executor.domain import (
     OutgoingText,
     ProviderSettings,
     Run,
+    RunStatus,
     StepState,
     Timer,
     TimerKind,
@@ -63,6 +67,15 @@ class ExecutorBase(DeclarativeBase):
 
 class RunRow(ExecutorBase):
     __tablename__ = "runs"
+    __table_args__ = (
+        Index(
+            "ix_executor_runs_team_finished",
+            "team_id",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL"),
+        ),
+        Index("ix_executor_runs_team_contact", "team_id", "contact_id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     team_id: Mapped[str] = mapped_column(String(64), index=True)
@@ -127,7 +140,11 @@ class TimerRow(ExecutorBase):
 
 class FeedItemRow(ExecutorBase):
     __tablename__ = "feed_items"
-    __table_args__ = (Index("ix_executor_feed_items_contact", "team_id", "external_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_executor_feed_items_contact", "team_id", "external_id", "created_at"),
+        Index("ix_executor_feed_items_team_created", "team_id", "created_at"),
+        Index("ix_executor_feed_items_team_contact", "team_id", "contact_id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     team_id: Mapped[str] = mapped_column(String(64))
@@ -144,7 +161,10 @@ class FeedItemRow(ExecutorBase):
 
 class DeadLetterRow(ExecutorBase):
     __tablename__ = "dead_letters"
-    __table_args__ = (Index("ix_executor_dead_letters_team", "team_id", "failed_at"),)
+    __table_args__ = (
+        Index("ix_executor_dead_letters_team", "team_id", "failed_at"),
+        Index("ix_executor_dead_letters_run", "run_id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     team_id: Mapped[str] = mapped_column(String(64))
@@ -639,6 +659,120 @@ class SqlDevMessageRepository:
         ]
 
 
+class SqlLifecycleRepository:
+    """Retention purges and the right to erasure, over every table of the schema."""
+
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def purge(self, team_id: str, before: datetime, limit: int) -> dict[str, int]:
+        """Up to `limit` rows of each kind older than `before`: runs that finished before it (never
+        one still running or waiting) with their steps and timers, dead letters, feed items and
+        development messages."""
+        session = self._session
+        old_runs = (
+            (
+                await session.execute(
+                    select(RUNS.c.id)
+                    .where(
+                        RUNS.c.team_id == team_id,
+                        RUNS.c.finished_at < before,
+                        RUNS.c.status != RunStatus.RUNNING,
+                    )
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        purged = await self._delete_runs(list(old_runs))
+        purged["executor.dead_letters"] = await changed_rows(
+            session,
+            delete(DEAD_LETTERS).where(
+                DEAD_LETTERS.c.id.in_(
+                    select(DEAD_LETTERS.c.id)
+                    .where(DEAD_LETTERS.c.team_id == team_id, DEAD_LETTERS.c.failed_at < before)
+                    .limit(limit)
+                )
+            ),
+        )
+        purged["executor.feed_items"] = await changed_rows(
+            session,
+            delete(FEED_ITEMS).where(
+                FEED_ITEMS.c.id.in_(
+                    select(FEED_ITEMS.c.id)
+                    .where(FEED_ITEMS.c.team_id == team_id, FEED_ITEMS.c.created_at < before)
+                    .limit(limit)
+                )
+            ),
+        )
+        purged["executor.dev_messages"] = await changed_rows(
+            session,
+            delete(DEV_MESSAGES).where(
+                DEV_MESSAGES.c.id.in_(
+                    select(DEV_MESSAGES.c.id)
+                    .where(DEV_MESSAGES.c.team_id == team_id, DEV_MESSAGES.c.created_at < before)
+                    .limit(limit)
+                )
+            ),
+        )
+        return purged
+
+    async def _delete_runs(self, run_ids: list[uuid.UUID]) -> dict[str, int]:
+        """Delete runs with their steps and timers (counted, rather than left to the cascade)."""
+        counts = {"executor.runs": 0, "executor.run_steps": 0, "executor.timers": 0}
+        if not run_ids:
+            return counts
+        session = self._session
+        counts["executor.run_steps"] = await changed_rows(
+            session, delete(RUN_STEPS).where(RUN_STEPS.c.run_id.in_(run_ids))
+        )
+        counts["executor.timers"] = await changed_rows(
+            session, delete(TIMERS).where(TIMERS.c.run_id.in_(run_ids))
+        )
+        counts["executor.runs"] = await changed_rows(session, delete(RUNS).where(RUNS.c.id.in_(run_ids)))
+        return counts
+
+    async def erase_contact(self, team_id: str, names: ContactNames) -> dict[str, int]:
+        """Delete every row about the contact: its runs (running ones too: there is no one left
+        to send to) with their steps (rendered details), timers and dead letters, its feed,
+        the development messages sent to it and the outbox rows naming it."""
+        session = self._session
+        run_ids = list(
+            (
+                await session.execute(
+                    select(RUNS.c.id)
+                    .where(RUNS.c.team_id == team_id, RUNS.c.contact_id == names.contact_id)
+                    .with_for_update()
+                )
+            ).scalars()
+        )
+        erased = {"executor.dead_letters": 0}
+        if run_ids:
+            erased["executor.dead_letters"] = await changed_rows(
+                session,
+                delete(DEAD_LETTERS).where(
+                    DEAD_LETTERS.c.team_id == team_id, DEAD_LETTERS.c.run_id.in_(run_ids)
+                ),
+            )
+        erased.update(await self._delete_runs(run_ids))
+        feed_of = FEED_ITEMS.c.contact_id == names.contact_id
+        if names.external_id:
+            feed_of = or_(feed_of, FEED_ITEMS.c.external_id == names.external_id)
+        erased["executor.feed_items"] = await changed_rows(
+            session, delete(FEED_ITEMS).where(FEED_ITEMS.c.team_id == team_id, feed_of)
+        )
+        erased["executor.dev_messages"] = await changed_rows(
+            session,
+            delete(DEV_MESSAGES).where(
+                DEV_MESSAGES.c.team_id == team_id, DEV_MESSAGES.c.to.in_(names.identifiers)
+            ),
+        )
+        erased["executor.outbox"] = await delete_naming(session, OUTBOX, team_id, names.identifiers)
+        return erased
+
+
 class ExecutorSqlUnitOfWork(SqlUnitOfWork):
     runs: SqlRunRepository
     timers: SqlTimerRepository
@@ -646,6 +780,7 @@ class ExecutorSqlUnitOfWork(SqlUnitOfWork):
     dead_letters: SqlDeadLetterRepository
     channels: SqlChannelRepository
     dev_messages: SqlDevMessageRepository
+    lifecycle: SqlLifecycleRepository
 
     def open_repositories(self, session: AsyncSession) -> None:
         self.runs = SqlRunRepository(session)
@@ -654,3 +789,4 @@ class ExecutorSqlUnitOfWork(SqlUnitOfWork):
         self.dead_letters = SqlDeadLetterRepository(session)
         self.channels = SqlChannelRepository(session)
         self.dev_messages = SqlDevMessageRepository(session)
+        self.lifecycle = SqlLifecycleRepository(session)

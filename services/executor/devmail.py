@@ -64,6 +64,26 @@ class CaptureInbox:
         found.sort(key=lambda mail: mail.received_at, reverse=True)
         return found[:limit]
 
+    def erase(self, project_id: str, values: list[str]) -> int:
+        """Delete the project's messages that contain one of `values` (case-insensitive); how many."""
+        needles = [value.lower().encode() for value in values if value.strip()]
+        if not needles:
+            return 0
+        parser = BytesParser(policy=policy.default)
+        erased = 0
+        for key in list(self._maildir.iterkeys()):
+            try:
+                raw = self._maildir.get_bytes(key)
+            except KeyError:
+                continue
+            if parser.parsebytes(raw, headersonly=True).get("X-Herald-Project") != project_id:
+                continue
+            lowered = raw.lower()
+            if any(needle in lowered for needle in needles):
+                self._maildir.discard(key)
+                erased += 1
+        return erased
+
 
 def _dev_mail(key: str, message: EmailMessage) -> devmail_pb2.DevMail:
     text_part = message.get_body(preferencelist=("plain",))
@@ -94,6 +114,14 @@ class DevMailServicer(devmail_pb2_grpc.DevMailServiceServicer):
         limit = min(request.limit, MAX_LIMIT) if request.limit > 0 else DEFAULT_LIMIT
         messages = await asyncio.to_thread(self._inbox.messages, team.id, limit)
         return devmail_pb2.ListDevMailResponse(messages=messages)
+
+    async def EraseDevMail(
+        self, request: devmail_pb2.EraseDevMailRequest, context: Context
+    ) -> devmail_pb2.EraseDevMailResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        erased = await asyncio.to_thread(self._inbox.erase, team.id, list(request.values))
+        log.info("devmail.erased", team_id=team.id, messages=erased)
+        return devmail_pb2.EraseDevMailResponse(erased=erased)
 
 
 async def serve(runtime: Runtime) -> None:

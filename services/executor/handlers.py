@@ -367,8 +367,12 @@ async def _perform(
 ) -> str | None:
     async with uow:
         run = await uow.runs.lock(run_id)
-        step = run.step(task.step_id) if run else None
-        if run is None or step is None:
+        if run is None:
+            # Erased with its contact (right to erasure) before this step ran: nothing to send.
+            log.info("step.run_gone", run_id=task.run_id, step_id=task.step_id)
+            return None
+        step = run.step(task.step_id)
+        if step is None:
             raise Poison(f"run {task.run_id} has no step {task.step_id!r}")
         if step.status != StepStatus.QUEUED:
             log.info("step.already_done", run_id=task.run_id, step_id=task.step_id, status=step.status)

@@ -4,13 +4,16 @@ the outbox relay."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from email.utils import parseaddr
 
 import structlog
 
-from herald.executor.v1 import executor_pb2, executor_pb2_grpc
+from herald.executor.v1 import devmail_pb2_grpc, executor_pb2, executor_pb2_grpc
+from kernel.clients import channel
 from kernel.grpc_server import ServiceRegistration
 from kernel.loops import every
+from kernel.retention import Retention, purge_project
 from kernel.service import Runtime, run_service
 from kernel.settings import Settings
 from kernel.steps import MAX_ATTEMPTS
@@ -73,6 +76,15 @@ def channels(settings: Settings) -> handlers.Channels:
 
 
 async def serve(runtime: Runtime) -> None:
+    if runtime.settings.smtp_url:
+        await _serve(runtime, None)
+        return
+    # Email goes to the development capture inbox: erasing a contact erases its mail there too.
+    async with channel(runtime.settings.target("devmail")) as devmail_channel:
+        await _serve(runtime, devmail_pb2_grpc.DevMailServiceStub(devmail_channel))
+
+
+async def _serve(runtime: Runtime, devmail: devmail_pb2_grpc.DevMailServiceAsyncStub | None) -> None:
     outbox = runtime.outbox(OUTBOX)
     senders = channels(runtime.settings)
     events = JetStreamEventLog(runtime.js)
@@ -89,6 +101,11 @@ async def serve(runtime: Runtime) -> None:
             TIMER_INTERVAL, "wait-catch-up", lambda: handlers.catch_up_waits(unit_of_work(), events), stop
         )
 
+    async def purge(team_id: str, before: datetime, limit: int) -> dict[str, int]:
+        return await purge_project(team_id, before, limit, unit_of_work())
+
+    retention = Retention.for_service("executor", runtime, purge)
+
     # A step's own attempt budget (up to MAX_ATTEMPTS) decides when it fails; the bus's limit
     # only catches a worker that crashes on a message again and again.
     step_workers = [
@@ -104,7 +121,7 @@ async def serve(runtime: Runtime) -> None:
         [
             ServiceRegistration(
                 SERVICE_NAME,
-                ExecutorServicer(runtime.authenticator(), unit_of_work),
+                ExecutorServicer(runtime.authenticator(), unit_of_work, unit_of_work, devmail),
                 executor_pb2_grpc.add_ExecutorServiceServicer_to_server,
             )
         ],
@@ -125,7 +142,7 @@ async def serve(runtime: Runtime) -> None:
             ),
             *step_workers,
         ],
-        background=[outbox.run_relay, timers, catch_up],
+        background=[outbox.run_relay, timers, catch_up, retention.run],
     )
 
 

@@ -8,9 +8,12 @@ from typing import Any
 
 import grpc
 
-from herald.executor.v1 import executor_pb2, executor_pb2_grpc
+from herald.executor.v1 import devmail_pb2, devmail_pb2_grpc, executor_pb2, executor_pb2_grpc
 from kernel.auth import Authenticator
+from kernel.clients import CALL_TIMEOUT_SECONDS, forwarded_metadata
 from kernel.clock import isoformat_ms
+from kernel.errors import Unavailable
+from kernel.retention import ContactNames, LifecycleUnitOfWork, erase_contact
 from services.executor import handlers
 from services.executor.domain import (
     DeadLetter,
@@ -115,9 +118,18 @@ def dev_message_to_proto(message: OutgoingText, at: datetime) -> executor_pb2.De
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
-    def __init__(self, authenticator: Authenticator, unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]):
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        unit_of_work: Callable[[], handlers.ExecutorUnitOfWork],
+        lifecycle: Callable[[], LifecycleUnitOfWork],
+        devmail: devmail_pb2_grpc.DevMailServiceAsyncStub | None = None,
+    ):
         self._auth = authenticator
         self._uow = unit_of_work
+        self._lifecycle = lifecycle
+        # The development capture inbox, when email goes there (no HERALD_SMTP_URL).
+        self._devmail = devmail
 
     async def GetRun(
         self, request: executor_pb2.GetRunRequest, context: Context
@@ -196,3 +208,26 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         return executor_pb2.ListDevMessagesResponse(
             messages=[dev_message_to_proto(message, at) for message, at in found]
         )
+
+    async def EraseContact(
+        self, request: executor_pb2.EraseContactRequest, context: Context
+    ) -> executor_pb2.EraseContactResponse:
+        metadata = context.invocation_metadata()
+        team = await self._auth.authenticate(metadata)
+        names = ContactNames.of(request)
+        erased = await erase_contact(team.id, names, self._lifecycle())
+        if self._devmail is not None:
+            try:
+                answer = await self._devmail.EraseDevMail(
+                    devmail_pb2.EraseDevMailRequest(values=names.identifiers),
+                    metadata=forwarded_metadata(metadata),
+                    timeout=CALL_TIMEOUT_SECONDS,
+                )
+            except grpc.aio.AioRpcError as error:
+                raise Unavailable(
+                    f"The development capture inbox could not erase the contact's mail ({error.details()})",
+                    reason="ERASURE_INCOMPLETE",
+                    metadata={"service": "devmail"},
+                ) from error
+            erased["devmail.messages"] = answer.erased
+        return executor_pb2.EraseContactResponse(erased=erased)

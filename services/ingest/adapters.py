@@ -18,9 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from kernel.database import driver, insert_many, schema_metadata, table_of
+from kernel.database import changed_rows, driver, insert_many, schema_metadata, table_of
 from kernel.errors import Conflict, ResourceExhausted
-from kernel.outbox import outbox_table
+from kernel.outbox import delete_naming, outbox_table
 from kernel.policy import PolicyChange, ProjectPolicy, load_policy, update_policy
 from kernel.unit_of_work import SqlUnitOfWork
 from services.ingest.domain import (
@@ -78,7 +78,10 @@ class ContactRow(IngestBase):
 
 class EventRow(IngestBase):
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_team_accepted_at", "team_id", "accepted_at"),)
+    __table_args__ = (
+        Index("ix_events_team_accepted_at", "team_id", "accepted_at"),
+        Index("ix_events_team_contact", "team_id", "contact_id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     team_id: Mapped[str] = mapped_column(String(64))
@@ -250,13 +253,53 @@ class SqlContactRepository:
             ) from None
         return _contact(row)
 
-    async def delete(self, team_id: str, external_id: str) -> bool:
-        result = await self._session.execute(
-            sa_delete(CONTACTS)
-            .where(CONTACTS.c.team_id == team_id, CONTACTS.c.external_id == external_id)
-            .returning(CONTACTS.c.id)
+    async def erase(self, contact: Contact) -> dict[str, int]:
+        """Delete the contact and every row of ingest that holds its personal data: its events
+        (the head event of a direct trigger of several contacts is emptied instead, so that the
+        trigger of the others stays whole), the triggers of its own events, with their
+        idempotency keys (a key is the client's text), and outbox rows naming it."""
+        team_id = contact.team_id
+        events = select(EVENTS.c.id).where(EVENTS.c.team_id == team_id, EVENTS.c.contact_id == contact.id)
+        triggers = (
+            await self._session.execute(
+                sa_delete(TRIGGERS)
+                .where(TRIGGERS.c.event_id.in_(events), TRIGGERS.c.contacts.is_(None))
+                .returning(TRIGGERS.c.id)
+            )
+        ).all()
+        trigger_ids = [row.id for row in triggers]
+        keys = 0
+        if trigger_ids:
+            keys = await changed_rows(
+                self._session,
+                sa_delete(IDEMPOTENCY_KEYS).where(
+                    IDEMPOTENCY_KEYS.c.team_id == team_id, IDEMPOTENCY_KEYS.c.trigger_id.in_(trigger_ids)
+                ),
+            )
+        # The head event of a trigger of several contacts, which is left (emptied).
+        shared = select(TRIGGERS.c.id).where(TRIGGERS.c.event_id == EVENTS.c.id).exists()
+        emptied = await changed_rows(
+            self._session,
+            sa_update(EVENTS)
+            .where(EVENTS.c.team_id == team_id, EVENTS.c.contact_id == contact.id, shared)
+            .values(contact_id=None, data={}, variables={}, source={}),
         )
-        return result.first() is not None
+        deleted = await changed_rows(
+            self._session,
+            sa_delete(EVENTS).where(EVENTS.c.team_id == team_id, EVENTS.c.contact_id == contact.id),
+        )
+        outbox = await delete_naming(self._session, OUTBOX, team_id, contact_identifiers(contact))
+        contacts = await changed_rows(
+            self._session,
+            sa_delete(CONTACTS).where(CONTACTS.c.team_id == team_id, CONTACTS.c.id == contact.id),
+        )
+        return {
+            "ingest.contacts": contacts,
+            "ingest.events": deleted + emptied,
+            "ingest.triggers": len(trigger_ids),
+            "ingest.idempotency_keys": keys,
+            "ingest.outbox": outbox,
+        }
 
     async def named(
         self, team_id: str, ids: Sequence[uuid.UUID], external_ids: Sequence[str], emails: Sequence[str]
@@ -280,6 +323,12 @@ class SqlContactRepository:
         if after is not None:
             query = query.where(CONTACTS.c.id > after)
         return [_contact(row) for row in await self._session.execute(query)]
+
+
+def contact_identifiers(contact: Contact) -> list[str]:
+    """What names the contact in a message: its id, external id, email and phone."""
+    values = [str(contact.id), contact.external_id, contact.email, contact.phone]
+    return [value for value in values if value]
 
 
 def _contact_values(contact: Contact) -> dict[str, Any]:
@@ -397,7 +446,9 @@ class SqlEventRepository:
             )
         return events
 
-    async def purge(self, team_id: str, before: datetime, limit: int) -> int:
+    async def purge(self, team_id: str, before: datetime, limit: int) -> dict[str, int]:
+        """Delete up to `limit` of the team's events accepted before `before` (never one still
+        scheduled) with their triggers; how many rows went from each table."""
         waiting = select(TRIGGERS.c.event_id).where(
             TRIGGERS.c.team_id == team_id, TRIGGERS.c.status == TriggerStatus.SCHEDULED
         )
@@ -411,9 +462,12 @@ class SqlEventRepository:
             await self._session.execute(sa_delete(EVENTS).where(EVENTS.c.id.in_(old)).returning(EVENTS.c.id))
         ).all()
         ids = [row.id for row in gone]
+        triggers = 0
         if ids:
-            await self._session.execute(sa_delete(TRIGGERS).where(TRIGGERS.c.event_id.in_(ids)))
-        return len(ids)
+            triggers = await changed_rows(
+                self._session, sa_delete(TRIGGERS).where(TRIGGERS.c.event_id.in_(ids))
+            )
+        return {"ingest.events": len(ids), "ingest.triggers": triggers}
 
 
 def _event_values(event: AcceptedEvent) -> dict[str, Any]:
@@ -497,10 +551,10 @@ class SqlIdempotencyRepository:
         ).one()
         return IdempotencyRecord(row.fingerprint, row.trigger_id)
 
-    async def purge_expired(self, now: datetime, limit: int) -> int:
+    async def purge_expired(self, team_id: str, now: datetime, limit: int) -> int:
         expired = (
             select(IDEMPOTENCY_KEYS.c.team_id, IDEMPOTENCY_KEYS.c.key)
-            .where(IDEMPOTENCY_KEYS.c.expires_at < now)
+            .where(IDEMPOTENCY_KEYS.c.team_id == team_id, IDEMPOTENCY_KEYS.c.expires_at < now)
             .limit(limit)
         )
         result = await self._session.execute(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
+
+import structlog
 
 from herald.bus.v1 import event_pb2
 from herald.matcher.v1 import matcher_pb2
@@ -59,6 +61,7 @@ from services.ingest.domain import (
     updated_contact,
 )
 
+log = structlog.get_logger(__name__)
 CONTACT_CREATED = "herald.contact.created"
 TOPIC_SUBSCRIBED = "herald.topic.subscribed"
 BATCH_CONCURRENCY = 8
@@ -86,7 +89,10 @@ class ContactResolver(Protocol):
 
 
 class ContactRepository(ContactResolver, Protocol):
-    async def delete(self, team_id: str, external_id: str) -> bool: ...
+    async def erase(self, contact: Contact) -> dict[str, int]:
+        """Delete the contact and every row of this service that holds its personal data; how
+        many rows went, by table ("ingest.events")."""
+        ...
 
     async def named(
         self, team_id: str, ids: Sequence[uuid.UUID], external_ids: Sequence[str], emails: Sequence[str]
@@ -120,7 +126,10 @@ class EventRepository(EventWriter, Protocol):
         """Scheduled events due at `now`, locked (SKIP LOCKED) and marked queued."""
         ...
 
-    async def purge(self, team_id: str, before: datetime, limit: int) -> int: ...
+    async def purge(self, team_id: str, before: datetime, limit: int) -> dict[str, int]:
+        """Delete up to `limit` of the team's events accepted before `before` (never one still
+        scheduled) and their triggers; how many rows went, by table."""
+        ...
 
 
 class KeyClaims(Protocol):
@@ -134,7 +143,7 @@ class KeyClaims(Protocol):
 
 
 class IdempotencyRepository(KeyClaims, Protocol):
-    async def purge_expired(self, now: datetime, limit: int) -> int: ...
+    async def purge_expired(self, team_id: str, now: datetime, limit: int) -> int: ...
 
 
 class EventTypeCheck(Protocol):
@@ -857,11 +866,32 @@ async def get_contact(team_id: str, external_id: str, uow: IngestUnitOfWork) -> 
     return found
 
 
-async def delete_contact(team_id: str, external_id: str, uow: IngestUnitOfWork) -> None:
+EraseElsewhere = Callable[[Contact], Awaitable[Mapping[str, int]]]
+"""Erases a contact from the other services (matcher, executor, tracker); how many rows went from
+each of their tables. Raises Unavailable when one of them could not do it."""
+
+
+async def erase_contact(
+    team_id: str, external_id: str, uow: IngestUnitOfWork, elsewhere: EraseElsewhere | None = None
+) -> dict[str, int]:
+    """Right to erasure: delete the contact and its personal data everywhere; what went, by table.
+
+    The other services erase first: when one cannot, nothing of ingest is deleted yet, so the
+    call can be made again (every erasure is idempotent). Then ingest deletes the contact, its
+    events and what names it, in one transaction."""
     async with uow:
-        if not await uow.contacts.delete(team_id, external_id):
+        found = await uow.contacts.by_external_id(team_id, external_id)
+    if found is None:
+        raise _contact_not_found(external_id)
+    erased: dict[str, int] = dict(await elsewhere(found)) if elsewhere is not None else {}
+    async with uow:
+        contact = await uow.contacts.by_external_id(team_id, external_id, lock=True)
+        if contact is None:  # erased meanwhile by another request
             raise _contact_not_found(external_id)
+        erased.update(await uow.contacts.erase(contact))
         await uow.commit()
+    log.info("contact.erased", team_id=team_id, contact_id=str(contact.id), erased=erased)
+    return dict(sorted(erased.items()))
 
 
 async def change_tags(
@@ -948,18 +978,11 @@ async def delete_event_type(team_id: str, name: str, uow: IngestUnitOfWork) -> N
         await uow.commit()
 
 
-async def purge(
-    team_ids_and_retention: Sequence[tuple[str, int]], uow_factory: Callable[[], IngestUnitOfWork]
-) -> int:
-    """Delete events and triggers older than each project's retention, and expired idempotency
-    keys; returns how many rows went."""
-    now = utcnow()
-    removed = 0
-    for team_id, days in team_ids_and_retention:
-        async with uow_factory() as uow:
-            removed += await uow.events.purge(team_id, now - timedelta(days=days), 5000)
-            await uow.commit()
-    async with uow_factory() as uow:
-        removed += await uow.idempotency.purge_expired(now, 5000)
+async def purge(team_id: str, before: datetime, limit: int, uow: IngestUnitOfWork) -> dict[str, int]:
+    """One round of retention (kernel.retention) for one project: up to `limit` of its events
+    accepted before `before` with their triggers, and of its expired idempotency keys."""
+    async with uow:
+        purged = await uow.events.purge(team_id, before, limit)
+        purged["ingest.idempotency_keys"] = await uow.idempotency.purge_expired(team_id, utcnow(), limit)
         await uow.commit()
-    return removed
+    return purged

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -373,10 +374,70 @@ def contact_message(contact: Contact) -> ingest_pb2.Contact:
     )
 
 
+# Erasing one contact from a service may delete many rows: it gets longer than a usual call.
+ERASE_TIMEOUT_SECONDS = 20.0
+# After an erasure, the other services erase the contact again this long after: what messages
+# still in flight at the DELETE wrote meanwhile goes too (best effort, by the answering process).
+RESWEEP_SECONDS = (5.0, 60.0)
+
+
+@dataclass(frozen=True)
+class EraseRpc:
+    """The EraseContact RPC of another service: its name, the stub's method and its request type."""
+
+    service: str
+    method: Callable[..., Awaitable[Any]]
+    request: Callable[..., Any]
+
+
+def erasing_elsewhere(
+    rpcs: Sequence[EraseRpc], metadata: tuple[tuple[str, str], ...]
+) -> handlers.EraseElsewhere:
+    """Erase a contact in each of the other services at once, with the caller's credentials;
+    Unavailable (503: try again) when any of them fails."""
+
+    async def erase_in(rpc: EraseRpc, contact: Contact) -> dict[str, int]:
+        request = rpc.request(
+            contact_id=str(contact.id),
+            external_id=contact.external_id or "",
+            email=contact.email or "",
+            phone=contact.phone or "",
+        )
+        try:
+            response = await rpc.method(request, metadata=metadata, timeout=ERASE_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            log.warning("contact.erase_failed", service=rpc.service, error=error.details())
+            raise Unavailable(
+                f"The contact could not be erased from the {rpc.service} service just now; the "
+                "contact is kept, so that the same DELETE can erase it: try again",
+                reason="ERASURE_INCOMPLETE",
+                metadata={"service": rpc.service},
+            ) from error
+        return dict(response.erased)
+
+    async def erase(contact: Contact) -> dict[str, int]:
+        erased: dict[str, int] = {}
+        for counts in await asyncio.gather(*(erase_in(rpc, contact) for rpc in rpcs)):
+            erased.update(counts)
+        return erased
+
+    return erase
+
+
 class ContactServicer(ingest_pb2_grpc.ContactServiceServicer):
-    def __init__(self, authenticator: Authenticator, intake: handlers.Intake):
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        intake: handlers.Intake,
+        erase_rpcs: Sequence[EraseRpc] = (),
+        resweep_seconds: Sequence[float] = RESWEEP_SECONDS,
+    ):
         self._auth = authenticator
         self._intake = intake
+        # The other services' EraseContact, called before ingest erases its own rows.
+        self._erase_rpcs = tuple(erase_rpcs)
+        self._resweep_seconds = tuple(resweep_seconds)
+        self._resweeps: set[asyncio.Task[None]] = set()
 
     async def _team(self, context: Context) -> str:
         return (await self._auth.authenticate(context.invocation_metadata())).id
@@ -411,10 +472,35 @@ class ContactServicer(ingest_pb2_grpc.ContactServiceServicer):
     async def DeleteContact(
         self, request: ingest_pb2.DeleteContactRequest, context: Context
     ) -> ingest_pb2.DeleteContactResponse:
-        await handlers.delete_contact(
-            await self._team(context), request.external_id, self._intake.unit_of_work()
+        team_id = await self._team(context)
+        elsewhere = erasing_elsewhere(self._erase_rpcs, forwarded_metadata(context.invocation_metadata()))
+        asked: list[Contact] = []
+
+        async def erase_elsewhere(contact: Contact) -> Mapping[str, int]:
+            asked.append(contact)
+            return await elsewhere(contact)
+
+        erased = await handlers.erase_contact(
+            team_id, request.external_id, self._intake.unit_of_work(), erase_elsewhere
         )
-        return ingest_pb2.DeleteContactResponse()
+        if self._erase_rpcs and asked and self._resweep_seconds:
+            task = asyncio.create_task(self._resweep(elsewhere, asked[-1]), name="contact.resweep")
+            self._resweeps.add(task)
+            task.add_done_callback(self._resweeps.discard)
+        return ingest_pb2.DeleteContactResponse(erased=erased)
+
+    async def _resweep(self, elsewhere: handlers.EraseElsewhere, contact: Contact) -> None:
+        """Erase the contact from the other services again, RESWEEP_SECONDS after the erasure."""
+        waited = 0.0
+        for at in self._resweep_seconds:
+            await asyncio.sleep(at - waited)
+            waited = at
+            try:
+                erased = await elsewhere(contact)
+            except HeraldError as error:
+                log.warning("contact.resweep_failed", contact_id=str(contact.id), error=error.message)
+                continue
+            log.info("contact.erased_again", contact_id=str(contact.id), erased=erased)
 
     async def UpdateContactTags(
         self, request: ingest_pb2.UpdateContactTagsRequest, context: Context

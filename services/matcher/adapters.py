@@ -21,6 +21,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    tuple_,
 )
 from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
 from sqlalchemy.exc import IntegrityError
@@ -29,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from kernel.database import (
     DriverStatement,
+    changed_rows,
     driver,
     insert_many,
     insert_many_returning,
@@ -36,7 +38,8 @@ from kernel.database import (
     table_of,
 )
 from kernel.errors import Conflict
-from kernel.outbox import outbox_table
+from kernel.outbox import delete_naming, outbox_table
+from kernel.retention import ContactNames
 from kernel.unit_of_work import SqlUnitOfWork
 from services.matcher.domain import Decision, MatchedEvent, Segment, Workflow, WorkflowDefinition
 from services.matcher.messages import definition_document, definition_from_document
@@ -71,6 +74,10 @@ class WorkflowVersionRow(MatcherBase):
 
 class MatchDecisionRow(MatcherBase):
     __tablename__ = "match_decisions"
+    __table_args__ = (
+        Index("ix_matcher_match_decisions_team_decided", "team_id", "decided_at"),
+        Index("ix_matcher_match_decisions_team_contact", "team_id", "contact_id"),
+    )
 
     event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     workflow_key: Mapped[str] = mapped_column(String(100), primary_key=True)
@@ -88,6 +95,7 @@ class EventDecidedRow(MatcherBase):
     """One row per event the matcher decided, even when no workflow listened."""
 
     __tablename__ = "decided_events"
+    __table_args__ = (Index("ix_matcher_decided_events_team_decided", "team_id", "decided_at"),)
 
     event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     trigger_id: Mapped[uuid.UUID]
@@ -99,6 +107,10 @@ class CooldownRow(MatcherBase):
     """When a workflow last ran for a contact, and until when it may not run again for them."""
 
     __tablename__ = "cooldowns"
+    __table_args__ = (
+        Index("ix_matcher_cooldowns_team_contact", "team_id", "contact_id"),
+        Index("ix_matcher_cooldowns_team_last_run", "team_id", "last_run_at"),
+    )
 
     team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     workflow_key: Mapped[str] = mapped_column(String(100), primary_key=True)
@@ -390,14 +402,96 @@ DROP_MEMBERSHIPS = DriverStatement.of(
 )
 
 
+COOLDOWNS = table_of(CooldownRow)
+
+
+class SqlLifecycleRepository:
+    """Retention purges and the right to erasure. Workflow versions and segments are the
+    project's configuration, never purged."""
+
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def purge(self, team_id: str, before: datetime, limit: int) -> dict[str, int]:
+        """Up to `limit` decisions and decided events older than `before`, and cooldowns whose
+        run was before it and that have expired."""
+        session = self._session
+        decisions = await changed_rows(
+            session,
+            delete(MATCH_DECISIONS).where(
+                tuple_(MATCH_DECISIONS.c.event_id, MATCH_DECISIONS.c.workflow_key).in_(
+                    select(MATCH_DECISIONS.c.event_id, MATCH_DECISIONS.c.workflow_key)
+                    .where(MATCH_DECISIONS.c.team_id == team_id, MATCH_DECISIONS.c.decided_at < before)
+                    .limit(limit)
+                )
+            ),
+        )
+        decided = await changed_rows(
+            session,
+            delete(DECIDED_EVENTS).where(
+                DECIDED_EVENTS.c.event_id.in_(
+                    select(DECIDED_EVENTS.c.event_id)
+                    .where(DECIDED_EVENTS.c.team_id == team_id, DECIDED_EVENTS.c.decided_at < before)
+                    .limit(limit)
+                )
+            ),
+        )
+        cooldowns = await changed_rows(
+            session,
+            delete(COOLDOWNS).where(
+                tuple_(COOLDOWNS.c.team_id, COOLDOWNS.c.workflow_key, COOLDOWNS.c.contact_id).in_(
+                    select(COOLDOWNS.c.team_id, COOLDOWNS.c.workflow_key, COOLDOWNS.c.contact_id)
+                    .where(
+                        COOLDOWNS.c.team_id == team_id,
+                        COOLDOWNS.c.last_run_at < before,
+                        COOLDOWNS.c.until < func.now(),
+                    )
+                    .limit(limit)
+                )
+            ),
+        )
+        return {
+            "matcher.match_decisions": decisions,
+            "matcher.decided_events": decided,
+            "matcher.cooldowns": cooldowns,
+        }
+
+    async def erase_contact(self, team_id: str, names: ContactNames) -> dict[str, int]:
+        """Delete the decisions about the contact (a reason may quote its values), its cooldowns,
+        its segment memberships and the outbox rows naming it."""
+        session = self._session
+        contact_id = names.contact_id
+        return {
+            "matcher.match_decisions": await changed_rows(
+                session,
+                delete(MATCH_DECISIONS).where(
+                    MATCH_DECISIONS.c.team_id == team_id, MATCH_DECISIONS.c.contact_id == contact_id
+                ),
+            ),
+            "matcher.cooldowns": await changed_rows(
+                session,
+                delete(COOLDOWNS).where(COOLDOWNS.c.team_id == team_id, COOLDOWNS.c.contact_id == contact_id),
+            ),
+            "matcher.segment_members": await changed_rows(
+                session,
+                delete(SEGMENT_MEMBERS).where(
+                    SEGMENT_MEMBERS.c.team_id == team_id, SEGMENT_MEMBERS.c.contact_id == contact_id
+                ),
+            ),
+            "matcher.outbox": await delete_naming(session, OUTBOX, team_id, names.identifiers),
+        }
+
+
 class MatcherSqlUnitOfWork(SqlUnitOfWork):
     workflows: SqlWorkflowRepository
     decisions: SqlDecisionRepository
     cooldowns: SqlCooldownRepository
     segments: SqlSegmentRepository
+    lifecycle: SqlLifecycleRepository
 
     def open_repositories(self, session: AsyncSession) -> None:
         self.workflows = SqlWorkflowRepository(session)
         self.decisions = SqlDecisionRepository(session)
         self.cooldowns = SqlCooldownRepository(session)
         self.segments = SqlSegmentRepository(session)
+        self.lifecycle = SqlLifecycleRepository(session)

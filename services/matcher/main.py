@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from herald.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from kernel.grpc_server import ServiceRegistration
+from kernel.retention import Retention, purge_project
 from kernel.service import Runtime, run_service
 from services.matcher.adapters import OUTBOX, MatcherSqlUnitOfWork
 from services.matcher.consumers import DURABLE, FILTER, ProjectCaches, event_batch_handler, event_handler
@@ -20,11 +23,16 @@ async def serve(runtime: Runtime) -> None:
 
     caches = ProjectCaches.over(unit_of_work)
 
+    async def purge(team_id: str, before: datetime, limit: int) -> dict[str, int]:
+        return await purge_project(team_id, before, limit, unit_of_work())
+
+    retention = Retention.for_service("matcher", runtime, purge)
+
     await runtime.serve(
         [
             ServiceRegistration(
                 SERVICE_NAME,
-                MatcherServicer(runtime.authenticator(), unit_of_work, on_change=caches.forget),
+                MatcherServicer(runtime.authenticator(), unit_of_work, unit_of_work, on_change=caches.forget),
                 matcher_pb2_grpc.add_MatcherServiceServicer_to_server,
             )
         ],
@@ -37,7 +45,7 @@ async def serve(runtime: Runtime) -> None:
                 batch_handler=event_batch_handler(unit_of_work, caches),
             )
         ],
-        background=[outbox.run_relay],
+        background=[outbox.run_relay, retention.run],
     )
 
 

@@ -11,6 +11,7 @@ import grpc
 from herald.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from kernel.auth import Authenticator
 from kernel.errors import InvalidArgument
+from kernel.retention import ContactNames, LifecycleUnitOfWork, erase_contact
 from services.matcher import handlers
 from services.matcher.messages import (
     definition_from_proto,
@@ -27,10 +28,12 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         self,
         authenticator: Authenticator,
         unit_of_work: Callable[[], handlers.MatcherUnitOfWork],
+        lifecycle: Callable[[], LifecycleUnitOfWork],
         on_change: Callable[[str], None] = lambda team_id: None,
     ):
         self._auth = authenticator
         self._uow = unit_of_work
+        self._lifecycle = lifecycle
         self._changed = on_change  # a project's workflows or segments changed
 
     async def CreateWorkflow(
@@ -147,3 +150,10 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         await handlers.delete_segment(team.id, request.key, self._uow())
         self._changed(team.id)
         return matcher_pb2.DeleteSegmentResponse(key=request.key, deleted=True)
+
+    async def EraseContact(
+        self, request: matcher_pb2.EraseContactRequest, context: Context
+    ) -> matcher_pb2.EraseContactResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        erased = await erase_contact(team.id, ContactNames.of(request), self._lifecycle())
+        return matcher_pb2.EraseContactResponse(erased=erased)

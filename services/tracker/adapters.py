@@ -23,6 +23,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    delete,
     distinct,
     extract,
     func,
@@ -31,9 +32,11 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     true,
     tuple_,
     union_all,
+    update,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,6 +47,7 @@ from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp, utcnow
 from kernel.database import (
     DriverStatement,
+    changed_rows,
     driver,
     insert_many,
     insert_many_returning,
@@ -51,6 +55,7 @@ from kernel.database import (
     table_of,
     update_many,
 )
+from kernel.retention import ContactNames
 from kernel.unit_of_work import SqlUnitOfWork
 from services.tracker.domain import (
     EventLatency,
@@ -125,7 +130,10 @@ class MatchRow(TrackerBase):
 
 class DecisionRow(TrackerBase):
     __tablename__ = "trigger_decisions"
-    __table_args__ = (Index("ix_trigger_decisions_run_id", "run_id"),)
+    __table_args__ = (
+        Index("ix_trigger_decisions_run_id", "run_id"),
+        Index("ix_tracker_trigger_decisions_contact", "contact_id"),
+    )
 
     trigger_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     workflow_key: Mapped[str] = mapped_column(String(100), primary_key=True)
@@ -908,8 +916,165 @@ PROGRESS = DriverStatement.of(
 )
 
 
+# The tables of a trigger's facts, each with its trigger_id.
+FACT_TABLES = ("trigger_decisions", "trigger_runs", "trigger_deliveries", "trigger_matches")
+# Up to :limit facts of the triggers :ids (a trigger of 10,000 contacts has 10,000 decisions, so a
+# round deletes facts by the row, not by the trigger).
+DELETE_FACTS = {
+    table: text(
+        f"DELETE FROM {SCHEMA}.{table} WHERE ctid = ANY(ARRAY("
+        f"SELECT ctid FROM {SCHEMA}.{table} WHERE trigger_id = ANY(:ids) LIMIT :limit))"
+    )
+    for table in FACT_TABLES
+}
+# The triggers among :ids that have no fact left.
+DELETE_BARE_TRIGGERS = text(
+    f"DELETE FROM {SCHEMA}.triggers t WHERE t.id = ANY(:ids) AND "
+    + " AND ".join(
+        f"NOT EXISTS (SELECT 1 FROM {SCHEMA}.{table} f WHERE f.trigger_id = t.id)" for table in FACT_TABLES
+    )
+)
+
+
+class SqlLifecycleRepository:
+    """Retention purges and the right to erasure over the triggers and their facts."""
+
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def purge(self, team_id: str, before: datetime, limit: int) -> dict[str, int]:
+        """Triggers created before `before` (not one whose runs are still under way, nor one
+        still scheduled) with their facts: up to `limit` rows of each table."""
+        session = self._session
+        ids = list(
+            (
+                await session.execute(
+                    select(TRIGGERS.c.id)
+                    .where(
+                        TRIGGERS.c.team_id == team_id,
+                        TRIGGERS.c.created_at < before,
+                        TRIGGERS.c.status != TriggerStatus.PROCESSING,
+                        ~(
+                            (TRIGGERS.c.status == TriggerStatus.SCHEDULED)
+                            & (TRIGGERS.c.scheduled_for > func.now())
+                        ),
+                    )
+                    .order_by(TRIGGERS.c.created_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).scalars()
+        )
+        return await self._delete_triggers(ids, limit)
+
+    async def _delete_triggers(self, ids: list[uuid.UUID], limit: int) -> dict[str, int]:
+        counts = {f"tracker.{table}": 0 for table in ("triggers", *FACT_TABLES)}
+        if not ids:
+            return counts
+        for table in FACT_TABLES:
+            counts[f"tracker.{table}"] = await changed_rows(
+                self._session, DELETE_FACTS[table], {"ids": ids, "limit": limit}
+            )
+        counts["tracker.triggers"] = await changed_rows(self._session, DELETE_BARE_TRIGGERS, {"ids": ids})
+        return counts
+
+    async def erase_contact(self, team_id: str, names: ContactNames) -> dict[str, int]:
+        """A trigger about the contact alone goes with all its facts; in a trigger of several
+        contacts (a direct workflow trigger) the contact's decisions, runs and deliveries go, and
+        the trigger's counters forget them, so that the others' figures stay right."""
+        session = self._session
+        contact_id = names.contact_id
+        own = list(
+            (
+                await session.execute(
+                    select(TRIGGERS.c.id)
+                    .where(
+                        TRIGGERS.c.team_id == team_id,
+                        TRIGGERS.c.contact_id == contact_id,
+                        TRIGGERS.c.contacts.is_(None),
+                    )
+                    .with_for_update()
+                )
+            ).scalars()
+        )
+        erased = await self._delete_triggers(own, 2**31 - 1)
+        # The contact's decisions and runs in the team's other triggers (a join on the trigger,
+        # so that only the contact's rows are read, whatever the team's size).
+        of_team = (TRIGGERS.c.team_id == team_id,)
+        decisions = (
+            await session.execute(
+                delete(DECISIONS)
+                .where(
+                    DECISIONS.c.contact_id == contact_id, DECISIONS.c.trigger_id == TRIGGERS.c.id, *of_team
+                )
+                .returning(DECISIONS.c.trigger_id, DECISIONS.c.run_id, DECISIONS.c.matched)
+            )
+        ).all()
+        decided_runs = [row.run_id for row in decisions if row.run_id is not None]
+        runs = (
+            await session.execute(
+                delete(RUNS)
+                .where(
+                    RUNS.c.trigger_id == TRIGGERS.c.id,
+                    *of_team,
+                    or_(RUNS.c.contact_id == contact_id, RUNS.c.run_id.in_(decided_runs)),
+                )
+                .returning(RUNS.c.run_id, RUNS.c.status, RUNS.c.finished_at)
+            )
+        ).all()
+        deliveries = 0
+        if runs:
+            deliveries = await changed_rows(
+                session, delete(DELIVERIES).where(DELIVERIES.c.run_id.in_([row.run_id for row in runs]))
+            )
+        # The counters of the triggers the contact shared: its runs are no longer expected.
+        ended = {row.run_id: row for row in runs if row.finished_at is not None}
+        counts: dict[uuid.UUID, dict[str, Any]] = {}
+        for row in decisions:
+            if not row.matched or row.run_id is None:
+                continue
+            count = counts.setdefault(
+                row.trigger_id, {"id": row.trigger_id, "expected": 0, "finished": 0, "failed": 0}
+            )
+            count["expected"] += 1
+            end = ended.get(row.run_id)
+            if end is not None:
+                count["finished"] += 1
+                count["failed"] += end.status == "failed"
+        if counts:
+            await update_many(
+                await driver(session),
+                TRIGGERS,
+                [
+                    {
+                        "id": c["id"],
+                        "runs_expected": c["expected"],
+                        "runs_finished": c["finished"],
+                        "runs_failed": c["failed"],
+                    }
+                    for c in counts.values()
+                ],
+                "runs_expected = greatest(t.runs_expected - r.runs_expected, 0), "
+                "runs_finished = greatest(t.runs_finished - r.runs_finished, 0), "
+                "runs_failed = greatest(t.runs_failed - r.runs_failed, 0)",
+            )
+        shared = await changed_rows(
+            session,
+            update(TRIGGERS)
+            .where(TRIGGERS.c.team_id == team_id, TRIGGERS.c.contact_id == contact_id)
+            .values(contact_id=None),
+        )
+        erased["tracker.trigger_decisions"] += len(decisions)
+        erased["tracker.trigger_runs"] += len(runs)
+        erased["tracker.trigger_deliveries"] += deliveries
+        erased["tracker.triggers"] += shared
+        return erased
+
+
 class TrackerSqlUnitOfWork(SqlUnitOfWork):
     triggers: SqlTriggerRepository
+    lifecycle: SqlLifecycleRepository
 
     def open_repositories(self, session: AsyncSession) -> None:
         self.triggers = SqlTriggerRepository(session)
+        self.lifecycle = SqlLifecycleRepository(session)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
+import structlog
+
 from herald.executor.v1 import executor_pb2_grpc
 from herald.ingest.v1 import ingest_pb2_grpc
 from herald.tracker.v1 import tracker_pb2, tracker_pb2_grpc
+from kernel.bus import STREAMS
 from kernel.clients import channel
+from kernel.clock import isoformat_ms, utcnow
 from kernel.grpc_server import ServiceRegistration
 from kernel.lag import queue_lag
+from kernel.loops import every
+from kernel.retention import Retention, purge_project
 from kernel.service import Runtime, run_service
-from services.tracker import catalog_consumers
+from services.tracker import catalog_consumers, catalog_handlers
 from services.tracker.adapters import TrackerSqlUnitOfWork
 from services.tracker.catalog_adapters import CatalogSqlUnitOfWork
 from services.tracker.consumers import DURABLE, FILTER, tracking_batch_handler, tracking_handler
@@ -23,6 +31,11 @@ TRACKING_LINGER_SECONDS = 0.05
 CATALOG_BATCH = 128
 CATALOG_LINGER_SECONDS = 0.05
 
+EVENTS_MAX_AGE_SECONDS = next(spec.max_age_seconds for spec in STREAMS if spec.name == "EVENTS")
+# The catalog remembers the events it counted a day longer than the EVENTS stream keeps them.
+COUNTED_EVENTS_KEPT = timedelta(seconds=EVENTS_MAX_AGE_SECONDS) + timedelta(days=1)
+
+log = structlog.get_logger(__name__)
 SERVICE_NAME = tracker_pb2.DESCRIPTOR.services_by_name["TrackerService"].full_name
 
 
@@ -45,7 +58,29 @@ async def serve(runtime: Runtime) -> None:
             catalog_unit_of_work,
             ingest_pb2_grpc.ContactServiceStub(ingest_channel),
             lambda: queue_lag(runtime.js),
+            unit_of_work,
         )
+
+        async def purge(team_id: str, before: datetime, limit: int) -> dict[str, int]:
+            purged = await purge_project(team_id, before, limit, unit_of_work())
+            purged["tracker.catalog_examples"] = await catalog_handlers.purge_examples(
+                team_id, before, limit, catalog_unit_of_work()
+            )
+            return purged
+
+        retention = Retention.for_service("tracker", runtime, purge)
+
+        async def forget_counted_events() -> int:
+            # The catalog's claims of events the bus can no longer redeliver (past the EVENTS
+            # stream's max age), whatever the project.
+            before = utcnow() - COUNTED_EVENTS_KEPT
+            forgotten = await catalog_handlers.forget_counted_events(
+                before, runtime.settings.retention_batch_size, catalog_unit_of_work()
+            )
+            if forgotten:
+                log.info("catalog.forgot_counted_events", events=forgotten, before=isoformat_ms(before))
+            return forgotten
+
         await runtime.serve(
             [
                 ServiceRegistration(
@@ -70,6 +105,12 @@ async def serve(runtime: Runtime) -> None:
                     batch_handler=catalog_consumers.catalog_batch_handler(catalog_unit_of_work),
                     batch_size=CATALOG_BATCH,
                     linger_seconds=CATALOG_LINGER_SECONDS,
+                ),
+            ],
+            background=[
+                retention.run,
+                lambda stop: every(
+                    runtime.settings.retention_interval_seconds, "catalog.forget", forget_counted_events, stop
                 ),
             ],
         )

@@ -18,7 +18,8 @@ from kernel.clients import CALL_TIMEOUT_SECONDS, forwarded_metadata
 from kernel.clock import isoformat_ms
 from kernel.errors import from_rpc_error
 from kernel.grpc_server import RESPONSE_HEADER_NAMES
-from services.tracker import handlers
+from kernel.retention import ContactNames, LifecycleUnitOfWork, erase_contact
+from services.tracker import catalog_handlers, handlers
 from services.tracker.catalog_handlers import CatalogUnitOfWork
 from services.tracker.catalog_servicer import CatalogRpcs, event_latency_to_proto
 from services.tracker.domain import (
@@ -289,6 +290,7 @@ class TrackerServicer(CatalogRpcs, tracker_pb2_grpc.TrackerServiceServicer):
         catalog: Callable[[], CatalogUnitOfWork],
         contacts: ingest_pb2_grpc.ContactServiceAsyncStub,
         queue_lag: handlers.QueueLag,
+        lifecycle: Callable[[], LifecycleUnitOfWork],
     ):
         self._auth = authenticator
         self._catalog = catalog
@@ -297,6 +299,7 @@ class TrackerServicer(CatalogRpcs, tracker_pb2_grpc.TrackerServiceServicer):
         self._executor = executor
         self._contacts = contacts
         self._queue_lag = queue_lag
+        self._lifecycle = lifecycle
 
     async def GetTrigger(
         self, request: tracker_pb2.GetTriggerRequest, context: Context
@@ -404,3 +407,14 @@ class TrackerServicer(CatalogRpcs, tracker_pb2_grpc.TrackerServiceServicer):
         team = await self._auth.authenticate(context.invocation_metadata())
         stats = await handlers.get_stats(team.id, request.window, self._uow(), self._queue_lag)
         return stats_to_proto(stats)
+
+    async def EraseContact(
+        self, request: tracker_pb2.EraseContactRequest, context: Context
+    ) -> tracker_pb2.EraseContactResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        names = ContactNames.of(request)
+        erased = await erase_contact(team.id, names, self._lifecycle())
+        erased["tracker.catalog_examples"] = await catalog_handlers.erase_contact_examples(
+            team.id, names.contact_id, self._catalog()
+        )
+        return tracker_pb2.EraseContactResponse(erased=erased)

@@ -345,8 +345,11 @@ def test_put_get_and_delete_a_contact(
     assert events_named(database, team.team_id, "herald.contact.created") == 1
 
     deleted = running.http.delete(contact_url("grace"), headers=headers)
-    assert deleted.status_code == 204
-    assert deleted.content == b""
+    assert deleted.status_code == 200, deleted.text
+    erased = deleted.json()["erased"]
+    # Its two events (herald.contact.created, herald.topic.subscribed), and a count from every service.
+    assert (erased["ingest.contacts"], erased["ingest.events"]) == (1, 2)
+    assert {table.split(".")[0] for table in erased} == {"ingest", "matcher", "executor", "tracker"}
     assert_error(running.http.get(contact_url("grace"), headers=headers), 404, "Contact not found")
     assert_error(running.http.delete(contact_url("grace"), headers=headers), 404, "Contact not found")
     # An event about it later makes a new contact.

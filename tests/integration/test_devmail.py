@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -144,4 +145,43 @@ async def test_dev_mail_service_lists_the_callers_team_mail(
 
     assert [mail.subject for mail in everything.messages] == ["Second", "First"]
     assert [mail.subject for mail in newest.messages] == ["Second"]
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_erase_dev_mail_deletes_the_callers_mail_naming_a_contact_and_nothing_else(
+    capture: tuple[CaptureInbox, SmtpEmailSender, Path],
+    sessions: async_sessionmaker[AsyncSession],
+    team: TeamCredentials,
+) -> None:
+    inbox, sender, _ = capture
+    to_grace = [replace(email_for(team.team_id, f"For Grace {n}"), to="Grace@Example.com") for n in range(2)]
+    await send_in_order(
+        sender,
+        [
+            *to_grace,
+            email_for(team.team_id, "For Ada"),
+            replace(email_for("someone-else", "Another project's Grace"), to="grace@example.com"),
+        ],
+    )
+    registration = ServiceRegistration(
+        SERVICE_NAME,
+        DevMailServicer(Authenticator(sessions), inbox),
+        devmail_pb2_grpc.add_DevMailServiceServicer_to_server,
+    )
+    server, port, _health = await create_server("127.0.0.1:0", [registration])
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = devmail_pb2_grpc.DevMailServiceStub(channel)
+            request = devmail_pb2.EraseDevMailRequest(values=["grace@example.com", "", "user-grace"])
+            erased = await stub.EraseDevMail(request, metadata=team.metadata, timeout=5)
+            again = await stub.EraseDevMail(request, metadata=team.metadata, timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.EraseDevMail(request, timeout=5)
+    finally:
+        await server.stop(None)
+
+    assert (erased.erased, again.erased) == (2, 0)
+    assert [mail.subject for mail in inbox.messages(team.team_id, 10)] == ["For Ada"]
+    assert [mail.subject for mail in inbox.messages("someone-else", 10)] == ["Another project's Grace"]
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED

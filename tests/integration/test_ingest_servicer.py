@@ -726,9 +726,11 @@ async def test_the_contacts_api_creates_reads_tags_subscribes_and_deletes(
         assert stored.data is not None
         assert event_pb2.Event.FromString(stored.data).contact.id == put.contact.id
 
-    await contacts.DeleteContact(
+    deleted = await contacts.DeleteContact(
         ingest_pb2.DeleteContactRequest(external_id="user-1"), metadata=team.metadata, timeout=10
     )
+    assert deleted.erased["ingest.contacts"] == 1
+    assert deleted.erased["ingest.events"] == 2  # herald.contact.created and herald.topic.subscribed
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await contacts.GetContact(
             ingest_pb2.GetContactRequest(external_id="user-1"), metadata=team.metadata, timeout=10

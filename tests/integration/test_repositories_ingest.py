@@ -5,6 +5,7 @@ the shared rate limiter and project policies."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -225,9 +226,15 @@ async def test_contacts_are_found_by_id_and_deleted_by_external_id_within_their_
         contacts = SqlContactRepository(session)
         assert await contacts.by_id(team.team_id, saved.id) == saved
         assert await contacts.by_id(other_team(), saved.id) is None
-        assert await contacts.delete(other_team(), "user-1") is False
-        assert await contacts.delete(team.team_id, "user-1") is True
-        assert await contacts.delete(team.team_id, "user-1") is False
+        assert await contacts.erase(dataclasses.replace(saved, team_id=other_team())) == {
+            "ingest.contacts": 0,
+            "ingest.events": 0,
+            "ingest.triggers": 0,
+            "ingest.idempotency_keys": 0,
+            "ingest.outbox": 0,
+        }
+        assert (await contacts.erase(saved))["ingest.contacts"] == 1
+        assert (await contacts.erase(saved))["ingest.contacts"] == 0
 
     assert await contact_rows(sessions, team.team_id) == []
 
@@ -600,7 +607,8 @@ async def test_purge_deletes_a_teams_events_accepted_before_the_cutoff_with_thei
         second = await events.purge(team.team_id, now - timedelta(days=5), 2)
         third = await events.purge(team.team_id, now - timedelta(days=5), 2)
 
-    assert (first, second, third) == (2, 1, 0)
+    assert [purged["ingest.events"] for purged in (first, second, third)] == [2, 1, 0]
+    assert [purged["ingest.triggers"] for purged in (first, second, third)] == [2, 1, 0]
     async with sessions() as session:
         events = SqlEventRepository(session)
         assert [await events.trigger(team.team_id, e.trigger_id) for e in old] == [None, None, None]
@@ -627,7 +635,7 @@ async def test_purge_keeps_a_scheduled_event_until_it_fires(
         await cancel_leftovers(sessions, team.team_id)
 
     assert [e.id for e in fired] == [event.id]
-    assert purged == 0
+    assert purged == {"ingest.events": 0, "ingest.triggers": 0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -767,7 +775,9 @@ async def test_purge_expired_deletes_only_expired_keys(
     await claim_key(sessions, team.team_id, "c", "fp", kept, now + timedelta(hours=1))
 
     async with sessions() as session, session.begin():
-        removed = await SqlIdempotencyRepository(session).purge_expired(now - timedelta(days=399), 100)
+        removed = await SqlIdempotencyRepository(session).purge_expired(
+            team.team_id, now - timedelta(days=399), 100
+        )
 
     assert removed == 2
     assert await key_rows(sessions, team.team_id) == [("c", "fp", kept)]

@@ -260,12 +260,9 @@ class FakeContactRepository(FakeRepository):
         self.rows[stored.id] = copy.deepcopy(stored)
         return copy.deepcopy(stored), True
 
-    async def delete(self, team_id: str, external_id: str) -> bool:
-        found = self._by_external_id(team_id, external_id)
-        if found is None:
-            return False
-        del self.rows[found.id]
-        return True
+    async def erase(self, contact: Contact) -> dict[str, int]:
+        """Deletes the contact (the SQL adapter also deletes its events and what names it)."""
+        return {"ingest.contacts": 1 if self.rows.pop(contact.id, None) is not None else 0}
 
     async def named(
         self, team_id: str, ids: Sequence[uuid.UUID], external_ids: Sequence[str], emails: Sequence[str]
@@ -414,18 +411,20 @@ class FakeEventRepository(FakeRepository):
             )
         return claimed
 
-    async def purge(self, team_id: str, before: datetime, limit: int) -> int:
+    async def purge(self, team_id: str, before: datetime, limit: int) -> dict[str, int]:
         """Like the SQL adapter: events accepted before `before`, and their triggers unless scheduled."""
         old = [e.id for e in self.rows.values() if e.team_id == team_id and e.accepted_at < before][:limit]
         for event_id in old:
             del self.rows[event_id]
         gone = set(old)
-        self.triggers = {
+        kept = {
             trigger_id: row
             for trigger_id, row in self.triggers.items()
             if row.event_id not in gone or row.status == TriggerStatus.SCHEDULED
         }
-        return len(old)
+        purged = {"ingest.events": len(old), "ingest.triggers": len(self.triggers) - len(kept)}
+        self.triggers = kept
+        return purged
 
     @property
     def events(self) -> list[AcceptedEvent]:
@@ -460,8 +459,10 @@ class FakeIdempotencyRepository(FakeRepository):
         self.rows[(team_id, key)] = IdempotencyKeyRow(fingerprint, trigger_id, expires_at)
         return None
 
-    async def purge_expired(self, now: datetime, limit: int) -> int:
-        expired = [row_key for row_key, row in self.rows.items() if row.expires_at < now][:limit]
+    async def purge_expired(self, team_id: str, now: datetime, limit: int) -> int:
+        expired = [
+            row_key for row_key, row in self.rows.items() if row_key[0] == team_id and row.expires_at < now
+        ][:limit]
         for row_key in expired:
             del self.rows[row_key]
         return len(expired)

@@ -390,12 +390,23 @@ async def test_an_unexpected_sender_error_is_counted_and_retried() -> None:
     assert uow.published == published
 
 
-@pytest.mark.parametrize(("run_id", "step_id"), [(uuid.uuid4(), "welcome"), (RUN_ID, "no-such-step")])
-async def test_a_task_for_an_unknown_run_or_step_is_poison(run_id: uuid.UUID, step_id: str) -> None:
+async def test_a_task_for_an_unknown_step_is_poison() -> None:
     uow = await started()
 
     with pytest.raises(Poison):
-        await perform_step(a_task(step_id, run_id=run_id), uow, channels_with(email=FakeEmailSender()))
+        await perform_step(a_task("no-such-step"), uow, channels_with(email=FakeEmailSender()))
+
+
+async def test_a_task_whose_run_is_gone_sends_nothing_and_is_done() -> None:
+    """A run erased with its contact (right to erasure) before its step ran."""
+    uow = await started()
+    published = list(uow.published)
+    sender = FakeEmailSender()
+
+    await perform_step(a_task("welcome", run_id=uuid.uuid4()), uow, channels_with(email=sender))
+
+    assert (sender.sent, sender.tries) == ([], 0)
+    assert uow.published == published
 
 
 async def test_plain_text_parts_are_not_html_escaped() -> None:

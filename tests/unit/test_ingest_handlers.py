@@ -24,6 +24,7 @@ from kernel.errors import (
     NotFound,
     PayloadTooLarge,
     ResourceExhausted,
+    Unavailable,
     Unprocessable,
     http_status_of,
 )
@@ -46,8 +47,8 @@ from services.ingest.handlers import (
     Intake,
     cancel_trigger,
     change_tags,
-    delete_contact,
     delete_event_type,
+    erase_contact,
     fire_due,
     get_contact,
     get_policy,
@@ -1081,7 +1082,7 @@ async def test_a_key_whose_event_was_purged_is_a_conflict(ingest: Ingest) -> Non
     ingest.set_policy(idempotency_window="P30D")
     await ingest.send(idempotency_key="k")
     ingest.clock.advance(timedelta(days=2))
-    await purge([(TEAM, 1)], lambda: ingest.uow)
+    await purge(TEAM, ingest.clock() - timedelta(days=1), 100, ingest.uow)
 
     with pytest.raises(Conflict) as raised:
         await ingest.send(idempotency_key="k")
@@ -1522,18 +1523,39 @@ async def test_get_contact_answers_the_teams_contact_only(ingest: Ingest) -> Non
         assert raised.value.metadata == {"external_id": external_id}
 
 
-async def test_delete_contact_deletes_it_once(ingest: Ingest) -> None:
+async def test_erase_contact_erases_elsewhere_first_then_here_and_reports_both(ingest: Ingest) -> None:
     await put_contact(a_profile(), ingest.uow, LIMIT)
     await put_contact(a_profile(team_id="team-2"), ingest.uow, LIMIT)
+    asked: list[Contact] = []
 
-    await delete_contact(TEAM, "user-1", ingest.uow)
+    async def elsewhere(contact: Contact) -> dict[str, int]:
+        asked.append(contact)
+        assert (await get_contact(TEAM, "user-1", ingest.uow)).id == contact.id, "still here meanwhile"
+        return {"executor.runs": 3, "tracker.triggers": 2}
 
+    erased = await erase_contact(TEAM, "user-1", ingest.uow, elsewhere)
+
+    assert erased == {"executor.runs": 3, "ingest.contacts": 1, "tracker.triggers": 2}
+    assert [(c.team_id, c.external_id) for c in asked] == [(TEAM, "user-1")]
     with pytest.raises(NotFound):
         await get_contact(TEAM, "user-1", ingest.uow)
     with pytest.raises(NotFound) as raised:
-        await delete_contact(TEAM, "user-1", ingest.uow)
+        await erase_contact(TEAM, "user-1", ingest.uow, elsewhere)
     assert raised.value.reason == "CONTACT_NOT_FOUND"
+    assert len(asked) == 1, "an unknown contact is not erased elsewhere"
     assert (await get_contact("team-2", "user-1", ingest.uow)).team_id == "team-2"
+
+
+async def test_erase_contact_keeps_the_contact_when_another_service_cannot_erase(ingest: Ingest) -> None:
+    await put_contact(a_profile(), ingest.uow, LIMIT)
+
+    async def unavailable(contact: Contact) -> dict[str, int]:
+        raise Unavailable("The contact could not be erased from the tracker service just now")
+
+    with pytest.raises(Unavailable):
+        await erase_contact(TEAM, "user-1", ingest.uow, unavailable)
+
+    assert (await get_contact(TEAM, "user-1", ingest.uow)).external_id == "user-1"
 
 
 async def test_change_tags_adds_and_removes_in_one_change(ingest: Ingest) -> None:
@@ -1732,19 +1754,30 @@ async def test_an_invalid_event_type_is_not_registered(
 # --------------------------------------------------------------------------------------------
 
 
-async def test_purge_removes_each_teams_old_events_and_expired_idempotency_keys(ingest: Ingest) -> None:
+async def test_purge_removes_a_teams_old_events_and_expired_idempotency_keys(ingest: Ingest) -> None:
     old = await ingest.send(idempotency_key="old")
     old_elsewhere = await ingest.send(team_id="team-2")
     ingest.clock.advance(timedelta(days=3))
     recent = await ingest.send()
     ingest.clock.advance(timedelta(hours=1))
 
-    removed = await purge([(TEAM, 2), ("team-2", 7)], lambda: ingest.uow)
+    purged = await purge(TEAM, ingest.clock() - timedelta(days=2), 100, ingest.uow)
 
-    assert removed == 2  # one event of team-1 and the expired key "old"
+    assert purged == {"ingest.events": 1, "ingest.triggers": 1, "ingest.idempotency_keys": 1}
     with pytest.raises(NotFound):
         await get_trigger_record(TEAM, str(old.trigger_id), ingest.uow)
     assert (await get_trigger_record(TEAM, str(recent.trigger_id), ingest.uow)).status == "queued"
     assert (await get_trigger_record("team-2", str(old_elsewhere.trigger_id), ingest.uow)).status == "queued"
     assert ingest.uow.idempotency.rows == {}
     assert old.trigger_id not in ingest.uow.events.triggers
+
+
+async def test_purge_deletes_at_most_limit_rows_per_table(ingest: Ingest) -> None:
+    for _ in range(3):
+        await ingest.send()
+    ingest.clock.advance(timedelta(days=3))
+
+    first = await purge(TEAM, ingest.clock() - timedelta(days=1), 2, ingest.uow)
+    second = await purge(TEAM, ingest.clock() - timedelta(days=1), 2, ingest.uow)
+
+    assert (first["ingest.events"], second["ingest.events"]) == (2, 1)

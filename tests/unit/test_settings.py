@@ -36,12 +36,15 @@ EVERY_VARIABLE = {
     "HERALD_LOG_LEVEL": "debug",
     "HERALD_CONSUMER_CONCURRENCY": "4",
     "HERALD_MAX_DELIVERY_ATTEMPTS": "7",
+    "HERALD_RETENTION_INTERVAL_SECONDS": "0.5",
+    "HERALD_RETENTION_BATCH_SIZE": "100",
 }
 INTEGER_VARIABLES = [
     "HERALD_HTTP_PORT",
     "HERALD_DEVMAIL_SMTP_PORT",
     "HERALD_CONSUMER_CONCURRENCY",
     "HERALD_MAX_DELIVERY_ATTEMPTS",
+    "HERALD_RETENTION_BATCH_SIZE",
 ]
 
 
@@ -91,6 +94,8 @@ def test_every_variable_is_read() -> None:
         log_level="debug",
         consumer_concurrency=4,
         max_delivery_attempts=7,
+        retention_interval_seconds=0.5,
+        retention_batch_size=100,
     )
 
 
@@ -118,6 +123,23 @@ def test_a_variable_that_is_not_a_whole_number_is_a_configuration_error(variable
         Settings.from_env({variable: raw})
 
     assert raised.value.message == f"{variable} must be a whole number, got {raw!r}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "message"),
+    [
+        ("HERALD_RETENTION_INTERVAL_SECONDS", "soon", "must be a number greater than 0, got 'soon'"),
+        ("HERALD_RETENTION_INTERVAL_SECONDS", "0", "must be a number greater than 0, got '0'"),
+        ("HERALD_RETENTION_INTERVAL_SECONDS", "-5", "must be a number greater than 0, got '-5'"),
+        ("HERALD_RETENTION_INTERVAL_SECONDS", "nan", "must be a number greater than 0, got 'nan'"),
+        ("HERALD_RETENTION_BATCH_SIZE", "0", "must be a whole number greater than 0, got 0"),
+    ],
+)
+def test_retention_settings_must_be_positive(variable: str, raw: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env({variable: raw})
+
+    assert raised.value.message == f"{variable} {message}"
 
 
 def test_one_service_address_changes_alone() -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n herald/executor/v1/devmail.proto\x12\x12herald.executor.v1\x1a\x1cgoogle/api/annotations.proto\"#\n\x12ListDevMailRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"D\n\x13ListDevMailResponse\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.herald.executor.v1.DevMail\"\x8f\x01\n\x07\x44\x65vMail\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0breceived_at\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x11\n\tmail_from\x18\x04 \x01(\t\x12\x0f\n\x07rcpt_to\x18\x05 \x03(\t\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\x0c\n\x04html\x18\x08 \x01(\t2\x8a\x01\n\x0e\x44\x65vMailService\x12x\n\x0bListDevMail\x12&.herald.executor.v1.ListDevMailRequest\x1a\'.herald.executor.v1.ListDevMailResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/dev/mailb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n herald/executor/v1/devmail.proto\x12\x12herald.executor.v1\x1a\x1cgoogle/api/annotations.proto\"#\n\x12ListDevMailRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"D\n\x13ListDevMailResponse\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.herald.executor.v1.DevMail\"\x8f\x01\n\x07\x44\x65vMail\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0breceived_at\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x11\n\tmail_from\x18\x04 \x01(\t\x12\x0f\n\x07rcpt_to\x18\x05 \x03(\t\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\x0c\n\x04html\x18\x08 \x01(\t\"%\n\x13\x45raseDevMailRequest\x12\x0e\n\x06values\x18\x01 \x03(\t\"&\n\x14\x45raseDevMailResponse\x12\x0e\n\x06\x65rased\x18\x01 \x01(\x05\x32\xed\x01\n\x0e\x44\x65vMailService\x12x\n\x0bListDevMail\x12&.herald.executor.v1.ListDevMailRequest\x1a\'.herald.executor.v1.ListDevMailResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/dev/mail\x12\x61\n\x0c\x45raseDevMail\x12\'.herald.executor.v1.EraseDevMailRequest\x1a(.herald.executor.v1.EraseDevMailResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDEVMAILRESPONSE']._serialized_end=191
   _globals['_DEVMAIL']._serialized_start=194
   _globals['_DEVMAIL']._serialized_end=337
-  _globals['_DEVMAILSERVICE']._serialized_start=340
-  _globals['_DEVMAILSERVICE']._serialized_end=478
+  _globals['_ERASEDEVMAILREQUEST']._serialized_start=339
+  _globals['_ERASEDEVMAILREQUEST']._serialized_end=376
+  _globals['_ERASEDEVMAILRESPONSE']._serialized_start=378
+  _globals['_ERASEDEVMAILRESPONSE']._serialized_end=416
+  _globals['_DEVMAILSERVICE']._serialized_start=419
+  _globals['_DEVMAILSERVICE']._serialized_end=656
 # @@protoc_insertion_point(module_scope)

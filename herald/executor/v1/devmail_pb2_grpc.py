@@ -41,6 +41,11 @@ class DevMailServiceStub:
                 request_serializer=herald_dot_executor_dot_v1_dot_devmail__pb2.ListDevMailRequest.SerializeToString,
                 response_deserializer=herald_dot_executor_dot_v1_dot_devmail__pb2.ListDevMailResponse.FromString,
                 _registered_method=True)
+        self.EraseDevMail = channel.unary_unary(
+                '/herald.executor.v1.DevMailService/EraseDevMail',
+                request_serializer=herald_dot_executor_dot_v1_dot_devmail__pb2.EraseDevMailRequest.SerializeToString,
+                response_deserializer=herald_dot_executor_dot_v1_dot_devmail__pb2.EraseDevMailResponse.FromString,
+                _registered_method=True)
 
 
 class DevMailServiceServicer:
@@ -55,6 +60,14 @@ class DevMailServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseDevMail(self, request, context):
+        """Delete the caller's project's captured messages that name a contact (right to erasure: the
+        executor calls it from EraseContact). Internal: no REST route.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DevMailServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +75,11 @@ def add_DevMailServiceServicer_to_server(servicer, server):
                     servicer.ListDevMail,
                     request_deserializer=herald_dot_executor_dot_v1_dot_devmail__pb2.ListDevMailRequest.FromString,
                     response_serializer=herald_dot_executor_dot_v1_dot_devmail__pb2.ListDevMailResponse.SerializeToString,
+            ),
+            'EraseDevMail': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseDevMail,
+                    request_deserializer=herald_dot_executor_dot_v1_dot_devmail__pb2.EraseDevMailRequest.FromString,
+                    response_serializer=herald_dot_executor_dot_v1_dot_devmail__pb2.EraseDevMailResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +111,33 @@ class DevMailService:
             '/herald.executor.v1.DevMailService/ListDevMail',
             herald_dot_executor_dot_v1_dot_devmail__pb2.ListDevMailRequest.SerializeToString,
             herald_dot_executor_dot_v1_dot_devmail__pb2.ListDevMailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseDevMail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.executor.v1.DevMailService/EraseDevMail',
+            herald_dot_executor_dot_v1_dot_devmail__pb2.EraseDevMailRequest.SerializeToString,
+            herald_dot_executor_dot_v1_dot_devmail__pb2.EraseDevMailResponse.FromString,
             options,
             channel_credentials,
             insecure,

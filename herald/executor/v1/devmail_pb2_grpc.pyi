@@ -37,6 +37,10 @@ class DevMailServiceStub:
     def __new__(cls, channel: _aio.Channel) -> DevMailServiceAsyncStub: ...
     ListDevMail: _grpc.UnaryUnaryMultiCallable[_devmail_pb2.ListDevMailRequest, _devmail_pb2.ListDevMailResponse]
     """The captured messages of the caller's project, newest first."""
+    EraseDevMail: _grpc.UnaryUnaryMultiCallable[_devmail_pb2.EraseDevMailRequest, _devmail_pb2.EraseDevMailResponse]
+    """Delete the caller's project's captured messages that name a contact (right to erasure: the
+    executor calls it from EraseContact). Internal: no REST route.
+    """
 
 @_typing.type_check_only
 class DevMailServiceAsyncStub(DevMailServiceStub):
@@ -47,6 +51,10 @@ class DevMailServiceAsyncStub(DevMailServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListDevMail: _aio.UnaryUnaryMultiCallable[_devmail_pb2.ListDevMailRequest, _devmail_pb2.ListDevMailResponse]  # type: ignore[assignment]
     """The captured messages of the caller's project, newest first."""
+    EraseDevMail: _aio.UnaryUnaryMultiCallable[_devmail_pb2.EraseDevMailRequest, _devmail_pb2.EraseDevMailResponse]  # type: ignore[assignment]
+    """Delete the caller's project's captured messages that name a contact (right to erasure: the
+    executor calls it from EraseContact). Internal: no REST route.
+    """
 
 class DevMailServiceServicer(metaclass=_abc_1.ABCMeta):
     """DevMailService lists the mail caught by the development capture inbox: the SMTP server
@@ -60,5 +68,15 @@ class DevMailServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_devmail_pb2.ListDevMailResponse, _abc.Awaitable[_devmail_pb2.ListDevMailResponse]]:
         """The captured messages of the caller's project, newest first."""
+
+    @_abc_1.abstractmethod
+    def EraseDevMail(
+        self,
+        request: _devmail_pb2.EraseDevMailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devmail_pb2.EraseDevMailResponse, _abc.Awaitable[_devmail_pb2.EraseDevMailResponse]]:
+        """Delete the caller's project's captured messages that name a contact (right to erasure: the
+        executor calls it from EraseContact). Internal: no REST route.
+        """
 
 def add_DevMailServiceServicer_to_server(servicer: DevMailServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

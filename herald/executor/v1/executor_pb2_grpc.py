@@ -80,6 +80,11 @@ class ExecutorServiceStub:
                 request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDevMessagesRequest.SerializeToString,
                 response_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDevMessagesResponse.FromString,
                 _registered_method=True)
+        self.EraseContact = channel.unary_unary(
+                '/herald.executor.v1.ExecutorService/EraseContact',
+                request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.EraseContactRequest.SerializeToString,
+                response_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.EraseContactResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -151,6 +156,14 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseContact(self, request, context):
+        """Erase one contact's personal data from this service's tables: ingest calls it when the
+        contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +211,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.ListDevMessages,
                     request_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDevMessagesRequest.FromString,
                     response_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDevMessagesResponse.SerializeToString,
+            ),
+            'EraseContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseContact,
+                    request_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.EraseContactRequest.FromString,
+                    response_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.EraseContactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +462,33 @@ class ExecutorService:
             '/herald.executor.v1.ExecutorService/ListDevMessages',
             herald_dot_executor_dot_v1_dot_executor__pb2.ListDevMessagesRequest.SerializeToString,
             herald_dot_executor_dot_v1_dot_executor__pb2.ListDevMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.executor.v1.ExecutorService/EraseContact',
+            herald_dot_executor_dot_v1_dot_executor__pb2.EraseContactRequest.SerializeToString,
+            herald_dot_executor_dot_v1_dot_executor__pb2.EraseContactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,10 @@ class ExecutorServiceStub:
     """The SMS and push notifications kept by the development provider (projects without a
     provider), newest first.
     """
+    EraseContact: _grpc.UnaryUnaryMultiCallable[_executor_pb2.EraseContactRequest, _executor_pb2.EraseContactResponse]
+    """Erase one contact's personal data from this service's tables: ingest calls it when the
+    contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
+    """
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -82,6 +86,10 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     ListDevMessages: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListDevMessagesRequest, _executor_pb2.ListDevMessagesResponse]  # type: ignore[assignment]
     """The SMS and push notifications kept by the development provider (projects without a
     provider), newest first.
+    """
+    EraseContact: _aio.UnaryUnaryMultiCallable[_executor_pb2.EraseContactRequest, _executor_pb2.EraseContactResponse]  # type: ignore[assignment]
+    """Erase one contact's personal data from this service's tables: ingest calls it when the
+    contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
     """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -161,6 +169,16 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_executor_pb2.ListDevMessagesResponse, _abc.Awaitable[_executor_pb2.ListDevMessagesResponse]]:
         """The SMS and push notifications kept by the development provider (projects without a
         provider), newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseContact(
+        self,
+        request: _executor_pb2.EraseContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.EraseContactResponse, _abc.Awaitable[_executor_pb2.EraseContactResponse]]:
+        """Erase one contact's personal data from this service's tables: ingest calls it when the
+        contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -508,7 +508,10 @@ class ContactServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteContact(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Right to erasure: delete the contact and its personal data in every service (events, runs,
+        deliveries, in-app feed, tracking), and say what went: rows by table. 503 when a service
+        could not erase (nothing is lost: call again).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -226,6 +226,10 @@ class ContactServiceStub:
     """
     GetContact: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetContactRequest, _ingest_pb2.GetContactResponse]
     DeleteContact: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.DeleteContactRequest, _ingest_pb2.DeleteContactResponse]
+    """Right to erasure: delete the contact and its personal data in every service (events, runs,
+    deliveries, in-app feed, tracking), and say what went: rows by table. 503 when a service
+    could not erase (nothing is lost: call again).
+    """
     UpdateContactTags: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.UpdateContactTagsRequest, _ingest_pb2.UpdateContactTagsResponse]
     """Add and remove tags in one call."""
     SubscribeTopic: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.SubscribeTopicRequest, _ingest_pb2.SubscribeTopicResponse]
@@ -243,6 +247,10 @@ class ContactServiceAsyncStub(ContactServiceStub):
     """
     GetContact: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetContactRequest, _ingest_pb2.GetContactResponse]  # type: ignore[assignment]
     DeleteContact: _aio.UnaryUnaryMultiCallable[_ingest_pb2.DeleteContactRequest, _ingest_pb2.DeleteContactResponse]  # type: ignore[assignment]
+    """Right to erasure: delete the contact and its personal data in every service (events, runs,
+    deliveries, in-app feed, tracking), and say what went: rows by table. 503 when a service
+    could not erase (nothing is lost: call again).
+    """
     UpdateContactTags: _aio.UnaryUnaryMultiCallable[_ingest_pb2.UpdateContactTagsRequest, _ingest_pb2.UpdateContactTagsResponse]  # type: ignore[assignment]
     """Add and remove tags in one call."""
     SubscribeTopic: _aio.UnaryUnaryMultiCallable[_ingest_pb2.SubscribeTopicRequest, _ingest_pb2.SubscribeTopicResponse]  # type: ignore[assignment]
@@ -274,7 +282,11 @@ class ContactServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _ingest_pb2.DeleteContactRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ingest_pb2.DeleteContactResponse, _abc.Awaitable[_ingest_pb2.DeleteContactResponse]]: ...
+    ) -> _typing.Union[_ingest_pb2.DeleteContactResponse, _abc.Awaitable[_ingest_pb2.DeleteContactResponse]]:
+        """Right to erasure: delete the contact and its personal data in every service (events, runs,
+        deliveries, in-app feed, tracking), and say what went: rows by table. 503 when a service
+        could not erase (nothing is lost: call again).
+        """
 
     @_abc_1.abstractmethod
     def UpdateContactTags(

@@ -95,6 +95,11 @@ class MatcherServiceStub:
                 request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DryRunMatchRequest.SerializeToString,
                 response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DryRunMatchResponse.FromString,
                 _registered_method=True)
+        self.EraseContact = channel.unary_unary(
+                '/herald.matcher.v1.MatcherService/EraseContact',
+                request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.EraseContactRequest.SerializeToString,
+                response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.EraseContactResponse.FromString,
+                _registered_method=True)
 
 
 class MatcherServiceServicer:
@@ -186,6 +191,14 @@ class MatcherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseContact(self, request, context):
+        """Erase one contact's personal data from this service's tables: ingest calls it when the
+        contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MatcherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +261,11 @@ def add_MatcherServiceServicer_to_server(servicer, server):
                     servicer.DryRunMatch,
                     request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DryRunMatchRequest.FromString,
                     response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.DryRunMatchResponse.SerializeToString,
+            ),
+            'EraseContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseContact,
+                    request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.EraseContactRequest.FromString,
+                    response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.EraseContactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -575,6 +593,33 @@ class MatcherService:
             '/herald.matcher.v1.MatcherService/DryRunMatch',
             herald_dot_matcher_dot_v1_dot_matcher__pb2.DryRunMatchRequest.SerializeToString,
             herald_dot_matcher_dot_v1_dot_matcher__pb2.DryRunMatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.matcher.v1.MatcherService/EraseContact',
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.EraseContactRequest.SerializeToString,
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.EraseContactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,10 @@ class MatcherServiceStub:
     """Which workflows an event would run, and why the others would not, changing nothing (no
     run, no cooldown). Ingest calls it for POST /api/v1/events/match with the event it built.
     """
+    EraseContact: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.EraseContactRequest, _matcher_pb2.EraseContactResponse]
+    """Erase one contact's personal data from this service's tables: ingest calls it when the
+    contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
+    """
 
 @_typing.type_check_only
 class MatcherServiceAsyncStub(MatcherServiceStub):
@@ -94,6 +98,10 @@ class MatcherServiceAsyncStub(MatcherServiceStub):
     DryRunMatch: _aio.UnaryUnaryMultiCallable[_matcher_pb2.DryRunMatchRequest, _matcher_pb2.DryRunMatchResponse]  # type: ignore[assignment]
     """Which workflows an event would run, and why the others would not, changing nothing (no
     run, no cooldown). Ingest calls it for POST /api/v1/events/match with the event it built.
+    """
+    EraseContact: _aio.UnaryUnaryMultiCallable[_matcher_pb2.EraseContactRequest, _matcher_pb2.EraseContactResponse]  # type: ignore[assignment]
+    """Erase one contact's personal data from this service's tables: ingest calls it when the
+    contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
     """
 
 class MatcherServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -197,6 +205,16 @@ class MatcherServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_matcher_pb2.DryRunMatchResponse, _abc.Awaitable[_matcher_pb2.DryRunMatchResponse]]:
         """Which workflows an event would run, and why the others would not, changing nothing (no
         run, no cooldown). Ingest calls it for POST /api/v1/events/match with the event it built.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseContact(
+        self,
+        request: _matcher_pb2.EraseContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matcher_pb2.EraseContactResponse, _abc.Awaitable[_matcher_pb2.EraseContactResponse]]:
+        """Erase one contact's personal data from this service's tables: ingest calls it when the
+        contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
         """
 
 def add_MatcherServiceServicer_to_server(servicer: MatcherServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

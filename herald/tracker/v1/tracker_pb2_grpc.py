@@ -80,6 +80,11 @@ class TrackerServiceStub:
                 request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.EraseContact = channel.unary_unary(
+                '/herald.tracker.v1.TrackerService/EraseContact',
+                request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.EraseContactRequest.SerializeToString,
+                response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.EraseContactResponse.FromString,
+                _registered_method=True)
 
 
 class TrackerServiceServicer:
@@ -155,6 +160,14 @@ class TrackerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseContact(self, request, context):
+        """Erase one contact's personal data from this service's tables: ingest calls it when the
+        contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrackerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +215,11 @@ def add_TrackerServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsRequest.FromString,
                     response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'EraseContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseContact,
+                    request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.EraseContactRequest.FromString,
+                    response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.EraseContactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -448,6 +466,33 @@ class TrackerService:
             '/herald.tracker.v1.TrackerService/GetStats',
             herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsRequest.SerializeToString,
             herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.tracker.v1.TrackerService/EraseContact',
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.EraseContactRequest.SerializeToString,
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.EraseContactResponse.FromString,
             options,
             channel_credentials,
             insecure,

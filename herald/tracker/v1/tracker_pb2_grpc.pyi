@@ -61,6 +61,10 @@ class TrackerServiceStub:
     """A contact's events, runs and deliveries, newest first."""
     GetStats: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.GetStatsRequest, _tracker_pb2.GetStatsResponse]
     """Latency per event name over a window, and the bus's queue lag now."""
+    EraseContact: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.EraseContactRequest, _tracker_pb2.EraseContactResponse]
+    """Erase one contact's personal data from this service's tables: ingest calls it when the
+    contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
+    """
 
 @_typing.type_check_only
 class TrackerServiceAsyncStub(TrackerServiceStub):
@@ -95,6 +99,10 @@ class TrackerServiceAsyncStub(TrackerServiceStub):
     """A contact's events, runs and deliveries, newest first."""
     GetStats: _aio.UnaryUnaryMultiCallable[_tracker_pb2.GetStatsRequest, _tracker_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Latency per event name over a window, and the bus's queue lag now."""
+    EraseContact: _aio.UnaryUnaryMultiCallable[_tracker_pb2.EraseContactRequest, _tracker_pb2.EraseContactResponse]  # type: ignore[assignment]
+    """Erase one contact's personal data from this service's tables: ingest calls it when the
+    contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
+    """
 
 class TrackerServiceServicer(metaclass=_abc_1.ABCMeta):
     """TrackerService answers what happened to a trigger after it was sent."""
@@ -180,5 +188,15 @@ class TrackerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tracker_pb2.GetStatsResponse, _abc.Awaitable[_tracker_pb2.GetStatsResponse]]:
         """Latency per event name over a window, and the bus's queue lag now."""
+
+    @_abc_1.abstractmethod
+    def EraseContact(
+        self,
+        request: _tracker_pb2.EraseContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.EraseContactResponse, _abc.Awaitable[_tracker_pb2.EraseContactResponse]]:
+        """Erase one contact's personal data from this service's tables: ingest calls it when the
+        contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
+        """
 
 def add_TrackerServiceServicer_to_server(servicer: TrackerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
