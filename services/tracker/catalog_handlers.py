@@ -20,6 +20,7 @@ from services.tracker.catalog import (
     PiiAction,
     PiiStatus,
     Review,
+    Scans,
     confirmed_kind,
     event_shape,
     redacted_example,
@@ -166,7 +167,9 @@ async def record_events(events: Sequence[ObservedEvent], uow: CatalogUnitOfWork)
 
 
 async def _record(events: list[ObservedEvent], catalog: CatalogRepository) -> None:
-    shapes = [event_shape(event.sections) for event in events]
+    # One scan of each value for the paths' kinds and the examples' redaction.
+    scans = Scans()
+    shapes = [event_shape(event.sections, scans) for event in events]
     tallies: dict[EventKey, EventTally] = {}
     sources: dict[tuple[str, str, str], Tally] = {}
     for event, shape in zip(events, shapes, strict=True):
@@ -221,7 +224,7 @@ async def _record(events: list[ObservedEvent], catalog: CatalogRepository) -> No
                 e.contact_id,
                 e.source,
                 e.accepted_at,
-                redacted_example(e.sections, review),
+                redacted_example(e.sections, review, scans),
             )
             for e in kept
         ]
