@@ -70,6 +70,18 @@ def json_type(value: Any) -> str:
     return JsonType.OBJECT
 
 
+# json_type of the types a decoded event holds, without the chain of isinstance.
+_JSON_TYPES: dict[type, str] = {
+    str: JsonType.STRING,
+    int: JsonType.NUMBER,
+    float: JsonType.NUMBER,
+    bool: JsonType.BOOLEAN,
+    type(None): JsonType.NULL,
+    list: JsonType.ARRAY,
+    dict: JsonType.OBJECT,
+}
+
+
 @functools.lru_cache(maxsize=pii.KEY_CACHE_SIZE)
 def key_segment(key: str) -> str:
     """A key as a path segment, its personal data redacted (`{"jane@x.io": 1}` must not put an
@@ -102,6 +114,7 @@ class Scans:
 
     def __init__(self) -> None:
         self._found: dict[tuple[str, bool], list[pii.Finding]] = {}
+        self._kinds: dict[tuple[str, str], frozenset[str]] = {}
 
     def __call__(self, text: str, phone_key: bool) -> list[pii.Finding]:
         key = (text, phone_key)
@@ -109,6 +122,13 @@ class Scans:
         if found is None:
             found = self._found[key] = pii.find_in_text(text, phone_key=phone_key)
         return found
+
+    def text_kinds(self, text: str, key: str) -> frozenset[str]:
+        """value_kinds of a string at `key`."""
+        kinds = self._kinds.get((text, key))
+        if kinds is None:
+            kinds = self._kinds[text, key] = frozenset(value_kinds(text, key, self))
+        return kinds
 
 
 def value_kinds(value: Any, key: str, scans: Scans | None = None) -> set[str]:
@@ -138,6 +158,7 @@ def event_shape(sections: Mapping[str, Any], scans: Scans | None = None) -> Even
         value = sections.get(section)
         if isinstance(value, dict):
             queue += [(section + key_segment(k), v, k, 1) for k, v in value.items()]
+    paths = shape.paths
     position = 0
     while position < len(queue):
         path, value, key, depth = queue[position]
@@ -145,14 +166,19 @@ def event_shape(sections: Mapping[str, Any], scans: Scans | None = None) -> Even
         if len(path) > MAX_PATH_LENGTH:
             shape.truncated = True
             continue
-        known = shape.paths.get(path)
+        known = paths.get(path)
         if known is None:
-            if len(shape.paths) >= MAX_PATHS_PER_EVENT:
+            if len(paths) >= MAX_PATHS_PER_EVENT:
                 shape.truncated = True
                 continue
-            known = shape.paths[path] = PathShape()
-        known.types.add(json_type(value))
-        if isinstance(value, dict):
+            known = paths[path] = PathShape()
+        kind = _JSON_TYPES.get(type(value)) or json_type(value)
+        known.types.add(kind)
+        if kind == JsonType.STRING:
+            found = scans.text_kinds(value, key)
+            if found:
+                known.kinds |= found
+        elif isinstance(value, dict):
             if depth >= MAX_DEPTH:
                 shape.truncated = bool(value) or shape.truncated
                 continue
