@@ -90,12 +90,13 @@ def key_segment(key: str) -> str:
     return f".{safe}" if _PLAIN_KEY.fullmatch(safe) else f"[{json.dumps(safe, ensure_ascii=False)}]"
 
 
-@dataclass
+@dataclass(slots=True)
 class PathShape:
-    """What one event had at one path."""
+    """What one event had at one path (most paths hold no personal data: their kinds stay the
+    one shared empty set)."""
 
     types: set[str] = field(default_factory=set)
-    kinds: set[str] = field(default_factory=set)
+    kinds: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -177,7 +178,7 @@ def event_shape(sections: Mapping[str, Any], scans: Scans | None = None) -> Even
         if kind == JsonType.STRING:
             found = scans.text_kinds(value, key)
             if found:
-                known.kinds |= found
+                known.kinds = known.kinds | found
         elif isinstance(value, dict):
             if depth >= MAX_DEPTH:
                 shape.truncated = bool(value) or shape.truncated
@@ -189,7 +190,9 @@ def event_shape(sections: Mapping[str, Any], scans: Scans | None = None) -> Even
                 continue
             queue += [(path + "[]", item, key, depth + 1) for item in value]
         else:
-            known.kinds |= value_kinds(value, key, scans)
+            other = value_kinds(value, key, scans)
+            if other:
+                known.kinds = known.kinds.union(other)
     return shape
 
 

@@ -68,6 +68,8 @@ class Tally:
     first_seen: datetime
     last_seen: datetime
     kinds: set[str] = field(default_factory=set)
+    # A path's tallies by JSON type.
+    types: dict[str, Tally] = field(default_factory=dict)
 
     def see(self, at: datetime) -> None:
         self.count += 1
@@ -198,7 +200,6 @@ async def _record(events: list[ObservedEvent], catalog: CatalogRepository) -> No
     await catalog.tally_sources(sources)
     known = await catalog.known_paths(sorted(tallies))
     paths: dict[tuple[str, str, str], Tally] = {}
-    types: dict[tuple[str, str, str, str], Tally] = {}
     capped: set[EventKey] = set()
     for event, shape in zip(events, shapes, strict=True):
         team_id, name, at = event.team_id, event.name, event.accepted_at
@@ -218,9 +219,15 @@ async def _record(events: list[ObservedEvent], catalog: CatalogRepository) -> No
             if seen.kinds:
                 at_path.kinds |= seen.kinds
             for json_type in seen.types:
-                _see(types, (team_id, name, path, json_type), at)
+                typed = at_path.types.get(json_type)
+                if typed is None:
+                    at_path.types[json_type] = Tally(1, at, at)
+                else:
+                    typed.see(at)
     await catalog.tally_paths(paths)
-    await catalog.tally_types(types)
+    await catalog.tally_types(
+        {(*key, json_type): typed for key, tally in paths.items() for json_type, typed in tally.types.items()}
+    )
     if capped:
         await catalog.mark_truncated(sorted(capped))
     # The latest few of each name, redacted as the paths' reviews say.
