@@ -203,8 +203,9 @@ class SqlCatalogRepository:
             yield
 
     async def claim(self, events: Sequence[ObservedEvent]) -> set[str]:
+        times = _Times()
         rows = {
-            e.event_id: {"event_id": e.event_id, "team_id": e.team_id, "accepted_at": e.accepted_at}
+            e.event_id: {"event_id": e.event_id, "team_id": e.team_id, "accepted_at": times[e.accepted_at]}
             for e in events
         }
         claimed = await insert_many_returning(
@@ -316,6 +317,7 @@ class SqlCatalogRepository:
         if not examples:
             return
         connection = await driver(self._session)
+        times = _Times()
         await insert_many(
             connection,
             EXAMPLES,
@@ -326,7 +328,7 @@ class SqlCatalogRepository:
                     "name": e.name,
                     "contact_id": e.contact_id,
                     "source_type": e.source,
-                    "accepted_at": e.accepted_at,
+                    "accepted_at": times[e.accepted_at],
                     "payload": e.payload,
                 }
                 for e in examples
