@@ -160,23 +160,22 @@ def event_shape(sections: Mapping[str, Any], scans: Scans | None = None) -> Even
         if isinstance(value, dict):
             queue += [(section + key_segment(k), v, k, 1) for k, v in value.items()]
     paths = shape.paths
-    position = 0
-    while position < len(queue):
-        path, value, key, depth = queue[position]
-        position += 1
+    text_kinds = scans.text_kinds
+    for path, value, key, depth in queue:  # a list's iterator sees what the walk appends
         if len(path) > MAX_PATH_LENGTH:
             shape.truncated = True
             continue
+        kind = _JSON_TYPES.get(type(value)) or json_type(value)
         known = paths.get(path)
         if known is None:
             if len(paths) >= MAX_PATHS_PER_EVENT:
                 shape.truncated = True
                 continue
-            known = paths[path] = PathShape()
-        kind = _JSON_TYPES.get(type(value)) or json_type(value)
-        known.types.add(kind)
+            known = paths[path] = PathShape({kind})
+        else:
+            known.types.add(kind)
         if kind == JsonType.STRING:
-            found = scans.text_kinds(value, key)
+            found = text_kinds(value, key)
             if found:
                 known.kinds = known.kinds | found
         elif isinstance(value, dict):
