@@ -6,7 +6,8 @@ kernel.database.insert_many); reads for the API are plain SQLAlchemy Core."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -169,6 +170,15 @@ KNOWN_PATHS = (
 )
 
 
+class _Times(dict[datetime, str]):
+    """The ISO forms of a batch's timestamps, as rows' JSON carries them: the rows of a batch
+    share a few (their events' accepted_at), each is formatted once."""
+
+    def __missing__(self, at: datetime) -> str:
+        text = self[at] = at.isoformat()
+        return text
+
+
 def _keys(keys: Sequence[EventKey]) -> str:
     return json.dumps([{"team_id": team_id, "name": name} for team_id, name in keys])
 
@@ -185,9 +195,17 @@ class SqlCatalogRepository:
     def __init__(self, session: AsyncSession):
         self._session = session
 
+    @asynccontextmanager
+    async def together(self) -> AsyncIterator[None]:
+        """A psycopg pipeline on the session's connection (with the transaction's BEGIN)."""
+        connection = await driver(self._session)
+        async with connection.pipeline():
+            yield
+
     async def claim(self, events: Sequence[ObservedEvent]) -> set[str]:
+        times = _Times()
         rows = {
-            e.event_id: {"event_id": e.event_id, "team_id": e.team_id, "accepted_at": e.accepted_at}
+            e.event_id: {"event_id": e.event_id, "team_id": e.team_id, "accepted_at": times[e.accepted_at]}
             for e in events
         }
         claimed = await insert_many_returning(
@@ -200,6 +218,7 @@ class SqlCatalogRepository:
         return {row[0] for row in claimed}
 
     async def tally_events(self, tallies: Sequence[EventTally]) -> None:
+        times = _Times()
         await insert_many(
             await driver(self._session),
             EVENTS,
@@ -208,8 +227,8 @@ class SqlCatalogRepository:
                     "team_id": t.team_id,
                     "name": t.name,
                     "count": t.count,
-                    "first_seen": t.first_seen,
-                    "last_seen": t.last_seen,
+                    "first_seen": times[t.first_seen],
+                    "last_seen": times[t.last_seen],
                     "truncated": t.truncated,
                 }
                 for t in tallies
@@ -220,6 +239,7 @@ class SqlCatalogRepository:
         )
 
     async def tally_sources(self, tallies: Mapping[tuple[str, str, str], Tally]) -> None:
+        times = _Times()
         await insert_many(
             await driver(self._session),
             SOURCES,
@@ -229,8 +249,8 @@ class SqlCatalogRepository:
                     "name": key[1],
                     "source_type": key[2],
                     "count": t.count,
-                    "first_seen": t.first_seen,
-                    "last_seen": t.last_seen,
+                    "first_seen": times[t.first_seen],
+                    "last_seen": times[t.last_seen],
                 }
                 for key, t in sorted(tallies.items())
             ],
@@ -251,6 +271,7 @@ class SqlCatalogRepository:
         return known
 
     async def tally_paths(self, tallies: Mapping[tuple[str, str, str], Tally]) -> None:
+        times = _Times()
         await insert_many(
             await driver(self._session),
             PATHS,
@@ -260,8 +281,8 @@ class SqlCatalogRepository:
                     "name": key[1],
                     "path": key[2],
                     "count": t.count,
-                    "first_seen": t.first_seen,
-                    "last_seen": t.last_seen,
+                    "first_seen": times[t.first_seen],
+                    "last_seen": times[t.last_seen],
                     "pii_kinds": sorted(t.kinds),
                 }
                 for key, t in sorted(tallies.items())
@@ -272,6 +293,7 @@ class SqlCatalogRepository:
         )
 
     async def tally_types(self, tallies: Mapping[tuple[str, str, str, str], Tally]) -> None:
+        times = _Times()
         await insert_many(
             await driver(self._session),
             TYPES,
@@ -282,8 +304,8 @@ class SqlCatalogRepository:
                     "path": key[2],
                     "json_type": key[3],
                     "count": t.count,
-                    "first_seen": t.first_seen,
-                    "last_seen": t.last_seen,
+                    "first_seen": times[t.first_seen],
+                    "last_seen": times[t.last_seen],
                 }
                 for key, t in sorted(tallies.items())
             ],
@@ -295,6 +317,7 @@ class SqlCatalogRepository:
         if not examples:
             return
         connection = await driver(self._session)
+        times = _Times()
         await insert_many(
             connection,
             EXAMPLES,
@@ -305,7 +328,7 @@ class SqlCatalogRepository:
                     "name": e.name,
                     "contact_id": e.contact_id,
                     "source_type": e.source,
-                    "accepted_at": e.accepted_at,
+                    "accepted_at": times[e.accepted_at],
                     "payload": e.payload,
                 }
                 for e in examples

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from services.tracker.catalog import (
     PiiAction,
     PiiStatus,
     Review,
+    Scans,
     confirmed_kind,
     event_shape,
     redacted_example,
@@ -66,11 +68,15 @@ class Tally:
     first_seen: datetime
     last_seen: datetime
     kinds: set[str] = field(default_factory=set)
+    # A path's tallies by JSON type.
+    types: dict[str, Tally] = field(default_factory=dict)
 
     def see(self, at: datetime) -> None:
         self.count += 1
-        self.first_seen = min(self.first_seen, at)
-        self.last_seen = max(self.last_seen, at)
+        if at < self.first_seen:
+            self.first_seen = at
+        elif at > self.last_seen:
+            self.last_seen = at
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,11 @@ class CatalogFilter:
 
 class CatalogRepository(Protocol):
     """Every write takes the rows of a whole batch in one statement."""
+
+    def together(self) -> AbstractAsyncContextManager[None]:
+        """Send the statements made inside to the database together (one round trip up to each
+        read that needs its rows); a failed one raises at the latest when the block ends."""
+        ...
 
     async def claim(self, events: Sequence[ObservedEvent]) -> set[str]:
         """The ids of the events not recorded before (each is recorded from now on)."""
@@ -155,18 +166,22 @@ async def record_events(events: Sequence[ObservedEvent], uow: CatalogUnitOfWork)
     """Catalogue a fetch of events in one transaction, each event once however often it is
     delivered: names, sources, paths and types are counted for all of them at once."""
     async with uow:
-        new = await uow.catalog.claim(events)
-        fresh: dict[str, ObservedEvent] = {}
-        for event in events:
-            if event.event_id in new:
-                fresh.setdefault(event.event_id, event)
-        if fresh:
-            await _record(list(fresh.values()), uow.catalog)
+        # Three round trips: the claim, the names and sources with the known paths, the rest.
+        async with uow.catalog.together():
+            new = await uow.catalog.claim(events)
+            fresh: dict[str, ObservedEvent] = {}
+            for event in events:
+                if event.event_id in new:
+                    fresh.setdefault(event.event_id, event)
+            if fresh:
+                await _record(list(fresh.values()), uow.catalog)
         await uow.commit()
 
 
 async def _record(events: list[ObservedEvent], catalog: CatalogRepository) -> None:
-    shapes = [event_shape(event.sections) for event in events]
+    # One scan of each value for the paths' kinds and the examples' redaction.
+    scans = Scans()
+    shapes = [event_shape(event.sections, scans) for event in events]
     tallies: dict[EventKey, EventTally] = {}
     sources: dict[tuple[str, str, str], Tally] = {}
     for event, shape in zip(events, shapes, strict=True):
@@ -185,23 +200,34 @@ async def _record(events: list[ObservedEvent], catalog: CatalogRepository) -> No
     await catalog.tally_sources(sources)
     known = await catalog.known_paths(sorted(tallies))
     paths: dict[tuple[str, str, str], Tally] = {}
-    types: dict[tuple[str, str, str, str], Tally] = {}
     capped: set[EventKey] = set()
     for event, shape in zip(events, shapes, strict=True):
-        key = (event.team_id, event.name)
-        existing = known.setdefault(key, {})
+        team_id, name, at = event.team_id, event.name, event.accepted_at
+        existing = known.setdefault((team_id, name), {})
         for path, seen in shape.paths.items():
-            if path not in existing:
-                if len(existing) >= MAX_PATHS_PER_EVENT:
-                    capped.add(key)
-                    continue
-                existing[path] = KnownPath((), "")
-            at_path = _see(paths, (*key, path), event.accepted_at)
-            at_path.kinds |= seen.kinds | set(existing[path].kinds)
+            at_path = paths.get((team_id, name, path))
+            if at_path is None:
+                if path not in existing:
+                    if len(existing) >= MAX_PATHS_PER_EVENT:
+                        capped.add((team_id, name))
+                        continue
+                    existing[path] = KnownPath((), "")
+                # Every kind the path has had: the stored ones, and what this batch saw.
+                at_path = paths[team_id, name, path] = Tally(1, at, at, set(existing[path].kinds))
+            else:
+                at_path.see(at)
+            if seen.kinds:
+                at_path.kinds |= seen.kinds
             for json_type in seen.types:
-                _see(types, (*key, path, json_type), event.accepted_at)
+                typed = at_path.types.get(json_type)
+                if typed is None:
+                    at_path.types[json_type] = Tally(1, at, at)
+                else:
+                    typed.see(at)
     await catalog.tally_paths(paths)
-    await catalog.tally_types(types)
+    await catalog.tally_types(
+        {(*key, json_type): typed for key, tally in paths.items() for json_type, typed in tally.types.items()}
+    )
     if capped:
         await catalog.mark_truncated(sorted(capped))
     # The latest few of each name, redacted as the paths' reviews say.
@@ -221,7 +247,7 @@ async def _record(events: list[ObservedEvent], catalog: CatalogRepository) -> No
                 e.contact_id,
                 e.source,
                 e.accepted_at,
-                redacted_example(e.sections, review),
+                redacted_example(e.sections, review, scans),
             )
             for e in kept
         ]

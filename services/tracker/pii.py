@@ -9,6 +9,7 @@ names and postal addresses also by their key (`first_name`, `street`, `zip`, ...
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -74,6 +75,11 @@ ADDRESS_KEYS = frozenset(
 PHONE_KEYS = frozenset({"phone", "phonenumber", "mobile", "mobilenumber", "cell", "telephone", "tel"})
 
 _EMAIL_CANDIDATE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
+# The part before the @ of a candidate that email-validator accepts: its characters are all
+# `atext` (RFC 5322), so only the dots can make it invalid (dot-atom: no leading, trailing or
+# double dot). Its length counts only in the address's (EMAIL_MAX_LENGTH).
+_EMAIL_LOCAL_PART = re.compile(r"[^.]+(?:\.[^.]+)*")
+EMAIL_MAX_LENGTH = 254
 # Digits with optional single spaces or dashes between them: 13 to 19 digits (a card number).
 _CARD_CANDIDATE = re.compile(r"(?<!\d)(?<!\d\.)\d(?:[ \-]?\d){12,18}(?!\d|\.\d)")
 _IPV4_CANDIDATE = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
@@ -86,16 +92,26 @@ _STREET_ADDRESS = re.compile(
     r"Strasse|Straße|Rue|Calle|Via)\b\.?"
 )
 _HONORIFIC_NAME = re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?\s+[A-Z][a-z'\-]+(?:\s+[A-Z][a-z'\-]+)?")
+# What a text must contain for _HONORIFIC_NAME to match in it (Mrs contains Mr).
+_HONORIFIC = re.compile(r"Mr|Ms|Miss|Mx|Dr|Prof")
+_DIGIT = re.compile(r"\d")
 # A phone number in text is found only in international form (+ and country code): a bare run of
 # digits is as likely an order number.
 _PHONE_MIN_DIGITS = 7
 
 
+# Keys repeat from one event to the next: what they name is remembered (a bounded cache, in
+# memory only).
+KEY_CACHE_SIZE = 4096
+_KEY_SEPARATORS = re.compile(r"[\s_\-]")
+
+
 def normalized_key(key: str) -> str:
-    return re.sub(r"[\s_\-]", "", key).lower()
+    return _KEY_SEPARATORS.sub("", key).lower()
 
 
-def kinds_of_key(key: str) -> set[str]:
+@functools.lru_cache(maxsize=KEY_CACHE_SIZE)
+def kinds_of_key(key: str) -> frozenset[str]:
     """The kinds of personal data a key names (`first_name` → name, `zip` → address)."""
     normal = normalized_key(key)
     kinds = set()
@@ -103,9 +119,10 @@ def kinds_of_key(key: str) -> set[str]:
         kinds.add(PiiKind.NAME)
     if normal in ADDRESS_KEYS:
         kinds.add(PiiKind.ADDRESS)
-    return kinds
+    return frozenset(kinds)
 
 
+@functools.lru_cache(maxsize=KEY_CACHE_SIZE)
 def is_phone_key(key: str) -> bool:
     return normalized_key(key) in PHONE_KEYS
 
@@ -130,11 +147,36 @@ def is_card_number(digits: str) -> bool:
 
 
 def is_email(candidate: str) -> bool:
+    """Whether email-validator accepts `candidate` (syntax only, no DNS)."""
     try:
         validate_email(candidate, check_deliverability=False)
     except EmailNotValidError:
         return False
     return True
+
+
+@functools.lru_cache(maxsize=KEY_CACHE_SIZE)
+def _domain_length(domain: str) -> int | None:
+    """The longest form of a domain email-validator accepts (as given, normalized, IDNA ASCII;
+    in UTF-8 bytes, as it counts an address's length), None when it does not accept it."""
+    try:
+        valid = validate_email("a@" + domain, check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    return max(len(form.encode()) for form in (domain, valid.domain, valid.ascii_domain or domain))
+
+
+def is_email_candidate(candidate: str) -> bool:
+    """`is_email` of an _EMAIL_CANDIDATE match, with the domain's validation cached: email-validator
+    checks the part before the @ (a dot-atom: see _EMAIL_LOCAL_PART) and the domain each on its own,
+    then the whole address's length; the domain (most of the cost) repeats across addresses."""
+    local, _, domain = candidate.rpartition("@")
+    domain_length = _domain_length(domain)
+    return (
+        domain_length is not None
+        and _EMAIL_LOCAL_PART.fullmatch(local) is not None
+        and len(local) + 1 + domain_length <= EMAIL_MAX_LENGTH
+    )
 
 
 def is_ip(candidate: str) -> bool:
@@ -158,7 +200,10 @@ def find_in_text(text: str, *, phone_key: bool = False) -> list[Finding]:
     """Every piece of personal data in `text` a value detector recognises, without overlaps
     (the first found wins: emails, cards, IPs, phones, street addresses, names). With
     `phone_key` (the value's key names a phone), a value of at least 7 digits is a phone in
-    whatever format."""
+    whatever format.
+
+    A detector runs only on a text that has what it needs to match (an `@`, a digit, dots or
+    colons, an honorific): most values have none of these, and skip the regular expressions."""
     findings: list[Finding] = []
 
     def free(start: int, end: int) -> bool:
@@ -168,36 +213,50 @@ def find_in_text(text: str, *, phone_key: bool = False) -> list[Finding]:
         if free(start, end):
             findings.append(Finding(start, end, kind))
 
-    for match in _EMAIL_CANDIDATE.finditer(text):
-        if is_email(match.group()):
-            add(match.start(), match.end(), PiiKind.EMAIL)
-    for match in _CARD_CANDIDATE.finditer(text):
-        if is_card_number(re.sub(r"\D", "", match.group())):
-            add(match.start(), match.end(), PiiKind.CARD)
-    for match in _IPV4_CANDIDATE.finditer(text):
-        if is_ip(match.group()):
-            add(match.start(), match.end(), PiiKind.IP)
-    for match in _IPV6_CANDIDATE.finditer(text):
-        candidate = match.group()
-        digits = sum(char != ":" for char in candidate)
-        if (
-            ("::" in candidate or candidate.count(":") == 7)
-            and digits >= _IPV6_MIN_HEX_DIGITS
-            and is_ip(candidate)
-        ):
-            add(match.start(), match.end(), PiiKind.IP)
-    if "+" in text:
+    if "@" in text:
+        for match in _EMAIL_CANDIDATE.finditer(text):
+            if is_email_candidate(match.group()):
+                add(match.start(), match.end(), PiiKind.EMAIL)
+    # Cards, IPv4 addresses, phones and street addresses all have digits.
+    has_digit = _DIGIT.search(text) is not None
+    if has_digit:
+        for match in _CARD_CANDIDATE.finditer(text):
+            if is_card_number(re.sub(r"\D", "", match.group())):
+                add(match.start(), match.end(), PiiKind.CARD)
+        if text.count(".") >= 3:
+            for match in _IPV4_CANDIDATE.finditer(text):
+                if is_ip(match.group()):
+                    add(match.start(), match.end(), PiiKind.IP)
+    if text.count(":") >= 2:
+        for match in _IPV6_CANDIDATE.finditer(text):
+            candidate = match.group()
+            digits = sum(char != ":" for char in candidate)
+            if (
+                ("::" in candidate or candidate.count(":") == 7)
+                and digits >= _IPV6_MIN_HEX_DIGITS
+                and is_ip(candidate)
+            ):
+                add(match.start(), match.end(), PiiKind.IP)
+    if has_digit and "+" in text:
         for phone in phonenumbers.PhoneNumberMatcher(text, None):
             if phonenumbers.is_valid_number(phone.number):
                 add(phone.start, phone.end, PiiKind.PHONE)
     if phone_key and sum(char.isdigit() for char in text) >= _PHONE_MIN_DIGITS:
         stripped = text.strip()
         add(text.index(stripped) if stripped else 0, len(text.rstrip()), PiiKind.PHONE)
-    for match in _STREET_ADDRESS.finditer(text):
-        add(match.start(), match.end(), PiiKind.ADDRESS)
-    for match in _HONORIFIC_NAME.finditer(text):
-        add(match.start(), match.end(), PiiKind.NAME)
+    if has_digit:
+        for match in _STREET_ADDRESS.finditer(text):
+            add(match.start(), match.end(), PiiKind.ADDRESS)
+    if _HONORIFIC.search(text) is not None:
+        for match in _HONORIFIC_NAME.finditer(text):
+            add(match.start(), match.end(), PiiKind.NAME)
     return sorted(findings, key=lambda f: f.start)
+
+
+@functools.lru_cache(maxsize=KEY_CACHE_SIZE)
+def redact_key(key: str) -> str:
+    """A key with the personal data in it redacted (`{"jane@x.io": 1}` → `j***@x.io`)."""
+    return redact_text(key, find_in_text(key))
 
 
 def mask_email(address: str) -> str:

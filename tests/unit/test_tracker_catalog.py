@@ -4,6 +4,7 @@ redacted examples (services.tracker.catalog), and the list API's inputs (catalog
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from services.tracker.catalog import (
     MAX_PATHS_PER_EVENT,
     TRUNCATED,
     Review,
+    Scans,
     event_shape,
     pii_status,
     redacted_example,
@@ -128,6 +130,112 @@ def test_names_and_addresses_by_value() -> None:
     assert redacted("Ship to 221B Baker Street, London") == "Ship to [REDACTED:address], London"
     assert kinds("Dear Dr. Jane Watson,") == ["name"]
     assert kinds("Order completed") == []
+
+
+EMAIL_EDGES = [
+    "jane.doe@example.com",
+    ".jane@example.com",
+    "jane.@example.com",
+    "ja..ne@example.com",
+    "a-b_c%d+e@example.com",
+    "jane@localhost.localdomain",
+    "jane@x.test",
+    "jane@host.invalid",
+    "jane@printer.local",
+    "jane@example.123",
+    "jane@-example.com",
+    "jane@example-.com",
+    "jane@xn--bcher-kva.de",  # bücher.de: two bytes more in UTF-8 once normalized
+    "jane@xn--zz.com",  # not valid punycode
+    "x" * 64 + "@example.com",
+    "x" * 65 + "@example.com",
+    "x" * 200 + "@example.com",
+    "jane@" + "a" * 63 + ".com",
+    "jane@" + "a" * 64 + ".com",
+    "jane@" + ".".join(["a" * 60] * 4) + ".com",
+    "x" * (254 - len("@example.com")) + "@example.com",
+    "x" * (255 - len("@example.com")) + "@example.com",
+    "x" * (254 - len("@xn--bcher-kva.de")) + "@xn--bcher-kva.de",
+    "x" * (252 - len("@xn--bcher-kva.de")) + "@xn--bcher-kva.de",
+    # 30 characters as given, 64 bytes of UTF-8 once normalized (20 times 中): the longer counts.
+    "x" * 189 + "@xn--fiqaaaaaaaaaaaaaaaaaaa.com",
+    "x" * 190 + "@xn--fiqaaaaaaaaaaaaaaaaaaa.com",
+]
+
+
+def email_candidates() -> list[str]:
+    """Edge cases, and random strings that _EMAIL_CANDIDATE matches whole."""
+    rng = random.Random(7)
+    local_chars, domain_chars = "abZ09._%+-", "ab0-"
+    found = list(EMAIL_EDGES)
+    while len(found) < len(EMAIL_EDGES) + 2000:
+        local = "".join(rng.choice(local_chars) for _ in range(rng.randint(1, 12)))
+        labels = ["".join(rng.choice(domain_chars) for _ in range(rng.randint(1, 6))) for _ in range(3)]
+        labels[-1] = rng.choice([labels[-1], "com", "io", "test", "local", "123"])
+        found.append(local + "@" + ".".join(labels[rng.randint(0, 1) :]))
+    return [c for c in found if pii._EMAIL_CANDIDATE.fullmatch(c)]
+
+
+def test_the_fast_email_check_agrees_with_email_validator() -> None:
+    # is_email_candidate caches the domain's validation and checks the part before the @ itself:
+    # it must accept exactly what email-validator accepts.
+    candidates = email_candidates()
+    assert len(candidates) > 1000
+    disagree = [c for c in candidates if pii.is_email_candidate(c) != pii.is_email(c)]
+    assert disagree == []
+    assert 0 < sum(map(pii.is_email, candidates)) < len(candidates)
+
+
+FULL_WIDTH = {ord(digit): ord(digit) + 0xFEE0 for digit in "0123456789"}
+
+
+@pytest.mark.parametrize(
+    ("text", "options", "expected"),
+    [
+        ("call +1 202 555 0123 now".translate(FULL_WIDTH), {}, ["phone"]),
+        ("²⁰²⁵⁵⁵⁰¹²³", {"phone_key": True}, ["phone"]),  # digits that are not \d
+        ("Ms Jane Watson", {}, ["name"]),
+        ("Mrs. Jane Watson", {}, ["name"]),
+        ("Prof Jane", {}, ["name"]),
+        ("at 5 Main St", {}, ["address"]),
+        ("a::1", {}, []),
+        ("1.2.3", {}, []),
+        ("", {"phone_key": True}, []),
+    ],
+)
+def test_detectors_are_skipped_only_where_they_cannot_match(
+    text: str, options: dict[str, Any], expected: list[str]
+) -> None:
+    assert kinds(text, **options) == expected
+
+
+def test_a_batch_scans_each_value_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    scanned: list[tuple[str, bool]] = []
+    find = pii.find_in_text
+
+    def counting(text: str, *, phone_key: bool = False) -> list[pii.Finding]:
+        scanned.append((text, phone_key))
+        return find(text, phone_key=phone_key)
+
+    monkeypatch.setattr(pii, "find_in_text", counting)
+    event = {
+        "data": {"note": "write to jane@example.com", "again": "write to jane@example.com"},
+        "user_info": {"email": "jane@example.com", "phone": "+14155552671"},
+    }
+    scans = Scans()
+    shapes = [event_shape(event, scans), event_shape(event, scans)]
+    examples = [redacted_example(event, Review(), scans) for _ in range(2)]
+    values = [
+        (text, phone_key) for text, phone_key in scanned if text not in ("note", "again", "email", "phone")
+    ]
+    assert sorted(values) == [
+        ("+14155552671", True),
+        ("jane@example.com", False),
+        ("write to jane@example.com", False),
+    ]
+    assert shapes[0] == shapes[1] == event_shape(event)
+    assert examples[0] == examples[1] == redacted_example(event)
+    assert examples[0]["data"]["again"] == "write to j***@example.com"
 
 
 def test_overlapping_findings_count_once() -> None:
