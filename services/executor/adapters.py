@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
@@ -47,6 +49,8 @@ from kernel.steps import StepSpec
 from kernel.unit_of_work import SqlUnitOfWork
 from services.executor.domain import (
     DeadLetter,
+    DeadLetterQuery,
+    DeadLetterStatus,
     FeedItem,
     OutgoingText,
     ProviderSettings,
@@ -163,6 +167,8 @@ class DeadLetterRow(ExecutorBase):
     __tablename__ = "dead_letters"
     __table_args__ = (
         Index("ix_executor_dead_letters_team", "team_id", "failed_at"),
+        # The DLQ's size (status dead) and the list filtered by status, newest first.
+        Index("ix_executor_dead_letters_team_status", "team_id", "status", "failed_at", "id"),
         Index("ix_executor_dead_letters_run", "run_id"),
     )
 
@@ -542,14 +548,30 @@ class SqlDeadLetterRepository:
             insert(DEAD_LETTERS).values(**values).on_conflict_do_update(index_elements=["id"], set_=again)
         )
 
-    async def newest(self, team_id: str, limit: int) -> list[DeadLetter]:
+    async def newest(self, team_id: str, query: DeadLetterQuery) -> list[DeadLetter]:
+        conditions: list[ColumnElement[bool]] = [DEAD_LETTERS.c.team_id == team_id]
+        if query.status:
+            conditions.append(DEAD_LETTERS.c.status == query.status)
+        if query.channel:
+            conditions.append(DEAD_LETTERS.c.channel == query.channel)
+        if query.after is not None:
+            at, letter_id = query.after
+            conditions.append(tuple_(DEAD_LETTERS.c.failed_at, DEAD_LETTERS.c.id) < tuple_(at, letter_id))
         rows = await self._session.execute(
             select(DEAD_LETTERS)
-            .where(DEAD_LETTERS.c.team_id == team_id)
-            .order_by(DEAD_LETTERS.c.failed_at.desc())
-            .limit(limit)
+            .where(*conditions)
+            .order_by(DEAD_LETTERS.c.failed_at.desc(), DEAD_LETTERS.c.id.desc())
+            .limit(query.limit)
         )
         return [DeadLetter(**row._mapping) for row in rows]
+
+    async def count_dead(self, team_id: str) -> int:
+        found = await self._session.scalar(
+            select(func.count())
+            .select_from(DEAD_LETTERS)
+            .where(DEAD_LETTERS.c.team_id == team_id, DEAD_LETTERS.c.status == DeadLetterStatus.DEAD)
+        )
+        return int(found or 0)
 
     async def get(self, team_id: str, letter_id: uuid.UUID) -> DeadLetter | None:
         return await self._one(team_id, letter_id, lock=False)

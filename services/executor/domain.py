@@ -227,6 +227,26 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class DeadLetterQuery:
+    """Which dead letters to list, newest first (by failed_at, then id): empty filters take all."""
+
+    limit: int
+    status: str = ""
+    channel: str = ""
+    # The last letter of the previous page: the page starts strictly after it.
+    after: tuple[datetime, uuid.UUID] | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetterPage:
+    letters: list[DeadLetter]
+    # The last letter's position when more may follow; None on the last page.
+    next_after: tuple[datetime, uuid.UUID] | None
+    # The project's letters in status dead, whatever the filters.
+    total: int
+
+
+@dataclass(frozen=True)
 class ProviderSettings:
     """A project's HTTP provider for SMS or push: Herald POSTs JSON to `url` with `headers`."""
 

@@ -18,14 +18,17 @@ from herald.bus.v1 import event_pb2, run_pb2
 from kernel.bus import OutgoingMessage, Poison, RetryLater
 from kernel.clock import from_timestamp, utcnow
 from kernel.conditions import ConditionError, compile_condition
+from kernel.cursors import decode_cursor
 from kernel.documents import event_document
 from kernel.durations import parse_duration
 from kernel.errors import FailedPrecondition, InvalidArgument, NotFound
-from kernel.steps import CONDITION_NAMES, Problems, checked_headers, is_http_url
+from kernel.steps import CHANNEL_OF_STEP_TYPE, CONDITION_NAMES, Problems, checked_headers, is_http_url
 from kernel.unit_of_work import UnitOfWork
 from services.executor import messages
 from services.executor.domain import (
     DeadLetter,
+    DeadLetterPage,
+    DeadLetterQuery,
     DeadLetterStatus,
     DeliveryError,
     FeedItem,
@@ -124,7 +127,13 @@ class DeadLetterRepository(Protocol):
         """Store a dead letter; a delivery that fails again after a replay is dead again."""
         ...
 
-    async def newest(self, team_id: str, limit: int) -> list[DeadLetter]: ...
+    async def newest(self, team_id: str, query: DeadLetterQuery) -> list[DeadLetter]:
+        """Up to query.limit letters passing the query's filters, newest first, after query.after."""
+        ...
+
+    async def count_dead(self, team_id: str) -> int:
+        """How many of the project's letters are in status dead."""
+        ...
 
     async def get(self, team_id: str, letter_id: uuid.UUID) -> DeadLetter | None: ...
 
@@ -600,12 +609,61 @@ async def mark_feed_read(team_id: str, external_id: str, ids: list[str], uow: Ex
     return changed
 
 
-async def list_dead_letters(team_id: str, limit: int, uow: ExecutorUnitOfWork) -> list[DeadLetter]:
+DEAD_LETTER_STATUSES = (DeadLetterStatus.DEAD, DeadLetterStatus.REPLAYED)
+
+
+def _bad_parameter(parameter: str, message: str) -> InvalidArgument:
+    return InvalidArgument(message, reason="INVALID_PARAMETER", metadata={"parameter": parameter})
+
+
+async def list_dead_letters(
+    team_id: str,
+    limit: int,
+    uow: ExecutorUnitOfWork,
+    *,
+    status: str = "",
+    channel: str = "",
+    cursor: str = "",
+) -> DeadLetterPage:
+    """A page of the project's dead letters, newest first, with the filters given, and the DLQ's
+    size (letters in status dead)."""
     limit = limit or FEED_LIMIT
     if not 1 <= limit <= MAX_FEED_LIMIT:
         raise InvalidArgument(f"limit must be between 1 and {MAX_FEED_LIMIT}", reason="INVALID_LIMIT")
+    if status and status not in DEAD_LETTER_STATUSES:
+        raise _bad_parameter("status", f"status must be dead or replayed; got {status[:40]!r}")
+    if channel and channel not in CHANNEL_OF_STEP_TYPE.values():
+        raise _bad_parameter(
+            "channel",
+            f"channel must be one of {', '.join(CHANNEL_OF_STEP_TYPE.values())}; got {channel[:40]!r}",
+        )
+    after = decode_cursor(cursor)
+    try:
+        position = (after[0], uuid.UUID(after[1])) if after else None
+    except ValueError:
+        raise _bad_parameter("cursor", "cursor is not one this API gave: start again without it") from None
+    query = DeadLetterQuery(limit + 1, status, channel, position)
     async with uow:
-        return await uow.dead_letters.newest(team_id, limit)
+        letters = await uow.dead_letters.newest(team_id, query)
+        total = await uow.dead_letters.count_dead(team_id)
+    page = letters[:limit]
+    next_after = (page[-1].failed_at, page[-1].id) if len(letters) > limit else None
+    return DeadLetterPage(page, next_after, total)
+
+
+async def get_dead_letter(team_id: str, letter_id: str, uow: ExecutorUnitOfWork) -> DeadLetter:
+    """One of the project's dead letters; NotFound for an unknown id or another project's."""
+    try:
+        parsed = uuid.UUID(letter_id)
+    except ValueError:
+        parsed = None
+    async with uow:
+        letter = await uow.dead_letters.get(team_id, parsed) if parsed else None
+    if letter is None:
+        raise NotFound(
+            "Dead letter not found", reason="DEAD_LETTER_NOT_FOUND", metadata={"id": letter_id[:64]}
+        )
+    return letter
 
 
 async def replay_dead_letter(team_id: str, letter_id: str, uow: ExecutorUnitOfWork) -> DeadLetter:

@@ -12,6 +12,7 @@ from herald.executor.v1 import devmail_pb2, devmail_pb2_grpc, executor_pb2, exec
 from kernel.auth import Authenticator
 from kernel.clients import CALL_TIMEOUT_SECONDS, forwarded_metadata
 from kernel.clock import isoformat_ms
+from kernel.cursors import encode_cursor
 from kernel.errors import Unavailable
 from kernel.retention import ContactNames, LifecycleUnitOfWork, erase_contact
 from services.executor import handlers
@@ -26,6 +27,7 @@ from services.executor.domain import (
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
+MAX_INT32 = 2**31 - 1
 
 
 def run_to_proto(run: Run, timers: Sequence[Timer] = ()) -> executor_pb2.Run:
@@ -158,10 +160,26 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self, request: executor_pb2.ListDeadLettersRequest, context: Context
     ) -> executor_pb2.ListDeadLettersResponse:
         team = await self._auth.authenticate(context.invocation_metadata())
-        letters = await handlers.list_dead_letters(team.id, request.limit, self._uow())
-        return executor_pb2.ListDeadLettersResponse(
-            dead_letters=[dead_letter_to_proto(letter) for letter in letters]
+        page = await handlers.list_dead_letters(
+            team.id,
+            request.limit,
+            self._uow(),
+            status=request.status,
+            channel=request.channel,
+            cursor=request.cursor,
         )
+        return executor_pb2.ListDeadLettersResponse(
+            dead_letters=[dead_letter_to_proto(letter) for letter in page.letters],
+            next_cursor=encode_cursor(page.next_after[0], str(page.next_after[1])) if page.next_after else "",
+            total=min(page.total, MAX_INT32),
+        )
+
+    async def GetDeadLetter(
+        self, request: executor_pb2.GetDeadLetterRequest, context: Context
+    ) -> executor_pb2.GetDeadLetterResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        letter = await handlers.get_dead_letter(team.id, request.id, self._uow())
+        return executor_pb2.GetDeadLetterResponse(dead_letter=dead_letter_to_proto(letter))
 
     async def ReplayDeadLetter(
         self, request: executor_pb2.ReplayDeadLetterRequest, context: Context

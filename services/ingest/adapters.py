@@ -61,6 +61,17 @@ class ContactRow(IngestBase):
             postgresql_where=text("external_id IS NULL AND email IS NOT NULL"),
         ),
         Index("ix_contacts_team_email", "team_id", "email"),
+        # GET /api/v1/contacts: newest first, and found by a prefix of the external id or email.
+        Index("ix_contacts_team_created", "team_id", "created_at", "id"),
+        Index(
+            "ix_contacts_team_external_id_prefix",
+            "team_id",
+            "external_id",
+            postgresql_ops={"external_id": "text_pattern_ops"},
+        ),
+        Index(
+            "ix_contacts_team_email_prefix", "team_id", "email", postgresql_ops={"email": "text_pattern_ops"}
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -204,6 +215,28 @@ class SqlContactRepository:
             )
         ).first()
         return _contact(row) if row else None
+
+    async def search(
+        self, team_id: str, prefix: str, limit: int, after: tuple[datetime, uuid.UUID] | None
+    ) -> list[Contact]:
+        conditions: list[Any] = [CONTACTS.c.team_id == team_id]
+        if prefix:
+            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conditions.append(
+                or_(
+                    CONTACTS.c.external_id.like(f"{escaped}%"),
+                    CONTACTS.c.email.like(f"{escaped.lower()}%"),
+                )
+            )
+        if after is not None:
+            conditions.append(tuple_(CONTACTS.c.created_at, CONTACTS.c.id) < tuple_(*after))
+        rows = await self._session.execute(
+            select(CONTACTS)
+            .where(*conditions)
+            .order_by(CONTACTS.c.created_at.desc(), CONTACTS.c.id.desc())
+            .limit(limit)
+        )
+        return [_contact(row) for row in rows]
 
     async def add(self, contact: Contact) -> tuple[Contact, bool]:
         values = _contact_values(contact)

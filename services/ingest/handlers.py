@@ -16,6 +16,7 @@ from herald.matcher.v1 import matcher_pb2
 from kernel.bus import OutgoingMessage
 from kernel.clock import utcnow
 from kernel.conditions import contact_in_segment
+from kernel.cursors import decode_cursor
 from kernel.documents import contact_document
 from kernel.errors import Conflict, HeraldError, InvalidArgument, NotFound, PayloadTooLarge, Unprocessable
 from kernel.event_names import validate_customer_event_name
@@ -102,6 +103,14 @@ class ContactRepository(ContactResolver, Protocol):
 
     async def page(self, team_id: str, after: uuid.UUID | None, limit: int) -> list[Contact]:
         """Up to `limit` of the team's contacts, by id, after `after`."""
+        ...
+
+    async def search(
+        self, team_id: str, prefix: str, limit: int, after: tuple[datetime, uuid.UUID] | None
+    ) -> list[Contact]:
+        """Up to `limit` of the team's contacts whose external id starts with `prefix` or whose
+        email starts with it lowercased (every contact for an empty prefix), newest first by
+        (created_at, id), strictly after `after`."""
         ...
 
 
@@ -821,6 +830,44 @@ async def _locked_contact(team_id: str, external_id: str, uow: IngestUnitOfWork)
     if found is None:
         raise _contact_not_found(external_id)
     return found
+
+
+CONTACT_PAGE, MAX_CONTACT_PAGE = 50, 200
+MAX_CONTACT_QUERY = 320
+
+
+@dataclass(frozen=True)
+class ContactPage:
+    contacts: list[Contact]
+    # The last contact's position when more may follow; None on the last page.
+    next_after: tuple[datetime, uuid.UUID] | None
+
+
+def _bad_parameter(parameter: str, message: str) -> InvalidArgument:
+    return InvalidArgument(message, reason="INVALID_PARAMETER", metadata={"parameter": parameter})
+
+
+async def list_contacts(team_id: str, q: str, limit: int, cursor: str, uow: IngestUnitOfWork) -> ContactPage:
+    """A page of the project's contacts, newest first: those whose external id or email starts
+    with `q` (every one for an empty `q`)."""
+    limit = limit or CONTACT_PAGE
+    if not 1 <= limit <= MAX_CONTACT_PAGE:
+        raise _bad_parameter(
+            "limit", f"limit must be 1 to {MAX_CONTACT_PAGE} (default {CONTACT_PAGE}); got {limit}"
+        )
+    prefix = q.strip()
+    if len(prefix) > MAX_CONTACT_QUERY:
+        raise _bad_parameter("q", f"q must be at most {MAX_CONTACT_QUERY} characters; got {len(prefix)}")
+    position = decode_cursor(cursor)
+    try:
+        after = (position[0], uuid.UUID(position[1])) if position else None
+    except ValueError:
+        raise _bad_parameter("cursor", "cursor is not one this API gave: start again without it") from None
+    async with uow:
+        found = await uow.contacts.search(team_id, prefix, limit + 1, after)
+    page = found[:limit]
+    last = page[-1] if len(found) > limit else None
+    return ContactPage(page, (last.created_at, last.id) if last and last.created_at else None)
 
 
 def _contact_not_found(external_id: str) -> NotFound:

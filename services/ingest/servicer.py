@@ -16,6 +16,7 @@ from herald.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from kernel.auth import Authenticator, metadata_dict
 from kernel.clients import CALL_TIMEOUT_SECONDS, forwarded_metadata
 from kernel.clock import isoformat_ms
+from kernel.cursors import encode_cursor
 from kernel.errors import (
     HeraldError,
     InvalidArgument,
@@ -460,6 +461,18 @@ class ContactServicer(ingest_pb2_grpc.ContactServiceServicer):
             profile, self._intake.unit_of_work(), policy.event_payload_limit_bytes
         )
         return ingest_pb2.PutContactResponse(contact=contact_message(contact))
+
+    async def ListContacts(
+        self, request: ingest_pb2.ListContactsRequest, context: Context
+    ) -> ingest_pb2.ListContactsResponse:
+        page = await handlers.list_contacts(
+            await self._team(context), request.q, request.limit, request.cursor, self._intake.unit_of_work()
+        )
+        after = page.next_after
+        return ingest_pb2.ListContactsResponse(
+            contacts=[contact_message(contact) for contact in page.contacts],
+            next_cursor=encode_cursor(after[0], str(after[1])) if after else "",
+        )
 
     async def GetContact(
         self, request: ingest_pb2.GetContactRequest, context: Context

@@ -158,6 +158,27 @@ async def update_workflow(
     return workflow, True
 
 
+async def set_workflow_active(
+    team_id: str, key: str, active: bool, uow: MatcherUnitOfWork
+) -> tuple[Workflow, bool]:
+    """Activate or pause the workflow: its next version is the latest with `active` set, as a PUT
+    of the same definition would store it; already so, nothing is stored. Returns the workflow
+    and whether a version was stored. NotFound for an unknown or deleted key."""
+    async with uow:
+        latest = await uow.workflows.latest(team_id, key)
+        if latest is None or latest.deleted:
+            raise _not_found(key)
+        if latest.definition.active == active:
+            return latest, False
+        definition = replace(latest.definition, active=active)
+        if active:
+            await _check_segment(team_id, definition, uow)
+        workflow = _next_version(team_id, definition, latest)
+        await uow.workflows.add(workflow)
+        await uow.commit()
+    return workflow, True
+
+
 async def delete_workflow(team_id: str, key: str, uow: MatcherUnitOfWork) -> Workflow:
     """Delete the workflow; its versions stay for the runs that used them."""
     async with uow:

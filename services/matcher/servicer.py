@@ -70,6 +70,24 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         self._changed(team.id)
         return matcher_pb2.UpdateWorkflowResponse(workflow=workflow_to_proto(workflow))
 
+    async def ActivateWorkflow(
+        self, request: matcher_pb2.ActivateWorkflowRequest, context: Context
+    ) -> matcher_pb2.ActivateWorkflowResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        workflow, stored = await handlers.set_workflow_active(team.id, request.key, True, self._uow())
+        if stored:
+            self._changed(team.id)
+        return matcher_pb2.ActivateWorkflowResponse(workflow=workflow_to_proto(workflow))
+
+    async def PauseWorkflow(
+        self, request: matcher_pb2.PauseWorkflowRequest, context: Context
+    ) -> matcher_pb2.PauseWorkflowResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        workflow, stored = await handlers.set_workflow_active(team.id, request.key, False, self._uow())
+        if stored:
+            self._changed(team.id)
+        return matcher_pb2.PauseWorkflowResponse(workflow=workflow_to_proto(workflow))
+
     async def DeleteWorkflow(
         self, request: matcher_pb2.DeleteWorkflowRequest, context: Context
     ) -> matcher_pb2.DeleteWorkflowResponse:

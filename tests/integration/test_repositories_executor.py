@@ -20,6 +20,7 @@ from services.executor.adapters import (
 )
 from services.executor.domain import (
     DeadLetter,
+    DeadLetterQuery,
     FeedItem,
     OutgoingText,
     ProviderSettings,
@@ -295,7 +296,11 @@ async def test_feed_dead_letters_channels_and_dev_messages_round_trip(
         locked.status, locked.replays = "replayed", 1
         await letters.save(locked)
         await letters.add(letter)  # failed again after the replay: dead again, replays kept
-        [again] = [found for found in await letters.newest(team.team_id, 50) if found.id == letter.id]
+        [again] = [
+            found
+            for found in await letters.newest(team.team_id, DeadLetterQuery(50))
+            if found.id == letter.id
+        ]
         assert (again.status, again.replays) == ("dead", 1)
         assert await letters.lock(f"other-{uuid.uuid4().hex[:6]}", letter.id) is None
         assert stored.updated_at is not None

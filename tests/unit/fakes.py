@@ -34,6 +34,7 @@ from kernel.policy import PolicyChange, ProjectPolicy, apply_change
 from kernel.unit_of_work import Publication
 from services.executor.domain import (
     DeadLetter,
+    DeadLetterQuery,
     DeliveryError,
     FeedItem,
     OutgoingEmail,
@@ -277,6 +278,26 @@ class FakeContactRepository(FakeRepository):
     async def page(self, team_id: str, after: uuid.UUID | None, limit: int) -> list[Contact]:
         mine = sorted((c for c in self.rows.values() if c.team_id == team_id), key=lambda c: c.id)
         return [c for c in mine if after is None or c.id > after][:limit]
+
+    async def search(
+        self, team_id: str, prefix: str, limit: int, after: tuple[datetime, uuid.UUID] | None
+    ) -> list[Contact]:
+        def position(contact: Contact) -> tuple[datetime, uuid.UUID]:
+            assert contact.created_at is not None
+            return contact.created_at, contact.id
+
+        found = [
+            c
+            for c in self.rows.values()
+            if c.team_id == team_id
+            and (
+                not prefix
+                or (c.external_id or "").startswith(prefix)
+                or (c.email or "").startswith(prefix.lower())
+            )
+            and (after is None or position(c) < after)
+        ]
+        return sorted(found, key=position, reverse=True)[:limit]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -918,9 +939,19 @@ class FakeDeadLetterRepository(FakeRepository):
             stored.error, stored.attempts = letter.error, letter.attempts
             stored.failed_at, stored.status = letter.failed_at, letter.status
 
-    async def newest(self, team_id: str, limit: int) -> list[DeadLetter]:
-        letters = [copy.deepcopy(letter) for letter in self.rows.values() if letter.team_id == team_id]
-        return sorted(letters, key=lambda letter: letter.failed_at, reverse=True)[:limit]
+    async def newest(self, team_id: str, query: DeadLetterQuery) -> list[DeadLetter]:
+        letters = [
+            copy.deepcopy(letter)
+            for letter in self.rows.values()
+            if letter.team_id == team_id
+            and query.status in ("", letter.status)
+            and query.channel in ("", letter.channel)
+            and (query.after is None or (letter.failed_at, letter.id) < query.after)
+        ]
+        return sorted(letters, key=lambda letter: (letter.failed_at, letter.id), reverse=True)[: query.limit]
+
+    async def count_dead(self, team_id: str) -> int:
+        return sum(letter.team_id == team_id and letter.status == "dead" for letter in self.rows.values())
 
     async def get(self, team_id: str, letter_id: uuid.UUID) -> DeadLetter | None:
         return await self.lock(team_id, letter_id)

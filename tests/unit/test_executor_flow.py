@@ -528,7 +528,7 @@ async def test_a_dead_delivery_is_replayed_once_and_the_run_carries_on() -> None
     senders = Senders()
     senders.webhook.failures.append(DeliveryError("HTTP 503: down"))
     await perform_step(task("hook"), uow, senders.channels())
-    [letter] = await list_dead_letters(TEAM, 0, uow)
+    [letter] = (await list_dead_letters(TEAM, 0, uow)).letters
     assert (letter.status, letter.attempts, letter.error) == ("dead", 1, "attempt 1 of 1: HTTP 503: down")
     assert uow.runs.rows[RUN_ID].status == RunStatus.FAILED
     before = len(uow.published)
@@ -571,7 +571,7 @@ async def test_a_steps_max_attempts_overrides_the_channel_default() -> None:
     await perform_step(task("hook"), uow, senders.channels(max_attempts=10))
 
     assert uow.runs.rows[RUN_ID].steps[0].status == StepStatus.FAILED
-    assert len(await list_dead_letters(TEAM, 10, uow)) == 1
+    assert len((await list_dead_letters(TEAM, 10, uow)).letters) == 1
 
 
 async def test_one_event_never_ends_two_waits_of_a_run() -> None:

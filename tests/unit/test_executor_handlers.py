@@ -12,7 +12,14 @@ from herald.workflow.v1 import workflow_pb2
 from kernel.bus import OutgoingMessage, Poison, RetryLater
 from kernel.errors import NotFound
 from kernel.structs import to_struct
-from services.executor.domain import DELIVERY_ID_NAMESPACE, OutgoingEmail, RunStatus, StepStatus, delivery_id
+from services.executor.domain import (
+    DELIVERY_ID_NAMESPACE,
+    DeadLetterQuery,
+    OutgoingEmail,
+    RunStatus,
+    StepStatus,
+    delivery_id,
+)
 from services.executor.handlers import Channels, get_run, perform_step, start_run, start_runs
 from tests.unit.fakes import FakeEmailSender, FakeExecutorUnitOfWork, FakeTextSender, FakeWebhookSender
 
@@ -299,7 +306,7 @@ async def test_the_last_allowed_attempt_fails_the_step_and_the_run() -> None:
         "herald.mail.delivery",
         "herald.workflow.failed",
     ]
-    [letter] = await uow.dead_letters.newest(TEAM, 10)
+    [letter] = await uow.dead_letters.newest(TEAM, DeadLetterQuery(10))
     assert (letter.step_id, letter.attempts, letter.channel) == ("welcome", 3, "email")
     assert sender.sent == []
 

@@ -55,6 +55,11 @@ class ExecutorServiceStub:
                 request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDeadLettersRequest.SerializeToString,
                 response_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.GetDeadLetter = channel.unary_unary(
+                '/herald.executor.v1.ExecutorService/GetDeadLetter',
+                request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.GetDeadLetterRequest.SerializeToString,
+                response_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.GetDeadLetterResponse.FromString,
+                _registered_method=True)
         self.ReplayDeadLetter = channel.unary_unary(
                 '/herald.executor.v1.ExecutorService/ReplayDeadLetter',
                 request_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.ReplayDeadLetterRequest.SerializeToString,
@@ -113,7 +118,14 @@ class ExecutorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDeadLetters(self, request, context):
-        """Deliveries that failed for good, newest first.
+        """Deliveries that failed for good, newest first, with filters and cursor pagination.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeadLetter(self, request, context):
+        """One dead letter; 404 for an unknown id or another project's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -186,6 +198,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.ListDeadLetters,
                     request_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDeadLettersRequest.FromString,
                     response_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'GetDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeadLetter,
+                    request_deserializer=herald_dot_executor_dot_v1_dot_executor__pb2.GetDeadLetterRequest.FromString,
+                    response_serializer=herald_dot_executor_dot_v1_dot_executor__pb2.GetDeadLetterResponse.SerializeToString,
             ),
             'ReplayDeadLetter': grpc.unary_unary_rpc_method_handler(
                     servicer.ReplayDeadLetter,
@@ -327,6 +344,33 @@ class ExecutorService:
             '/herald.executor.v1.ExecutorService/ListDeadLetters',
             herald_dot_executor_dot_v1_dot_executor__pb2.ListDeadLettersRequest.SerializeToString,
             herald_dot_executor_dot_v1_dot_executor__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.executor.v1.ExecutorService/GetDeadLetter',
+            herald_dot_executor_dot_v1_dot_executor__pb2.GetDeadLetterRequest.SerializeToString,
+            herald_dot_executor_dot_v1_dot_executor__pb2.GetDeadLetterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,7 +40,9 @@ class ExecutorServiceStub:
     MarkFeedRead: _grpc.UnaryUnaryMultiCallable[_executor_pb2.MarkFeedReadRequest, _executor_pb2.MarkFeedReadResponse]
     """Mark items of a contact's feed read (all unread items when `ids` is empty)."""
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListDeadLettersRequest, _executor_pb2.ListDeadLettersResponse]
-    """Deliveries that failed for good, newest first."""
+    """Deliveries that failed for good, newest first, with filters and cursor pagination."""
+    GetDeadLetter: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetDeadLetterRequest, _executor_pb2.GetDeadLetterResponse]
+    """One dead letter; 404 for an unknown id or another project's."""
     ReplayDeadLetter: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ReplayDeadLetterRequest, _executor_pb2.ReplayDeadLetterResponse]
     """Queue a dead delivery again; its run carries on from it. What was delivered is never
     sent again.
@@ -72,7 +74,9 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     MarkFeedRead: _aio.UnaryUnaryMultiCallable[_executor_pb2.MarkFeedReadRequest, _executor_pb2.MarkFeedReadResponse]  # type: ignore[assignment]
     """Mark items of a contact's feed read (all unread items when `ids` is empty)."""
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListDeadLettersRequest, _executor_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
-    """Deliveries that failed for good, newest first."""
+    """Deliveries that failed for good, newest first, with filters and cursor pagination."""
+    GetDeadLetter: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetDeadLetterRequest, _executor_pb2.GetDeadLetterResponse]  # type: ignore[assignment]
+    """One dead letter; 404 for an unknown id or another project's."""
     ReplayDeadLetter: _aio.UnaryUnaryMultiCallable[_executor_pb2.ReplayDeadLetterRequest, _executor_pb2.ReplayDeadLetterResponse]  # type: ignore[assignment]
     """Queue a dead delivery again; its run carries on from it. What was delivered is never
     sent again.
@@ -125,7 +129,15 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_pb2.ListDeadLettersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_executor_pb2.ListDeadLettersResponse, _abc.Awaitable[_executor_pb2.ListDeadLettersResponse]]:
-        """Deliveries that failed for good, newest first."""
+        """Deliveries that failed for good, newest first, with filters and cursor pagination."""
+
+    @_abc_1.abstractmethod
+    def GetDeadLetter(
+        self,
+        request: _executor_pb2.GetDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.GetDeadLetterResponse, _abc.Awaitable[_executor_pb2.GetDeadLetterResponse]]:
+        """One dead letter; 404 for an unknown id or another project's."""
 
     @_abc_1.abstractmethod
     def ReplayDeadLetter(

@@ -462,6 +462,11 @@ class ContactServiceStub:
                 request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.PutContactRequest.SerializeToString,
                 response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.PutContactResponse.FromString,
                 _registered_method=True)
+        self.ListContacts = channel.unary_unary(
+                '/herald.ingest.v1.ContactService/ListContacts',
+                request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.ListContactsRequest.SerializeToString,
+                response_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.ListContactsResponse.FromString,
+                _registered_method=True)
         self.GetContact = channel.unary_unary(
                 '/herald.ingest.v1.ContactService/GetContact',
                 request_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.GetContactRequest.SerializeToString,
@@ -496,6 +501,14 @@ class ContactServiceServicer:
     def PutContact(self, request, context):
         """Create or replace a contact's profile: email, phone, name, custom_fields and tags take
         exactly the values given (absent ones become empty); topics are kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListContacts(self, request, context):
+        """The project's contacts, newest first, a page at a time: `q` finds those whose external id
+        starts with it, or whose email (normalized, so case does not matter) starts with it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -543,6 +556,11 @@ def add_ContactServiceServicer_to_server(servicer, server):
                     servicer.PutContact,
                     request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.PutContactRequest.FromString,
                     response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.PutContactResponse.SerializeToString,
+            ),
+            'ListContacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListContacts,
+                    request_deserializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.ListContactsRequest.FromString,
+                    response_serializer=herald_dot_ingest_dot_v1_dot_ingest__pb2.ListContactsResponse.SerializeToString,
             ),
             'GetContact': grpc.unary_unary_rpc_method_handler(
                     servicer.GetContact,
@@ -598,6 +616,33 @@ class ContactService:
             '/herald.ingest.v1.ContactService/PutContact',
             herald_dot_ingest_dot_v1_dot_ingest__pb2.PutContactRequest.SerializeToString,
             herald_dot_ingest_dot_v1_dot_ingest__pb2.PutContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListContacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.ingest.v1.ContactService/ListContacts',
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.ListContactsRequest.SerializeToString,
+            herald_dot_ingest_dot_v1_dot_ingest__pb2.ListContactsResponse.FromString,
             options,
             channel_credentials,
             insecure,

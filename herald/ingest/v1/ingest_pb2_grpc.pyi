@@ -224,6 +224,10 @@ class ContactServiceStub:
     """Create or replace a contact's profile: email, phone, name, custom_fields and tags take
     exactly the values given (absent ones become empty); topics are kept.
     """
+    ListContacts: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ListContactsRequest, _ingest_pb2.ListContactsResponse]
+    """The project's contacts, newest first, a page at a time: `q` finds those whose external id
+    starts with it, or whose email (normalized, so case does not matter) starts with it.
+    """
     GetContact: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetContactRequest, _ingest_pb2.GetContactResponse]
     DeleteContact: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.DeleteContactRequest, _ingest_pb2.DeleteContactResponse]
     """Right to erasure: delete the contact and its personal data in every service (events, runs,
@@ -244,6 +248,10 @@ class ContactServiceAsyncStub(ContactServiceStub):
     PutContact: _aio.UnaryUnaryMultiCallable[_ingest_pb2.PutContactRequest, _ingest_pb2.PutContactResponse]  # type: ignore[assignment]
     """Create or replace a contact's profile: email, phone, name, custom_fields and tags take
     exactly the values given (absent ones become empty); topics are kept.
+    """
+    ListContacts: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ListContactsRequest, _ingest_pb2.ListContactsResponse]  # type: ignore[assignment]
+    """The project's contacts, newest first, a page at a time: `q` finds those whose external id
+    starts with it, or whose email (normalized, so case does not matter) starts with it.
     """
     GetContact: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetContactRequest, _ingest_pb2.GetContactResponse]  # type: ignore[assignment]
     DeleteContact: _aio.UnaryUnaryMultiCallable[_ingest_pb2.DeleteContactRequest, _ingest_pb2.DeleteContactResponse]  # type: ignore[assignment]
@@ -268,6 +276,16 @@ class ContactServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ingest_pb2.PutContactResponse, _abc.Awaitable[_ingest_pb2.PutContactResponse]]:
         """Create or replace a contact's profile: email, phone, name, custom_fields and tags take
         exactly the values given (absent ones become empty); topics are kept.
+        """
+
+    @_abc_1.abstractmethod
+    def ListContacts(
+        self,
+        request: _ingest_pb2.ListContactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.ListContactsResponse, _abc.Awaitable[_ingest_pb2.ListContactsResponse]]:
+        """The project's contacts, newest first, a page at a time: `q` finds those whose external id
+        starts with it, or whose email (normalized, so case does not matter) starts with it.
         """
 
     @_abc_1.abstractmethod

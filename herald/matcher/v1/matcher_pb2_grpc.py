@@ -60,6 +60,16 @@ class MatcherServiceStub:
                 request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowVersionsRequest.SerializeToString,
                 response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowVersionsResponse.FromString,
                 _registered_method=True)
+        self.ActivateWorkflow = channel.unary_unary(
+                '/herald.matcher.v1.MatcherService/ActivateWorkflow',
+                request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ActivateWorkflowRequest.SerializeToString,
+                response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ActivateWorkflowResponse.FromString,
+                _registered_method=True)
+        self.PauseWorkflow = channel.unary_unary(
+                '/herald.matcher.v1.MatcherService/PauseWorkflow',
+                request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.PauseWorkflowRequest.SerializeToString,
+                response_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.PauseWorkflowResponse.FromString,
+                _registered_method=True)
         self.ListWorkflows = channel.unary_unary(
                 '/herald.matcher.v1.MatcherService/ListWorkflows',
                 request_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowsRequest.SerializeToString,
@@ -138,6 +148,22 @@ class MatcherServiceServicer:
 
     def ListWorkflowVersions(self, request, context):
         """Every stored version of a workflow, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActivateWorkflow(self, request, context):
+        """Make the workflow run again: stores a new version, the same as the latest but active (as a
+        PUT with active true would). Already active: nothing changes. Answers the workflow as GET does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseWorkflow(self, request, context):
+        """Pause the workflow: stores a new version, the same as the latest but inactive (it matches
+        nothing, its history stays). Already paused: nothing changes. Answers the workflow as GET does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -226,6 +252,16 @@ def add_MatcherServiceServicer_to_server(servicer, server):
                     servicer.ListWorkflowVersions,
                     request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowVersionsRequest.FromString,
                     response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowVersionsResponse.SerializeToString,
+            ),
+            'ActivateWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateWorkflow,
+                    request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ActivateWorkflowRequest.FromString,
+                    response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.ActivateWorkflowResponse.SerializeToString,
+            ),
+            'PauseWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseWorkflow,
+                    request_deserializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.PauseWorkflowRequest.FromString,
+                    response_serializer=herald_dot_matcher_dot_v1_dot_matcher__pb2.PauseWorkflowResponse.SerializeToString,
             ),
             'ListWorkflows': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkflows,
@@ -404,6 +440,60 @@ class MatcherService:
             '/herald.matcher.v1.MatcherService/ListWorkflowVersions',
             herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowVersionsRequest.SerializeToString,
             herald_dot_matcher_dot_v1_dot_matcher__pb2.ListWorkflowVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.matcher.v1.MatcherService/ActivateWorkflow',
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.ActivateWorkflowRequest.SerializeToString,
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.ActivateWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.matcher.v1.MatcherService/PauseWorkflow',
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.PauseWorkflowRequest.SerializeToString,
+            herald_dot_matcher_dot_v1_dot_matcher__pb2.PauseWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

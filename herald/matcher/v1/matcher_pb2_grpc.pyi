@@ -47,6 +47,14 @@ class MatcherServiceStub:
     """
     ListWorkflowVersions: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.ListWorkflowVersionsRequest, _matcher_pb2.ListWorkflowVersionsResponse]
     """Every stored version of a workflow, newest first."""
+    ActivateWorkflow: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.ActivateWorkflowRequest, _matcher_pb2.ActivateWorkflowResponse]
+    """Make the workflow run again: stores a new version, the same as the latest but active (as a
+    PUT with active true would). Already active: nothing changes. Answers the workflow as GET does.
+    """
+    PauseWorkflow: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.PauseWorkflowRequest, _matcher_pb2.PauseWorkflowResponse]
+    """Pause the workflow: stores a new version, the same as the latest but inactive (it matches
+    nothing, its history stays). Already paused: nothing changes. Answers the workflow as GET does.
+    """
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.ListWorkflowsRequest, _matcher_pb2.ListWorkflowsResponse]
     """The latest version of every workflow of the project, ordered by key."""
     CreateSegment: _grpc.UnaryUnaryMultiCallable[_matcher_pb2.CreateSegmentRequest, _matcher_pb2.CreateSegmentResponse]
@@ -85,6 +93,14 @@ class MatcherServiceAsyncStub(MatcherServiceStub):
     """
     ListWorkflowVersions: _aio.UnaryUnaryMultiCallable[_matcher_pb2.ListWorkflowVersionsRequest, _matcher_pb2.ListWorkflowVersionsResponse]  # type: ignore[assignment]
     """Every stored version of a workflow, newest first."""
+    ActivateWorkflow: _aio.UnaryUnaryMultiCallable[_matcher_pb2.ActivateWorkflowRequest, _matcher_pb2.ActivateWorkflowResponse]  # type: ignore[assignment]
+    """Make the workflow run again: stores a new version, the same as the latest but active (as a
+    PUT with active true would). Already active: nothing changes. Answers the workflow as GET does.
+    """
+    PauseWorkflow: _aio.UnaryUnaryMultiCallable[_matcher_pb2.PauseWorkflowRequest, _matcher_pb2.PauseWorkflowResponse]  # type: ignore[assignment]
+    """Pause the workflow: stores a new version, the same as the latest but inactive (it matches
+    nothing, its history stays). Already paused: nothing changes. Answers the workflow as GET does.
+    """
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_matcher_pb2.ListWorkflowsRequest, _matcher_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
     """The latest version of every workflow of the project, ordered by key."""
     CreateSegment: _aio.UnaryUnaryMultiCallable[_matcher_pb2.CreateSegmentRequest, _matcher_pb2.CreateSegmentResponse]  # type: ignore[assignment]
@@ -150,6 +166,26 @@ class MatcherServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_matcher_pb2.ListWorkflowVersionsResponse, _abc.Awaitable[_matcher_pb2.ListWorkflowVersionsResponse]]:
         """Every stored version of a workflow, newest first."""
+
+    @_abc_1.abstractmethod
+    def ActivateWorkflow(
+        self,
+        request: _matcher_pb2.ActivateWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matcher_pb2.ActivateWorkflowResponse, _abc.Awaitable[_matcher_pb2.ActivateWorkflowResponse]]:
+        """Make the workflow run again: stores a new version, the same as the latest but active (as a
+        PUT with active true would). Already active: nothing changes. Answers the workflow as GET does.
+        """
+
+    @_abc_1.abstractmethod
+    def PauseWorkflow(
+        self,
+        request: _matcher_pb2.PauseWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matcher_pb2.PauseWorkflowResponse, _abc.Awaitable[_matcher_pb2.PauseWorkflowResponse]]:
+        """Pause the workflow: stores a new version, the same as the latest but inactive (it matches
+        nothing, its history stays). Already paused: nothing changes. Answers the workflow as GET does.
+        """
 
     @_abc_1.abstractmethod
     def ListWorkflows(
