@@ -76,7 +76,7 @@ export function deadLetterList(context) {
     const answer = await api("/api/v1/dlq", { query: { ...query, limit: 50 }, signal: context.signal });
     const total = answer.total;
     return [
-      total !== undefined ? h("p", { class: "count" }, `${number(total)} dead letter${total === 1 ? "" : "s"} match these filters.`) : null,
+      total !== undefined ? h("p", { class: "count" }, `Waiting for a replay: ${number(total)} dead letter${total === 1 ? "" : "s"} in all (whatever the filters).`) : null,
       table({ caption: "Dead letters, newest first", columns, rows: answer.dead_letters || [], rowKey: (d) => d.id, empty: "No dead letter: every delivery went through or is still being tried." }),
       pager("/dead-letters", query, answer.next_cursor),
     ];
