@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     ARRAY,
+    BigInteger,
     ColumnElement,
     CompoundSelect,
     DateTime,
@@ -64,6 +65,8 @@ from services.tracker.domain import (
     Page,
     Position,
     Progress,
+    QueueLagSample,
+    StatsBucket,
     Summary,
     TimelineEntry,
     TimelineKind,
@@ -160,7 +163,15 @@ class RunRow(TrackerBase):
 
 class DeliveryRow(TrackerBase):
     __tablename__ = "trigger_deliveries"
-    __table_args__ = (Index("ix_trigger_deliveries_run_id", "run_id"),)
+    __table_args__ = (
+        Index("ix_trigger_deliveries_run_id", "run_id"),
+        # The stats timeline: a window's deliveries, each joined to its trigger for the project.
+        Index(
+            "ix_trigger_deliveries_recorded",
+            "recorded_at",
+            postgresql_include=["trigger_id", "channel", "sent"],
+        ),
+    )
 
     delivery_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     trigger_id: Mapped[uuid.UUID] = mapped_column(index=True)
@@ -1071,10 +1082,119 @@ class SqlLifecycleRepository:
         return erased
 
 
+class QueueLagSampleRow(TrackerBase):
+    """The bus's lag over every consumer, sampled every QUEUE_LAG_SAMPLE_SECONDS (tracker.main)."""
+
+    __tablename__ = "queue_lag_samples"
+
+    sampled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    pending: Mapped[int] = mapped_column(BigInteger)
+    oldest_age_seconds: Mapped[float] = mapped_column(Float)
+
+
+QUEUE_LAG_SAMPLES = table_of(QueueLagSampleRow)
+
+# Per bucket (by created_at): the triggers accepted, by status as of :now, and their latency to the
+# first step done. Reads the window through ix_triggers_team_created_id.
+TIMELINE_TRIGGERS = text(
+    """
+    SELECT bucket, status_now, count(*) AS total,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY first_step_ms) AS p50_ms,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY first_step_ms) AS p99_ms
+      FROM (SELECT floor(extract(epoch FROM created_at - :since) / :step)::int AS bucket,
+                   CASE WHEN status = 'scheduled' AND scheduled_for <= :now THEN 'queued'
+                        ELSE status END AS status_now,
+                   extract(epoch FROM first_step_at - greatest(created_at, scheduled_for)) * 1000
+                       AS first_step_ms
+              FROM tracker.triggers
+             WHERE team_id = :team_id AND created_at >= :since AND created_at < :until) accepted
+     GROUP BY GROUPING SETS ((bucket, status_now), (bucket))
+    """
+)
+# Per bucket (by recorded_at): the project's deliveries by channel and outcome. Reads the window
+# through ix_trigger_deliveries_recorded, and each delivery's trigger by its key.
+TIMELINE_DELIVERIES = text(
+    """
+    SELECT floor(extract(epoch FROM d.recorded_at - :since) / :step)::int AS bucket,
+           d.channel, d.sent, count(*) AS total
+      FROM tracker.trigger_deliveries d
+      JOIN tracker.triggers t ON t.id = d.trigger_id
+     WHERE d.recorded_at >= :since AND d.recorded_at < :until AND t.team_id = :team_id
+     GROUP BY 1, 2, 3
+    """
+)
+# Per bucket: the highest queue lag sampled (the whole platform's).
+TIMELINE_QUEUE_LAG = text(
+    """
+    SELECT floor(extract(epoch FROM sampled_at - :since) / :step)::int AS bucket,
+           max(pending) AS pending, max(oldest_age_seconds) AS oldest_age_seconds
+      FROM tracker.queue_lag_samples
+     WHERE sampled_at >= :since AND sampled_at < :until
+     GROUP BY 1
+    """
+)
+
+
+class SqlStatsRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def fill_timeline(
+        self, team_id: str, buckets: Sequence[StatsBucket], step: timedelta, now: datetime
+    ) -> None:
+        """Fill the buckets (consecutive, `step` long, oldest first) with the project's figures."""
+        if not buckets:
+            return
+        since, until = buckets[0].at, buckets[-1].at + step
+        params = {
+            "team_id": team_id,
+            "since": since,
+            "until": until,
+            "step": step.total_seconds(),
+            "now": now,
+        }
+        for row in await self._session.execute(TIMELINE_TRIGGERS, params):
+            bucket = buckets[row.bucket]
+            if row.status_now is None:  # the bucket's grouping set: every status
+                bucket.events = row.total
+                bucket.p50_ms = None if row.p50_ms is None else round(float(row.p50_ms), 3)
+                bucket.p99_ms = None if row.p99_ms is None else round(float(row.p99_ms), 3)
+            else:
+                bucket.triggers[row.status_now] = row.total
+        for row in await self._session.execute(TIMELINE_DELIVERIES, params):
+            bucket = buckets[row.bucket]
+            bucket.deliveries[(row.channel, "sent" if row.sent else "failed")] = row.total
+            if not row.sent:
+                bucket.dead_letters += row.total
+        for row in await self._session.execute(TIMELINE_QUEUE_LAG, params):
+            bucket = buckets[row.bucket]
+            bucket.queue_pending, bucket.queue_oldest_age_seconds = (
+                int(row.pending),
+                float(row.oldest_age_seconds),
+            )
+
+    async def add_queue_lag(self, sample: QueueLagSample, keep_after: datetime) -> None:
+        """Store the sample and forget those sampled before `keep_after`."""
+        await self._session.execute(
+            postgresql.insert(QUEUE_LAG_SAMPLES)
+            .values(
+                sampled_at=sample.sampled_at,
+                pending=sample.pending,
+                oldest_age_seconds=sample.oldest_age_seconds,
+            )
+            .on_conflict_do_nothing()
+        )
+        await self._session.execute(
+            delete(QUEUE_LAG_SAMPLES).where(QUEUE_LAG_SAMPLES.c.sampled_at < keep_after)
+        )
+
+
 class TrackerSqlUnitOfWork(SqlUnitOfWork):
     triggers: SqlTriggerRepository
+    stats: SqlStatsRepository
     lifecycle: SqlLifecycleRepository
 
     def open_repositories(self, session: AsyncSession) -> None:
         self.triggers = SqlTriggerRepository(session)
+        self.stats = SqlStatsRepository(session)
         self.lifecycle = SqlLifecycleRepository(session)

@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
@@ -435,3 +435,119 @@ class Stats:
     until: datetime
     events: list[EventLatency]
     queues: list[ConsumerLag]
+
+
+# The timeline of GET /api/v1/stats/timeline.
+
+MIN_STEP = timedelta(seconds=10)
+MAX_BUCKETS = 500
+# The default step makes at most this many buckets (PT1M for PT1H; at most half of the 120 a chart
+# shows well on a laptop screen).
+DEFAULT_BUCKETS = 60
+# The default steps, smallest first: the first that makes at most DEFAULT_BUCKETS buckets.
+DEFAULT_STEPS = tuple(
+    timedelta(seconds=seconds)
+    for seconds in (10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_step(text: str, window: timedelta) -> timedelta:
+    """The timeline's bucket size: the one asked for (at least MIN_STEP, whole seconds, dividing
+    the window into at most MAX_BUCKETS), or the smallest default step that makes at most
+    DEFAULT_BUCKETS."""
+    if not text:
+        return next(step for step in DEFAULT_STEPS if window / step <= DEFAULT_BUCKETS)
+    try:
+        step = parse_duration(text)
+    except ValueError as error:
+        raise bad_parameter("step", f"step: {error}") from None
+    if step < MIN_STEP or step.microseconds:
+        raise bad_parameter("step", f"step must be whole seconds and at least PT10S; got {text[:40]!r}")
+    if step > window or window % step:
+        raise bad_parameter(
+            "step", f"step must divide the window ({isoformat_duration(window)}) evenly; got {text[:40]!r}"
+        )
+    if window // step > MAX_BUCKETS:
+        raise bad_parameter(
+            "step",
+            f"step {text[:40]!r} makes {window // step} buckets of the window; at most {MAX_BUCKETS}: "
+            "use a longer step or a shorter window",
+        )
+    return step
+
+
+def isoformat_duration(duration: timedelta) -> str:
+    """`duration` as ISO 8601 (P1DT2H, PT1M30S)."""
+    days, seconds = duration.days, duration.seconds
+    hours, minutes, seconds = seconds // 3600, seconds // 60 % 60, seconds % 60
+    clock = "".join(
+        f"{value}{unit}" for value, unit in ((hours, "H"), (minutes, "M"), (seconds, "S")) if value
+    )
+    return f"P{f'{days}D' if days else ''}{f'T{clock}' if clock else ''}" if days or clock else "PT0S"
+
+
+def bucket_starts(now: datetime, window: timedelta, step: timedelta) -> list[datetime]:
+    """The start of every bucket of the window ending at `now`, oldest first: buckets start at
+    multiples of `step` since the Unix epoch, and the last one holds `now`."""
+    last = EPOCH + (now - EPOCH) // step * step
+    count = -(-window // step)  # a window the default step does not divide: one bucket more
+    return [last - step * (count - 1 - index) for index in range(count)]
+
+
+TRIGGER_STATUSES = (
+    TriggerStatus.SCHEDULED,
+    TriggerStatus.QUEUED,
+    TriggerStatus.PROCESSING,
+    TriggerStatus.COMPLETED,
+    TriggerStatus.FAILED,
+    TriggerStatus.CANCELLED,
+)
+
+
+@dataclass
+class StatsBucket:
+    at: datetime
+    events: int = 0
+    # Status → count, of the triggers accepted in the bucket, as of now.
+    triggers: dict[str, int] = field(default_factory=dict)
+    # (channel, outcome) → count.
+    deliveries: dict[tuple[str, str], int] = field(default_factory=dict)
+    dead_letters: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    queue_pending: int | None = None
+    queue_oldest_age_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class QueueLagSample:
+    """The bus's lag at a moment, over every consumer: messages pending or not acknowledged, and
+    the oldest one's age."""
+
+    sampled_at: datetime
+    pending: int
+    oldest_age_seconds: float
+
+
+@dataclass(frozen=True)
+class StatsTimeline:
+    window: str
+    step: timedelta
+    since: datetime
+    until: datetime
+    buckets: list[StatsBucket]
+
+    def triggers_by_status(self) -> dict[str, int]:
+        return {status: sum(b.triggers.get(status, 0) for b in self.buckets) for status in TRIGGER_STATUSES}
+
+    def deliveries_by_channel(self) -> dict[tuple[str, str], int]:
+        totals: dict[tuple[str, str], int] = {}
+        for bucket in self.buckets:
+            for key, count in bucket.deliveries.items():
+                totals[key] = totals.get(key, 0) + count
+        return dict(sorted(totals.items()))
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(bucket.dead_letters for bucket in self.buckets)

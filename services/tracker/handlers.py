@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import structlog
@@ -25,7 +25,10 @@ from services.tracker.domain import (
     Page,
     Position,
     Progress,
+    QueueLagSample,
     Stats,
+    StatsBucket,
+    StatsTimeline,
     StepState,
     TimelineEntry,
     TimelineKind,
@@ -37,6 +40,7 @@ from services.tracker.domain import (
     TriggerStatus,
     TriggerView,
     bad_parameter,
+    bucket_starts,
     cancel,
     decode_cursor,
     next_status,
@@ -46,6 +50,7 @@ from services.tracker.domain import (
     parse_event_name,
     parse_moment,
     parse_statuses,
+    parse_step,
     parse_window,
 )
 
@@ -113,9 +118,24 @@ class TriggerRepository(Protocol):
         ...
 
 
+class StatsRepository(Protocol):
+    async def fill_timeline(
+        self, team_id: str, buckets: Sequence[StatsBucket], step: timedelta, now: datetime
+    ) -> None:
+        """Fill the buckets (consecutive, `step` long, oldest first) with the project's figures."""
+        ...
+
+    async def add_queue_lag(self, sample: QueueLagSample, keep_after: datetime) -> None:
+        """Store the sample and forget those sampled before `keep_after`."""
+        ...
+
+
 class TrackerUnitOfWork(UnitOfWork, Protocol):
     @property
     def triggers(self) -> TriggerRepository: ...
+
+    @property
+    def stats(self) -> StatsRepository: ...
 
 
 class RunSteps(Protocol):
@@ -396,3 +416,36 @@ async def event_latency(
     async with uow:
         found = await uow.triggers.latency(team_id, until - window, until, event_name)
     return window_text or DEFAULT_WINDOW, (found[0] if found else None)
+
+
+async def stats_timeline(
+    team_id: str, window_text: str, step_text: str, uow: TrackerUnitOfWork
+) -> StatsTimeline:
+    """The project's activity over the window ending now, a bucket per step, oldest first."""
+    window = parse_window(window_text)
+    step = parse_step(step_text, window)
+    now = utcnow()
+    buckets = [StatsBucket(at) for at in bucket_starts(now, window, step)]
+    async with uow:
+        await uow.stats.fill_timeline(team_id, buckets, step, now)
+    return StatsTimeline(window_text or DEFAULT_WINDOW, step, buckets[0].at, now, buckets)
+
+
+# How long the queue lag samples are kept (the timeline shows none older).
+QUEUE_LAG_KEPT = timedelta(hours=24)
+
+
+async def sample_queue_lag(lag: QueueLag, uow: TrackerUnitOfWork) -> QueueLagSample:
+    """Record the bus's lag now, over every consumer (the most messages waiting and the oldest's
+    age), for the stats timeline; forget samples older than QUEUE_LAG_KEPT."""
+    lags = await lag()
+    now = utcnow()
+    sample = QueueLagSample(
+        sampled_at=now,
+        pending=sum(found.pending + found.ack_pending for found in lags),
+        oldest_age_seconds=max((found.oldest_pending_age_seconds for found in lags), default=0.0),
+    )
+    async with uow:
+        await uow.stats.add_queue_lag(sample, now - QUEUE_LAG_KEPT)
+        await uow.commit()
+    return sample

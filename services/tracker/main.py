@@ -12,12 +12,13 @@ from herald.tracker.v1 import tracker_pb2, tracker_pb2_grpc
 from kernel.bus import STREAMS
 from kernel.clients import channel
 from kernel.clock import isoformat_ms, utcnow
+from kernel.errors import Unavailable
 from kernel.grpc_server import ServiceRegistration
 from kernel.lag import queue_lag
 from kernel.loops import every
 from kernel.retention import Retention, purge_project
 from kernel.service import Runtime, run_service
-from services.tracker import catalog_consumers, catalog_handlers
+from services.tracker import catalog_consumers, catalog_handlers, handlers
 from services.tracker.adapters import TrackerSqlUnitOfWork
 from services.tracker.catalog_adapters import CatalogSqlUnitOfWork
 from services.tracker.consumers import DURABLE, FILTER, tracking_batch_handler, tracking_handler
@@ -30,6 +31,9 @@ TRACKING_LINGER_SECONDS = 0.05
 # The catalog reads every event off the delivery path too, a fetch per transaction.
 CATALOG_BATCH = 128
 CATALOG_LINGER_SECONDS = 0.05
+
+# How often the bus's queue lag is sampled for the stats timeline.
+QUEUE_LAG_SAMPLE_SECONDS = 15.0
 
 EVENTS_MAX_AGE_SECONDS = next(spec.max_age_seconds for spec in STREAMS if spec.name == "EVENTS")
 # The catalog remembers the events it counted a day longer than the EVENTS stream keeps them.
@@ -69,6 +73,14 @@ async def serve(runtime: Runtime) -> None:
             return purged
 
         retention = Retention.for_service("tracker", runtime, purge)
+
+        async def sample_queue_lag() -> int:
+            # The stats timeline's queue lag over time (platform-wide, as GET /api/v1/stats's).
+            try:
+                await handlers.sample_queue_lag(lambda: queue_lag(runtime.js), unit_of_work())
+            except Unavailable as error:
+                log.warning("stats.queue_lag_not_sampled", error=error.message)
+            return 0
 
         async def forget_counted_events() -> int:
             # The catalog's claims of events the bus can no longer redeliver (past the EVENTS
@@ -111,6 +123,9 @@ async def serve(runtime: Runtime) -> None:
                 retention.run,
                 lambda stop: every(
                     runtime.settings.retention_interval_seconds, "catalog.forget", forget_counted_events, stop
+                ),
+                lambda stop: every(
+                    QUEUE_LAG_SAMPLE_SECONDS, "stats.sample_queue_lag", sample_queue_lag, stop
                 ),
             ],
         )

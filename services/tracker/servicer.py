@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -24,10 +24,13 @@ from services.tracker.catalog_handlers import CatalogUnitOfWork
 from services.tracker.catalog_servicer import CatalogRpcs, event_latency_to_proto
 from services.tracker.domain import (
     FLOW_TYPE,
+    TRIGGER_STATUSES,
     Accepted,
     Outcome,
     Page,
     Stats,
+    StatsBucket,
+    StatsTimeline,
     StepState,
     Summary,
     TimelineEntry,
@@ -36,6 +39,7 @@ from services.tracker.domain import (
     TriggerListRequest,
     TriggerView,
     encode_cursor,
+    isoformat_duration,
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -84,6 +88,51 @@ def entry_to_proto(entry: TimelineEntry) -> tracker_pb2.TimelineEntry:
         channel=entry.channel,
         outcome=entry.outcome,
         detail=entry.detail,
+    )
+
+
+def _status_counts(counts: Mapping[str, int]) -> tracker_pb2.TriggerStatusCounts:
+    return tracker_pb2.TriggerStatusCounts(
+        **{status: min(counts.get(status, 0), MAX_INT32) for status in TRIGGER_STATUSES}
+    )
+
+
+def _delivery_counts(counts: Mapping[tuple[str, str], int]) -> list[tracker_pb2.DeliveryCount]:
+    return [
+        tracker_pb2.DeliveryCount(channel=channel, outcome=outcome, count=min(count, MAX_INT32))
+        for (channel, outcome), count in sorted(counts.items())
+    ]
+
+
+def stats_bucket_to_proto(bucket: StatsBucket) -> tracker_pb2.StatsBucket:
+    message = tracker_pb2.StatsBucket(
+        at=isoformat_ms(bucket.at),
+        events=min(bucket.events, MAX_INT32),
+        triggers=_status_counts(bucket.triggers),
+        deliveries=_delivery_counts(bucket.deliveries),
+        dead_letters=min(bucket.dead_letters, MAX_INT32),
+    )
+    if bucket.p50_ms is not None:
+        message.p50_ms = bucket.p50_ms
+    if bucket.p99_ms is not None:
+        message.p99_ms = bucket.p99_ms
+    if bucket.queue_pending is not None:
+        message.queue_pending = min(bucket.queue_pending, MAX_INT32)
+    if bucket.queue_oldest_age_seconds is not None:
+        message.queue_oldest_age_seconds = round(bucket.queue_oldest_age_seconds, 3)
+    return message
+
+
+def stats_timeline_to_proto(timeline: StatsTimeline) -> tracker_pb2.GetStatsTimelineResponse:
+    return tracker_pb2.GetStatsTimelineResponse(
+        window=timeline.window,
+        step=isoformat_duration(timeline.step),
+        since=isoformat_ms(timeline.since),
+        until=isoformat_ms(timeline.until),
+        buckets=[stats_bucket_to_proto(bucket) for bucket in timeline.buckets],
+        triggers_by_status=_status_counts(timeline.triggers_by_status()),
+        deliveries_by_channel=_delivery_counts(timeline.deliveries_by_channel()),
+        dead_letters=min(timeline.dead_letters, MAX_INT32),
     )
 
 
@@ -400,6 +449,13 @@ class TrackerServicer(CatalogRpcs, tracker_pb2_grpc.TrackerServiceServicer):
             entries=[entry_to_proto(entry) for entry in page.items],
             next_cursor=cursor_of(page),
         )
+
+    async def GetStatsTimeline(
+        self, request: tracker_pb2.GetStatsTimelineRequest, context: Context
+    ) -> tracker_pb2.GetStatsTimelineResponse:
+        team = await self._auth.authenticate(context.invocation_metadata())
+        timeline = await handlers.stats_timeline(team.id, request.window, request.step, self._uow())
+        return stats_timeline_to_proto(timeline)
 
     async def GetStats(
         self, request: tracker_pb2.GetStatsRequest, context: Context

@@ -1090,6 +1090,218 @@ class GetStatsResponse(_message.Message):
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
 
 @_typing.final
+class GetStatsTimelineRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    window: _builtins.str
+    """An ISO 8601 duration ending now (default PT1H, at most P7D)."""
+    step: _builtins.str
+    """The bucket size, an ISO 8601 duration of at least PT10S that divides the window into at most
+    500 buckets; by default the smallest of 10 s, 15 s, 30 s, 1, 2, 5, 10, 15, 30 min, 1, 2, 3, 6,
+    12 h or 1 day that makes at most 60 (PT1M for PT1H).
+    """
+    def __init__(
+        self,
+        *,
+        window: _builtins.str = ...,
+        step: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["step", b"step", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsTimelineRequest: _TypeAlias = GetStatsTimelineRequest  # noqa: Y015
+
+@_typing.final
+class GetStatsTimelineResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    TRIGGERS_BY_STATUS_FIELD_NUMBER: _builtins.int
+    DELIVERIES_BY_CHANNEL_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    window: _builtins.str
+    step: _builtins.str
+    since: _builtins.str
+    """The first bucket's start and now: RFC 3339, UTC, milliseconds. Buckets start at multiples of
+    the step (since the Unix epoch); the last one holds now.
+    """
+    until: _builtins.str
+    dead_letters: _builtins.int
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatsBucket]:
+        """Every bucket of the window, oldest first, empty ones too."""
+
+    @_builtins.property
+    def triggers_by_status(self) -> Global___TriggerStatusCounts:
+        """The window's totals."""
+
+    @_builtins.property
+    def deliveries_by_channel(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryCount]: ...
+    def __init__(
+        self,
+        *,
+        window: _builtins.str = ...,
+        step: _builtins.str = ...,
+        since: _builtins.str = ...,
+        until: _builtins.str = ...,
+        buckets: _abc.Iterable[Global___StatsBucket] | None = ...,
+        triggers_by_status: Global___TriggerStatusCounts | None = ...,
+        deliveries_by_channel: _abc.Iterable[Global___DeliveryCount] | None = ...,
+        dead_letters: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["triggers_by_status", b"triggers_by_status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "dead_letters", b"dead_letters", "deliveries_by_channel", b"deliveries_by_channel", "since", b"since", "step", b"step", "triggers_by_status", b"triggers_by_status", "until", b"until", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsTimelineResponse: _TypeAlias = GetStatsTimelineResponse  # noqa: Y015
+
+@_typing.final
+class StatsBucket(_message.Message):
+    """StatsBucket is the project's activity in one step of the timeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    TRIGGERS_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    P50_MS_FIELD_NUMBER: _builtins.int
+    P99_MS_FIELD_NUMBER: _builtins.int
+    QUEUE_PENDING_FIELD_NUMBER: _builtins.int
+    QUEUE_OLDEST_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    at: _builtins.str
+    """The bucket's start: RFC 3339, UTC, milliseconds."""
+    events: _builtins.int
+    """Triggers accepted in the bucket (each event's trigger, and each direct trigger)."""
+    dead_letters: _builtins.int
+    """Deliveries that failed for good in the bucket."""
+    p50_ms: _builtins.float
+    """Accepted (or due) → first step done, of the triggers accepted in the bucket; absent when
+    none of them has a step done.
+    """
+    p99_ms: _builtins.float
+    queue_pending: _builtins.int
+    """The bus's highest figures sampled in the bucket, for the whole platform: messages pending
+    or not acknowledged over every consumer, and the oldest one's age. Absent when no sample.
+    """
+    queue_oldest_age_seconds: _builtins.float
+    @_builtins.property
+    def triggers(self) -> Global___TriggerStatusCounts:
+        """Those triggers by their status now."""
+
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryCount]:
+        """Deliveries recorded in the bucket, by channel and outcome (sent or failed)."""
+
+    def __init__(
+        self,
+        *,
+        at: _builtins.str = ...,
+        events: _builtins.int = ...,
+        triggers: Global___TriggerStatusCounts | None = ...,
+        deliveries: _abc.Iterable[Global___DeliveryCount] | None = ...,
+        dead_letters: _builtins.int = ...,
+        p50_ms: _builtins.float | None = ...,
+        p99_ms: _builtins.float | None = ...,
+        queue_pending: _builtins.int | None = ...,
+        queue_oldest_age_seconds: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_p50_ms", b"_p50_ms", "_p99_ms", b"_p99_ms", "_queue_oldest_age_seconds", b"_queue_oldest_age_seconds", "_queue_pending", b"_queue_pending", "p50_ms", b"p50_ms", "p99_ms", b"p99_ms", "queue_oldest_age_seconds", b"queue_oldest_age_seconds", "queue_pending", b"queue_pending", "triggers", b"triggers"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_p50_ms", b"_p50_ms", "_p99_ms", b"_p99_ms", "_queue_oldest_age_seconds", b"_queue_oldest_age_seconds", "_queue_pending", b"_queue_pending", "at", b"at", "dead_letters", b"dead_letters", "deliveries", b"deliveries", "events", b"events", "p50_ms", b"p50_ms", "p99_ms", b"p99_ms", "queue_oldest_age_seconds", b"queue_oldest_age_seconds", "queue_pending", b"queue_pending", "triggers", b"triggers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__p50_ms: _TypeAlias = _typing.Literal["p50_ms"]  # noqa: Y015
+    _WhichOneofArgType__p50_ms: _TypeAlias = _typing.Literal["_p50_ms", b"_p50_ms"]  # noqa: Y015
+    _WhichOneofReturnType__p99_ms: _TypeAlias = _typing.Literal["p99_ms"]  # noqa: Y015
+    _WhichOneofArgType__p99_ms: _TypeAlias = _typing.Literal["_p99_ms", b"_p99_ms"]  # noqa: Y015
+    _WhichOneofReturnType__queue_oldest_age_seconds: _TypeAlias = _typing.Literal["queue_oldest_age_seconds"]  # noqa: Y015
+    _WhichOneofArgType__queue_oldest_age_seconds: _TypeAlias = _typing.Literal["_queue_oldest_age_seconds", b"_queue_oldest_age_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__queue_pending: _TypeAlias = _typing.Literal["queue_pending"]  # noqa: Y015
+    _WhichOneofArgType__queue_pending: _TypeAlias = _typing.Literal["_queue_pending", b"_queue_pending"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p50_ms) -> _WhichOneofReturnType__p50_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p99_ms) -> _WhichOneofReturnType__p99_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__queue_oldest_age_seconds) -> _WhichOneofReturnType__queue_oldest_age_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__queue_pending) -> _WhichOneofReturnType__queue_pending | None: ...
+
+Global___StatsBucket: _TypeAlias = StatsBucket  # noqa: Y015
+
+@_typing.final
+class TriggerStatusCounts(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULED_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    PROCESSING_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    scheduled: _builtins.int
+    queued: _builtins.int
+    processing: _builtins.int
+    completed: _builtins.int
+    failed: _builtins.int
+    cancelled: _builtins.int
+    def __init__(
+        self,
+        *,
+        scheduled: _builtins.int = ...,
+        queued: _builtins.int = ...,
+        processing: _builtins.int = ...,
+        completed: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        cancelled: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "completed", b"completed", "failed", b"failed", "processing", b"processing", "queued", b"queued", "scheduled", b"scheduled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerStatusCounts: _TypeAlias = TriggerStatusCounts  # noqa: Y015
+
+@_typing.final
+class DeliveryCount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    outcome: _builtins.str
+    """sent or failed."""
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "count", b"count", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryCount: _TypeAlias = DeliveryCount  # noqa: Y015
+
+@_typing.final
 class EventLatency(_message.Message):
     """EventLatency is how fast the triggers of one event name went through Herald."""
 

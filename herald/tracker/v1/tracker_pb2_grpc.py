@@ -80,6 +80,11 @@ class TrackerServiceStub:
                 request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.GetStatsTimeline = channel.unary_unary(
+                '/herald.tracker.v1.TrackerService/GetStatsTimeline',
+                request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsTimelineRequest.SerializeToString,
+                response_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsTimelineResponse.FromString,
+                _registered_method=True)
         self.EraseContact = channel.unary_unary(
                 '/herald.tracker.v1.TrackerService/EraseContact',
                 request_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.EraseContactRequest.SerializeToString,
@@ -160,6 +165,15 @@ class TrackerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatsTimeline(self, request, context):
+        """The project's activity over a window ending now, in buckets of `step`, oldest first: events
+        accepted, their triggers by status, deliveries by channel and outcome, dead letters, latency
+        and the bus's queue lag (sampled every 15 s, kept a day).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EraseContact(self, request, context):
         """Erase one contact's personal data from this service's tables: ingest calls it when the
         contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
@@ -215,6 +229,11 @@ def add_TrackerServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsRequest.FromString,
                     response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'GetStatsTimeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatsTimeline,
+                    request_deserializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsTimelineRequest.FromString,
+                    response_serializer=herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsTimelineResponse.SerializeToString,
             ),
             'EraseContact': grpc.unary_unary_rpc_method_handler(
                     servicer.EraseContact,
@@ -466,6 +485,33 @@ class TrackerService:
             '/herald.tracker.v1.TrackerService/GetStats',
             herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsRequest.SerializeToString,
             herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatsTimeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.tracker.v1.TrackerService/GetStatsTimeline',
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsTimelineRequest.SerializeToString,
+            herald_dot_tracker_dot_v1_dot_tracker__pb2.GetStatsTimelineResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,11 @@ class TrackerServiceStub:
     """A contact's events, runs and deliveries, newest first."""
     GetStats: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.GetStatsRequest, _tracker_pb2.GetStatsResponse]
     """Latency per event name over a window, and the bus's queue lag now."""
+    GetStatsTimeline: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.GetStatsTimelineRequest, _tracker_pb2.GetStatsTimelineResponse]
+    """The project's activity over a window ending now, in buckets of `step`, oldest first: events
+    accepted, their triggers by status, deliveries by channel and outcome, dead letters, latency
+    and the bus's queue lag (sampled every 15 s, kept a day).
+    """
     EraseContact: _grpc.UnaryUnaryMultiCallable[_tracker_pb2.EraseContactRequest, _tracker_pb2.EraseContactResponse]
     """Erase one contact's personal data from this service's tables: ingest calls it when the
     contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
@@ -99,6 +104,11 @@ class TrackerServiceAsyncStub(TrackerServiceStub):
     """A contact's events, runs and deliveries, newest first."""
     GetStats: _aio.UnaryUnaryMultiCallable[_tracker_pb2.GetStatsRequest, _tracker_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Latency per event name over a window, and the bus's queue lag now."""
+    GetStatsTimeline: _aio.UnaryUnaryMultiCallable[_tracker_pb2.GetStatsTimelineRequest, _tracker_pb2.GetStatsTimelineResponse]  # type: ignore[assignment]
+    """The project's activity over a window ending now, in buckets of `step`, oldest first: events
+    accepted, their triggers by status, deliveries by channel and outcome, dead letters, latency
+    and the bus's queue lag (sampled every 15 s, kept a day).
+    """
     EraseContact: _aio.UnaryUnaryMultiCallable[_tracker_pb2.EraseContactRequest, _tracker_pb2.EraseContactResponse]  # type: ignore[assignment]
     """Erase one contact's personal data from this service's tables: ingest calls it when the
     contact is deleted (DELETE /api/v1/contacts/{external_id}). Idempotent. Internal: no REST route.
@@ -188,6 +198,17 @@ class TrackerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tracker_pb2.GetStatsResponse, _abc.Awaitable[_tracker_pb2.GetStatsResponse]]:
         """Latency per event name over a window, and the bus's queue lag now."""
+
+    @_abc_1.abstractmethod
+    def GetStatsTimeline(
+        self,
+        request: _tracker_pb2.GetStatsTimelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracker_pb2.GetStatsTimelineResponse, _abc.Awaitable[_tracker_pb2.GetStatsTimelineResponse]]:
+        """The project's activity over a window ending now, in buckets of `step`, oldest first: events
+        accepted, their triggers by status, deliveries by channel and outcome, dead letters, latency
+        and the bus's queue lag (sampled every 15 s, kept a day).
+        """
 
     @_abc_1.abstractmethod
     def EraseContact(
