@@ -8,14 +8,17 @@ const HEIGHT = 200;
 const MARGIN = { top: 12, right: 14, bottom: 26, left: 58 };
 let chartCount = 0;
 
-/** The smallest "round" number ≥ value (1, 2, 2.5, 5 × 10^n), so axes read well. */
-export function niceMax(value) {
-  if (!(value > 0)) return 1;
-  const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 2.5, 5, 10]) {
-    if (value <= step * power) return step * power;
-  }
-  return 10 * power;
+/**
+ * An axis from 0 that holds `max` in at most `ticks` round steps (1, 2 or 5 × 10^n; whole
+ * numbers only for counts), so its labels read well: {top, step}.
+ */
+export function niceScale(max, { ticks = 4, integer = false } = {}) {
+  if (!(max > 0)) return { top: integer ? 4 : 1, step: integer ? 1 : 0.25 };
+  const rough = max / ticks;
+  const power = 10 ** Math.floor(Math.log10(rough));
+  let step = [1, 2, 5, 10].map((m) => m * power).find((candidate) => candidate >= rough * (1 - 1e-9));
+  if (integer) step = Math.max(1, Math.round(step));
+  return { top: step * Math.ceil(max / step - 1e-9), step };
 }
 
 function numbersTable(caption, headers, rows) {
@@ -57,14 +60,14 @@ function frame(label, summary) {
  * A line chart over time. series: [{name, values: [number|null per point]}]; times: the
  * points' ISO timestamps. A null value leaves a gap (no data there).
  */
-export function lineChart({ label, times, series, format, empty }) {
+export function lineChart({ label, times, series, format, empty, integer = false }) {
   const values = series.flatMap((line) => line.values).filter((v) => v !== null && v !== undefined);
   const figure = h("figure", { class: "chart-figure" }, h("figcaption", {}, label));
   if (!times.length || !values.length) {
     figure.appendChild(h("p", { class: "empty" }, empty || "No data in this window."));
     return figure;
   }
-  const top = niceMax(Math.max(...values));
+  const { top, step } = niceScale(Math.max(...values), { integer });
   const innerWidth = WIDTH - MARGIN.left - MARGIN.right;
   const innerHeight = HEIGHT - MARGIN.top - MARGIN.bottom;
   const x = (i) => MARGIN.left + (times.length === 1 ? innerWidth / 2 : (i / (times.length - 1)) * innerWidth);
@@ -74,15 +77,16 @@ export function lineChart({ label, times, series, format, empty }) {
   const svg = frame(label, `Latest: ${latest}. ${peak}.`);
 
   const grid = s("g", { class: "grid", "aria-hidden": "true" });
-  for (let k = 0; k <= 4; k++) {
-    const value = (top * k) / 4;
+  for (let k = 0; k <= Math.round(top / step); k++) {
+    const value = step * k;
     grid.appendChild(s("line", { x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: y(value), y2: y(value) }));
     grid.appendChild(s("text", { x: MARGIN.left - 6, y: y(value) + 4, "text-anchor": "end" }, format(value)));
   }
   const ticks = Math.min(6, times.length);
   for (let k = 0; k < ticks; k++) {
     const i = ticks === 1 ? 0 : Math.round((k * (times.length - 1)) / (ticks - 1));
-    grid.appendChild(s("text", { x: x(i), y: HEIGHT - 8, "text-anchor": "middle" }, clock(times[i])));
+    const anchor = ticks > 1 && k === 0 ? "start" : ticks > 1 && k === ticks - 1 ? "end" : "middle";
+    grid.appendChild(s("text", { x: x(i), y: HEIGHT - 8, "text-anchor": anchor }, clock(times[i])));
   }
   svg.appendChild(grid);
 

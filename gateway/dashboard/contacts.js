@@ -3,7 +3,7 @@
 
 import { api } from "./api.js";
 import { badge, facts, field, h, route, table, time } from "./dom.js";
-import { errorBox, filterForm, heading, pager, panel } from "./views.js";
+import { errorBox, filterForm, heading, pager, panel, shortId } from "./views.js";
 
 export function contactList(context) {
   const query = {};
@@ -49,7 +49,7 @@ function entryNode(entry) {
       entry.step_id ? h("span", { class: "mono" }, `step ${entry.step_id}`) : null,
       entry.channel ? h("span", {}, entry.channel) : null,
       entry.outcome ? badge(entry.outcome) : null,
-      entry.trigger_id ? h("a", { href: route("triggers", entry.trigger_id), class: "mono", title: entry.trigger_id }, "trigger") : null,
+      entry.trigger_id ? h("a", { href: route("triggers", entry.trigger_id), class: "mono", title: entry.trigger_id }, `trigger ${shortId(entry.trigger_id)}`) : null,
     ),
     entry.detail ? h("p", { class: entry.outcome === "failed" ? "detail detail-error" : "detail" }, entry.detail) : null,
   );

@@ -73,15 +73,24 @@ export function number(value, digits = 0) {
 
 export function milliseconds(value) {
   if (value === undefined || value === null) return "–";
+  if (value === 0) return "0 ms";
   if (value >= 10000) return `${(value / 1000).toFixed(1)} s`;
   return `${value >= 100 ? Math.round(value) : value.toFixed(1)} ms`;
 }
 
 export function seconds(value) {
   if (value === undefined || value === null) return "–";
+  if (value === 0) return "0 s";
+  if (value < 10) return `${value.toFixed(1)} s`;
   if (value < 120) return `${Math.round(value)} s`;
   if (value < 7200) return `${Math.round(value / 60)} min`;
   return `${(value / 3600).toFixed(1)} h`;
+}
+
+/** A rate or any small figure: 0.05, 1.25, 12, 1,200 (no trailing zeros). */
+export function decimal(value) {
+  if (value === undefined || value === null || Number.isNaN(value)) return "–";
+  return value >= 100 ? NUMBER.format(Math.round(value)) : String(Number(value.toFixed(2)));
 }
 
 /** "2024-12-10 10:00:03 UTC" inside a <time>, the full value as its tooltip. */

@@ -4,7 +4,7 @@
 
 import { api } from "./api.js";
 import { barChart, lineChart } from "./charts.js";
-import { badge, h, milliseconds, number, route, seconds, table } from "./dom.js";
+import { badge, decimal, h, milliseconds, number, route, seconds, table } from "./dom.js";
 import { heading, panel } from "./views.js";
 
 export const TRIGGER_STATUSES = ["scheduled", "queued", "processing", "completed", "failed", "cancelled"];
@@ -26,7 +26,7 @@ function sum(values) {
   return values.reduce((total, value) => total + (value || 0), 0);
 }
 
-function timelineNodes(timeline) {
+function timelineNodes(timeline, dlqSize) {
   const buckets = timeline.buckets || [];
   const times = buckets.map((bucket) => bucket.at);
   const step = durationSeconds(timeline.step);
@@ -44,11 +44,12 @@ function timelineNodes(timeline) {
     "div",
     { class: "tiles" },
     tile("Events in the window", number(events)),
-    tile("Events/s (last full minute)", number(latestRate, 2)),
+    tile("Events/s (last full minute)", decimal(latestRate)),
     tile("Triggers", number(sum(Object.values(byStatus)))),
     tile("Deliveries sent", number(sent)),
     tile("Deliveries failed", number(failed)),
-    tile("Dead letters", h("a", { href: route("dead-letters") }, number(timeline.dead_letters || 0))),
+    tile("Dead letters in the window", number(timeline.dead_letters || 0)),
+    tile("DLQ size (waiting for a replay)", dlqSize === null ? "–" : h("a", { href: route("dead-letters"), "aria-label": `${dlqSize} dead letters: open the list` }, number(dlqSize))),
   );
   const charts = h(
     "div",
@@ -57,7 +58,7 @@ function timelineNodes(timeline) {
       label: "Events per second",
       times,
       series: [{ name: "events/s", values: perSecond }],
-      format: (v) => (v === null || v === undefined ? "–" : v >= 10 ? number(Math.round(v)) : number(v, 2)),
+      format: decimal,
     }),
     barChart({
       label: "Triggers by status",
@@ -85,6 +86,7 @@ function timelineNodes(timeline) {
       times,
       series: [{ name: "pending", values: optional("queue_pending") }],
       format: (v) => number(v),
+      integer: true,
       empty: "No queue figures in this window.",
     }),
     lineChart({
@@ -99,6 +101,7 @@ function timelineNodes(timeline) {
       times,
       series: [{ name: "dead letters", values: buckets.map((bucket) => bucket.dead_letters || 0) }],
       format: (v) => number(v),
+      integer: true,
     }),
   );
   return [tiles, charts];
@@ -118,7 +121,7 @@ function statsNodes(stats) {
         { title: "To first step p50", numeric: true, cell: (row) => latency(row.accepted_to_first_step, "p50_ms") },
         { title: "To first step p99", numeric: true, cell: (row) => latency(row.accepted_to_first_step, "p99_ms") },
       ],
-      rows: (stats.events || []).slice(0, 10),
+      rows: stats.events || [],
       empty: "No trigger was accepted in the window.",
     }),
     h("h3", {}, "Queues now"),
@@ -138,14 +141,29 @@ function statsNodes(stats) {
   ];
 }
 
+/** The DLQ's size (dead letters waiting for a replay), or null when it cannot be had. */
+async function dlqSize(signal) {
+  try {
+    const answer = await api("/api/v1/dlq", { query: { limit: 1 }, signal });
+    return answer.total ?? null;
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    return null;
+  }
+}
+
 export function overview(context) {
-  // Both asked for now, in parallel; each panel draws when its own answer arrives.
-  let timelineRequest = api("/api/v1/stats/timeline", { query: { window: "PT1H", step: "PT1M" }, signal: context.signal });
+  // All asked for now, in parallel; each panel draws when its own answers arrive.
+  const timeline = () => api("/api/v1/stats/timeline", { query: { window: "PT1H", step: "PT1M" }, signal: context.signal });
+  let timelineRequest = Promise.all([timeline(), dlqSize(context.signal)]);
   let statsRequest = api("/api/v1/stats", { query: { window: "PT1H" }, signal: context.signal });
+  // Swallowed here, reported by the panel that awaits it.
+  timelineRequest.catch(() => {});
+  statsRequest.catch(() => {});
   const timelinePanel = panel(null, async () => {
-    const request = timelineRequest || api("/api/v1/stats/timeline", { query: { window: "PT1H", step: "PT1M" }, signal: context.signal });
+    const request = timelineRequest || Promise.all([timeline(), dlqSize(context.signal)]);
     timelineRequest = null;
-    return timelineNodes(await request);
+    return timelineNodes(...(await request));
   });
   const statsPanel = panel("Latency and queues", async () => {
     const request = statsRequest || api("/api/v1/stats", { query: { window: "PT1H" }, signal: context.signal });
