@@ -9,12 +9,9 @@ JSON answer; every error is `{"statusCode", "message", "error"}` (gateway.errors
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,7 +22,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import openapi
+from gateway import assets, openapi
 from gateway.coalesce import Coalescer, Metadata
 from gateway.errors import error_response, from_herald_error, from_rpc_error
 from gateway.requests import BadRequest, build_message, check_shape, parse_json, query_document
@@ -62,23 +59,6 @@ COALESCED_METHOD = "herald.ingest.v1.IngestService.SendEvent"
 READY_SERVICES = ("ingest", "matcher", "executor", "tracker")
 # Operations endpoints: polled often, logged at debug level only.
 QUIET_PATHS = ("/healthz", "/readyz", "/metrics")
-# The dashboard: static files served from the package, read once at start-up.
-DASHBOARD_DIRECTORY = Path(__file__).parent / "dashboard"
-DASHBOARD_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-}
-# The page runs only its own scripts and styles, talks only to this origin, is never framed.
-DASHBOARD_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",
-}
 
 
 def request_metadata(request: web.Request, request_id: str) -> tuple[tuple[str, str], ...]:
@@ -267,43 +247,6 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
-@dataclass(frozen=True)
-class DashboardFile:
-    body: bytes
-    content_type: str
-    etag: str
-
-
-def dashboard_files(directory: Path = DASHBOARD_DIRECTORY) -> dict[str, DashboardFile]:
-    """The dashboard's files by name (`app.js`), each with its ETag."""
-    files = {}
-    for path in sorted(directory.iterdir()):
-        content_type = DASHBOARD_TYPES.get(path.suffix)
-        if content_type is None or not path.is_file():
-            continue
-        body = path.read_bytes()
-        files[path.name] = DashboardFile(body, content_type, f'"{hashlib.sha256(body).hexdigest()[:20]}"')
-    return files
-
-
-def dashboard_handler(files: dict[str, DashboardFile]) -> Handler:
-    """Serves /dashboard (the page) and /dashboard/<file>; revalidated with the ETag each time,
-    so a new version of the gateway is picked up at once."""
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        name = request.match_info.get("name", "index.html")
-        found = files.get(name)
-        if found is None:
-            raise web.HTTPNotFound()
-        headers = {**DASHBOARD_HEADERS, "ETag": found.etag}
-        if found.etag in request.headers.get("If-None-Match", ""):
-            return web.Response(status=304, headers=headers)
-        headers["Content-Type"] = found.content_type
-        return web.Response(body=found.body, headers=headers)
-
-    return handle
-
-
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY_BYTES)
     all_routes = routes()
@@ -328,10 +271,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/openapi.json", openapi_json)
-    dashboard = dashboard_handler(dashboard_files())
-    app.router.add_get("/dashboard", dashboard)
-    app.router.add_get("/dashboard/", dashboard)
-    app.router.add_get("/dashboard/{name}", dashboard)
+    assets.add_routes(app.router, assets.load())
     for route in all_routes:
         app.router.add_route(route.http_method, route.path, rpc_handler(route))
     return app

@@ -170,6 +170,9 @@ export function overview(context) {
     statsRequest = null;
     return statsNodes(await request);
   });
+  // User Timing marks, for whoever measures how fast the first view is (scripts/dashboard_first_view.py).
+  timelinePanel.loaded.then(() => performance.mark("herald:overview:charts"));
+  statsPanel.loaded.then(() => performance.mark("herald:overview:latency"));
   const refresh = () => Promise.all([timelinePanel.reload(), statsPanel.reload()]);
   context.every(REFRESH_MS, refresh);
   return h(

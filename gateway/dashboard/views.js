@@ -55,7 +55,7 @@ export function panel(title, load, { className = "" } = {}) {
     }
   };
   node.reload = run;
-  run();
+  node.loaded = run();
   return node;
 }
 

@@ -33,7 +33,9 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+def browser(running: RunningStack) -> Iterator[Browser]:
+    """Started after the platform: Playwright's sync API marks an event loop as running in this
+    thread while it is up, so the stack's own start-up (which runs a coroutine) must come first."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
         try:
@@ -127,6 +129,7 @@ def test_the_gateway_serves_the_dashboard_with_its_own_scripts_only(running: Run
     page = running.http.get("/dashboard")
     assert page.status_code == 200
     assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert page.headers["Cache-Control"] == "no-cache"
     policy = page.headers["Content-Security-Policy"]
     assert (
         "script-src 'self'" in policy
@@ -134,16 +137,27 @@ def test_the_gateway_serves_the_dashboard_with_its_own_scripts_only(running: Run
         and "frame-ancestors 'none'" in policy
     )
     assert page.headers["X-Content-Type-Options"] == "nosniff"
-    assert '<script type="module" src="/dashboard/app.js">' in page.text
-    script = running.http.get("/dashboard/app.js")
+    assert running.http.get("/dashboard", headers={"If-None-Match": page.headers["ETag"]}).status_code == 304
+    found = re.search(r'<script type="module" src="/dashboard/([0-9a-f]{16})/app.js">', page.text)
+    assert found, page.text
+    version = found.group(1)
+    script = running.http.get(f"/dashboard/{version}/app.js")
     assert script.status_code == 200
     assert script.headers["Content-Type"] == "text/javascript; charset=utf-8"
-    again = running.http.get("/dashboard/app.js", headers={"If-None-Match": script.headers["ETag"]})
-    assert again.status_code == 304
-    missing = running.http.get("/dashboard/secrets.js")
-    assert missing.status_code == 404
-    assert missing.json()["message"] == "Cannot GET /dashboard/secrets.js"
-    assert running.http.get("/dashboard/..%2Fapp.py").status_code == 404
+    assert script.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert 'from "./api.js"' in script.text
+    style = running.http.get(f"/dashboard/{version}/style.css")
+    assert style.headers["Content-Type"] == "text/css; charset=utf-8"
+    for path in (
+        f"/dashboard/{version}/secrets.js",
+        f"/dashboard/{version}/index.html",
+        "/dashboard/0000000000000000/app.js",
+        "/dashboard/static/app.js",
+        f"/dashboard/{version}/..%2F..%2Fapp.py",
+    ):
+        missing = running.http.get(path)
+        assert missing.status_code == 404, path
+        assert missing.json()["statusCode"] == 404
 
 
 def test_a_wrong_api_key_gets_a_clear_sign_in_error(page: Page, running: RunningStack) -> None:
