@@ -23,8 +23,9 @@ function replayButton(letter, replayed, signal, status) {
     try {
       const answer = await api(`/api/v1/dlq/${encodeURIComponent(letter.id)}/replay`, { method: "POST", signal });
       announce(`Dead letter ${shortId(letter.id)} queued again.`);
-      fill(status, h("p", { class: "ok", role: "status" }, `Replayed: the ${answer.channel || letter.channel} delivery of step ${answer.step_id || letter.step_id} is queued again.`));
-      replayed(answer);
+      const done = h("p", { class: "ok", tabindex: "-1" }, `Replayed: the ${answer.channel || letter.channel} delivery of step ${answer.step_id || letter.step_id} is queued again.`);
+      fill(status, done);
+      replayed(answer, done);
     } catch (error) {
       if (error.name === "AbortError") return;
       fill(status, errorBox(error));
@@ -120,9 +121,9 @@ export function deadLetterPage(context) {
         h(
           "div",
           { class: "toggle" },
-          replayButton(letter, (answer) => {
+          replayButton(letter, (answer, done) => {
             show(answer);
-            body.querySelector(".toggle button")?.focus();
+            done.focus();
           }, context.signal, status),
         ),
       ),
