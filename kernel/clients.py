@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
+from typing import TypeVar
 
 import grpc
+
+from kernel.errors import from_rpc_error
+
+T = TypeVar("T")
 
 FORWARDED_METADATA = ("x-api-key", "x-team-id", "authorization", "x-request-id")
 CALL_TIMEOUT_SECONDS = 3.0
@@ -26,3 +31,14 @@ def channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target, options=[("grpc.lb_policy_name", "round_robin")] if several else []
     )
+
+
+async def found_or_none(call: Awaitable[T]) -> T | None:
+    """The answer of a call to another service; None when it answers NOT_FOUND, and any other
+    failure as the HeraldError its status says."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise from_rpc_error(error) from error

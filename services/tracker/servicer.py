@@ -14,7 +14,7 @@ from herald.executor.v1 import executor_pb2, executor_pb2_grpc
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from herald.tracker.v1 import tracker_pb2, tracker_pb2_grpc
 from kernel.auth import Authenticator, metadata_dict
-from kernel.clients import CALL_TIMEOUT_SECONDS, forwarded_metadata
+from kernel.clients import CALL_TIMEOUT_SECONDS, forwarded_metadata, found_or_none
 from kernel.clock import isoformat_ms
 from kernel.errors import from_rpc_error
 from kernel.grpc_server import RESPONSE_HEADER_NAMES
@@ -168,16 +168,15 @@ class IngestTriggerRecords:
         self._metadata = metadata
 
     async def find(self, trigger_id: str) -> TriggerView | None:
-        try:
-            record = await self._stub.GetTriggerRecord(
+        record = await found_or_none(
+            self._stub.GetTriggerRecord(
                 ingest_pb2.GetTriggerRecordRequest(trigger_id=trigger_id),
                 metadata=self._metadata,
                 timeout=CALL_TIMEOUT_SECONDS,
             )
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise from_rpc_error(error) from error
+        )
+        if record is None:
+            return None
         return TriggerView(
             id=uuid.UUID(record.trigger_id),
             status=record.status,
@@ -245,17 +244,14 @@ class IngestContacts:
         self._metadata = metadata
 
     async def id_of(self, external_id: str) -> str | None:
-        try:
-            answer = await self._stub.GetContact(
+        answer = await found_or_none(
+            self._stub.GetContact(
                 ingest_pb2.GetContactRequest(external_id=external_id),
                 metadata=self._metadata,
                 timeout=CALL_TIMEOUT_SECONDS,
             )
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise from_rpc_error(error) from error
-        return answer.contact.id
+        )
+        return answer.contact.id if answer is not None else None
 
 
 class ExecutorRunSteps:
@@ -273,16 +269,15 @@ class ExecutorRunSteps:
             return await self._steps(run_id)
 
     async def _steps(self, run_id: uuid.UUID) -> tuple[StepState, ...]:
-        try:
-            answer = await self._stub.GetRun(
+        answer = await found_or_none(
+            self._stub.GetRun(
                 executor_pb2.GetRunRequest(run_id=str(run_id)),
                 metadata=self._metadata,
                 timeout=CALL_TIMEOUT_SECONDS,
             )
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return ()
-            raise from_rpc_error(error) from error
+        )
+        if answer is None:
+            return ()
         return tuple(
             StepState(
                 step.step_id,

@@ -165,6 +165,11 @@ async def test_the_first_view_over_100000_triggers_reads_them_through_the_indexe
             }
             explain = text("EXPLAIN (ANALYZE, BUFFERS) " + str(getattr(adapters, query)))
             plans.append((query, [row[0] for row in await session.execute(explain, params)]))
+    started = time.perf_counter()
+    quiet = await stats_timeline(f"quiet-{uuid.uuid4().hex[:8]}", "PT1H", "", TrackerSqlUnitOfWork(sessions))
+    quiet_took = time.perf_counter() - started
+    assert sum(b.events for b in quiet.buckets) == 0 and quiet.deliveries_by_channel() == {}
     print(f"\nstats timeline over 100,000 triggers and deliveries: {took * 1000:.0f} ms")
+    print(f"stats timeline of a project with none, beside them: {quiet_took * 1000:.0f} ms")
     for query, plan in plans:
         print(query, *plan, sep="\n  ")
