@@ -3,27 +3,25 @@
 
 import { api, ApiError, apiKey, setApiKey, whenUnauthorized } from "./api.js";
 import { field, fill, h } from "./dom.js";
-import { contactList, contactPage } from "./contacts.js";
-import { catalogEvent, catalogList } from "./catalog.js";
-import { deadLetterList, deadLetterPage } from "./deadletters.js";
 import { overview } from "./overview.js";
-import { triggerList, triggerPage } from "./triggers.js";
 import { errorBox } from "./views.js";
-import { workflowList, workflowPage } from "./workflows.js";
 
+// The overview is the first view, so it comes with the page; the other views' modules are
+// fetched when first opened (and cached for good after that).
+const lazy = (module, name) => async (context) => (await import(module))[name](context);
 const ROUTES = [
-  ["overview", /^$/, overview, "Overview"],
-  ["overview", /^overview$/, overview, "Overview"],
-  ["triggers", /^triggers$/, triggerList, "Triggers"],
-  ["triggers", /^triggers\/([^/]+)$/, triggerPage, "Trigger"],
-  ["catalog", /^catalog$/, catalogList, "Event catalog"],
-  ["catalog", /^catalog\/([^/]+)$/, catalogEvent, "Event"],
-  ["workflows", /^workflows$/, workflowList, "Workflows"],
-  ["workflows", /^workflows\/([^/]+)$/, workflowPage, "Workflow"],
-  ["dead-letters", /^dead-letters$/, deadLetterList, "Dead letters"],
-  ["dead-letters", /^dead-letters\/([^/]+)$/, deadLetterPage, "Dead letter"],
-  ["contacts", /^contacts$/, contactList, "Contacts"],
-  ["contacts", /^contacts\/([^/]+)$/, contactPage, "Contact"],
+  ["overview", /^$/, async (context) => overview(context), "Overview"],
+  ["overview", /^overview$/, async (context) => overview(context), "Overview"],
+  ["triggers", /^triggers$/, lazy("./triggers.js", "triggerList"), "Triggers"],
+  ["triggers", /^triggers\/([^/]+)$/, lazy("./triggers.js", "triggerPage"), "Trigger"],
+  ["catalog", /^catalog$/, lazy("./catalog.js", "catalogList"), "Event catalog"],
+  ["catalog", /^catalog\/([^/]+)$/, lazy("./catalog.js", "catalogEvent"), "Event"],
+  ["workflows", /^workflows$/, lazy("./workflows.js", "workflowList"), "Workflows"],
+  ["workflows", /^workflows\/([^/]+)$/, lazy("./workflows.js", "workflowPage"), "Workflow"],
+  ["dead-letters", /^dead-letters$/, lazy("./deadletters.js", "deadLetterList"), "Dead letters"],
+  ["dead-letters", /^dead-letters\/([^/]+)$/, lazy("./deadletters.js", "deadLetterPage"), "Dead letter"],
+  ["contacts", /^contacts$/, lazy("./contacts.js", "contactList"), "Contacts"],
+  ["contacts", /^contacts\/([^/]+)$/, lazy("./contacts.js", "contactPage"), "Contact"],
 ];
 
 const main = document.getElementById("main");
@@ -46,7 +44,7 @@ function leaveView() {
   current = null;
 }
 
-function render() {
+async function render() {
   leaveView();
   if (!apiKey()) {
     showSignIn();
@@ -96,10 +94,15 @@ function render() {
     });
     document.title = `${params[0] ? `${params[0]} · ` : ""}${title} · Herald`;
     try {
-      content = view({ ...context, params });
+      content = await view({ ...context, params });
     } catch (error) {
-      content = errorBox(error);
+      // A view's module that cannot be fetched is a network problem: reloading the view retries.
+      content = errorBox(
+        error instanceof ApiError ? error : new ApiError(0, `This view could not be loaded (${error.message}).`, "network"),
+        render,
+      );
     }
+    if (state !== current) return; // navigated elsewhere meanwhile
   }
   fill(main, content);
   if (!firstView) {
