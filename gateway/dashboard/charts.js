@@ -21,23 +21,27 @@ export function niceScale(max, { ticks = 4, integer = false } = {}) {
   return { top: step * Math.ceil(max / step - 1e-9), step };
 }
 
+/** The chart's figures as a table, built when first opened (a chart costs less to draw). */
 function numbersTable(caption, headers, rows) {
-  return h(
-    "details",
-    { class: "numbers" },
-    h("summary", {}, "Show the numbers"),
-    h(
-      "div",
-      { class: "table-wrap" },
+  const details = h("details", { class: "numbers" }, h("summary", {}, "Show the numbers"));
+  details.addEventListener("toggle", function build() {
+    if (!details.open) return;
+    details.removeEventListener("toggle", build);
+    details.appendChild(
       h(
-        "table",
-        {},
-        h("caption", {}, caption),
-        h("thead", {}, h("tr", {}, headers.map((title, i) => h("th", { scope: "col", class: i ? "num" : null }, title)))),
-        h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((cell, i) => h("td", { class: i ? "num" : null }, cell))))),
+        "div",
+        { class: "table-wrap" },
+        h(
+          "table",
+          {},
+          h("caption", {}, caption),
+          h("thead", {}, h("tr", {}, headers.map((title, i) => h("th", { scope: "col", class: i ? "num" : null }, title)))),
+          h("tbody", {}, rows().map((cells) => h("tr", {}, cells.map((cell, i) => h("td", { class: i ? "num" : null }, cell))))),
+        ),
       ),
-    ),
-  );
+    );
+  });
+  return details;
 }
 
 function frame(label, summary) {
@@ -123,7 +127,7 @@ export function lineChart({ label, times, series, format, empty, integer = false
     numbersTable(
       label,
       ["Time (UTC)", ...series.map((line) => line.name)],
-      times.map((at, i) => [clock(at), ...series.map((line) => format(line.values[i]))]),
+      () => times.map((at, i) => [clock(at), ...series.map((line) => format(line.values[i]))]),
     ),
   );
   return figure;
@@ -169,6 +173,6 @@ export function barChart({ label, items, format, empty }) {
     );
   });
   figure.appendChild(svg);
-  figure.appendChild(numbersTable(label, ["", "Count"], items.map((item) => [item.label, format(item.value)])));
+  figure.appendChild(numbersTable(label, ["", "Count"], () => items.map((item) => [item.label, format(item.value)])));
   return figure;
 }

@@ -274,6 +274,10 @@ def test_the_overview_draws_the_last_hour(page: Page, running: RunningStack) -> 
     events = page.locator("figure", has=page.locator("figcaption", has_text="Events per second"))
     expect(events.locator("svg[role=img] path")).to_have_count(1)
     expect(events.locator("svg title")).to_have_text("Events per second")
+    events.get_by_text("Show the numbers").click()  # the figures as a table, built when opened
+    numbers = events.get_by_role("table", name="Events per second")
+    expect(numbers.locator("tbody tr").first).to_be_visible()
+    assert numbers.locator("tbody tr").count() >= 60  # a row per minute of the hour
     statuses = page.locator("figure", has=page.locator("figcaption", has_text="Triggers by status"))
     expect(statuses.locator("svg desc")).to_contain_text(re.compile(r"completed: [1-9]"))
     expect(
