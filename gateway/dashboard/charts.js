@@ -12,7 +12,7 @@ let chartCount = 0;
  * An axis from 0 that holds `max` in at most `ticks` round steps (1, 2 or 5 × 10^n; whole
  * numbers only for counts), so its labels read well: {top, step}.
  */
-export function niceScale(max, { ticks = 4, integer = false } = {}) {
+function niceScale(max, { ticks = 4, integer = false } = {}) {
   if (!(max > 0)) return { top: integer ? 4 : 1, step: integer ? 1 : 0.25 };
   const rough = max / ticks;
   const power = 10 ** Math.floor(Math.log10(rough));

@@ -11,7 +11,7 @@ export const TRIGGER_STATUSES = ["scheduled", "queued", "processing", "completed
 const REFRESH_MS = 15000;
 
 /** Seconds in an ISO 8601 duration such as PT1M or PT30S (60 when it cannot be read). */
-export function durationSeconds(text) {
+function durationSeconds(text) {
   const found = /^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$/.exec(text || "");
   if (!found) return 60;
   const [, days = 0, hours = 0, minutes = 0, secs = 0] = found;
