@@ -4,17 +4,32 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test setup proto check-proto lint typecheck unit lock clean benchmark bench-ingest bench-trigger
+.PHONY: run test setup chromium proto check-proto lint typecheck unit lock clean benchmark bench-ingest bench-trigger
 
 ## run: set everything up and start the whole platform (embedded PostgreSQL and NATS)
 run: $(STAMP)
 	$(BIN)/herald run
 
 ## test: set everything up and run every check and the whole test suite
-test: $(STAMP) check-proto lint typecheck
+test: $(STAMP) chromium check-proto lint typecheck
 	$(BIN)/pytest
 
-setup: $(STAMP)
+setup: $(STAMP) chromium
+
+## chromium: Debian's Chromium, which the dashboard's browser tests drive (installed when missing)
+CHROMIUM := /usr/bin/chromium
+APT_GET := env DEBIAN_FRONTEND=noninteractive apt-get
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	  else echo "The browser tests need Debian's chromium at $(CHROMIUM), and installing it needs root or sudo: run 'apt-get install chromium' as root, then make again." >&2; exit 1; fi; \
+	  echo "Installing Debian's chromium for the dashboard's browser tests"; \
+	  $$SUDO $(APT_GET) install -y --no-install-recommends chromium \
+	    || { $$SUDO $(APT_GET) update && $$SUDO $(APT_GET) install -y --no-install-recommends chromium; } \
+	    || { echo "Could not install Debian's chromium (apt-get failed, see above): install the chromium package, then make again." >&2; exit 1; }; \
+	  test -x $(CHROMIUM) || { echo "chromium was installed but $(CHROMIUM) is missing" >&2; exit 1; }; \
+	}
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Herald needs Python 3.11 or newer: make PYTHON=python3.11 …")'

@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import openapi
+from gateway import assets, openapi
 from gateway.coalesce import Coalescer, Metadata
 from gateway.errors import error_response, from_herald_error, from_rpc_error
 from gateway.requests import BadRequest, build_message, check_shape, parse_json, query_document
@@ -271,6 +271,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/openapi.json", openapi_json)
+    assets.add_routes(app.router, assets.load())
     for route in all_routes:
         app.router.add_route(route.http_method, route.path, rpc_handler(route))
     return app
