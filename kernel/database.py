@@ -14,7 +14,17 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import namedtuple_row
-from sqlalchemy import ClauseElement, LargeBinary, MetaData, Table, event
+from sqlalchemy import (
+    ClauseElement,
+    ColumnElement,
+    LargeBinary,
+    MetaData,
+    Table,
+    delete,
+    event,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg as psycopg_dialect
 from sqlalchemy.engine import make_url
@@ -97,6 +107,20 @@ async def changed_rows(
     """Run an UPDATE or DELETE in the session's transaction; how many rows it changed."""
     result = await session.execute(statement, dict(parameters or {}))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def delete_some(
+    session: AsyncSession,
+    table: Table,
+    key: Sequence[ColumnElement[Any]],
+    *where: ColumnElement[bool],
+    limit: int,
+) -> int:
+    """Delete at most `limit` rows of `table` that match `where`, chosen by their `key` columns
+    (a bounded batch, as retention purges); how many went."""
+    chosen = select(*key).where(*where).limit(limit)
+    target = key[0].in_(chosen) if len(key) == 1 else tuple_(*key).in_(chosen)
+    return await changed_rows(session, delete(table).where(target))
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -37,6 +37,7 @@ from kernel.clock import utcnow
 from kernel.database import (
     DriverStatement,
     changed_rows,
+    delete_some,
     driver,
     insert_many,
     insert_many_returning,
@@ -709,35 +710,29 @@ class SqlLifecycleRepository:
             .all()
         )
         purged = await self._delete_runs(list(old_runs))
-        purged["executor.dead_letters"] = await changed_rows(
+        purged["executor.dead_letters"] = await delete_some(
             session,
-            delete(DEAD_LETTERS).where(
-                DEAD_LETTERS.c.id.in_(
-                    select(DEAD_LETTERS.c.id)
-                    .where(DEAD_LETTERS.c.team_id == team_id, DEAD_LETTERS.c.failed_at < before)
-                    .limit(limit)
-                )
-            ),
+            DEAD_LETTERS,
+            [DEAD_LETTERS.c.id],
+            DEAD_LETTERS.c.team_id == team_id,
+            DEAD_LETTERS.c.failed_at < before,
+            limit=limit,
         )
-        purged["executor.feed_items"] = await changed_rows(
+        purged["executor.feed_items"] = await delete_some(
             session,
-            delete(FEED_ITEMS).where(
-                FEED_ITEMS.c.id.in_(
-                    select(FEED_ITEMS.c.id)
-                    .where(FEED_ITEMS.c.team_id == team_id, FEED_ITEMS.c.created_at < before)
-                    .limit(limit)
-                )
-            ),
+            FEED_ITEMS,
+            [FEED_ITEMS.c.id],
+            FEED_ITEMS.c.team_id == team_id,
+            FEED_ITEMS.c.created_at < before,
+            limit=limit,
         )
-        purged["executor.dev_messages"] = await changed_rows(
+        purged["executor.dev_messages"] = await delete_some(
             session,
-            delete(DEV_MESSAGES).where(
-                DEV_MESSAGES.c.id.in_(
-                    select(DEV_MESSAGES.c.id)
-                    .where(DEV_MESSAGES.c.team_id == team_id, DEV_MESSAGES.c.created_at < before)
-                    .limit(limit)
-                )
-            ),
+            DEV_MESSAGES,
+            [DEV_MESSAGES.c.id],
+            DEV_MESSAGES.c.team_id == team_id,
+            DEV_MESSAGES.c.created_at < before,
+            limit=limit,
         )
         return purged
 

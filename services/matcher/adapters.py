@@ -21,7 +21,6 @@ from sqlalchemy import (
     func,
     select,
     text,
-    tuple_,
 )
 from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from kernel.database import (
     DriverStatement,
     changed_rows,
+    delete_some,
     driver,
     insert_many,
     insert_many_returning,
@@ -416,39 +416,30 @@ class SqlLifecycleRepository:
         """Up to `limit` decisions and decided events older than `before`, and cooldowns whose
         run was before it and that have expired."""
         session = self._session
-        decisions = await changed_rows(
+        decisions = await delete_some(
             session,
-            delete(MATCH_DECISIONS).where(
-                tuple_(MATCH_DECISIONS.c.event_id, MATCH_DECISIONS.c.workflow_key).in_(
-                    select(MATCH_DECISIONS.c.event_id, MATCH_DECISIONS.c.workflow_key)
-                    .where(MATCH_DECISIONS.c.team_id == team_id, MATCH_DECISIONS.c.decided_at < before)
-                    .limit(limit)
-                )
-            ),
+            MATCH_DECISIONS,
+            [MATCH_DECISIONS.c.event_id, MATCH_DECISIONS.c.workflow_key],
+            MATCH_DECISIONS.c.team_id == team_id,
+            MATCH_DECISIONS.c.decided_at < before,
+            limit=limit,
         )
-        decided = await changed_rows(
+        decided = await delete_some(
             session,
-            delete(DECIDED_EVENTS).where(
-                DECIDED_EVENTS.c.event_id.in_(
-                    select(DECIDED_EVENTS.c.event_id)
-                    .where(DECIDED_EVENTS.c.team_id == team_id, DECIDED_EVENTS.c.decided_at < before)
-                    .limit(limit)
-                )
-            ),
+            DECIDED_EVENTS,
+            [DECIDED_EVENTS.c.event_id],
+            DECIDED_EVENTS.c.team_id == team_id,
+            DECIDED_EVENTS.c.decided_at < before,
+            limit=limit,
         )
-        cooldowns = await changed_rows(
+        cooldowns = await delete_some(
             session,
-            delete(COOLDOWNS).where(
-                tuple_(COOLDOWNS.c.team_id, COOLDOWNS.c.workflow_key, COOLDOWNS.c.contact_id).in_(
-                    select(COOLDOWNS.c.team_id, COOLDOWNS.c.workflow_key, COOLDOWNS.c.contact_id)
-                    .where(
-                        COOLDOWNS.c.team_id == team_id,
-                        COOLDOWNS.c.last_run_at < before,
-                        COOLDOWNS.c.until < func.now(),
-                    )
-                    .limit(limit)
-                )
-            ),
+            COOLDOWNS,
+            [COOLDOWNS.c.team_id, COOLDOWNS.c.workflow_key, COOLDOWNS.c.contact_id],
+            COOLDOWNS.c.team_id == team_id,
+            COOLDOWNS.c.last_run_at < before,
+            COOLDOWNS.c.until < func.now(),
+            limit=limit,
         )
         return {
             "matcher.match_decisions": decisions,

@@ -14,9 +14,10 @@ import httpx
 import pytest
 
 from kernel.settings import Settings
+from stack.embedded import EmbeddedNats
 from stack.launcher import Stack
 from tests.conftest import Infrastructure, TeamCredentials
-from tests.e2e.support import SmtpSink, stack_settings, start_smtp_sink
+from tests.e2e.support import HttpSink, SmtpSink, stack_settings, start_http_sink, start_smtp_sink
 
 
 @dataclass
@@ -66,6 +67,29 @@ def started(settings: Settings, smtp_sink: SmtpSink) -> Iterator[RunningStack]:
         stack.stop()
 
 
+@contextmanager
+def stack_on_own_nats(
+    infrastructure: Infrastructure, smtp_sink: SmtpSink, directory: Path
+) -> Iterator[tuple[Stack, EmbeddedNats]]:
+    """The platform over the session's PostgreSQL and a NATS server of its own, which a test
+    may stop, kill and start again without disturbing the other tests."""
+    nats = EmbeddedNats(directory / "nats")
+    nats.start()
+    settings = stack_settings(
+        directory / "stack",
+        database_url=infrastructure.database_url,
+        nats_url=nats.url,
+        smtp_url=smtp_sink.url,
+    )
+    stack = Stack(settings, restart_crashed=False, log_directory=directory / "logs")
+    try:
+        stack.start()
+        yield stack, nats
+    finally:
+        stack.stop()
+        nats.stop()
+
+
 @pytest.fixture(scope="module")
 def running(
     infrastructure: Infrastructure, smtp_sink: SmtpSink, tmp_path_factory: pytest.TempPathFactory
@@ -73,3 +97,13 @@ def running(
     settings = session_settings(tmp_path_factory.mktemp("stack"), infrastructure, smtp_sink)
     with started(settings, smtp_sink) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def http_sink() -> Iterator[HttpSink]:
+    """A real HTTP server for webhook and provider deliveries, scripted per test."""
+    sink = start_http_sink()
+    try:
+        yield sink
+    finally:
+        sink.server.shutdown()

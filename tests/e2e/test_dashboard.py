@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 
 from tests.e2e.conftest import RunningStack
-from tests.e2e.support import HttpSink, eventually, start_http_sink
+from tests.e2e.support import HttpSink, eventually
 
 CHROMIUM = Path("/usr/bin/chromium")
 HERALD = str(Path(sys.executable).parent / "herald")
@@ -62,15 +62,6 @@ def page(context: BrowserContext) -> Iterator[Page]:
     page.on("pageerror", lambda error: errors.append(str(error)))
     yield page
     assert not errors, f"the page raised: {errors}"
-
-
-@pytest.fixture(scope="module")
-def http_sink() -> Iterator[HttpSink]:
-    sink = start_http_sink()
-    try:
-        yield sink
-    finally:
-        sink.server.shutdown()
 
 
 def screenshot(page: Page, name: str) -> None:

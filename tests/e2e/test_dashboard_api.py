@@ -4,7 +4,6 @@ bad input answers 400 naming the parameter, another project's things 404."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,19 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.conftest import TeamCredentials
 from tests.e2e.conftest import RunningStack
-from tests.e2e.support import HttpSink, eventually, start_http_sink
+from tests.e2e.support import HttpSink, eventually
 from tests.e2e.test_ingest_api import new_team
 
 STATUS_KEYS = {"scheduled", "queued", "processing", "completed", "failed", "cancelled"}
-
-
-@pytest.fixture(scope="module")
-def http_sink() -> Iterator[HttpSink]:
-    sink = start_http_sink()
-    try:
-        yield sink
-    finally:
-        sink.server.shutdown()
 
 
 @pytest.fixture

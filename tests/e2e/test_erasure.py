@@ -5,29 +5,18 @@ leaving every other contact's data as it was."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.conftest import Infrastructure
 from tests.e2e.conftest import RunningStack
 from tests.e2e.contact_rows import footprint, settled
-from tests.e2e.support import HttpSink, eventually, start_http_sink
+from tests.e2e.support import HttpSink, eventually
 
 SCHEMAS = ("ingest", "matcher", "executor", "tracker", "tenancy")
 EVENT = "erasure.order_placed"
 ORDERS = 3
-
-
-@pytest.fixture(scope="module")
-def http_sink() -> Iterator[HttpSink]:
-    sink = start_http_sink()
-    try:
-        yield sink
-    finally:
-        sink.server.shutdown()
 
 
 def database_hits(database_url: str, value: str) -> list[str]:

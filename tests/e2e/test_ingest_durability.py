@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -24,7 +23,8 @@ import pytest
 from stack.embedded import EmbeddedNats
 from stack.launcher import Stack
 from tests.conftest import Infrastructure
-from tests.e2e.support import WELCOME_WORKFLOW, SmtpSink, stack_settings, start_smtp_sink
+from tests.e2e.conftest import stack_on_own_nats
+from tests.e2e.support import WELCOME_WORKFLOW, SmtpSink
 
 EVENTS = 2000
 SENDERS = 8
@@ -71,34 +71,11 @@ class Chaos:
 
 
 @pytest.fixture(scope="module")
-def sink() -> Iterator[SmtpSink]:
-    smtp, controller = start_smtp_sink()
-    try:
-        yield smtp
-    finally:
-        controller.stop()
-
-
-@pytest.fixture(scope="module")
 def platform(
-    infrastructure: Infrastructure, sink: SmtpSink, tmp_path_factory: pytest.TempPathFactory
+    infrastructure: Infrastructure, smtp_sink: SmtpSink, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, EmbeddedNats]]:
-    directory: Path = tmp_path_factory.mktemp("durability")
-    nats = EmbeddedNats(directory / "nats")
-    nats.start()
-    settings = stack_settings(
-        directory / "stack",
-        database_url=infrastructure.database_url,
-        nats_url=nats.url,
-        smtp_url=sink.url,
-    )
-    stack = Stack(settings, restart_crashed=False, log_directory=directory / "logs")
-    try:
-        stack.start()
-        yield stack, nats
-    finally:
-        stack.stop()
-        nats.stop()
+    with stack_on_own_nats(infrastructure, smtp_sink, tmp_path_factory.mktemp("durability")) as platform:
+        yield platform
 
 
 def send_until_accepted(http: httpx.Client, headers: dict[str, str], index: int) -> str:
@@ -141,7 +118,7 @@ def eventually_true(probe: Callable[[], bool], timeout: float) -> None:
 
 
 def test_two_thousand_events_survive_sigkill_of_ingest_matcher_and_nats(
-    platform: tuple[Stack, EmbeddedNats], sink: SmtpSink, infrastructure: Infrastructure
+    platform: tuple[Stack, EmbeddedNats], smtp_sink: SmtpSink, infrastructure: Infrastructure
 ) -> None:
     stack, nats = platform
     assert stack.credentials is not None
@@ -214,6 +191,6 @@ def test_two_thousand_events_survive_sigkill_of_ingest_matcher_and_nats(
     message_ids = Counter(
         mail.message["Message-ID"]
         for trigger_id in trigger_of.values()
-        for mail in sink.messages_with("X-Herald-Trigger", trigger_id)
+        for mail in smtp_sink.messages_with("X-Herald-Trigger", trigger_id)
     )
     assert len(message_ids) == EVENTS, "one email per trigger"

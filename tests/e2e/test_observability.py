@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,19 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from stack import cli
 from stack.trace import TraceError, trace
 from tests.e2e.conftest import RunningStack
-from tests.e2e.support import HttpSink, eventually, start_http_sink
+from tests.e2e.support import HttpSink, eventually
 
 SEND = "/api/v1/events/send"
 GRPC_PROCESSES = ("ingest", "matcher", "executor", "tracker")  # mail goes to a sink: no devmail
-
-
-@pytest.fixture(scope="module")
-def http_sink() -> Iterator[HttpSink]:
-    sink = start_http_sink()
-    try:
-        yield sink
-    finally:
-        sink.server.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ other tests.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import httpx
@@ -24,7 +23,8 @@ from herald.tracker.v1 import tracker_pb2
 from stack.embedded import EmbeddedNats
 from stack.launcher import Stack
 from tests.conftest import Infrastructure
-from tests.e2e.support import SmtpSink, eventually, stack_settings, start_smtp_sink
+from tests.e2e.conftest import stack_on_own_nats
+from tests.e2e.support import SmtpSink, eventually
 
 # Each service process and the names its health answers for ("" is the process as a whole).
 HEALTH_NAMES = {
@@ -38,31 +38,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture(scope="module")
-def sink() -> Iterator[SmtpSink]:
-    smtp, controller = start_smtp_sink()
-    try:
-        yield smtp
-    finally:
-        controller.stop()
-
-
-@pytest.fixture(scope="module")
 def platform(
-    infrastructure: Infrastructure, sink: SmtpSink, tmp_path_factory: pytest.TempPathFactory
+    infrastructure: Infrastructure, smtp_sink: SmtpSink, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, EmbeddedNats]]:
-    directory: Path = tmp_path_factory.mktemp("health")
-    nats = EmbeddedNats(directory / "nats")
-    nats.start()
-    settings = stack_settings(
-        directory / "stack", database_url=infrastructure.database_url, nats_url=nats.url, smtp_url=sink.url
-    )
-    stack = Stack(settings, restart_crashed=False, log_directory=directory / "logs")
-    try:
-        stack.start()
-        yield stack, nats
-    finally:
-        stack.stop()
-        nats.stop()
+    with stack_on_own_nats(infrastructure, smtp_sink, tmp_path_factory.mktemp("health")) as platform:
+        yield platform
 
 
 def statuses(stack: Stack) -> dict[tuple[str, str], int]:

@@ -5,14 +5,13 @@ reason a workflow was filtered as GET /api/v1/triggers/{id}/workflow shows it, t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import RunningStack
-from tests.e2e.support import HttpSink, eventually, start_http_sink
+from tests.e2e.support import HttpSink, eventually
 
 SENDMATOR_KEYS = {
     "id",
@@ -25,15 +24,6 @@ SENDMATOR_KEYS = {
     "summary",
     "details_endpoint",
 }
-
-
-@pytest.fixture(scope="module")
-def http_sink() -> Iterator[HttpSink]:
-    sink = start_http_sink()
-    try:
-        yield sink
-    finally:
-        sink.server.shutdown()
 
 
 def create_workflow(

@@ -5,25 +5,14 @@ provider, the in-app feed, and a run that waits (delay, wait_for_event, its time
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import Infrastructure
 from tests.e2e.conftest import RunningStack
-from tests.e2e.support import HttpSink, eventually, start_http_sink
-
-
-@pytest.fixture(scope="module")
-def http_sink() -> Iterator[HttpSink]:
-    sink = start_http_sink()
-    try:
-        yield sink
-    finally:
-        sink.server.shutdown()
+from tests.e2e.support import HttpSink, eventually
 
 
 def create(running: RunningStack, key: str, event: str, steps: list[dict[str, Any]]) -> None:
