@@ -27,15 +27,12 @@ HERALD = str(Path(sys.executable).parent / "herald")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
 TIMEOUT_MS = 30_000
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="Debian's chromium is not installed: `make setup` installs it"
-)
-
 
 @pytest.fixture(scope="module")
 def browser(running: RunningStack) -> Iterator[Browser]:
     """Started after the platform: Playwright's sync API marks an event loop as running in this
     thread while it is up, so the stack's own start-up (which runs a coroutine) must come first."""
+    assert CHROMIUM.exists(), f"The browser tests need Debian's chromium at {CHROMIUM}: make setup"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
         try:
