@@ -30,7 +30,7 @@ import psutil
 import psycopg
 
 from scripts.bench_stack import running_stack
-from scripts.cpu import cpu_now, cpu_per_event, stack_processes
+from scripts.cpu import cpu_now, cpu_per_event, stack_processes, work_counters, work_per_event
 from tests.e2e.support import WELCOME_WORKFLOW, start_http_sink
 
 
@@ -138,6 +138,7 @@ def main() -> None:
             processes = stack_processes(stack)
             own_before = time.process_time()
             cpu_before = cpu_now(processes)
+            work_before = work_counters(stack)
             sent_at, latencies, wall = asyncio.run(
                 send_events(
                     stack.gateway_url,
@@ -173,6 +174,9 @@ def main() -> None:
                 print(f"  {name:<10} {spent:7.2f}")
             # The HTTP clients and the SMTP and webhook sinks share the machine with the platform.
             print(f"  {'(benchmark: clients and sinks)':<10} {own:7.2f}")
+            print("database and bus work per event:")
+            for name, amount in work_per_event(stack, work_before, len(sent_at)).items():
+                print(f"  {name:<22} {amount:7.2f}")
             print("resident memory after the run:")
             for name, child in stack.supervisor.children.items():
                 if child.process is not None:

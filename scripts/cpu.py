@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import httpx
 import psutil
+import psycopg
 
 from stack.launcher import Stack
 
@@ -47,4 +49,33 @@ def cpu_per_event(
     return {
         name: (cpu_seconds(process) - before[name]) * 1000 / max(1, events)
         for name, process in processes.items()
+    }
+
+
+def work_counters(stack: Stack) -> dict[str, float]:
+    """What the database and the bus have done so far: PostgreSQL's commits and rows written
+    (pg_stat_database) and, with the embedded NATS, the messages its server took in and sent
+    out (its monitoring /varz). The benchmarks print the difference per event."""
+    counters: dict[str, float] = {}
+    with psycopg.connect(stack.database_url, autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted FROM pg_stat_database"
+            " WHERE datname = current_database()"
+        ).fetchone()
+    if row is not None:
+        for name, value in zip(
+            ("commits", "rows inserted", "rows updated", "rows deleted"), row, strict=True
+        ):
+            counters[f"postgres {name}"] = float(value)
+    if stack.nats is not None:
+        varz = httpx.get(f"http://127.0.0.1:{stack.nats.monitor_port}/varz", timeout=5).json()
+        counters["nats messages in"] = float(varz["in_msgs"])
+        counters["nats messages out"] = float(varz["out_msgs"])
+    return counters
+
+
+def work_per_event(stack: Stack, before: dict[str, float], events: int) -> dict[str, float]:
+    """`work_counters` since `before`, per event."""
+    return {
+        name: (value - before.get(name, 0.0)) / max(1, events) for name, value in work_counters(stack).items()
     }
