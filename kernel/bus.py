@@ -257,9 +257,13 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
-# Handles a whole fetch at once (one transaction for many messages); when it fails, each
-# message is handled again on its own by the consumer's Handler.
-BatchHandler = Callable[[Sequence[Delivery]], Awaitable[None]]
+# What became of one message of a batch: None when it is handled (ack), or the exception a
+# Handler would have raised for it (RetryLater, Poison, or any other failure).
+Outcome = Exception | None
+# Handles a whole fetch at once (one transaction for many messages). It answers None when every
+# message is handled, or each message's Outcome, in the order (and number) of the deliveries.
+# When it raises, each message is handled again on its own by the consumer's Handler.
+BatchHandler = Callable[[Sequence[Delivery]], Awaitable[Sequence[Outcome] | None]]
 MessageT = TypeVar("MessageT", bound=Message)
 
 
@@ -282,8 +286,10 @@ class Consumer:
 
     Each message is handled in a task of its own: a handler may bind the ids of what the message
     is about (trigger_id, event_id, run_id) to structlog's context with `bind_contextvars`, and
-    the consumer's own lines about that message (retry, dead letter) carry them. Each outcome is
-    counted (kernel.metrics: ack, retry, dead_letter) and so is the time to handle each fetch.
+    the consumer's own lines about that message (retry, dead letter) carry them. With a
+    `batch_handler`, a fetch is handled in one call, which may answer each message's outcome;
+    either way every message is settled by the same rules (`_settle`). Each outcome is counted
+    (kernel.metrics: ack, retry, dead_letter) and so is the time to handle each fetch.
     """
 
     js: JetStreamContext
@@ -362,10 +368,14 @@ class Consumer:
     async def _handle_batch(
         self, messages: list[Msg], handler: BatchHandler, working: dict[int, Msg]
     ) -> None:
-        """All of a fetch's messages by `handler` at once, acknowledged together; when that
-        fails, each again on its own, so one bad message is retried or dead-lettered alone."""
+        """All of a fetch's messages by `handler` at once, each then settled as its outcome says;
+        when the handler fails, each again on its own, so one bad message is retried or
+        dead-lettered alone."""
+        deliveries = [_delivery(message) for message in messages]
         try:
-            await handler([_delivery(message) for message in messages])
+            outcomes = await handler(deliveries)
+            if outcomes is not None and len(outcomes) != len(deliveries):
+                raise ValueError(f"{len(outcomes)} outcomes for a batch of {len(deliveries)} messages")
         except Exception as error:
             log.warning(
                 "consumer.batch_failed", durable=self.durable, size=len(messages), error=repr(error)[:500]
@@ -373,9 +383,8 @@ class Consumer:
         else:
             # In turn, not gathered: an ack is a buffered publish that rarely waits, and a task
             # per message would cost more than the acks themselves.
-            for message in messages:
-                await message.ack()
-            self.counters.ack.inc(len(messages))
+            for index, (message, delivery) in enumerate(zip(messages, deliveries, strict=True)):
+                await self._settle(message, delivery, outcomes[index] if outcomes is not None else None)
             working.clear()
             return
         for start in range(0, len(messages), self.concurrency):  # `concurrency` at a time
@@ -384,40 +393,48 @@ class Consumer:
 
     async def _handle(self, message: Msg, working: dict[int, Msg]) -> None:
         delivery = _delivery(message)
+        outcome: Outcome = None
         try:
-            await self.handler(delivery)
-        except Poison as poison:
-            await self._dead_letter(message, delivery, f"poison: {poison}")
-        except RetryLater as retry:
+            try:
+                await self.handler(delivery)
+            except Exception as error:
+                outcome = error
+            await self._settle(message, delivery, outcome)
+        finally:
+            working.pop(id(message), None)
+
+    async def _settle(self, message: Msg, delivery: Delivery, outcome: Outcome) -> None:
+        """Acknowledge a handled message; otherwise nak it (after a delay), or record it on the
+        DLQ and terminate it, as its failure says."""
+        if outcome is None:
+            await message.ack()
+            self.counters.ack.inc()
+        elif isinstance(outcome, Poison):
+            await self._dead_letter(message, delivery, f"poison: {outcome}")
+        elif isinstance(outcome, RetryLater):
             if delivery.attempt >= self.max_attempts:
-                await self._dead_letter(message, delivery, f"attempts exhausted: {retry}")
+                await self._dead_letter(message, delivery, f"attempts exhausted: {outcome}")
                 return
-            delay = retry.delay if retry.delay is not None else backoff_delay(delivery.attempt)
-            self._bound(delivery).info("consumer.retry", reason=str(retry), delay=round(delay, 3))
+            delay = outcome.delay if outcome.delay is not None else backoff_delay(delivery.attempt)
+            self._bound(delivery).info("consumer.retry", reason=str(outcome), delay=round(delay, 3))
             self.counters.retry.inc()
             await message.nak(delay=delay)
-        except Exception as error:
-            if is_unavailable(error):
-                # The database or the bus is away: not the message's fault, so it does not use up
-                # an attempt towards the dead letters; it comes back when they may be back.
-                delay = backoff_delay(min(delivery.attempt, 8), base=1.0, ceiling=30.0)
-                self._bound(delivery).warning(
-                    "consumer.unavailable", error=repr(error)[:500], delay=round(delay, 3)
-                )
-                self.counters.retry.inc()
-                await message.nak(delay=delay)
-                return
-            self._bound(delivery).exception("consumer.handler_failed")
+        elif is_unavailable(outcome):
+            # The database or the bus is away: not the message's fault, so it does not use up
+            # an attempt towards the dead letters; it comes back when they may be back.
+            delay = backoff_delay(min(delivery.attempt, 8), base=1.0, ceiling=30.0)
+            self._bound(delivery).warning(
+                "consumer.unavailable", error=repr(outcome)[:500], delay=round(delay, 3)
+            )
+            self.counters.retry.inc()
+            await message.nak(delay=delay)
+        else:
+            self._bound(delivery).error("consumer.handler_failed", exc_info=outcome)
             if delivery.attempt >= self.max_attempts:
-                await self._dead_letter(message, delivery, f"attempts exhausted: {error!r}")
+                await self._dead_letter(message, delivery, f"attempts exhausted: {outcome!r}")
                 return
             self.counters.retry.inc()
             await message.nak(delay=backoff_delay(delivery.attempt))
-        else:
-            await message.ack()
-            self.counters.ack.inc()
-        finally:
-            working.pop(id(message), None)
 
     def _bound(self, delivery: Delivery) -> FilteringBoundLogger:
         """The log with the message's particulars (bound only when there is something to say)."""

@@ -385,6 +385,90 @@ async def test_a_failed_big_batch_is_handled_again_a_few_at_a_time(js: JetStream
     assert sorted(d.data for d in handler.deliveries) == sorted(payloads)
 
 
+def answering(
+    lane: Lane, js: JetStreamContext, answer: Callable[[Delivery], Exception | None], max_attempts: int = 5
+) -> tuple[Consumer, RecordingHandler, list[list[bytes]]]:
+    """A consumer whose batch handler answers each message's outcome with `answer`; one by one,
+    every message is handled."""
+    batches: list[list[bytes]] = []
+
+    async def batch(deliveries: Sequence[Delivery]) -> list[Exception | None]:
+        batches.append([d.data for d in deliveries])
+        return [answer(d) for d in deliveries]
+
+    handler = RecordingHandler(handled)
+    consumer = dataclasses.replace(consumer_for(js, lane, handler, max_attempts), batch_handler=batch)
+    return consumer, handler, batches
+
+
+async def test_a_batch_handler_settles_each_message_as_its_outcome_says(js: JetStreamContext) -> None:
+    lane = Lane()
+
+    def answer(delivery: Delivery) -> Exception | None:
+        if delivery.data == b"later":
+            return RetryLater("the provider asked to wait", delay=0.05)
+        return Poison("never readable") if delivery.data == b"bad" else None
+
+    consumer, handler, batches = answering(lane, js, answer)
+    last = [await publish(js, lane, payload) for payload in (b"good-0", b"later", b"bad", b"good-1")][-1]
+
+    async with running(consumer):
+        record = await eventually(lambda: dead_letter(js, lane.dlq_subject), what="the bad one dead-lettered")
+        await eventually(lambda: settled(js, lane, last), what="all settled")
+
+    assert batches == [[b"good-0", b"later", b"bad", b"good-1"]]
+    # Only the one that asked to wait came back (alone, so to the one-message handler).
+    assert [(d.data, d.attempt) for d in handler.deliveries] == [(b"later", 2)]
+    assert record.data == b"bad"
+    assert record.headers is not None
+    assert record.headers["Herald-Dlq-Reason"] == "poison: never readable"
+
+
+async def test_batch_outcomes_follow_the_attempt_rules_of_single_messages(js: JetStreamContext) -> None:
+    """At its last attempt a retry is dead-lettered; an unavailable database uses no attempt."""
+    lane = Lane()
+
+    def answer(delivery: Delivery) -> Exception | None:
+        if delivery.data == b"away":
+            return sqlalchemy.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+        return RetryLater("provider is down", delay=0.05) if delivery.data == b"down" else None
+
+    consumer, handler, _ = answering(lane, js, answer, max_attempts=1)
+    last = [await publish(js, lane, payload) for payload in (b"down", b"away", b"fine")][-1]
+
+    with patch("kernel.bus.backoff_delay", return_value=0.05):
+        async with running(consumer):
+            record = await eventually(lambda: dead_letter(js, lane.dlq_subject), what="DLQ record")
+            await eventually(lambda: settled(js, lane, last), what="all settled")
+
+    assert [(d.data, d.attempt) for d in handler.deliveries] == [(b"away", 2)]
+    assert record.data == b"down"
+    assert record.headers is not None
+    assert record.headers["Herald-Dlq-Reason"] == "attempts exhausted: provider is down"
+    assert record.headers["Herald-Dlq-Attempts"] == "1"
+
+
+async def test_a_batch_answering_the_wrong_number_of_outcomes_is_handled_again_one_by_one(
+    js: JetStreamContext,
+) -> None:
+    lane = Lane()
+    batches: list[int] = []
+
+    async def short(deliveries: Sequence[Delivery]) -> list[Exception | None]:
+        batches.append(len(deliveries))
+        return [None]
+
+    handler = RecordingHandler(handled)
+    consumer = dataclasses.replace(consumer_for(js, lane, handler), batch_handler=short)
+    last = [await publish(js, lane, payload) for payload in (b"one", b"two")][-1]
+
+    async with running(consumer):
+        await eventually(lambda: settled(js, lane, last), what="both acked")
+
+    assert batches == [2]
+    assert sorted(d.data for d in handler.deliveries) == [b"one", b"two"]
+
+
 async def test_a_slow_handler_keeps_its_message_from_another_worker(js: JetStreamContext) -> None:
     lane = Lane()
 
