@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     Boolean,
     ColumnElement,
     DateTime,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
+    any_,
     bindparam,
     delete,
     func,
@@ -43,6 +45,7 @@ from kernel.database import (
     insert_many_returning,
     schema_metadata,
     table_of,
+    update_many,
 )
 from kernel.outbox import delete_naming, outbox_table
 from kernel.retention import ContactNames
@@ -274,19 +277,29 @@ class SqlRunRepository:
         return new
 
     async def get(self, team_id: str, run_id: uuid.UUID) -> Run | None:
-        return await self._load(await RUN_OF_TEAM.rows(self._session, run_id=run_id, team_id=team_id))
+        loaded = await self._load(await RUN_OF_TEAM.rows(self._session, run_id=run_id, team_id=team_id))
+        return loaded.get(run_id)
 
     async def lock(self, run_id: uuid.UUID) -> Run | None:
-        return await self._load(await RUN_LOCKED.rows(self._session, run_id=run_id))
+        return (await self.lock_many([run_id])).get(run_id)
 
-    async def _load(self, rows: list[Any]) -> Run | None:
+    async def lock_many(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Run]:
+        """The runs of `run_ids` that exist, locked in the order of their ids (so two workers
+        locking overlapping sets wait for each other rather than deadlock), with their steps."""
+        return await self._load(await RUNS_LOCKED.rows(self._session, run_ids=sorted(set(run_ids))))
+
+    async def _load(self, rows: list[Any]) -> dict[uuid.UUID, Run]:
         if not rows:
-            return None
-        [row] = rows
-        # Read only once the run is locked: one statement joining the steps to the locked run
+            return {}
+        # Read only once the runs are locked: one statement joining the steps to the locked runs
         # would, after waiting for another worker's lock, return the steps as they were before
-        # that worker's change (PostgreSQL re-reads only the locked row), and send a step twice.
-        steps = await STEPS_OF_RUN.rows(self._session, run_id=row.id)
+        # that worker's change (PostgreSQL re-reads only the locked rows), and send a step twice.
+        steps: dict[uuid.UUID, list[Any]] = {row.id: [] for row in rows}
+        for step in await STEPS_OF_RUNS.rows(self._session, run_ids=list(steps)):
+            steps[step.run_id].append(step)
+        return {row.id: self._run(row, steps[row.id]) for row in rows}
+
+    def _run(self, row: Any, steps: list[Any]) -> Run:
         # As loaded, so that `save` writes only what changed.
         self._loaded[row.id] = (_run_values(row), {step.step_id: _step_values(step) for step in steps})
         return Run(
@@ -318,21 +331,23 @@ class SqlRunRepository:
 
     async def save(self, *runs: Run) -> None:
         """Write the runs' and their steps' changes since they were loaded or added (everything,
-        for a run this repository did not load): the new steps in one statement, each
-        changed one in its own (most often there is one)."""
+        for a run this repository did not load): one statement for the changed runs, one for
+        the new steps and one for the changed steps, however many runs there are."""
+        changed_runs: list[dict[str, Any]] = []
         new_steps: list[dict[str, Any]] = []
         changed_steps: list[dict[str, Any]] = []
         for run in runs:
             loaded_run, loaded_steps = self._loaded.get(run.id, (None, {}))
             run_values = _run_values(run)
             if run_values != loaded_run:
-                await UPDATE_RUN.execute(
-                    self._session,
-                    run_id=run.id,
-                    status=run.status,
-                    finished_at=run.finished_at,
-                    replays=run.replays,
-                    waited_until=run.waited_until,
+                changed_runs.append(
+                    {
+                        "id": run.id,
+                        "status": run.status,
+                        "finished_at": run.finished_at,
+                        "replays": run.replays,
+                        "waited_until": run.waited_until,
+                    }
                 )
             if loaded_steps is None:
                 new_steps += [
@@ -365,10 +380,12 @@ class SqlRunRepository:
                 run_values,
                 {step.spec.id: _step_values(step, step.spec.id) for step in run.steps},
             )
-        if new_steps:
-            await insert_many(await driver(self._session), RUN_STEPS, new_steps)
-        for values in changed_steps:
-            await UPDATE_STEP.execute(self._session, **values)
+        if not (changed_runs or new_steps or changed_steps):
+            return
+        connection = await driver(self._session)
+        await update_many(connection, RUNS, changed_runs, RUN_CHANGES)
+        await insert_many(connection, RUN_STEPS, new_steps)
+        await update_many(connection, RUN_STEPS, changed_steps, STEP_CHANGES, key="run_id", where=SAME_STEP)
 
 
 def _run_values(run: Any) -> tuple[Any, ...]:
@@ -381,42 +398,28 @@ def _step_values(step: Any, step_id: str | None = None) -> tuple[Any, ...]:
     return (step_id or step.step_id, step.status, step.attempts, step.detail, step.finished_at)
 
 
-# The writes and reads of every step a run takes, compiled once (see DriverStatement).
-UPDATE_RUN = DriverStatement.of(
-    update(RUNS)
-    .where(RUNS.c.id == bindparam("run_id", type_=Uuid))
-    .values(
-        status=bindparam("status", type_=String),
-        finished_at=bindparam("finished_at", type_=DateTime(timezone=True)),
-        replays=bindparam("replays", type_=Integer),
-        waited_until=bindparam("waited_until", type_=DateTime(timezone=True)),
-    )
+# What `save` sets from the rows of update_many (the table is `t`, the row `r`).
+RUN_CHANGES = (
+    "status = r.status, finished_at = r.finished_at, replays = r.replays, waited_until = r.waited_until"
 )
-UPDATE_STEP = DriverStatement.of(
-    update(RUN_STEPS)
-    .where(
-        RUN_STEPS.c.run_id == bindparam("run_id", type_=Uuid),
-        RUN_STEPS.c.step_id == bindparam("step_id", type_=String),
-    )
-    .values(
-        status=bindparam("status", type_=String),
-        attempts=bindparam("attempts", type_=Integer),
-        detail=bindparam("detail", type_=Text),
-        finished_at=bindparam("finished_at", type_=DateTime(timezone=True)),
-    )
-)
-RUN_LOCKED = DriverStatement.of(
-    select(RUNS).where(RUNS.c.id == bindparam("run_id", type_=Uuid)).with_for_update()
+STEP_CHANGES = "status = r.status, attempts = r.attempts, detail = r.detail, finished_at = r.finished_at"
+SAME_STEP = "t.step_id = r.step_id"
+# The reads of every step a run takes, compiled once (see DriverStatement).
+RUNS_LOCKED = DriverStatement.of(
+    select(RUNS)
+    .where(RUNS.c.id == any_(bindparam("run_ids", type_=ARRAY(Uuid))))
+    .order_by(RUNS.c.id)
+    .with_for_update()
 )
 RUN_OF_TEAM = DriverStatement.of(
     select(RUNS).where(
         RUNS.c.id == bindparam("run_id", type_=Uuid), RUNS.c.team_id == bindparam("team_id", type_=String)
     )
 )
-STEPS_OF_RUN = DriverStatement.of(
+STEPS_OF_RUNS = DriverStatement.of(
     select(RUN_STEPS)
-    .where(RUN_STEPS.c.run_id == bindparam("run_id", type_=Uuid))
-    .order_by(RUN_STEPS.c.position)
+    .where(RUN_STEPS.c.run_id == any_(bindparam("run_ids", type_=ARRAY(Uuid))))
+    .order_by(RUN_STEPS.c.run_id, RUN_STEPS.c.position)
 )
 
 

@@ -13,7 +13,17 @@ from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 
 from herald.bus.v1 import event_pb2, run_pb2
-from kernel.bus import BatchHandler, Delivery, Handler, Poison, RetryLater, decode, event_subject, read_since
+from kernel.bus import (
+    BatchHandler,
+    Delivery,
+    Handler,
+    Outcome,
+    Poison,
+    RetryLater,
+    decode,
+    event_subject,
+    read_since,
+)
 from kernel.cache import TtlCache
 from kernel.steps import CHANNEL_OF_STEP_TYPE
 from services.executor import handlers
@@ -74,15 +84,47 @@ def step_handler(
         )
         try:
             status = await handlers.perform_step(task, unit_of_work(), channels)
-        except RetryLater:
-            count_delivery(channel, "retry")
+        except RetryLater as retry:
+            _counted(channel, retry)
             raise
-        if status == StepStatus.SENT:
-            count_delivery(channel, "sent")
-        elif status == StepStatus.FAILED:
-            count_delivery(channel, "failed")
+        _counted(channel, status)
 
     return handle
+
+
+def step_batch_handler(
+    unit_of_work: Callable[[], handlers.ExecutorUnitOfWork], channels: handlers.Channels, channel: str
+) -> BatchHandler:
+    """`step_handler` for a whole fetch: its tasks delivered in one transaction
+    (handlers.perform_steps), each task's outcome answered to the consumer."""
+
+    async def handle(deliveries: Sequence[Delivery]) -> list[Outcome]:
+        outcomes: list[Outcome] = [None] * len(deliveries)
+        tasks, places = [], []
+        for index, delivery in enumerate(deliveries):
+            try:
+                tasks.append(decode(run_pb2.StepTask, delivery))
+            except Poison as poison:
+                outcomes[index] = poison
+                continue
+            places.append(index)
+        performed = await handlers.perform_steps(tasks, unit_of_work(), channels)
+        for index, outcome in zip(places, performed, strict=True):
+            outcomes[index] = _counted(channel, outcome)
+        return outcomes
+
+    return handle
+
+
+def _counted(channel: str, outcome: handlers.StepOutcome) -> Poison | RetryLater | None:
+    """Count a step task's outcome (services.executor.metrics); what the consumer makes of it."""
+    if isinstance(outcome, RetryLater):
+        count_delivery(channel, "retry")
+    elif outcome == StepStatus.SENT:
+        count_delivery(channel, "sent")
+    elif outcome == StepStatus.FAILED:
+        count_delivery(channel, "failed")
+    return outcome if isinstance(outcome, Exception) else None
 
 
 def wait_handler(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) -> Handler:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -52,7 +52,8 @@ from services.executor.domain import (
 )
 
 log = structlog.get_logger(__name__)
-# Deliveries under way at once per executor process (the database pool holds 16 to 24 connections).
+# Transactions delivering at once per executor process, each holding a database connection
+# while its providers answer (the pool holds 16 to 24 connections).
 DELIVERY_SLOTS = 12
 # A provider's Retry-After is honoured up to this many seconds.
 MAX_RETRY_AFTER = 3600.0
@@ -76,6 +77,11 @@ class RunRepository(Protocol):
 
     async def lock(self, run_id: uuid.UUID) -> Run | None:
         """The run, locked against every other worker until the unit of work ends."""
+        ...
+
+    async def lock_many(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Run]:
+        """The runs of `run_ids` that exist, by id, locked as `lock` does (in the order of their
+        ids, so that two workers never wait for each other in a circle)."""
         ...
 
     async def save(self, *runs: Run) -> None: ...
@@ -209,8 +215,9 @@ class ChannelSettings:
 class Channels:
     """The senders of each channel, how hard to try, and how many deliveries may be under way at
     once in this process: a delivery holds its run's lock, and so a database connection, until
-    the provider answers, so `slots` stays below the connection pool's size and leaves room for
-    run starts, waits and timers however slow the providers are."""
+    the provider answers. A slot is one such transaction: a channel worker's whole fetch (see
+    `perform_steps`) or one task handled alone. `slots` stays below the connection pool's size
+    and leaves room for run starts, waits and timers however slow the providers are."""
 
     email: EmailSender
     text: TextSender
@@ -354,60 +361,209 @@ def _delay_until(run: Run, step: StepState, now: datetime) -> datetime:
     return due
 
 
+StepOutcome = str | Poison | RetryLater | None
+"""What became of one step task: the step's new status (sent or failed); None when there was
+nothing to do (the run is gone, the step was done already, or an earlier task of the same fetch
+names the same step); RetryLater after a transient failure that leaves attempts (the attempt is
+recorded); Poison when the task can never be performed."""
+
+
 async def perform_step(task: run_pb2.StepTask, uow: ExecutorUnitOfWork, channels: Channels) -> str | None:
-    """Deliver one message step, at most once per run and step, then move the run on; the
-    step's new status (sent or failed), or None when it was done already.
+    """`perform_steps` for one task: the step's new status (sent or failed), or None when there
+    was nothing to do; raises the task's RetryLater or Poison."""
+    [outcome] = await perform_steps([task], uow, channels)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
-    The run stays locked while the message is sent, so two workers never send the same step;
-    a step already sent or failed is skipped. A transient failure is retried by the bus with
-    backoff (or after the provider's Retry-After), up to the step's `max_attempts`; a permanent
-    one, or the last attempt, fails the step, records a dead letter and fails the run.
+
+async def perform_steps(
+    tasks: Sequence[run_pb2.StepTask], uow: ExecutorUnitOfWork, channels: Channels
+) -> list[StepOutcome]:
+    """Deliver message steps, each at most once per run and step, and move their runs on, all in
+    one transaction; each task's outcome, in the order of `tasks`.
+
+    The runs are locked (one statement) before their steps are read, and stay locked while the
+    messages are sent, so two workers never send the same step; a step already sent or failed
+    is skipped, and a step named by several tasks is performed once. What the deliveries read
+    (providers, webhook secrets) is read first, once per project; then every message is sent at
+    once, so a fetch takes about as long as its slowest provider. What bounds the sends under
+    way is the number of tasks: a channel worker's fetch size (services.executor.main), for one
+    slot of `channels.slots` (one database connection) for the whole fetch. Then each outcome
+    is applied in turn: a transient failure is retried by the bus with backoff (or after the
+    provider's Retry-After), up to the step's `max_attempts`, with the attempt recorded in this
+    same commit; a permanent one, or the last attempt, fails the step, records a dead letter
+    and fails the run.
     """
-    try:
-        run_id = uuid.UUID(task.run_id)
-    except ValueError:
-        raise Poison(f"a step task names no run: {task.run_id!r}") from None
-    async with channels.slots:
-        return await _perform(task, run_id, uow, channels)
-
-
-async def _perform(
-    task: run_pb2.StepTask, run_id: uuid.UUID, uow: ExecutorUnitOfWork, channels: Channels
-) -> str | None:
-    async with uow:
-        run = await uow.runs.lock(run_id)
-        if run is None:
-            # Erased with its contact (right to erasure) before this step ran: nothing to send.
-            log.info("step.run_gone", run_id=task.run_id, step_id=task.step_id)
-            return None
-        step = run.step(task.step_id)
-        if step is None:
-            raise Poison(f"run {task.run_id} has no step {task.step_id!r}")
-        if step.status != StepStatus.QUEUED:
-            log.info("step.already_done", run_id=task.run_id, step_id=task.step_id, status=step.status)
-            return None
-        step.attempts += 1
-        max_attempts = step.spec.max_attempts or channels.max_attempts
+    outcomes: list[StepOutcome] = [None] * len(tasks)
+    # Each (run, step) by its first task; a task repeating it has nothing left to do.
+    wanted: dict[tuple[uuid.UUID, str], int] = {}
+    for index, task in enumerate(tasks):
         try:
-            step.detail = await _deliver(run, step, uow, channels)
-            step.status = StepStatus.SENT
-        except DeliveryError as error:
-            step.detail = f"attempt {step.attempts} of {max_attempts}: {error}"
-            if not error.permanent and step.attempts < max_attempts:
-                await uow.runs.save(run)
-                await uow.commit()
-                raise RetryLater(str(error), delay=retry_delay(step.attempts, error.retry_after)) from error
-            step.status = StepStatus.FAILED
-            await uow.dead_letters.add(messages.dead_letter(run, step, utcnow()))
-        step.finished_at = utcnow()
-        uow.publish(messages.delivery_record(run, step))
-        _publish_events(uow, messages.delivery_events(run, step))
-        await advance(run, uow)
-        await uow.runs.save(run)
+            wanted.setdefault((uuid.UUID(task.run_id), task.step_id), index)
+        except ValueError:
+            outcomes[index] = Poison(f"a step task names no run: {task.run_id!r}")
+    if not wanted:
+        return outcomes
+    attempts: list[_Attempt] = []
+    async with channels.slots, uow:
+        runs = await uow.runs.lock_many([run_id for run_id, _ in wanted])
+        for (run_id, step_id), index in wanted.items():
+            run = runs.get(run_id)
+            step = run.step(step_id) if run is not None else None
+            if run is None:
+                # Erased with its contact (right to erasure) before this step ran: nothing to send.
+                log.info("step.run_gone", run_id=str(run_id), step_id=step_id)
+            elif step is None:
+                outcomes[index] = Poison(f"run {run_id} has no step {step_id!r}")
+            elif step.status != StepStatus.QUEUED:
+                log.info("step.already_done", run_id=str(run_id), step_id=step_id, status=step.status)
+            else:
+                step.attempts += 1
+                attempts.append(_Attempt(index, run, step))
+        if not attempts:
+            return outcomes
+        settings = _ProjectSettings(uow)
+        for attempt in attempts:
+            await _prepare(attempt, settings, uow, channels)
+        await asyncio.gather(*(_send(attempt) for attempt in attempts if attempt.send is not None))
+        for attempt in attempts:
+            outcomes[attempt.index] = await _conclude(attempt, uow, channels)
+        await uow.runs.save(*{attempt.run.id: attempt.run for attempt in attempts}.values())
         await uow.commit()
-    log.info(
-        "step.done", run_id=task.run_id, step_id=step.spec.id, status=step.status, attempts=step.attempts
+    for attempt in attempts:
+        run, step, outcome = attempt.run, attempt.step, outcomes[attempt.index]
+        if isinstance(outcome, RetryLater):
+            log.info(
+                "step.retry",
+                run_id=str(run.id),
+                trigger_id=str(run.trigger_id),
+                step_id=step.spec.id,
+                attempts=step.attempts,
+                delay=round(outcome.delay or 0.0, 3),
+            )
+        else:
+            log.info(
+                "step.done",
+                run_id=str(run.id),
+                step_id=step.spec.id,
+                status=step.status,
+                attempts=step.attempts,
+            )
+    return outcomes
+
+
+@dataclass
+class _Attempt:
+    """One delivery of a fetch: its task's place, its run and step, and how it goes."""
+
+    index: int
+    run: Run
+    step: StepState
+    # A provider's call, or a write in the transaction (an in-app feed item, a development capture).
+    send: Callable[[], Awaitable[str]] | None = None
+    record: Callable[[], Awaitable[str]] | None = None
+    detail: str = ""
+    error: DeliveryError | None = None
+
+
+class _ProjectSettings:
+    """The providers and webhook secrets a fetch's deliveries need, each read once."""
+
+    def __init__(self, uow: ExecutorUnitOfWork):
+        self._uow = uow
+        self._providers: dict[tuple[str, str], ProviderSettings | None] = {}
+        self._secrets: dict[str, str] = {}
+
+    async def provider(self, team_id: str, channel: str) -> ProviderSettings | None:
+        if (team_id, channel) not in self._providers:
+            self._providers[(team_id, channel)] = await self._uow.channels.provider(team_id, channel)
+        return self._providers[(team_id, channel)]
+
+    async def webhook_secret(self, team_id: str) -> str:
+        if team_id not in self._secrets:
+            self._secrets[team_id] = await self._uow.channels.webhook_secret(team_id)
+        return self._secrets[team_id]
+
+
+async def _prepare(
+    attempt: _Attempt, settings: _ProjectSettings, uow: ExecutorUnitOfWork, channels: Channels
+) -> None:
+    """Render what the step sends and read what sending needs; a failure here is the attempt's."""
+    run, spec = attempt.run, attempt.step.spec
+    channel = spec.channel
+    provider = await settings.provider(run.team_id, channel) if channel in PROVIDER_CHANNELS else None
+    secret = await settings.webhook_secret(run.team_id) if channel == "webhook" else ""
+    try:
+        if channel == "email":
+            email = render_email(run, spec, channels.message_domain)
+            attempt.send = lambda: channels.email.send(email)
+        elif channel in PROVIDER_CHANNELS:
+            text = render_text(run, spec)
+            if provider is None:
+                attempt.record = lambda: _capture(text, uow)
+            else:
+                attempt.send = lambda: channels.text.send(text, provider)
+        elif channel == "webhook":
+            request = render_webhook(run, spec)
+            attempt.send = lambda: channels.webhook.send(request, secret)
+        elif channel == "in_app":
+            item = render_feed_item(run, spec, utcnow())
+            attempt.record = lambda: _add_to_feed(item, uow)
+        else:
+            attempt.error = DeliveryError(f"no channel for step type {spec.type!r}", permanent=True)
+    except Exception as error:
+        attempt.error = _delivery_error(attempt, error)
+
+
+async def _send(attempt: _Attempt) -> None:
+    assert attempt.send is not None
+    try:
+        attempt.detail = await attempt.send()
+    except Exception as error:
+        attempt.error = _delivery_error(attempt, error)
+
+
+def _delivery_error(attempt: _Attempt, error: Exception) -> DeliveryError:
+    """A DeliveryError as it is; anything else is a sender's own bug or an unforeseen failure:
+    logged, and retried as a transient failure."""
+    if isinstance(error, DeliveryError):
+        return error
+    log.error("step.sender_failed", run_id=str(attempt.run.id), step_id=attempt.step.spec.id, exc_info=error)
+    return DeliveryError(f"sending failed unexpectedly: {error!r}")
+
+
+async def _capture(message: OutgoingText, uow: ExecutorUnitOfWork) -> str:
+    await uow.dev_messages.add(message, utcnow())
+    return (
+        f"captured by the development {message.channel} provider: this project has no "
+        f"{message.channel} provider (PUT /api/v1/channels/{message.channel})"
     )
+
+
+async def _add_to_feed(item: FeedItem, uow: ExecutorUnitOfWork) -> str:
+    await uow.feed.add(item)
+    return f"added to the feed of contact {item.external_id or item.contact_id} as {item.id}"
+
+
+async def _conclude(attempt: _Attempt, uow: ExecutorUnitOfWork, channels: Channels) -> StepOutcome:
+    """Record how the attempt went and move its run on, unless it is to be retried."""
+    if attempt.record is not None and attempt.error is None:
+        attempt.detail = await attempt.record()
+    run, step, error = attempt.run, attempt.step, attempt.error
+    max_attempts = step.spec.max_attempts or channels.max_attempts
+    if error is None:
+        step.status, step.detail = StepStatus.SENT, attempt.detail
+    else:
+        step.detail = f"attempt {step.attempts} of {max_attempts}: {error}"
+        if not error.permanent and step.attempts < max_attempts:
+            return RetryLater(str(error), delay=retry_delay(step.attempts, error.retry_after))
+        step.status = StepStatus.FAILED
+        await uow.dead_letters.add(messages.dead_letter(run, step, utcnow()))
+    step.finished_at = utcnow()
+    uow.publish(messages.delivery_record(run, step))
+    _publish_events(uow, messages.delivery_events(run, step))
+    await advance(run, uow)
     return step.status
 
 
@@ -422,36 +578,6 @@ def retry_delay(attempt: int, retry_after: float | None = None) -> float:
 def _publish_events(uow: ExecutorUnitOfWork, events: list[OutgoingMessage]) -> None:
     for event in events:
         uow.publish(event)
-
-
-async def _deliver(run: Run, step: StepState, uow: ExecutorUnitOfWork, channels: Channels) -> str:
-    spec = step.spec
-    try:
-        if spec.channel == "email":
-            return await channels.email.send(render_email(run, spec, channels.message_domain))
-        if spec.channel in ("sms", "push"):
-            message = render_text(run, spec)
-            provider = await uow.channels.provider(run.team_id, spec.channel)
-            if provider is None:
-                await uow.dev_messages.add(message, utcnow())
-                return (
-                    f"captured by the development {spec.channel} provider: this project has no "
-                    f"{spec.channel} provider (PUT /api/v1/channels/{spec.channel})"
-                )
-            return await channels.text.send(message, provider)
-        if spec.channel == "webhook":
-            request = render_webhook(run, spec)
-            return await channels.webhook.send(request, await uow.channels.webhook_secret(run.team_id))
-        if spec.channel == "in_app":
-            item = render_feed_item(run, spec, utcnow())
-            await uow.feed.add(item)
-            return f"added to the feed of contact {item.external_id or item.contact_id} as {item.id}"
-    except DeliveryError:
-        raise
-    except Exception as error:  # a sender's own bug or an unforeseen failure: count it, retry it
-        log.exception("step.sender_failed", run_id=str(run.id), step_id=spec.id)
-        raise DeliveryError(f"sending failed unexpectedly: {error!r}") from error
-    raise DeliveryError(f"no channel for step type {spec.type!r}", permanent=True)
 
 
 async def fire_timers(unit_of_work: Callable[[], ExecutorUnitOfWork], limit: int = 50) -> int:

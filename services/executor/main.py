@@ -28,6 +28,7 @@ from services.executor.consumers import (
     JetStreamEventLog,
     run_start_batch_handler,
     run_start_handler,
+    step_batch_handler,
     step_consumer,
     step_handler,
     wait_batch_handler,
@@ -35,6 +36,7 @@ from services.executor.consumers import (
 )
 from services.executor.metrics import dead_letter_sampler
 from services.executor.senders import (
+    MAX_IDLE_SESSIONS,
     Destinations,
     HttpTextSender,
     SmtpEmailSender,
@@ -47,6 +49,10 @@ from services.executor.servicer import ExecutorServicer
 log = structlog.get_logger(__name__)
 SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 TIMER_INTERVAL = 0.2
+# The most step tasks a channel worker fetches, and so sends at once in one transaction
+# (handlers.perform_steps): as many as the SMTP sender keeps sessions open for, so that full
+# fetches reuse them rather than connect again; a slow provider holds up at most this many.
+STEP_FETCH = MAX_IDLE_SESSIONS
 
 
 def smtp_url(settings: Settings) -> str:
@@ -107,13 +113,16 @@ async def _serve(runtime: Runtime, devmail: devmail_pb2_grpc.DevMailServiceAsync
     retention = Retention.for_service("executor", runtime, purge)
 
     # A step's own attempt budget (up to MAX_ATTEMPTS) decides when it fails; the bus's limit
-    # only catches a worker that crashes on a message again and again.
+    # only catches a worker that crashes on a message again and again. A worker takes its fetch
+    # at once, without lingering for more: it is on the way to the inbox.
     step_workers = [
         runtime.consumer(
             "STEPS",
             *step_consumer(channel),
             step_handler(unit_of_work, senders, channel),
             max_attempts=MAX_ATTEMPTS + 5,
+            batch_handler=step_batch_handler(unit_of_work, senders, channel),
+            batch_size=STEP_FETCH,
         )
         for channel in CHANNELS
     ]

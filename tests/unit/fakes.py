@@ -827,6 +827,9 @@ class FakeRunRepository(FakeRepository):
         run = self.rows.get(run_id)
         return copy.deepcopy(run) if run is not None else None
 
+    async def lock_many(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Run]:
+        return {run_id: copy.deepcopy(self.rows[run_id]) for run_id in sorted(run_ids) if run_id in self.rows}
+
     async def save(self, *runs: Run) -> None:
         for run in runs:
             self._save(run)
@@ -968,7 +971,13 @@ class FakeDeadLetterRepository(FakeRepository):
 class FakeChannelRepository(FakeRepository):
     rows: dict[tuple[str, str], Any]
 
+    def __init__(self) -> None:
+        super().__init__()
+        # What deliveries read: (project, channel) for a provider, (project, "webhook") for a secret.
+        self.reads: list[tuple[str, str]] = []
+
     async def provider(self, team_id: str, channel: str) -> ProviderSettings | None:
+        self.reads.append((team_id, channel))
         found = self.rows.get((team_id, channel))
         return found if isinstance(found, ProviderSettings) else None
 
@@ -978,6 +987,7 @@ class FakeChannelRepository(FakeRepository):
         return stored
 
     async def webhook_secret(self, team_id: str) -> str:
+        self.reads.append((team_id, "webhook"))
         secret = self.rows.setdefault((team_id, "webhook"), new_webhook_secret())
         assert isinstance(secret, str)
         return secret
@@ -1045,17 +1055,28 @@ class FakeEmailSender:
         self.sent: list[OutgoingEmail] = []
         self.tries = 0
         self._failures: list[DeliveryError] = []
+        self._failing: dict[str, DeliveryError] = {}
 
     def fail_next(self, times: int = 1, *, permanent: bool = False) -> None:
-        detail = "SMTP 550: mailbox unavailable" if permanent else "SMTP server unreachable: timed out"
-        self._failures.extend(DeliveryError(detail, permanent=permanent) for _ in range(times))
+        self._failures.extend(_smtp_failure(permanent) for _ in range(times))
+
+    def fail_to(self, address: str, *, permanent: bool = False) -> None:
+        """Fail every email to `address`."""
+        self._failing[address] = _smtp_failure(permanent)
 
     async def send(self, email: OutgoingEmail) -> str:
         self.tries += 1
+        if email.to in self._failing:
+            raise self._failing[email.to]
         if self._failures:
             raise self._failures.pop(0)
         self.sent.append(email)
         return f"250 2.0.0 queued {email.message_id}"
+
+
+def _smtp_failure(permanent: bool) -> DeliveryError:
+    detail = "SMTP 550: mailbox unavailable" if permanent else "SMTP server unreachable: timed out"
+    return DeliveryError(detail, permanent=permanent)
 
 
 class FakeTextSender:

@@ -41,6 +41,7 @@ from services.executor.handlers import (
     list_feed,
     mark_feed_read,
     perform_step,
+    perform_steps,
     put_provider,
     replay_dead_letter,
     resume_waits,
@@ -98,7 +99,13 @@ def an_event(name: str = "user_signup", **fields: Any) -> event_pb2.Event:
     return event_pb2.Event(**{**defaults, **fields})
 
 
-async def started(*steps: workflow_pb2.Step, event: event_pb2.Event | None = None) -> FakeExecutorUnitOfWork:
+async def started(
+    *steps: workflow_pb2.Step,
+    event: event_pb2.Event | None = None,
+    run_id: uuid.UUID = RUN_ID,
+    uow: FakeExecutorUnitOfWork | None = None,
+) -> FakeExecutorUnitOfWork:
+    """A run of a workflow of `steps` started (in `uow`, or in a new one)."""
     workflow = workflow_pb2.Workflow(
         key="flow",
         name="Flow",
@@ -106,9 +113,9 @@ async def started(*steps: workflow_pb2.Step, event: event_pb2.Event | None = Non
         steps=steps,
         version=1,
     )
-    uow = FakeExecutorUnitOfWork()
+    uow = uow or FakeExecutorUnitOfWork()
     start = run_pb2.RunStart(
-        run_id=str(RUN_ID),
+        run_id=str(run_id),
         trigger_id=str(TRIGGER_ID),
         project_id=TEAM,
         workflow=workflow,
@@ -134,8 +141,8 @@ def events(messages: list[OutgoingMessage]) -> list[event_pb2.Event]:
     return [event_pb2.Event.FromString(m.payload) for m in messages if m.subject.startswith("events.")]
 
 
-def task(step_id: str) -> run_pb2.StepTask:
-    return run_pb2.StepTask(run_id=str(RUN_ID), trigger_id=str(TRIGGER_ID), project_id=TEAM, step_id=step_id)
+def task(step_id: str, run_id: uuid.UUID = RUN_ID) -> run_pb2.StepTask:
+    return run_pb2.StepTask(run_id=str(run_id), trigger_id=str(TRIGGER_ID), project_id=TEAM, step_id=step_id)
 
 
 @dataclasses.dataclass
@@ -510,6 +517,27 @@ async def test_an_in_app_message_lands_in_the_contacts_feed_once() -> None:
     assert await mark_feed_read(TEAM, "ada", [], uow) == 1
     assert await mark_feed_read(TEAM, "ada", [str(item.id)], uow) == 0
     assert await list_feed(TEAM, "ada", 10, True, uow) == []
+
+
+async def test_a_fetch_reads_each_projects_provider_and_secret_once() -> None:
+    texts, hooks, notes = [uuid.uuid4() for _ in range(3)], [uuid.uuid4() for _ in range(2)], [uuid.uuid4()]
+    uow = FakeExecutorUnitOfWork()
+    for run_id in texts:
+        await started(step("text", "sms", body="Hi {{contact.name}}"), run_id=run_id, uow=uow)
+    for run_id in hooks:
+        await started(step("hook", "webhook", url="https://hooks.example.com/x"), run_id=run_id, uow=uow)
+    await started(step("note", "in_app", body="Hi"), run_id=notes[0], uow=uow)
+    await uow.channels.put_provider(ProviderSettings(TEAM, "sms", "https://sms.example.com/send"))
+    senders = Senders()
+    tasks = [task("text", r) for r in texts] + [task("hook", r) for r in hooks] + [task("note", notes[0])]
+
+    outcomes = await perform_steps(tasks, uow, senders.channels())
+
+    assert outcomes == [StepStatus.SENT] * 6
+    assert uow.channels.reads == [(TEAM, "sms"), (TEAM, "webhook")]
+    assert len(senders.text.sent) == 3
+    assert len({secret for _, secret in senders.webhook.sent}) == 1 and len(senders.webhook.sent) == 2
+    assert [item.run_id for item in await list_feed(TEAM, "ada", 0, False, uow)] == notes
 
 
 async def test_feed_requests_with_bad_input_are_refused() -> None:

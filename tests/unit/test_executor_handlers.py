@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -20,7 +21,7 @@ from services.executor.domain import (
     StepStatus,
     delivery_id,
 )
-from services.executor.handlers import Channels, get_run, perform_step, start_run, start_runs
+from services.executor.handlers import Channels, get_run, perform_step, perform_steps, start_run, start_runs
 from tests.unit.fakes import FakeEmailSender, FakeExecutorUnitOfWork, FakeTextSender, FakeWebhookSender
 
 TEAM = "team-1"
@@ -437,6 +438,215 @@ async def test_plain_text_parts_are_not_html_escaped() -> None:
     assert email.html == "<p>Smith &amp; Sons</p>"
     assert email.subject == "Welcome to Smith & Sons"
     assert email.text == "Dear Dara O'Brien"
+
+
+# --------------------------------------------------------------------------------------------
+# perform_steps: a channel worker's whole fetch
+# --------------------------------------------------------------------------------------------
+
+ADA, BOB, CY = (uuid.UUID(f"5b0d1d0e-64a3-4a43-9d43-46e0c1c1b00{n}") for n in range(1, 4))
+ADDRESSES = {ADA: "ada@example.com", BOB: "bob@example.com", CY: "cy@example.com"}
+
+
+async def three_runs(*steps: workflow_pb2.Step) -> FakeExecutorUnitOfWork:
+    """Three started runs (ADA, BOB and CY), each with its own contact's address."""
+    uow = FakeExecutorUnitOfWork()
+    await start_runs([a_run_start(*steps, email=ADDRESSES[r], run_id=r) for r in (ADA, BOB, CY)], uow)
+    return uow
+
+
+async def test_a_fetch_sends_each_task_once_in_one_transaction() -> None:
+    uow = await three_runs()
+    sender = FakeEmailSender()
+    commits, already = uow.commits, len(uow.published)
+
+    outcomes = await perform_steps(
+        [a_task(run_id=r) for r in (ADA, BOB, CY)], uow, channels_with(email=sender)
+    )
+
+    assert outcomes == [StepStatus.SENT] * 3
+    assert sorted(email.to for email in sender.sent) == sorted(ADDRESSES.values())
+    assert uow.commits == commits + 1
+    for run_id in (ADA, BOB, CY):
+        run = await get_run(TEAM, str(run_id), uow)
+        assert (run.steps[0].status, run.steps[0].attempts, run.status) == (
+            StepStatus.SENT,
+            1,
+            RunStatus.COMPLETED,
+        )
+    facts = [tracking(m) for m in run_facts(uow.published[already:])]
+    assert sorted(f.delivery_recorded.run_id for f in facts if f.HasField("delivery_recorded")) == sorted(
+        str(r) for r in (ADA, BOB, CY)
+    )
+
+
+async def test_the_sends_of_a_fetch_are_under_way_at_once() -> None:
+    class Gathering(FakeEmailSender):
+        """Answers only once all three emails are being sent."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.in_flight = 0
+            self.all_in_flight = asyncio.Event()
+
+        async def send(self, email: OutgoingEmail) -> str:
+            self.in_flight += 1
+            if self.in_flight == 3:
+                self.all_in_flight.set()
+            await asyncio.wait_for(self.all_in_flight.wait(), timeout=2)
+            return await super().send(email)
+
+    uow = await three_runs()
+    sender = Gathering()
+
+    outcomes = await perform_steps(
+        [a_task(run_id=r) for r in (ADA, BOB, CY)], uow, channels_with(email=sender)
+    )
+
+    assert outcomes == [StepStatus.SENT] * 3
+
+
+async def test_tasks_repeating_a_step_of_the_same_fetch_send_it_once() -> None:
+    uow = await three_runs()
+    sender = FakeEmailSender()
+
+    outcomes = await perform_steps(
+        [a_task(run_id=ADA), a_task(run_id=BOB), a_task(run_id=ADA), a_task(run_id=ADA)],
+        uow,
+        channels_with(email=sender),
+    )
+
+    assert outcomes == [StepStatus.SENT, StepStatus.SENT, None, None]
+    assert sorted(email.to for email in sender.sent) == ["ada@example.com", "bob@example.com"]
+    assert (await get_run(TEAM, str(ADA), uow)).steps[0].attempts == 1
+
+
+async def test_a_transient_failure_in_a_fetch_retries_that_task_alone() -> None:
+    uow = await three_runs()
+    sender = FakeEmailSender()
+    sender.fail_to("bob@example.com")
+    channels = channels_with(email=sender, max_attempts=3)
+    already = len(uow.published)
+
+    outcomes = await perform_steps([a_task(run_id=r) for r in (ADA, BOB, CY)], uow, channels)
+
+    sent, retry, also_sent = outcomes
+    assert (sent, also_sent) == (StepStatus.SENT, StepStatus.SENT)
+    assert isinstance(retry, RetryLater)
+    assert str(retry) == "SMTP server unreachable: timed out"
+    assert retry.delay is not None and 1.0 <= retry.delay <= 2.0
+    bob = await get_run(TEAM, str(BOB), uow)
+    assert (bob.steps[0].status, bob.steps[0].attempts, bob.status) == (
+        StepStatus.QUEUED,
+        1,
+        RunStatus.RUNNING,
+    )
+    assert bob.steps[0].detail == "attempt 1 of 3: SMTP server unreachable: timed out"
+    recorded = [
+        tracking(m).delivery_recorded.run_id
+        for m in uow.published[already:]
+        if m.subject.endswith("delivery_recorded")
+    ]
+    assert sorted(recorded) == sorted([str(ADA), str(CY)])
+
+    # The bus brings the failed task back (with, say, a duplicate of a sent one): only Bob's is sent.
+    sender = FakeEmailSender()
+    again = await perform_steps([a_task(run_id=BOB), a_task(run_id=ADA)], uow, channels_with(email=sender))
+
+    assert again == [StepStatus.SENT, None]
+    assert [email.to for email in sender.sent] == ["bob@example.com"]
+    bob = await get_run(TEAM, str(BOB), uow)
+    assert (bob.steps[0].status, bob.steps[0].attempts, bob.status) == (
+        StepStatus.SENT,
+        2,
+        RunStatus.COMPLETED,
+    )
+
+
+async def test_a_permanent_failure_in_a_fetch_dead_letters_and_fails_that_run_alone() -> None:
+    uow = await three_runs()
+    sender = FakeEmailSender()
+    sender.fail_to("cy@example.com", permanent=True)
+
+    outcomes = await perform_steps(
+        [a_task(run_id=r) for r in (ADA, BOB, CY)], uow, channels_with(email=sender)
+    )
+
+    assert outcomes == [StepStatus.SENT, StepStatus.SENT, StepStatus.FAILED]
+    cy = await get_run(TEAM, str(CY), uow)
+    assert (cy.steps[0].status, cy.status) == (StepStatus.FAILED, RunStatus.FAILED)
+    [letter] = await uow.dead_letters.newest(TEAM, DeadLetterQuery(10))
+    assert (letter.run_id, letter.step_id, letter.error) == (
+        CY,
+        "welcome",
+        "attempt 1 of 5: SMTP 550: mailbox unavailable",
+    )
+    assert (await get_run(TEAM, str(ADA), uow)).status == RunStatus.COMPLETED
+
+
+async def test_the_last_attempt_in_a_fetch_fails_the_step_for_good() -> None:
+    uow = await three_runs()
+    sender = FakeEmailSender()
+    sender.fail_to("ada@example.com")
+    channels = channels_with(email=sender, max_attempts=2)
+    tasks = [a_task(run_id=r) for r in (ADA, BOB, CY)]
+
+    first = await perform_steps(tasks, uow, channels)
+    second = await perform_steps(tasks[:1], uow, channels)
+
+    assert isinstance(first[0], RetryLater) and first[1:] == [StepStatus.SENT, StepStatus.SENT]
+    assert second == [StepStatus.FAILED]
+    ada = await get_run(TEAM, str(ADA), uow)
+    assert (ada.steps[0].status, ada.steps[0].attempts, ada.status) == (
+        StepStatus.FAILED,
+        2,
+        RunStatus.FAILED,
+    )
+    [letter] = await uow.dead_letters.newest(TEAM, DeadLetterQuery(10))
+    assert (letter.run_id, letter.attempts) == (ADA, 2)
+
+
+async def test_poison_tasks_in_a_fetch_do_not_stop_the_others() -> None:
+    uow = await three_runs()
+    sender = FakeEmailSender()
+    malformed = run_pb2.StepTask(run_id="not-a-run", step_id="welcome", project_id=TEAM, channel="email")
+
+    outcomes = await perform_steps(
+        [malformed, a_task(run_id=ADA), a_task("no-such-step", run_id=BOB)], uow, channels_with(email=sender)
+    )
+
+    no_run, sent, no_step = outcomes
+    assert isinstance(no_run, Poison) and "not-a-run" in str(no_run)
+    assert isinstance(no_step, Poison) and "no-such-step" in str(no_step)
+    assert sent == StepStatus.SENT
+    assert [email.to for email in sender.sent] == ["ada@example.com"]
+    assert (await get_run(TEAM, str(BOB), uow)).steps[0].status == StepStatus.QUEUED
+
+
+async def test_a_fetch_passes_over_erased_runs_and_steps_already_sent() -> None:
+    uow = await three_runs()
+    sender = FakeEmailSender()
+    await perform_steps([a_task(run_id=ADA)], uow, channels_with(email=sender))
+    published = len(uow.published)
+
+    outcomes = await perform_steps(
+        [a_task(run_id=ADA), a_task(run_id=uuid.uuid4()), a_task(run_id=CY)], uow, channels_with(email=sender)
+    )
+
+    assert outcomes == [None, None, StepStatus.SENT]
+    assert [email.to for email in sender.sent] == ["ada@example.com", "cy@example.com"]
+    recorded = [m for m in uow.published[published:] if m.subject.endswith("delivery_recorded")]
+    assert [tracking(m).delivery_recorded.run_id for m in recorded] == [str(CY)]
+
+
+async def test_a_fetch_with_nothing_to_send_commits_nothing() -> None:
+    uow = await three_runs()
+    commits = uow.commits
+
+    outcomes = await perform_steps([a_task(run_id=uuid.uuid4())], uow, channels_with(email=FakeEmailSender()))
+
+    assert outcomes == [None]
+    assert uow.commits == commits
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,13 +4,14 @@ ids bound for the consumer's own log lines."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 import structlog
 
-from kernel.bus import Delivery, RetryLater
+from kernel.bus import Delivery, Poison, RetryLater
 from kernel.metrics import REGISTRY
-from services.executor.consumers import step_handler
+from services.executor.consumers import step_batch_handler, step_handler
 from services.executor.domain import DeliveryError
 from tests.unit.fakes import FakeExecutorUnitOfWork
 from tests.unit.test_executor_flow import RUN_ID, TRIGGER_ID, Senders, started, step, task
@@ -69,3 +70,24 @@ async def test_a_permanent_failure_is_counted_as_failed() -> None:
 
     assert delivered("webhook", "failed") - failed == 1
     assert delivered("webhook", "sent") == sent
+
+
+async def test_a_fetch_answers_and_counts_each_tasks_outcome() -> None:
+    uow = await started(step("hook", "webhook", url="https://hooks.example.com/x", max_attempts=3))
+    other = uuid.uuid4()
+    await started(step("hook", "webhook", url="https://hooks.example.com/y"), run_id=other, uow=uow)
+    senders = Senders()
+    senders.webhook.failures.append(DeliveryError("HTTP 503: busy"))
+    handle = step_batch_handler(lambda: uow, senders.channels(), "webhook")
+    retry, sent = delivered("webhook", "retry"), delivered("webhook", "sent")
+    unreadable = Delivery("steps.webhook.team-1", b"\xff not a task", {}, 1, 1)
+    second = Delivery("steps.webhook.team-1", task("hook", other).SerializeToString(), {}, 1, 2)
+
+    outcomes = await handle([delivery("hook"), unreadable, second, delivery("hook")])
+
+    first, poison, handled, repeated = outcomes
+    assert isinstance(first, RetryLater)
+    assert isinstance(poison, Poison)
+    assert (handled, repeated) == (None, None)
+    assert delivered("webhook", "retry") - retry == 1
+    assert delivered("webhook", "sent") - sent == 1
