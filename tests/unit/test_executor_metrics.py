@@ -85,6 +85,7 @@ async def test_a_fetch_answers_and_counts_each_tasks_outcome() -> None:
 
     outcomes = await handle([delivery("hook"), unreadable, second, delivery("hook")])
 
+    assert outcomes is not None
     first, poison, handled, repeated = outcomes
     assert isinstance(first, RetryLater)
     assert isinstance(poison, Poison)
