@@ -245,9 +245,10 @@ class Poison(Exception):
 
 @dataclass(frozen=True)
 class PoisonPart:
-    """A part of a message (a record of a batch) that can never be handled: what it would be
-    as a message of its own, and why."""
+    """A part of a message (a record of a batch) that can never be handled: its position in the
+    message, what it would be as a message of its own, and why."""
 
+    index: int
     subject: str
     data: bytes
     reason: str
@@ -467,40 +468,47 @@ class Consumer:
 
     async def _dead_letter(self, message: Msg, delivery: Delivery, reason: str) -> None:
         log.warning("consumer.dead_letter", durable=self.durable, subject=delivery.subject, reason=reason)
-        whole = PoisonPart(delivery.subject, delivery.data, reason)
-        if await self._record_dead_letter(message, delivery, whole):
+        if await self._record_dead_letter(message, delivery, delivery.subject, delivery.data, reason):
             await message.term()
             self.counters.dead_letter.inc()
 
     async def _dead_letter_parts(self, message: Msg, delivery: Delivery, parts: Sequence[PoisonPart]) -> None:
         """Record each part on the DLQ stream (ids derived from the message's, so a redelivered
         message records them once), then acknowledge the message: the rest of it was handled."""
-        for index, part in enumerate(parts):
+        for part in parts:
             log.warning(
                 "consumer.dead_letter_part",
                 durable=self.durable,
                 subject=delivery.subject,
-                part=index,
+                part=part.index,
                 reason=part.reason,
             )
-            poisoned = PoisonPart(part.subject, part.data, f"poison: {part.reason}")
-            if not await self._record_dead_letter(message, delivery, poisoned, index):
+            reason = f"poison: {part.reason}"
+            if not await self._record_dead_letter(
+                message, delivery, part.subject, part.data, reason, part.index
+            ):
                 return
         await message.ack()
         self.counters.ack.inc()
         self.counters.dead_letter.inc(len(parts))
 
     async def _record_dead_letter(
-        self, message: Msg, delivery: Delivery, part: PoisonPart, index: int | None = None
+        self,
+        message: Msg,
+        delivery: Delivery,
+        subject: str,
+        data: bytes,
+        reason: str,
+        part: int | None = None,
     ) -> bool:
-        """Publish `part` (the `index`th part of the message, or the whole) on the DLQ stream;
-        when the DLQ cannot be written, nak the message (it is kept until the DLQ is writable)
-        and say so."""
+        """Publish the message (or its part number `part`: `data`, which would travel on
+        `subject` alone) on the DLQ stream; when the DLQ cannot be written, nak the message (it
+        is kept until the DLQ is writable) and say so."""
         msg_id = f"{self.durable}:{self.stream}:{delivery.stream_sequence}"
         record = OutgoingMessage(
             subject=f"dlq.{self.durable}.{delivery.project_id}",
-            payload=part.data,
-            msg_id=msg_id if index is None else f"{msg_id}:{index}",
+            payload=data,
+            msg_id=msg_id if part is None else f"{msg_id}:{part}",
             project_id=delivery.project_id,
         )
         try:
@@ -508,8 +516,8 @@ class Consumer:
                 self.js,
                 record,
                 headers={
-                    "Herald-Dlq-Reason": part.reason[:1000],
-                    "Herald-Dlq-Subject": part.subject,
+                    "Herald-Dlq-Reason": reason[:1000],
+                    "Herald-Dlq-Subject": subject,
                     "Herald-Dlq-Attempts": str(delivery.attempt),
                 },
             )

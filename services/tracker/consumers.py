@@ -48,7 +48,8 @@ def _read(delivery: Delivery) -> tuple[list[tracking_pb2.TrackingRecord], list[P
             records.append(record)
         else:
             subject = record_subject(delivery.project_id, record.WhichOneof("kind") or "record")
-            invalid.append(PoisonPart(subject, record.SerializeToString(), f"record {index}: {problem}"))
+            reason = f"record {index} of the batch: {problem}"
+            invalid.append(PoisonPart(index, subject, record.SerializeToString(), reason))
     return records, invalid
 
 
