@@ -4,7 +4,9 @@ Every message is published with `Nats-Msg-Id` (JetStream drops a duplicate insid
 duplicate window) and a `Herald-Project` header. Consumers are durable pull consumers with explicit
 acknowledgement: a handled message is acked, a transient failure is nak'ed with an exponential
 backoff, and a poison message or one that exhausted its attempts is recorded on the DLQ stream by
-the worker itself and then terminated.
+the worker itself and then terminated. A message of many parts (a batch of tracking records) whose
+handler could not handle some of them has each of those recorded on the DLQ stream as a message of
+its own, and is acknowledged.
 """
 
 from __future__ import annotations
@@ -242,6 +244,27 @@ class Poison(Exception):
 
 
 @dataclass(frozen=True)
+class PoisonPart:
+    """A part of a message (a record of a batch) that can never be handled: its position in the
+    message, what it would be as a message of its own, and why."""
+
+    index: int
+    subject: str
+    data: bytes
+    reason: str
+
+
+class PartlyPoison(Exception):
+    """The handler did its work for every part of the message but `parts`, which can never be
+    handled: each goes to the dead-letter stream as a message of its own, and the message is
+    acknowledged. A handler raises it once what it could do is committed."""
+
+    def __init__(self, parts: Sequence[PoisonPart]):
+        super().__init__(f"{len(parts)} part(s) cannot be handled: {parts[0].reason if parts else ''}")
+        self.parts = tuple(parts)
+
+
+@dataclass(frozen=True)
 class Delivery:
     """One message as a handler sees it."""
 
@@ -411,6 +434,8 @@ class Consumer:
             self.counters.ack.inc()
         elif isinstance(outcome, Poison):
             await self._dead_letter(message, delivery, f"poison: {outcome}")
+        elif isinstance(outcome, PartlyPoison):
+            await self._dead_letter_parts(message, delivery, outcome.parts)
         elif isinstance(outcome, RetryLater):
             if delivery.attempt >= self.max_attempts:
                 await self._dead_letter(message, delivery, f"attempts exhausted: {outcome}")
@@ -460,10 +485,47 @@ class Consumer:
 
     async def _dead_letter(self, message: Msg, delivery: Delivery, reason: str) -> None:
         log.warning("consumer.dead_letter", durable=self.durable, subject=delivery.subject, reason=reason)
+        if await self._record_dead_letter(message, delivery, delivery.subject, delivery.data, reason):
+            await message.term()
+            self.counters.dead_letter.inc()
+
+    async def _dead_letter_parts(self, message: Msg, delivery: Delivery, parts: Sequence[PoisonPart]) -> None:
+        """Record each part on the DLQ stream (ids derived from the message's, so a redelivered
+        message records them once), then acknowledge the message: the rest of it was handled."""
+        for part in parts:
+            log.warning(
+                "consumer.dead_letter_part",
+                durable=self.durable,
+                subject=delivery.subject,
+                part=part.index,
+                reason=part.reason,
+            )
+            reason = f"poison: {part.reason}"
+            if not await self._record_dead_letter(
+                message, delivery, part.subject, part.data, reason, part.index
+            ):
+                return
+        await message.ack()
+        self.counters.ack.inc()
+        self.counters.dead_letter.inc(len(parts))
+
+    async def _record_dead_letter(
+        self,
+        message: Msg,
+        delivery: Delivery,
+        subject: str,
+        data: bytes,
+        reason: str,
+        part: int | None = None,
+    ) -> bool:
+        """Publish the message (or its part number `part`: `data`, which would travel on
+        `subject` alone) on the DLQ stream; when the DLQ cannot be written, nak the message (it
+        is kept until the DLQ is writable) and say so."""
+        msg_id = f"{self.durable}:{self.stream}:{delivery.stream_sequence}"
         record = OutgoingMessage(
             subject=f"dlq.{self.durable}.{delivery.project_id}",
-            payload=delivery.data,
-            msg_id=f"{self.durable}:{self.stream}:{delivery.stream_sequence}",
+            payload=data,
+            msg_id=msg_id if part is None else f"{msg_id}:{part}",
             project_id=delivery.project_id,
         )
         try:
@@ -472,16 +534,15 @@ class Consumer:
                 record,
                 headers={
                     "Herald-Dlq-Reason": reason[:1000],
-                    "Herald-Dlq-Subject": delivery.subject,
+                    "Herald-Dlq-Subject": subject,
                     "Herald-Dlq-Attempts": str(delivery.attempt),
                 },
             )
         except Unavailable:
             self.counters.retry.inc()
-            await message.nak(delay=backoff_delay(delivery.attempt))  # keep it until the DLQ is writable
-            return
-        await message.term()
-        self.counters.dead_letter.inc()
+            await message.nak(delay=backoff_delay(delivery.attempt))
+            return False
+        return True
 
 
 def _delivery(message: Msg) -> Delivery:

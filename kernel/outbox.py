@@ -32,9 +32,11 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from kernel import tracking
 from kernel.bus import BusPublisher, OutgoingMessage, PublishRejected
 from kernel.database import driver, insert_many
 from kernel.errors import Unavailable
@@ -71,15 +73,31 @@ async def delete_naming(
 ) -> int:
     """Delete the project's outbox rows whose payload contains one of `identifiers` (Protobuf
     writes strings as plain UTF-8): right to erasure, for what a crash or an outage left
-    unpublished. How many rows went."""
+    unpublished. A tracking batch holds other contacts' facts too: only its records naming one
+    of `identifiers` go (the row with them when none is left). How many rows changed."""
     values = [value for value in identifiers if value]
     if not values:
         return 0
     named = or_(
         *(func.position(func.convert_to(value, "UTF8").op("IN")(table.c.payload)) > 0 for value in values)
     )
-    result = await session.execute(delete(table).where(table.c.project_id == project_id, named))
-    return int(getattr(result, "rowcount", 0) or 0)
+    rows = (
+        await session.execute(
+            select(table.c.id, table.c.subject, table.c.payload)
+            .where(table.c.project_id == project_id, named)
+            .with_for_update()
+        )
+    ).all()
+    gone: list[int] = []
+    for row in rows:
+        kept = tracking.batch_without(row.payload, values) if tracking.is_batch(row.subject) else b""
+        if kept:
+            await session.execute(update(table).where(table.c.id == row.id).values(payload=kept))
+        else:
+            gone.append(row.id)
+    if gone:
+        await session.execute(delete(table).where(table.c.id.in_(gone)))
+    return len(rows)
 
 
 class Outbox:

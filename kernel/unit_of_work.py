@@ -1,6 +1,8 @@
 """The unit of work: one transaction, and the messages it announces, committed together.
 
-It rolls back unless `commit()` is called. Services subclass it to add their repositories.
+It rolls back unless `commit()` is called. Services subclass it to add their repositories. The
+tracking records a transaction announces reach the outbox folded into one message per project
+(kernel.tracking.in_batches).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.bus import OutgoingMessage
 from kernel.outbox import Outbox, Receipts
+from kernel.tracking import in_batches
 
 Publication = Callable[[], Awaitable[Receipts]]
 """Publishes what a unit of work committed; returns the receipts."""
@@ -77,8 +80,9 @@ class SqlUnitOfWork:
         them along with its other statements (the ingest group writer, in one pipeline)."""
         if self._outbox is None or not self._pending:
             return
-        await self._outbox.stage(self.session, self._pending)
-        self._staged += self._pending
+        messages = in_batches(self._pending)
+        await self._outbox.stage(self.session, messages)
+        self._staged += messages
         self._pending = []
 
     async def commit_unpublished(self) -> Publication:

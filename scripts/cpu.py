@@ -55,7 +55,8 @@ def cpu_per_event(
 def work_counters(stack: Stack) -> dict[str, float]:
     """What the database and the bus have done so far: PostgreSQL's commits and rows written
     (pg_stat_database) and, with the embedded NATS, the messages its server took in and sent
-    out (its monitoring /varz). The benchmarks print the difference per event."""
+    out (its monitoring /varz) and those each stream stored (/jsz). The benchmarks print the
+    difference per event."""
     counters: dict[str, float] = {}
     with psycopg.connect(stack.database_url, autocommit=True) as connection:
         row = connection.execute(
@@ -71,6 +72,10 @@ def work_counters(stack: Stack) -> dict[str, float]:
         varz = httpx.get(f"http://127.0.0.1:{stack.nats.monitor_port}/varz", timeout=5).json()
         counters["nats messages in"] = float(varz["in_msgs"])
         counters["nats messages out"] = float(varz["out_msgs"])
+        jsz = httpx.get(f"http://127.0.0.1:{stack.nats.monitor_port}/jsz?streams=true", timeout=5).json()
+        for account in jsz.get("account_details", []):
+            for stream in account.get("stream_detail", []):
+                counters[f"stored on {stream['name']}"] = float(stream["state"]["last_seq"])
     return counters
 
 

@@ -24,8 +24,9 @@ from services.tracker.catalog_adapters import CatalogSqlUnitOfWork
 from services.tracker.consumers import DURABLE, FILTER, tracking_batch_handler, tracking_handler
 from services.tracker.servicer import TrackerServicer
 
-# Tracking is off the delivery path: a fetch takes up to this many records, and one that came
-# back short waits this long for more, so that facts share transactions under moderate load too.
+# Tracking is off the delivery path: a fetch takes up to this many messages (each the facts one
+# transaction reported of a project), and one that came back short waits this long for more, so
+# that facts share transactions under moderate load too.
 TRACKING_BATCH = 128
 TRACKING_LINGER_SECONDS = 0.05
 # The catalog reads every event off the delivery path too, a fetch per transaction. A batch

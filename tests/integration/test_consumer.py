@@ -25,7 +25,9 @@ from kernel.bus import (
     Consumer,
     Delivery,
     OutgoingMessage,
+    PartlyPoison,
     Poison,
+    PoisonPart,
     RetryLater,
     decode,
     publish_to,
@@ -309,6 +311,44 @@ async def test_two_consumers_of_one_message_each_write_their_dlq_record(js: JetS
 
     assert await dead_letter(js, first.dlq_subject) is not None
     assert await dead_letter(js, second.dlq_subject) is not None
+
+
+async def test_the_poison_parts_of_a_message_are_dead_lettered_each_alone_and_it_is_acked(
+    js: JetStreamContext,
+) -> None:
+    lane = Lane()
+    parts = [
+        PoisonPart(1, lane.subject("one"), b"first part", "unreadable"),
+        PoisonPart(3, lane.subject("three"), b"third part", "unknown kind"),
+    ]
+
+    async def partly_poisoned(delivery: Delivery) -> None:
+        raise PartlyPoison(parts)
+
+    handler = RecordingHandler(partly_poisoned)
+    sequence = await publish(js, lane, b"four parts")
+
+    async with running(consumer_for(js, lane, handler)):
+        await eventually(lambda: settled(js, lane, sequence), what="ack")
+        info = await js.consumer_info(STREAM, lane.durable)
+
+    assert (len(handler.deliveries), info.num_redelivered) == (1, 0)
+    dlq = await js.stream_info("DLQ", subjects_filter=lane.dlq_subject)
+    assert (dlq.state.subjects or {}).get(lane.dlq_subject) == 2
+    first = await js.get_msg("DLQ", seq=1, subject=lane.dlq_subject, next=True)
+    last = await dead_letter(js, lane.dlq_subject)
+    assert last is not None
+    letters = [first, last]
+    assert [letter.data for letter in letters] == [b"first part", b"third part"]
+    assert [(letter.headers or {})[MSG_ID] for letter in letters] == [
+        f"{lane.durable}:{STREAM}:{sequence}:1",
+        f"{lane.durable}:{STREAM}:{sequence}:3",
+    ]
+    assert [(letter.headers or {})["Herald-Dlq-Subject"] for letter in letters] == [
+        lane.subject("one"),
+        lane.subject("three"),
+    ]
+    assert (last.headers or {})["Herald-Dlq-Reason"] == "poison: unknown kind"
 
 
 def batch_handling(lane: Lane, js: JetStreamContext) -> tuple[Consumer, RecordingHandler, list[list[bytes]]]:

@@ -15,9 +15,11 @@ from nats.js.errors import NotFoundError
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from herald.bus.v1 import tracking_pb2
 from kernel.bus import MSG_ID, PROJECT_HEADER, BusPublisher, OutgoingMessage, PublishRejected
 from kernel.errors import Unavailable
-from kernel.outbox import DELETE_BATCH, Outbox
+from kernel.outbox import DELETE_BATCH, Outbox, delete_naming
+from kernel.tracking import batch_subject, in_batches, tracking_message
 from kernel.unit_of_work import SqlUnitOfWork
 from services.ingest.adapters import OUTBOX
 from tests.conftest import TeamCredentials
@@ -145,6 +147,93 @@ async def test_unit_of_work_rollback_forgets_announced_messages(
     assert set(receipts) == {kept.msg_id}
     assert await stream_count(js, kept.subject) == 1
     assert await stream_count(js, forgotten.subject) == 0
+
+
+def fact_about(team_id: str, contact_id: str = "") -> OutgoingMessage:
+    """A tracking record as a handler announces it."""
+    trigger_id = str(uuid.uuid4())
+    record = tracking_pb2.TrackingRecord(
+        trigger_id=trigger_id,
+        project_id=team_id,
+        trigger_accepted=tracking_pb2.TriggerAccepted(event_id=str(uuid.uuid4()), contact_id=contact_id),
+    )
+    return tracking_message(record, fact_id=trigger_id)
+
+
+def records_of(payload: bytes | None) -> list[tracking_pb2.TrackingRecord]:
+    return list(tracking_pb2.TrackingBatch.FromString(payload or b"").records)
+
+
+async def test_a_unit_of_work_publishes_its_facts_as_a_batch_per_project_after_its_other_messages(
+    sessions: async_sessionmaker[AsyncSession], outbox: Outbox, js: JetStreamContext, team: TeamCredentials
+) -> None:
+    elsewhere = f"{team.team_id}-b"
+    event = message_on(unique_subject(team, "tracked"), team)
+    facts = [fact_about(team.team_id), fact_about(elsewhere), fact_about(team.team_id)]
+
+    async with SqlUnitOfWork(sessions, outbox) as uow:
+        uow.publish(facts[0])
+        uow.publish(event)
+        uow.publish(facts[1])
+        uow.publish(facts[2])
+        receipts = await uow.commit()
+
+    ours = await js.get_last_msg("TRACKING", batch_subject(team.team_id))
+    theirs = await js.get_last_msg("TRACKING", batch_subject(elsewhere))
+    assert records_of(ours.data) == [tracking_pb2.TrackingRecord.FromString(facts[n].payload) for n in (0, 2)]
+    assert records_of(theirs.data) == [tracking_pb2.TrackingRecord.FromString(facts[1].payload)]
+    assert ours.headers is not None
+    assert ours.headers[PROJECT_HEADER] == team.team_id
+    assert set(receipts) == {event.msg_id, ours.headers[MSG_ID], (theirs.headers or {})[MSG_ID]}
+    assert await stream_count(js, f"tracking.{team.team_id}.trigger_accepted", "TRACKING") == 0
+    await outbox.settled()
+    assert await outbox_rows(sessions, list(receipts)) == 0
+
+
+async def test_a_batch_the_relay_published_again_is_deduplicated_by_jetstream(
+    sessions: async_sessionmaker[AsyncSession], outbox: Outbox, js: JetStreamContext, team: TeamCredentials
+) -> None:
+    async with SqlUnitOfWork(sessions, outbox) as uow:
+        uow.publish(fact_about(team.team_id))
+        uow.publish(fact_about(team.team_id))
+        publication = await uow.commit_unpublished()
+
+    # The relay publishes the committed batch (as after a crash), then the commit's own publish runs.
+    assert await outbox.relay_once(older_than=RELAY_NOW) >= 1
+    receipts = await publication()
+
+    [sequence] = receipts.values()
+    assert (await js.get_last_msg("TRACKING", batch_subject(team.team_id))).seq == sequence
+    assert await stream_count(js, batch_subject(team.team_id), "TRACKING") == 1
+
+
+async def test_erasing_a_contact_takes_its_facts_out_of_unpublished_batches_and_keeps_the_others(
+    sessions: async_sessionmaker[AsyncSession],
+    outbox: Outbox,
+    team: TeamCredentials,
+    msg_ids_to_clean: list[str],
+) -> None:
+    erased, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    shared = in_batches([fact_about(team.team_id, erased), fact_about(team.team_id, kept)])
+    own = in_batches([fact_about(team.team_id, erased)])
+    event = message_on(unique_subject(team, "erased"), team, f"about {erased}".encode())
+    left = [*shared, *own, event]
+    msg_ids_to_clean += [m.msg_id for m in left]
+    await stage_and_commit_without_publishing(sessions, outbox, left)
+
+    async with sessions() as session, session.begin():
+        changed = await delete_naming(session, OUTBOX, team.team_id, [erased])
+
+    assert changed == 3
+    async with sessions() as session:
+        rows = (
+            await session.execute(
+                select(OUTBOX.c.msg_id, OUTBOX.c.payload).where(OUTBOX.c.msg_id.in_([m.msg_id for m in left]))
+            )
+        ).all()
+    [(msg_id, payload)] = rows
+    assert msg_id == shared[0].msg_id
+    assert [r.trigger_accepted.contact_id for r in records_of(payload)] == [kept]
 
 
 async def test_relay_publishes_rows_a_crash_left_behind_and_deletes_them(

@@ -25,35 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cherald/bus/v1/tracking.proto\x12\rherald.bus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x03\n\x0eTrackingRecord\x12\x12\n\ntrigger_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12/\n\x0brecorded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x10trigger_accepted\x18\n \x01(\x0b\x32\x1e.herald.bus.v1.TriggerAcceptedH\x00\x12\x34\n\revent_matched\x18\x0b \x01(\x0b\x32\x1b.herald.bus.v1.EventMatchedH\x00\x12\x30\n\x0brun_started\x18\x0c \x01(\x0b\x32\x19.herald.bus.v1.RunStartedH\x00\x12<\n\x11\x64\x65livery_recorded\x18\r \x01(\x0b\x32\x1f.herald.bus.v1.DeliveryRecordedH\x00\x12\x32\n\x0crun_finished\x18\x0e \x01(\x0b\x32\x1a.herald.bus.v1.RunFinishedH\x00\x12\x34\n\rtrigger_fired\x18\x0f \x01(\x0b\x32\x1b.herald.bus.v1.TriggerFiredH\x00\x12<\n\x11trigger_cancelled\x18\x10 \x01(\x0b\x32\x1f.herald.bus.v1.TriggerCancelledH\x00\x42\x06\n\x04kind\"\xd0\x01\n\x0fTriggerAccepted\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_name\x18\x02 \x01(\t\x12\x12\n\ncontact_id\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rscheduled_for\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x65vents\x18\x06 \x01(\x05\x12\x10\n\x08\x63ontacts\x18\x07 \x01(\x05\"}\n\x0c\x45ventMatched\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_name\x18\x02 \x01(\t\x12/\n\tdecisions\x18\x03 \x03(\x0b\x32\x1c.herald.bus.v1.MatchDecision\x12\x16\n\x0etrigger_events\x18\x04 \x01(\x05\"\xa1\x01\n\rMatchDecision\x12\x14\n\x0cworkflow_key\x18\x01 \x01(\t\x12\x18\n\x10workflow_version\x18\x02 \x01(\x05\x12,\n\x07outcome\x18\x03 \x01(\x0e\x32\x1b.herald.bus.v1.MatchOutcome\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x12\n\ncontact_id\x18\x06 \x01(\t\"`\n\nRunStarted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x14\n\x0cworkflow_key\x18\x02 \x01(\t\x12\x18\n\x10workflow_version\x18\x03 \x01(\x05\x12\x12\n\ncontact_id\x18\x04 \x01(\t\"\xac\x01\n\x10\x44\x65liveryRecorded\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07step_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12/\n\x07outcome\x18\x05 \x01(\x0e\x32\x1e.herald.bus.v1.DeliveryOutcome\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"Y\n\x0bRunFinished\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.herald.bus.v1.RunOutcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"<\n\x0cTriggerFired\x12,\n\x08\x66ired_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x10TriggerCancelled\x12\x30\n\x0c\x63\x61ncelled_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*d\n\x0cMatchOutcome\x12\x1d\n\x19MATCH_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15MATCH_OUTCOME_MATCHED\x10\x01\x12\x1a\n\x16MATCH_OUTCOME_FILTERED\x10\x02*k\n\x0f\x44\x65liveryOutcome\x12 \n\x1c\x44\x45LIVERY_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LIVERY_OUTCOME_SENT\x10\x01\x12\x1b\n\x17\x44\x45LIVERY_OUTCOME_FAILED\x10\x02*\\\n\nRunOutcome\x12\x1b\n\x17RUN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15RUN_OUTCOME_COMPLETED\x10\x01\x12\x16\n\x12RUN_OUTCOME_FAILED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cherald/bus/v1/tracking.proto\x12\rherald.bus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\rTrackingBatch\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.herald.bus.v1.TrackingRecord\"\xfb\x03\n\x0eTrackingRecord\x12\x12\n\ntrigger_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12/\n\x0brecorded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x10trigger_accepted\x18\n \x01(\x0b\x32\x1e.herald.bus.v1.TriggerAcceptedH\x00\x12\x34\n\revent_matched\x18\x0b \x01(\x0b\x32\x1b.herald.bus.v1.EventMatchedH\x00\x12\x30\n\x0brun_started\x18\x0c \x01(\x0b\x32\x19.herald.bus.v1.RunStartedH\x00\x12<\n\x11\x64\x65livery_recorded\x18\r \x01(\x0b\x32\x1f.herald.bus.v1.DeliveryRecordedH\x00\x12\x32\n\x0crun_finished\x18\x0e \x01(\x0b\x32\x1a.herald.bus.v1.RunFinishedH\x00\x12\x34\n\rtrigger_fired\x18\x0f \x01(\x0b\x32\x1b.herald.bus.v1.TriggerFiredH\x00\x12<\n\x11trigger_cancelled\x18\x10 \x01(\x0b\x32\x1f.herald.bus.v1.TriggerCancelledH\x00\x42\x06\n\x04kind\"\xd0\x01\n\x0fTriggerAccepted\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_name\x18\x02 \x01(\t\x12\x12\n\ncontact_id\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rscheduled_for\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x65vents\x18\x06 \x01(\x05\x12\x10\n\x08\x63ontacts\x18\x07 \x01(\x05\"}\n\x0c\x45ventMatched\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_name\x18\x02 \x01(\t\x12/\n\tdecisions\x18\x03 \x03(\x0b\x32\x1c.herald.bus.v1.MatchDecision\x12\x16\n\x0etrigger_events\x18\x04 \x01(\x05\"\xa1\x01\n\rMatchDecision\x12\x14\n\x0cworkflow_key\x18\x01 \x01(\t\x12\x18\n\x10workflow_version\x18\x02 \x01(\x05\x12,\n\x07outcome\x18\x03 \x01(\x0e\x32\x1b.herald.bus.v1.MatchOutcome\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x12\n\ncontact_id\x18\x06 \x01(\t\"`\n\nRunStarted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x14\n\x0cworkflow_key\x18\x02 \x01(\t\x12\x18\n\x10workflow_version\x18\x03 \x01(\x05\x12\x12\n\ncontact_id\x18\x04 \x01(\t\"\xac\x01\n\x10\x44\x65liveryRecorded\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07step_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12/\n\x07outcome\x18\x05 \x01(\x0e\x32\x1e.herald.bus.v1.DeliveryOutcome\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"Y\n\x0bRunFinished\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.herald.bus.v1.RunOutcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"<\n\x0cTriggerFired\x12,\n\x08\x66ired_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x10TriggerCancelled\x12\x30\n\x0c\x63\x61ncelled_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*d\n\x0cMatchOutcome\x12\x1d\n\x19MATCH_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15MATCH_OUTCOME_MATCHED\x10\x01\x12\x1a\n\x16MATCH_OUTCOME_FILTERED\x10\x02*k\n\x0f\x44\x65liveryOutcome\x12 \n\x1c\x44\x45LIVERY_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LIVERY_OUTCOME_SENT\x10\x01\x12\x1b\n\x17\x44\x45LIVERY_OUTCOME_FAILED\x10\x02*\\\n\nRunOutcome\x12\x1b\n\x17RUN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15RUN_OUTCOME_COMPLETED\x10\x01\x12\x16\n\x12RUN_OUTCOME_FAILED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'herald.bus.v1.tracking_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MATCHOUTCOME']._serialized_start=1588
-  _globals['_MATCHOUTCOME']._serialized_end=1688
-  _globals['_DELIVERYOUTCOME']._serialized_start=1690
-  _globals['_DELIVERYOUTCOME']._serialized_end=1797
-  _globals['_RUNOUTCOME']._serialized_start=1799
-  _globals['_RUNOUTCOME']._serialized_end=1891
-  _globals['_TRACKINGRECORD']._serialized_start=81
-  _globals['_TRACKINGRECORD']._serialized_end=588
-  _globals['_TRIGGERACCEPTED']._serialized_start=591
-  _globals['_TRIGGERACCEPTED']._serialized_end=799
-  _globals['_EVENTMATCHED']._serialized_start=801
-  _globals['_EVENTMATCHED']._serialized_end=926
-  _globals['_MATCHDECISION']._serialized_start=929
-  _globals['_MATCHDECISION']._serialized_end=1090
-  _globals['_RUNSTARTED']._serialized_start=1092
-  _globals['_RUNSTARTED']._serialized_end=1188
-  _globals['_DELIVERYRECORDED']._serialized_start=1191
-  _globals['_DELIVERYRECORDED']._serialized_end=1363
-  _globals['_RUNFINISHED']._serialized_start=1365
-  _globals['_RUNFINISHED']._serialized_end=1454
-  _globals['_TRIGGERFIRED']._serialized_start=1456
-  _globals['_TRIGGERFIRED']._serialized_end=1516
-  _globals['_TRIGGERCANCELLED']._serialized_start=1518
-  _globals['_TRIGGERCANCELLED']._serialized_end=1586
+  _globals['_MATCHOUTCOME']._serialized_start=1653
+  _globals['_MATCHOUTCOME']._serialized_end=1753
+  _globals['_DELIVERYOUTCOME']._serialized_start=1755
+  _globals['_DELIVERYOUTCOME']._serialized_end=1862
+  _globals['_RUNOUTCOME']._serialized_start=1864
+  _globals['_RUNOUTCOME']._serialized_end=1956
+  _globals['_TRACKINGBATCH']._serialized_start=80
+  _globals['_TRACKINGBATCH']._serialized_end=143
+  _globals['_TRACKINGRECORD']._serialized_start=146
+  _globals['_TRACKINGRECORD']._serialized_end=653
+  _globals['_TRIGGERACCEPTED']._serialized_start=656
+  _globals['_TRIGGERACCEPTED']._serialized_end=864
+  _globals['_EVENTMATCHED']._serialized_start=866
+  _globals['_EVENTMATCHED']._serialized_end=991
+  _globals['_MATCHDECISION']._serialized_start=994
+  _globals['_MATCHDECISION']._serialized_end=1155
+  _globals['_RUNSTARTED']._serialized_start=1157
+  _globals['_RUNSTARTED']._serialized_end=1253
+  _globals['_DELIVERYRECORDED']._serialized_start=1256
+  _globals['_DELIVERYRECORDED']._serialized_end=1428
+  _globals['_RUNFINISHED']._serialized_start=1430
+  _globals['_RUNFINISHED']._serialized_end=1519
+  _globals['_TRIGGERFIRED']._serialized_start=1521
+  _globals['_TRIGGERFIRED']._serialized_end=1581
+  _globals['_TRIGGERCANCELLED']._serialized_start=1583
+  _globals['_TRIGGERCANCELLED']._serialized_end=1651
 # @@protoc_insertion_point(module_scope)

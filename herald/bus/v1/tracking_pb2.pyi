@@ -75,10 +75,37 @@ RUN_OUTCOME_FAILED: RunOutcome.ValueType  # 2
 Global___RunOutcome: _TypeAlias = RunOutcome  # noqa: Y015
 
 @_typing.final
+class TrackingBatch(_message.Message):
+    """TrackingBatch is what one transaction reports of one project: its tracking records, in one
+    message on the TRACKING stream (subject `tracking.<project>.batch`), whose Nats-Msg-Id is
+    derived from its facts' own ids. A transaction with many facts sends several batches, each
+    well under the bus's largest message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrackingRecord]: ...
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___TrackingRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackingBatch: _TypeAlias = TrackingBatch  # noqa: Y015
+
+@_typing.final
 class TrackingRecord(_message.Message):
-    """TrackingRecord is one fact about a trigger, on the TRACKING stream
-    (subject `tracking.<project>.<kind>`). Every record has a stable Nats-Msg-Id and the
-    tracker applies each fact once, so counters stay exact under redelivery.
+    """TrackingRecord is one fact about a trigger. Facts travel in TrackingBatch messages; a record
+    alone on the TRACKING stream (subject `tracking.<project>.<kind>`) is what services published
+    before batches, and the tracker still reads it. The tracker applies each fact once, so
+    counters stay exact under redelivery.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
