@@ -373,6 +373,7 @@ class Consumer:
             finally:
                 keep_alive.cancel()
                 self.counters.fetch_seconds.observe(time.perf_counter() - started)
+                self.counters.fetch_size.observe(len(messages))
         try:
             await subscription.unsubscribe()
         except Exception as error:  # the connection may be gone already

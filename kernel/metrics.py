@@ -97,6 +97,13 @@ BUS_FETCH_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+BUS_FETCH_SIZE = Histogram(
+    "herald_bus_fetch_size",
+    "Messages in one fetch of a durable consumer (how much each batch of work carries)",
+    ["stream", "durable"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
 BUS_OUTCOMES = ("ack", "retry", "dead_letter")
 OUTBOX_PUBLISHED = Counter(
     "herald_outbox_published",
@@ -151,6 +158,7 @@ class ConsumerCounters:
         self.retry = BUS_MESSAGES.labels(stream, durable, "retry")
         self.dead_letter = BUS_MESSAGES.labels(stream, durable, "dead_letter")
         self.fetch_seconds = BUS_FETCH_LATENCY.labels(stream, durable)
+        self.fetch_size = BUS_FETCH_SIZE.labels(stream, durable)
 
 
 class RpcCounters:

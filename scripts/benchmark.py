@@ -30,7 +30,15 @@ import psutil
 import psycopg
 
 from scripts.bench_stack import running_stack
-from scripts.cpu import cpu_now, cpu_per_event, stack_processes, work_counters, work_per_event
+from scripts.cpu import (
+    cpu_now,
+    cpu_per_event,
+    fetch_sizes,
+    mean_fetch_sizes,
+    stack_processes,
+    work_counters,
+    work_per_event,
+)
 from tests.e2e.support import WELCOME_WORKFLOW, start_http_sink
 
 
@@ -139,6 +147,7 @@ def main() -> None:
             own_before = time.process_time()
             cpu_before = cpu_now(processes)
             work_before = work_counters(stack)
+            fetches_before = fetch_sizes(stack)
             sent_at, latencies, wall = asyncio.run(
                 send_events(
                     stack.gateway_url,
@@ -177,6 +186,9 @@ def main() -> None:
             print("database and bus work per event:")
             for name, amount in work_per_event(stack, work_before, len(sent_at)).items():
                 print(f"  {name:<22} {amount:7.2f}")
+            print("messages per fetch, by consumer:")
+            for name, size in mean_fetch_sizes(stack, fetches_before).items():
+                print(f"  {name:<32} {size:7.1f}")
             print("resident memory after the run:")
             for name, child in stack.supervisor.children.items():
                 if child.process is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import psutil
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 from stack.launcher import Stack
 
@@ -84,3 +85,36 @@ def work_per_event(stack: Stack, before: dict[str, float], events: int) -> dict[
     return {
         name: (value - before.get(name, 0.0)) / max(1, events) for name, value in work_counters(stack).items()
     }
+
+
+def fetch_sizes(stack: Stack) -> dict[str, tuple[float, float]]:
+    """Each durable consumer's fetches so far, from the services' /metrics: (messages, fetches)."""
+    totals: dict[str, tuple[float, float]] = {}
+    for name in stack.supervisor.children:
+        if name == "gateway":
+            continue
+        try:
+            text = httpx.get(f"http://{stack.metrics_address(name)}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            continue
+        for family in text_string_to_metric_families(text):
+            if family.name != "herald_bus_fetch_size":
+                continue
+            for sample in family.samples:
+                key = f"{sample.labels['stream']} {sample.labels['durable']}"
+                messages, fetches = totals.get(key, (0.0, 0.0))
+                if sample.name.endswith("_sum"):
+                    totals[key] = (messages + sample.value, fetches)
+                elif sample.name.endswith("_count"):
+                    totals[key] = (messages, fetches + sample.value)
+    return totals
+
+
+def mean_fetch_sizes(stack: Stack, before: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Messages per fetch of each durable consumer since `before` (those that fetched anything)."""
+    means = {}
+    for key, (messages, fetches) in sorted(fetch_sizes(stack).items()):
+        earlier_messages, earlier_fetches = before.get(key, (0.0, 0.0))
+        if fetches > earlier_fetches:
+            means[key] = (messages - earlier_messages) / (fetches - earlier_fetches)
+    return means
