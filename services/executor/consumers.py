@@ -134,7 +134,7 @@ def wait_handler(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) -> Han
     awaited = _awaited(unit_of_work)
 
     async def handle(delivery: Delivery) -> None:
-        await _resume(decode(event_pb2.Event, delivery), awaited, unit_of_work)
+        await _resume(delivery, awaited, unit_of_work)
 
     return handle
 
@@ -145,7 +145,7 @@ def wait_batch_handler(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) 
 
     async def handle(deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
-            await _resume(decode(event_pb2.Event, delivery), awaited, unit_of_work)
+            await _resume(delivery, awaited, unit_of_work)
 
     return handle
 
@@ -158,10 +158,16 @@ def _awaited(unit_of_work: Callable[[], handlers.ExecutorUnitOfWork]) -> TtlCach
 
 
 async def _resume(
-    event: event_pb2.Event,
+    delivery: Delivery,
     awaited: TtlCache[str, frozenset[str]],
     unit_of_work: Callable[[], handlers.ExecutorUnitOfWork],
 ) -> None:
+    # The subject names the project and the event (events.<project>.<name>): most events end no
+    # wait, and are passed over without being decoded.
+    project_id, _, name = delivery.subject.partition(".")[2].partition(".")
+    if project_id and name and name not in await awaited.get(project_id):
+        return
+    event = decode(event_pb2.Event, delivery)
     if event.name not in await awaited.get(event.project_id):
         return
     resumed = await handlers.resume_waits(event, unit_of_work())
