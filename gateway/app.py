@@ -257,7 +257,9 @@ def create_app(settings: Settings) -> web.Application:
 
     async def open_channels(app: web.Application) -> None:
         app[CHANNELS].update({p: channel(settings.target(p)) for p in processes})
-        app[COALESCER] = Coalescer(app[CHANNELS]["ingest"], CALL_TIMEOUT_SECONDS)
+        app[COALESCER] = Coalescer(
+            app[CHANNELS]["ingest"], CALL_TIMEOUT_SECONDS, replicas=len(settings.addresses("ingest"))
+        )
 
     async def close_channels(app: web.Application) -> None:
         await asyncio.gather(*(channel.close() for channel in app[CHANNELS].values()))

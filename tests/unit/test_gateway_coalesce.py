@@ -136,3 +136,21 @@ async def test_an_idle_caller_is_forgotten(ingest: FakeIngest, coalescer: Coales
     await coalescer.send(with_request(ADA, "r1"), item("e1"))
     await asyncio.sleep(0)
     assert coalescer._callers == {}
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+async def test_a_caller_has_a_few_calls_in_flight_per_ingest_replica(
+    ingest: FakeIngest, replicas: int
+) -> None:
+    coalescer = Coalescer(ingest, timeout=5.0, replicas=replicas)  # type: ignore[arg-type]
+    ingest.release.clear()
+    sends = []
+    for i in range(40):  # one by one: each finds the calls before it on their way
+        sends.append(asyncio.create_task(coalescer.send(with_request(ADA, f"r{i}"), item(f"e{i}"))))
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    # While ingest holds every call, the rest of the requests wait for the next calls.
+    assert [len(names) for names, _ in ingest.calls] == [1] * (CALLS_IN_FLIGHT * replicas)
+    ingest.release.set()
+    results = await asyncio.gather(*sends)
+    assert [r.response.trigger_id for r in results] == [f"e{i}" for i in range(40)]
