@@ -21,6 +21,7 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()
+    gc.set_threshold(20_000, 20, 20)
     gc.freeze()  # what is alive now lives as long as the process (see kernel.service.run_service)
     log.info("gateway.started", url=f"http://{settings.http_host}:{settings.http_port}")
     stop = asyncio.Event()
