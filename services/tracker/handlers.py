@@ -198,11 +198,13 @@ async def record_facts(records: Sequence[tracking_pb2.TrackingRecord], uow: Trac
     stored for all of them at once, and each trigger's row, folded from what it was and its new
     facts (the counters they move do not depend on the order facts come in), is written once."""
     by_trigger: dict[uuid.UUID, TriggerFacts] = {}
+    named: dict[str, TriggerFacts] = {}  # each id as written, parsed once
     for record in records:
-        trigger_id = uuid.UUID(record.trigger_id)
-        facts = by_trigger.get(trigger_id)
+        facts = named.get(record.trigger_id)
         if facts is None:
-            facts = by_trigger[trigger_id] = TriggerFacts(trigger_id, record.project_id)
+            trigger_id = uuid.UUID(record.trigger_id)
+            facts = by_trigger.get(trigger_id) or TriggerFacts(trigger_id, record.project_id)
+            by_trigger[trigger_id] = named[record.trigger_id] = facts
         facts.add(record)
     async with uow:
         moved = await _apply(by_trigger, uow.triggers)
