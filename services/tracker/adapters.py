@@ -206,26 +206,20 @@ class SqlTriggerRepository:
     def __init__(self, session: AsyncSession):
         self._session = session
 
-    async def create_or_lock(
-        self, fresh: Sequence[TriggerState]
-    ) -> tuple[set[uuid.UUID], dict[uuid.UUID, TriggerState]]:
-        # Created (those no fact named yet), then the others locked, each in id order: two
-        # transactions never wait on each other in a cycle. An insert of a trigger that exists
-        # takes no lock; one of a trigger another transaction is creating waits for it to end.
-        ordered = sorted(fresh, key=lambda state: state.id)
-        created = {
-            row[0]
-            for row in await insert_many_returning(
-                await driver(self._session),
-                TRIGGERS,
-                [_row(state) for state in ordered],
-                "id",
-                on_conflict="ON CONFLICT (id) DO NOTHING",
-            )
-        }
-        others = [state.id for state in ordered if state.id not in created]
-        rows = await LOCK.rows(self._session, trigger_ids=others) if others else []
-        return created, {row.id: _state(row) for row in rows}
+    async def lock(self, trigger_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TriggerState]:
+        rows = await LOCK.rows(self._session, trigger_ids=sorted(trigger_ids))
+        return {row.id: _state(row) for row in rows}
+
+    async def create(self, triggers: Sequence[TriggerState]) -> set[uuid.UUID]:
+        # A trigger another transaction is creating waits for it to end, and is then left out.
+        rows = await insert_many_returning(
+            await driver(self._session),
+            TRIGGERS,
+            [_row(state) for state in sorted(triggers, key=lambda state: state.id)],
+            "id",
+            on_conflict="ON CONFLICT (id) DO NOTHING",
+        )
+        return {row[0] for row in rows}
 
     async def save(self, states: Sequence[TriggerState]) -> None:
         # Every column, changed or not: an indexed column set to the value it has does not cost
@@ -765,11 +759,14 @@ SAVED = ", ".join(f"{name} = r.{name}" for name in TRIGGER_COLUMNS if name not i
 
 # The statements facts run, compiled once (see DriverStatement).
 RUN_IDS = bindparam("run_ids", type_=ARRAY(Uuid))
+# The triggers of :trigger_ids that exist, locked one by one in the order of the ids (a
+# sub-select per id, so through the key's index: `id = ANY(…)` of a whole batch's ids made the
+# planner read a table of a few thousand rows from end to end).
 LOCK = DriverStatement.of(
-    select(TRIGGERS)
-    .where(TRIGGERS.c.id == any_(bindparam("trigger_ids", type_=ARRAY(Uuid))))
-    .order_by(TRIGGERS.c.id)
-    .with_for_update()
+    text(
+        f"SELECT t.* FROM unnest(CAST(:trigger_ids AS uuid[])) AS k(id) CROSS JOIN LATERAL "
+        f"(SELECT * FROM {SCHEMA}.triggers WHERE triggers.id = k.id FOR UPDATE) AS t"
+    )
 )
 # Each run's record (decided_by null) and, a row each, the triggers whose matched decisions
 # started it (status and finished_at null).

@@ -14,7 +14,7 @@ import structlog
 
 from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp, utcnow
-from kernel.errors import InvalidArgument, NotFound
+from kernel.errors import Conflict, InvalidArgument, NotFound
 from kernel.lag import ConsumerLag
 from kernel.unit_of_work import UnitOfWork
 from services.tracker.domain import (
@@ -66,11 +66,13 @@ class TriggerRepository(Protocol):
     each kind of fact is stored for every trigger at once, each fact at most once (a repeated
     fact, from an earlier fetch or twice in this one, stores nothing)."""
 
-    async def create_or_lock(
-        self, fresh: Sequence[TriggerState]
-    ) -> tuple[set[uuid.UUID], dict[uuid.UUID, TriggerState]]:
-        """Create each trigger as `fresh` has it, unless it exists; lock the others until the unit
-        of work ends. The ids of those created, and the others as stored."""
+    async def lock(self, trigger_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TriggerState]:
+        """Those of the triggers that exist, locked until the unit of work ends (in id order)."""
+        ...
+
+    async def create(self, triggers: Sequence[TriggerState]) -> set[uuid.UUID]:
+        """Create the triggers as they are (in id order); the ids of those created (not one that
+        another transaction created meanwhile)."""
         ...
 
     async def save(self, states: Sequence[TriggerState]) -> None:
@@ -193,10 +195,10 @@ async def record_fact(record: tracking_pb2.TrackingRecord, uow: TrackerUnitOfWor
 
 
 async def record_facts(records: Sequence[tracking_pb2.TrackingRecord], uow: TrackerUnitOfWork) -> None:
-    """Apply tracking records in one transaction: their triggers are created or locked together
-    (in id order, so two batches never wait on each other in a cycle), each kind of fact is
-    stored for all of them at once, and each trigger's row, folded from what it was and its new
-    facts (the counters they move do not depend on the order facts come in), is written once."""
+    """Apply tracking records in one transaction: their triggers are locked together, those
+    missing created (see _apply), each kind of fact is stored for all of them at once, and each
+    trigger's row, folded from what it was and its new facts (the counters they move do not
+    depend on the order facts come in), is written once."""
     by_trigger: dict[uuid.UUID, TriggerFacts] = {}
     named: dict[str, TriggerFacts] = {}  # each id as written, parsed once
     for record in records:
@@ -206,9 +208,21 @@ async def record_facts(records: Sequence[tracking_pb2.TrackingRecord], uow: Trac
             facts = by_trigger.get(trigger_id) or TriggerFacts(trigger_id, record.project_id)
             by_trigger[trigger_id] = named[record.trigger_id] = facts
         facts.add(record)
-    async with uow:
-        moved = await _apply(by_trigger, uow.triggers)
-        await uow.commit()
+    # Each attempt that loses a creation finds one more of its triggers created (committed: a
+    # creation waits for the other's to end), so there are at most this many.
+    for attempt in range(1, len(by_trigger) + 2):
+        async with uow:
+            moved = await _apply(by_trigger, uow.triggers)
+            if moved is not None:
+                await uow.commit()
+                break
+        # Another transaction created a trigger this one found missing: rolled back, and again.
+        log.info("triggers.created_meanwhile", attempt=attempt)
+    else:
+        raise Conflict(
+            "Triggers were created by other transactions while these facts were applied",
+            reason="TRIGGERS_CREATED_MEANWHILE",
+        )
     if moved:
         # One line per batch, not per record: the triggers whose status moved, and to what.
         ids = [str(trigger.id) for trigger in moved]
@@ -258,34 +272,33 @@ class TriggerFacts:
 
 async def _apply(
     by_trigger: dict[uuid.UUID, TriggerFacts], repository: TriggerRepository
-) -> list[TriggerState]:
-    """Apply the facts; the triggers whose status moved."""
+) -> list[TriggerState] | None:
+    """Apply the facts; the triggers whose status moved. None (nothing to commit) when another
+    transaction created one of the triggers that were missing, after this one looked.
+
+    The triggers that exist are locked first, then those missing are created, each kind in id
+    order: a transaction waits only for the locks of those it locks, and for the creations of
+    those it creates, so two never wait on each other in a cycle (one that lost a creation to
+    another rolls back rather than lock the trigger out of order)."""
     now = utcnow()
-    # A trigger whose accepted fact is here is most likely new: folded as if no fact had named it
-    # before, it is created as it ends up (its row written once). Any other is most likely known,
-    # and created bare if not. A wrong guess only costs work: a known trigger is folded again
-    # below, from its row, and one created bare gets its row written once more.
-    fresh: dict[uuid.UUID, TriggerState] = {}
+    triggers = await repository.lock(list(by_trigger))
+    # A trigger no fact named before: its facts are all new (the first time each comes here), so
+    # it is folded here alone and created as it ends up (its row written once).
+    new: dict[uuid.UUID, TriggerState] = {}
     folded: dict[uuid.UUID, tuple[list[tracking_pb2.EventMatched], list[RunEnd]]] = {}
     for trigger_id, facts in by_trigger.items():
-        fresh[trigger_id] = TriggerState(trigger_id, facts.team_id)
-        if facts.accepted:
-            folded[trigger_id] = _fold_new(fresh[trigger_id], facts, now)
-    created, locked = await repository.create_or_lock(list(fresh.values()))
-    done = {trigger_id: folded[trigger_id] for trigger_id in created if trigger_id in folded}
-    # The others, from their rows (locked, or created bare just now): whether each of their facts
-    # is new, the database says.
-    triggers = {
-        trigger_id: fresh[trigger_id] if trigger_id in created else locked[trigger_id]
-        for trigger_id in by_trigger
-        if trigger_id not in done
-    }
+        if trigger_id not in triggers:
+            new[trigger_id] = TriggerState(trigger_id, facts.team_id)
+            folded[trigger_id] = _fold_new(new[trigger_id], facts, now)
+    if new and await repository.create(list(new.values())) != set(new):
+        return None
+    # The others, from their rows: whether each of their facts is new, the database says.
     before = {trigger_id: replace(trigger) for trigger_id, trigger in triggers.items()}
     # Every trigger's events decided are stored; whether they are new matters to the others only.
     several = [pair for facts in by_trigger.values() for pair in facts.events_of_several()]
     new_events = await repository.add_events_decided(several) if several else set()
     decided = [
-        (trigger_id, fact) for trigger_id, (facts_decided, _) in done.items() for fact in facts_decided
+        (trigger_id, fact) for trigger_id, (facts_decided, _) in folded.items() for fact in facts_decided
     ]
     for trigger_id, trigger in triggers.items():
         decided += [(trigger_id, fact) for fact in _decide(trigger, by_trigger[trigger_id], new_events)]
@@ -301,7 +314,7 @@ async def _apply(
         uuid.UUID(fact.run_id) for trigger_id in triggers for fact, _ in by_trigger[trigger_id].finished
     ]
     known = await repository.runs(wanted) if wanted else {}
-    ends = [end for _, trigger_ends in done.values() for end in trigger_ends]
+    ends = [end for _, trigger_ends in folded.values() for end in trigger_ends]
     for trigger_id, trigger in triggers.items():
         ends += _finish(trigger, by_trigger[trigger_id], new_runs[trigger_id], known, now)
     started = [(facts.id, fact, at) for facts in by_trigger.values() for fact, at in facts.started]
@@ -315,8 +328,8 @@ async def _apply(
     changed = [trigger for trigger_id, trigger in triggers.items() if trigger != before[trigger_id]]
     if changed:
         await repository.save(changed)
-    # A trigger created was queued before (as one created bare is).
-    return [fresh[trigger_id] for trigger_id in done if fresh[trigger_id].status != TriggerStatus.QUEUED] + [
+    # A trigger created was queued before (as far as the log goes).
+    return [trigger for trigger in new.values() if trigger.status != TriggerStatus.QUEUED] + [
         trigger for trigger_id, trigger in triggers.items() if trigger.status != before[trigger_id].status
     ]
 

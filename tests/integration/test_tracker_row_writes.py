@@ -3,6 +3,7 @@ each trigger's final state in Python, and a redelivered batch writes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from services.tracker.domain import Summary, TriggerState, TriggerStatus
 from services.tracker.handlers import record_facts
 from tests.conftest import TeamCredentials
 from tests.integration.test_repositories_tracker import TriggerStory, a_direct_trigger_event, look
-from tests.integration.waiting import eventually
+from tests.integration.waiting import backend_pid, eventually
 
 
 @dataclass
@@ -37,13 +38,15 @@ class RecordingTriggers(SqlTriggerRepository):
         super().__init__(session)
         self.writes = writes
 
-    async def create_or_lock(
-        self, fresh: Sequence[TriggerState]
-    ) -> tuple[set[uuid.UUID], dict[uuid.UUID, TriggerState]]:
-        created, locked = await super().create_or_lock(fresh)
-        self.writes.created.append(created)
+    async def lock(self, trigger_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TriggerState]:
+        self.writes.created.append(set())
         self.writes.saved.append([])
-        return created, locked
+        return await super().lock(trigger_ids)
+
+    async def create(self, triggers: Sequence[TriggerState]) -> set[uuid.UUID]:
+        created = await super().create(triggers)
+        self.writes.created[-1] |= created
+        return created
 
     async def save(self, states: Sequence[TriggerState]) -> None:
         self.writes.saved[-1] += [state.id for state in states]
@@ -166,9 +169,7 @@ async def test_facts_out_of_order_across_batches_write_the_row_once_per_batch(
     await apply_batch(sessions, writes, accepted, finished)
 
     assert writes.created == [{story.trigger_id}, set(), set()]
-    # Created bare by the first batch (without its accepted fact it was taken for a known
-    # trigger: a wrong guess costs that one more write), then one write per batch.
-    assert writes.saved == [[story.trigger_id], [story.trigger_id], [story.trigger_id]]
+    assert writes.saved == [[], [story.trigger_id], [story.trigger_id]], "one write per batch"
     view, progress = await look(sessions, story)
     assert view is not None and view.status == TriggerStatus.COMPLETED
     assert view.created_at == story.accepted_at
@@ -275,8 +276,8 @@ async def folded_row(sessions: async_sessionmaker[AsyncSession], trigger_id: uui
 async def test_a_batch_folds_a_new_trigger_as_it_folds_a_known_one(
     sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
 ) -> None:
-    """A trigger whose accepted fact is in the batch is folded in Python as new and created whole;
-    one already known is folded from its row and the database's answers. Both must end the same."""
+    """A trigger no fact named before is folded in Python alone and created whole; one already
+    known is folded from its row and the database's answers. Both must end the same."""
     for seed in range(4):
         twins = [TriggerStory(team.team_id), TriggerStory(team.team_id)]
         twins[1].accepted_at = twins[0].accepted_at
@@ -317,3 +318,41 @@ async def test_a_batch_folds_a_new_trigger_as_it_folds_a_known_one(
         assert direct_row["status"] == TriggerStatus.COMPLETED
         assert (direct_row["events_matched"], direct_row["runs_expected"]) == (5, 4)
         assert (direct_row["runs_finished"], direct_row["runs_failed"]) == (4, 2)
+
+
+async def test_a_trigger_another_transaction_creates_meanwhile_is_applied_again_from_its_row(
+    sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+) -> None:
+    story = TriggerStory(team.team_id)
+    run_id = uuid.uuid4()
+    later = every_fact(story, run_id)[1:]  # the accepted fact is the other replica's
+    writes = Writes()
+
+    async with TrackerSqlUnitOfWork(sessions) as other:  # another replica, with the accepted fact
+        other_pid = await backend_pid(other.session)
+        created_whole = TriggerState(
+            story.trigger_id, team.team_id, created_at=story.accepted_at, event_name=story.event_name
+        )
+        assert await other.triggers.create([created_whole]) == {story.trigger_id}
+        applying = asyncio.create_task(apply_batch(sessions, writes, *later))
+
+        async def blocked() -> bool:
+            async with sessions() as observer:
+                waiting = await observer.scalar(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+                    {"pid": other_pid},
+                )
+            return bool(waiting)
+
+        await eventually(blocked, what="the batch waiting for the other creation")
+        await other.commit()
+    await applying
+
+    # Found missing, lost the creation (rolled back), then applied to the row the other created.
+    assert writes.created == [set(), set()]
+    assert writes.saved == [[], [story.trigger_id]]
+    view, progress = await look(sessions, story)
+    assert view is not None and view.status == TriggerStatus.COMPLETED
+    assert view.created_at == story.accepted_at
+    assert view.summary == Summary(total_contacts=1, sent=1, failed=0, filtered=1)
+    assert (progress.expected_runs, progress.finished_runs, progress.failed_runs) == (1, 1, 0)
