@@ -907,7 +907,7 @@ class SqlLifecycleRepository:
             end = ended.get(row.run_id)
             if end is not None:
                 count["finished"] += 1
-                count["failed"] += end.status == "failed"
+                count["failed"] += end.status == RunStatus.FAILED
         if counts:
             await update_many(
                 await driver(session),
