@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test setup chromium proto check-proto lint typecheck unit lock clean benchmark bench-ingest bench-trigger
+.PHONY: run test setup chromium proto check-proto lint typecheck unit lock clean benchmark bench-ingest bench-trigger bench-tracking
 
 ## run: set everything up and start the whole platform (embedded PostgreSQL and NATS)
 run: $(STAMP)
@@ -79,3 +79,7 @@ bench-ingest: $(STAMP)
 ## bench-trigger: one direct workflow trigger for 10,000 contacts: answer time, deliveries, completion
 bench-trigger: $(STAMP)
 	$(BIN)/python -m scripts.bench_trigger
+
+## bench-tracking: the tracker's fact path alone: emailed events' facts applied fetch by fetch
+bench-tracking: $(STAMP)
+	$(BIN)/python -m scripts.bench_tracking

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -45,7 +46,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
 from herald.bus.v1 import tracking_pb2
-from kernel.clock import from_timestamp, utcnow
+from kernel.clock import utcnow
 from kernel.database import (
     DriverStatement,
     changed_rows,
@@ -66,6 +67,9 @@ from services.tracker.domain import (
     Position,
     Progress,
     QueueLagSample,
+    RunEnd,
+    RunRecord,
+    RunStatus,
     StatsBucket,
     Summary,
     TimelineEntry,
@@ -193,146 +197,52 @@ DELIVERIES = table_of(DeliveryRow)
 
 class SqlTriggerRepository:
     """Facts are applied a fetch at a time: a handful of statements for all the triggers of a
-    fetch and all their facts, whatever their number. Each fact counts at most once: a
-    repeated fact (from an earlier fetch, or twice in this one) changes nothing.
+    fetch and all their facts, whatever their number, and each trigger's row written once. Each
+    fact is stored at most once: a repeated fact (from an earlier fetch, or twice in this one)
+    stores nothing.
 
     Plain SQL statements: this is the busiest write path of the tracker."""
 
     def __init__(self, session: AsyncSession):
         self._session = session
-        # The progress of each trigger this transaction locked, as its last statement left it:
-        # every statement that moves a trigger's counters returns them.
-        self._progress: dict[uuid.UUID, Progress] = {}
 
-    def _note(self, rows: list[Any]) -> None:
-        """Remember the progress of each trigger a statement returned (with PROGRESS_COLUMNS)."""
-        for row in rows:
-            self._progress[row.id] = _progress(row)
+    async def lock(self, trigger_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TriggerState]:
+        rows = await LOCK.rows(self._session, trigger_ids=sorted(trigger_ids))
+        return {row.id: _state(row) for row in rows}
 
-    async def _update(self, rows: list[dict[str, Any]], assignments: str, where: str = "") -> list[Any]:
-        """Update triggers from `rows` (each with its "id"), noting the progress of those updated;
-        their rows."""
-        updated = await update_many(
-            await driver(self._session), TRIGGERS, rows, assignments, where=where, returning=PROGRESS_RETURNED
-        )
-        self._note(updated)
-        return updated
-
-    async def lock(self, teams: Mapping[uuid.UUID, str]) -> dict[uuid.UUID, TriggerState]:
-        # Created (those no fact named yet), then locked, all in id order: two transactions
-        # never wait on each other in a cycle. An insert of a trigger that exists takes no lock.
-        ids = sorted(teams)
-        new = [
-            {"id": trigger_id, "team_id": teams[trigger_id], "status": TriggerStatus.QUEUED}
-            for trigger_id in ids
-        ]
-        await insert_many(
-            await driver(self._session), TRIGGERS, new, on_conflict="ON CONFLICT (id) DO NOTHING"
-        )
-        rows = await LOCK.rows(self._session, trigger_ids=ids)
-        self._note(rows)
-        return {
-            row.id: TriggerState(
-                row.id,
-                row.team_id,
-                row.status,
-                row.created_at,
-                row.scheduled_for,
-                row.started_at,
-                row.completed_at,
-                row.first_step_at,
-            )
-            for row in rows
-        }
-
-    async def save(self, states: Sequence[TriggerState]) -> None:
-        rows = [
-            {"id": state.id, "status": state.status, "started_at": state.started_at,
-             "completed_at": state.completed_at, "first_step_at": state.first_step_at}
-            for state in states
-        ]  # fmt: skip
-        await update_many(
+    async def create(self, triggers: Sequence[TriggerState]) -> set[uuid.UUID]:
+        # A trigger another transaction is creating waits for it to end, and is then left out.
+        rows = await insert_many_returning(
             await driver(self._session),
             TRIGGERS,
-            rows,
-            "status = r.status, started_at = r.started_at, completed_at = r.completed_at, "
-            "first_step_at = r.first_step_at",
+            [_row(state) for state in sorted(triggers, key=lambda state: state.id)],
+            "id",
+            on_conflict="ON CONFLICT (id) DO NOTHING",
+        )
+        return {row[0] for row in rows}
+
+    async def save(self, states: Sequence[TriggerState]) -> None:
+        # Every column, changed or not: an indexed column set to the value it has does not cost
+        # the update its HOT (heap-only) path, and one statement text serves every batch.
+        await update_many(await driver(self._session), TRIGGERS, [_row(state) for state in states], SAVED)
+
+    async def add_events_decided(
+        self, events: Sequence[tuple[uuid.UUID, uuid.UUID]]
+    ) -> set[tuple[uuid.UUID, uuid.UUID]]:
+        return set(
+            await insert_many_returning(
+                await driver(self._session),
+                MATCHES,
+                [{"trigger_id": trigger_id, "event_id": event_id} for trigger_id, event_id in events],
+                "trigger_id, event_id",
+                on_conflict="ON CONFLICT DO NOTHING",
+            )
         )
 
-    async def record_accepted(self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.TriggerAccepted]]) -> None:
-        rows = {
-            trigger_id: {
-                "id": trigger_id,
-                "event_id": uuid.UUID(fact.event_id),
-                "event_name": fact.event_name,
-                "contact_id": fact.contact_id or None,
-                "created_at": from_timestamp(fact.created_at),
-                "scheduled_for": from_timestamp(fact.scheduled_for)
-                if fact.HasField("scheduled_for")
-                else None,
-                # Only a trigger of several events says how many; only a direct trigger, how many contacts.
-                "expected_events": fact.events if fact.events > 1 else None,
-                "contacts": fact.contacts if fact.contacts > 0 else None,
-            }
-            for trigger_id, fact in facts
-        }
-        await self._update(
-            list(rows.values()),
-            "event_id = r.event_id, event_name = r.event_name, contact_id = r.contact_id, "
-            "created_at = r.created_at, scheduled_for = r.scheduled_for, "
-            "expected_events = coalesce(r.expected_events, t.expected_events), "
-            "contacts = coalesce(r.contacts, t.contacts)",
-        )
-
-    async def record_matched(
-        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.EventMatched, datetime]]
-    ) -> None:
-        """Each event's decisions, stored the first time the event is reported decided."""
-        decided: list[tuple[uuid.UUID, tracking_pb2.EventMatched]] = []
-        # A trigger of one event is decided once: the first report sets matched_at.
-        single: dict[uuid.UUID, tuple[tracking_pb2.EventMatched, datetime]] = {}
-        for trigger_id, fact, at in facts:
-            if fact.trigger_events <= 1:
-                single.setdefault(trigger_id, (fact, at))
-        if single:
-            rows = await self._update(
-                [{"id": trigger_id, "matched_at": at} for trigger_id, (_, at) in single.items()],
-                "matched_at = r.matched_at",
-                where="t.matched_at IS NULL",
-            )
-            decided += [(row.id, single[row.id][0]) for row in rows]
-        # Events of a trigger of several: each is decided once; the trigger is matched when all are.
-        several = [(trigger_id, fact, at) for trigger_id, fact, at in facts if fact.trigger_events > 1]
-        if several:
-            new = set(
-                await insert_many_returning(
-                    await driver(self._session),
-                    MATCHES,
-                    [
-                        {"trigger_id": trigger_id, "event_id": uuid.UUID(fact.event_id)}
-                        for trigger_id, fact, _ in several
-                    ],
-                    "trigger_id, event_id",
-                    on_conflict="ON CONFLICT DO NOTHING",
-                )
-            )
-            moves: dict[uuid.UUID, dict[str, Any]] = {}
-            for trigger_id, fact, at in several:
-                pair = (trigger_id, uuid.UUID(fact.event_id))
-                if pair not in new:
-                    continue
-                new.discard(pair)  # the same event twice in this batch counts once
-                move = moves.setdefault(trigger_id, {"id": trigger_id, "matched_at": at, "events_matched": 0})
-                move["matched_at"] = min(move["matched_at"], at)
-                move["expected_events"] = fact.trigger_events
-                move["events_matched"] += 1
-                decided.append((trigger_id, fact))
-            await self._update(
-                list(moves.values()),
-                "matched_at = coalesce(t.matched_at, r.matched_at), expected_events = r.expected_events, "
-                "events_matched = t.events_matched + r.events_matched",
-            )
-        rows_of_decisions = [
+    async def add_decisions(
+        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.EventMatched]]
+    ) -> dict[uuid.UUID, uuid.UUID]:
+        rows = [
             {
                 "trigger_id": trigger_id,
                 "workflow_key": decision.workflow_key,
@@ -342,39 +252,32 @@ class SqlTriggerRepository:
                 "reason": decision.reason,
                 "run_id": uuid.UUID(decision.run_id) if decision.run_id else None,
             }
-            for trigger_id, fact in decided
+            for trigger_id, fact in facts
             for decision in fact.decisions
         ]
         inserted = await insert_many_returning(
             await driver(self._session),
             DECISIONS,
-            rows_of_decisions,
+            rows,
             "trigger_id, run_id, matched",
             on_conflict="ON CONFLICT DO NOTHING",
         )
-        new_runs = {
+        return {
             run_id: trigger_id for trigger_id, run_id, matched in inserted if matched and run_id is not None
         }
-        if not new_runs:
-            return
-        counts: dict[uuid.UUID, dict[str, Any]] = {}
-        for trigger_id in new_runs.values():
-            count = counts.setdefault(trigger_id, _count(trigger_id))
-            count["runs_expected"] += 1
-        # Runs whose end was reported before their decision count as finished now.
-        for row in await RUN_ENDS.rows(self._session, run_ids=list(new_runs)):
-            if row.finished_at is not None:
-                _finish(counts[new_runs[row.run_id]], 1, row.status == "failed", row.finished_at)
-        await self._count(counts)
 
-    async def _count(self, counts: dict[uuid.UUID, dict[str, Any]]) -> None:
-        await self._update(
-            list(counts.values()),
-            "runs_expected = t.runs_expected + r.runs_expected, "
-            "runs_finished = t.runs_finished + r.runs_finished, "
-            "runs_failed = t.runs_failed + r.runs_failed, "
-            "last_finished_at = greatest(t.last_finished_at, r.last_finished_at)",
-        )
+    async def runs(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, RunRecord]:
+        ends: dict[uuid.UUID, tuple[str | None, datetime | None]] = {}
+        decided_by: dict[uuid.UUID, set[uuid.UUID]] = {}
+        for row in await RUNS_RECORDED.rows(self._session, run_ids=list(set(run_ids))):
+            if row.decided_by is None:
+                ends[row.run_id] = (row.status, row.finished_at)
+            else:
+                decided_by.setdefault(row.run_id, set()).add(row.decided_by)
+        return {
+            run_id: RunRecord(*ends.get(run_id, (None, None)), frozenset(decided_by.get(run_id, ())))
+            for run_id in ends.keys() | decided_by.keys()
+        }
 
     async def record_runs_started(
         self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.RunStarted, datetime]]
@@ -385,59 +288,40 @@ class SqlTriggerRepository:
                 "trigger_id": trigger_id,
                 "workflow_key": fact.workflow_key,
                 "contact_id": fact.contact_id,
-                "status": "running",
+                "status": RunStatus.RUNNING,
                 "detail": "",
                 "started_at": at,
             }
             for trigger_id, fact, at in facts
         }
+        # A run whose end came first gets what its start says; a start again changes nothing.
         await insert_many(
             await driver(self._session),
             RUNS,
             list(rows.values()),
             on_conflict="ON CONFLICT (run_id) DO UPDATE SET workflow_key = EXCLUDED.workflow_key, "
-            "contact_id = EXCLUDED.contact_id, started_at = EXCLUDED.started_at",
+            "contact_id = EXCLUDED.contact_id, started_at = EXCLUDED.started_at "
+            "WHERE (trigger_runs.workflow_key, trigger_runs.contact_id, trigger_runs.started_at) "
+            "IS DISTINCT FROM (EXCLUDED.workflow_key, EXCLUDED.contact_id, EXCLUDED.started_at)",
         )
 
-    async def record_runs_finished(
-        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.RunFinished, datetime]]
-    ) -> None:
-        """Record the runs' ends; a trigger's counters move for each run that newly finished
-        (or, after a replay, finished the other way) and whose decision is known (the others are
-        counted when their decision arrives). Of several ends of one run in a batch, the last counts."""
-        ends = {uuid.UUID(fact.run_id): (trigger_id, fact, at) for trigger_id, fact, at in facts}
-        before = {row.run_id: row for row in await RUN_ENDS.rows(self._session, run_ids=list(ends))}
-        rows, moves = [], {}
-        for run_id, (trigger_id, fact, at) in ends.items():
-            status = "completed" if fact.outcome == tracking_pb2.RUN_OUTCOME_COMPLETED else "failed"
-            known = before.get(run_id)
-            was_finished = known is not None and known.finished_at is not None
-            if was_finished and known is not None and known.status == status:
-                continue  # the same end again
-            rows.append(
-                {"run_id": run_id, "trigger_id": trigger_id, "status": status, "detail": fact.detail,
-                 "finished_at": at}
-            )  # fmt: skip
-            was_failed = was_finished and known is not None and known.status == "failed"
-            moves[run_id] = (trigger_id, 0 if was_finished else 1, (status == "failed") - was_failed, at)
-        if not rows:
-            return
+    async def record_run_ends(self, ends: Sequence[RunEnd]) -> None:
         await insert_many(
             await driver(self._session),
             RUNS,
-            rows,
+            [
+                {
+                    "run_id": end.run_id,
+                    "trigger_id": end.trigger_id,
+                    "status": end.status,
+                    "detail": end.detail,
+                    "finished_at": end.finished_at,
+                }
+                for end in ends
+            ],
             on_conflict="ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status, "
             "detail = EXCLUDED.detail, finished_at = EXCLUDED.finished_at",
         )
-        decided = {
-            (row.run_id, row.trigger_id)
-            for row in await RUNS_DECIDED.rows(self._session, run_ids=list(moves))
-        }
-        counts: dict[uuid.UUID, dict[str, Any]] = {}
-        for run_id, (trigger_id, finished, failed, at) in moves.items():
-            if (run_id, trigger_id) in decided:
-                _finish(counts.setdefault(trigger_id, _count(trigger_id)), finished, failed, at)
-        await self._count(counts)
 
     async def record_deliveries(
         self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.DeliveryRecorded, datetime]]
@@ -462,18 +346,11 @@ class SqlTriggerRepository:
             on_conflict="ON CONFLICT (delivery_id) DO NOTHING",
         )
 
-    def progress_of(self, trigger_id: uuid.UUID) -> Progress:
-        """The progress of a trigger this transaction locked."""
-        return self._progress[trigger_id]
-
     async def progress(self, trigger_id: uuid.UUID) -> Progress:
-        known = self._progress.get(trigger_id)
-        if known is not None:  # locked by this transaction: what its statements returned
-            return known
         rows = await PROGRESS.rows(self._session, trigger_id=trigger_id)
         if not rows:  # no fact about the trigger yet
             return Progress(matched=False, expected_runs=0, finished_runs=0, failed_runs=0)
-        return _progress(rows[0])
+        return _state(rows[0]).progress
 
     async def view(self, team_id: str, trigger_id: uuid.UUID) -> TriggerView | None:
         decisions = (
@@ -862,69 +739,48 @@ def _latency(row: Any, name: str) -> Latency | None:
     )
 
 
-def _progress(row: Any) -> Progress:
-    """A trigger's progress from a row with its PROGRESS_COLUMNS."""
-    return Progress(
-        matched=row.matched_at is not None,
-        expected_runs=row.runs_expected,
-        finished_runs=row.runs_finished,
-        failed_runs=row.runs_failed,
-        matched_at=row.matched_at,
-        last_finished_at=row.last_finished_at,
-        undecided_events=max(row.expected_events - row.events_matched, 0) if row.expected_events else 0,
-    )
+# A trigger's columns, as TriggerState has them.
+TRIGGER_COLUMNS = tuple(column.name for column in TRIGGERS.c)
+assert set(TRIGGER_COLUMNS) == {field.name for field in fields(TriggerState)}
 
 
-def _count(trigger_id: uuid.UUID) -> dict[str, Any]:
-    """How a trigger's run counters move (a row for `_count`)."""
-    return {
-        "id": trigger_id,
-        "runs_expected": 0,
-        "runs_finished": 0,
-        "runs_failed": 0,
-        "last_finished_at": None,
-    }
+def _state(row: Any) -> TriggerState:
+    """A trigger from its row (every column)."""
+    return TriggerState(**{name: getattr(row, name) for name in TRIGGER_COLUMNS})
 
 
-def _finish(count: dict[str, Any], finished: int, failed: int, at: datetime) -> None:
-    count["runs_finished"] += finished
-    count["runs_failed"] += failed
-    count["last_finished_at"] = (
-        at if count["last_finished_at"] is None else max(count["last_finished_at"], at)
-    )
+def _row(state: TriggerState) -> dict[str, Any]:
+    """A trigger's row (every column), for insert_many and update_many."""
+    return {name: getattr(state, name) for name in TRIGGER_COLUMNS}
 
 
-# What a trigger's progress is made of (see _progress), as SQL returning it from `t`.
-PROGRESS_COLUMNS = (
-    TRIGGERS.c.matched_at,
-    TRIGGERS.c.expected_events,
-    TRIGGERS.c.events_matched,
-    TRIGGERS.c.runs_expected,
-    TRIGGERS.c.runs_finished,
-    TRIGGERS.c.runs_failed,
-    TRIGGERS.c.last_finished_at,
-)
-PROGRESS_RETURNED = ", ".join(f"t.{column.name}" for column in (TRIGGERS.c.id, *PROGRESS_COLUMNS))
+# What `save` writes: every column but the key and the team.
+SAVED = ", ".join(f"{name} = r.{name}" for name in TRIGGER_COLUMNS if name not in ("id", "team_id"))
 
 # The statements facts run, compiled once (see DriverStatement).
 RUN_IDS = bindparam("run_ids", type_=ARRAY(Uuid))
+# The triggers of :trigger_ids that exist, locked one by one in the order of the ids (a
+# sub-select per id, so through the key's index: `id = ANY(…)` of a whole batch's ids made the
+# planner read a table of a few thousand rows from end to end).
 LOCK = DriverStatement.of(
-    select(TRIGGERS)
-    .where(TRIGGERS.c.id == any_(bindparam("trigger_ids", type_=ARRAY(Uuid))))
-    .order_by(TRIGGERS.c.id)
-    .with_for_update()
-)
-RUN_ENDS = DriverStatement.of(
-    select(RUNS.c.run_id, RUNS.c.status, RUNS.c.finished_at).where(RUNS.c.run_id == any_(RUN_IDS))
-)
-RUNS_DECIDED = DriverStatement.of(
-    select(DECISIONS.c.run_id, DECISIONS.c.trigger_id).where(
-        DECISIONS.c.run_id == any_(RUN_IDS), DECISIONS.c.matched
+    text(
+        f"SELECT t.* FROM unnest(CAST(:trigger_ids AS uuid[])) AS k(id) CROSS JOIN LATERAL "
+        f"(SELECT * FROM {SCHEMA}.triggers WHERE triggers.id = k.id FOR UPDATE) AS t"
     )
 )
-PROGRESS = DriverStatement.of(
-    select(*PROGRESS_COLUMNS).where(TRIGGERS.c.id == bindparam("trigger_id", type_=Uuid))
+# Each run's record (decided_by null) and, a row each, the triggers whose matched decisions
+# started it (status and finished_at null).
+RUNS_RECORDED = DriverStatement.of(
+    union_all(
+        select(RUNS.c.run_id, RUNS.c.status, RUNS.c.finished_at, null().label("decided_by")).where(
+            RUNS.c.run_id == any_(RUN_IDS)
+        ),
+        select(DECISIONS.c.run_id, null(), null(), DECISIONS.c.trigger_id).where(
+            DECISIONS.c.run_id == any_(RUN_IDS), DECISIONS.c.matched
+        ),
+    )
 )
+PROGRESS = DriverStatement.of(select(TRIGGERS).where(TRIGGERS.c.id == bindparam("trigger_id", type_=Uuid)))
 
 
 # The tables of a trigger's facts, each with its trigger_id.
@@ -1051,7 +907,7 @@ class SqlLifecycleRepository:
             end = ended.get(row.run_id)
             if end is not None:
                 count["finished"] += 1
-                count["failed"] += end.status == "failed"
+                count["failed"] += end.status == RunStatus.FAILED
         if counts:
             await update_many(
                 await driver(session),

@@ -55,6 +55,8 @@ class Progress:
 
 @dataclass
 class TriggerState:
+    """A trigger as its facts have made it so far (its row in the tracker's table)."""
+
     id: uuid.UUID
     team_id: str
     status: str = TriggerStatus.QUEUED
@@ -64,6 +66,82 @@ class TriggerState:
     completed_at: datetime | None = None
     # When the first of its steps was done (a message delivered, or failed for good).
     first_step_at: datetime | None = None
+    # The event that made it, as its accepted fact says.
+    event_id: uuid.UUID | None = None
+    event_name: str | None = None
+    contact_id: str | None = None
+    # A trigger of several events (a direct workflow trigger): how many, and how many contacts it
+    # targets. None for an event's own trigger: one event, matched once matched_at is set.
+    expected_events: int | None = None
+    contacts: int | None = None
+    # When the matcher decided (its first event, of several), as the facts say.
+    matched_at: datetime | None = None
+    # Counters moved as facts arrive: its events decided (of several), the runs its decisions
+    # started, how many of those have finished and failed, and when the last of them finished.
+    events_matched: int = 0
+    runs_expected: int = 0
+    runs_finished: int = 0
+    runs_failed: int = 0
+    last_finished_at: datetime | None = None
+
+    @property
+    def progress(self) -> Progress:
+        return Progress(
+            matched=self.matched_at is not None,
+            expected_runs=self.runs_expected,
+            finished_runs=self.runs_finished,
+            failed_runs=self.runs_failed,
+            matched_at=self.matched_at,
+            last_finished_at=self.last_finished_at,
+            undecided_events=(
+                max(self.expected_events - self.events_matched, 0) if self.expected_events else 0
+            ),
+        )
+
+    def count_finished(self, finished: int, failed: int, at: datetime) -> None:
+        """Runs it started finished (`finished` more, `failed` more of them failed; either may be
+        0, and `failed` -1 for a failed run replayed to completion), the latest at `at`."""
+        self.runs_finished += finished
+        self.runs_failed += failed
+        if self.last_finished_at is None or at > self.last_finished_at:
+            self.last_finished_at = at
+
+
+class RunStatus:
+    """A run's status as the tracker records it."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How a run ended, as a fact reported it."""
+
+    run_id: uuid.UUID
+    trigger_id: uuid.UUID
+    status: str
+    detail: str
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as the tracker has recorded it: how it ended (no status or end while it has not),
+    and the triggers whose matched decisions started it."""
+
+    status: str | None = None
+    finished_at: datetime | None = None
+    decided_by: frozenset[uuid.UUID] = frozenset()
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+
+# What is recorded of a run no fact named yet.
+NOT_RECORDED = RunRecord()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -14,11 +14,12 @@ import structlog
 
 from herald.bus.v1 import tracking_pb2
 from kernel.clock import from_timestamp, utcnow
-from kernel.errors import InvalidArgument, NotFound
+from kernel.errors import Conflict, InvalidArgument, NotFound
 from kernel.lag import ConsumerLag
 from kernel.unit_of_work import UnitOfWork
 from services.tracker.domain import (
     DEFAULT_WINDOW,
+    NOT_RECORDED,
     Accepted,
     EventLatency,
     Outcome,
@@ -26,6 +27,9 @@ from services.tracker.domain import (
     Position,
     Progress,
     QueueLagSample,
+    RunEnd,
+    RunRecord,
+    RunStatus,
     Stats,
     StatsBucket,
     StatsTimeline,
@@ -58,39 +62,52 @@ log = structlog.get_logger(__name__)
 
 
 class TriggerRepository(Protocol):
-    """Facts are applied a fetch at a time, each kind for every trigger at once, each fact at
-    most once: a repeated fact (from an earlier fetch, or twice in this one) changes nothing."""
+    """Facts are applied a fetch at a time: each trigger's row is written once per fetch, and
+    each kind of fact is stored for every trigger at once, each fact at most once (a repeated
+    fact, from an earlier fetch or twice in this one, stores nothing)."""
 
-    async def lock(self, teams: Mapping[uuid.UUID, str]) -> dict[uuid.UUID, TriggerState]:
-        """The triggers (each created empty if no fact named it yet, in its team), locked until
-        the unit of work ends."""
+    async def lock(self, trigger_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TriggerState]:
+        """Those of the triggers that exist, locked until the unit of work ends (in id order)."""
         ...
 
-    async def save(self, states: Sequence[TriggerState]) -> None: ...
+    async def create(self, triggers: Sequence[TriggerState]) -> set[uuid.UUID]:
+        """Create the triggers as they are (in id order); the ids of those created (not one that
+        another transaction created meanwhile)."""
+        ...
 
-    async def record_accepted(
-        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.TriggerAccepted]]
-    ) -> None: ...
+    async def save(self, states: Sequence[TriggerState]) -> None:
+        """Write the triggers' rows as they are now."""
+        ...
 
-    async def record_matched(
-        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.EventMatched, datetime]]
-    ) -> None: ...
+    async def add_events_decided(
+        self, events: Sequence[tuple[uuid.UUID, uuid.UUID]]
+    ) -> set[tuple[uuid.UUID, uuid.UUID]]:
+        """Note (trigger id, event id) pairs of triggers of several events as decided; those
+        that were not noted yet."""
+        ...
+
+    async def add_decisions(
+        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.EventMatched]]
+    ) -> dict[uuid.UUID, uuid.UUID]:
+        """Store the facts' decisions; the runs that decisions not stored yet started (matched,
+        with a run), each with its trigger's id."""
+        ...
+
+    async def runs(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, RunRecord]:
+        """What is recorded of the runs (those with neither an end nor a decision are left out)."""
+        ...
 
     async def record_runs_started(
         self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.RunStarted, datetime]]
     ) -> None: ...
 
-    async def record_runs_finished(
-        self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.RunFinished, datetime]]
-    ) -> None: ...
+    async def record_run_ends(self, ends: Sequence[RunEnd]) -> None:
+        """Store the runs' ends (each run's last, one that changed)."""
+        ...
 
     async def record_deliveries(
         self, facts: Sequence[tuple[uuid.UUID, tracking_pb2.DeliveryRecorded, datetime]]
     ) -> None: ...
-
-    def progress_of(self, trigger_id: uuid.UUID) -> Progress:
-        """The progress of a trigger this unit of work locked, with the facts recorded since."""
-        ...
 
     async def progress(self, trigger_id: uuid.UUID) -> Progress: ...
 
@@ -178,16 +195,34 @@ async def record_fact(record: tracking_pb2.TrackingRecord, uow: TrackerUnitOfWor
 
 
 async def record_facts(records: Sequence[tracking_pb2.TrackingRecord], uow: TrackerUnitOfWork) -> None:
-    """Apply tracking records in one transaction: their triggers are locked together (in id
-    order, so two batches never wait on each other in a cycle), each kind of fact is recorded
-    for all of them at once (the counters they move do not depend on the order facts come in),
-    and then each trigger's status moves on."""
-    by_trigger: dict[uuid.UUID, list[tracking_pb2.TrackingRecord]] = {}
+    """Apply tracking records in one transaction: their triggers are locked together, those
+    missing created (see _apply), each kind of fact is stored for all of them at once, and each
+    trigger's row, folded from what it was and its new facts (the counters they move do not
+    depend on the order facts come in), is written once."""
+    by_trigger: dict[uuid.UUID, TriggerFacts] = {}
+    named: dict[str, TriggerFacts] = {}  # each id as written, parsed once
     for record in records:
-        by_trigger.setdefault(uuid.UUID(record.trigger_id), []).append(record)
-    async with uow:
-        moved = await _apply(by_trigger, uow.triggers)
-        await uow.commit()
+        facts = named.get(record.trigger_id)
+        if facts is None:
+            trigger_id = uuid.UUID(record.trigger_id)
+            facts = by_trigger.get(trigger_id) or TriggerFacts(trigger_id, record.project_id)
+            by_trigger[trigger_id] = named[record.trigger_id] = facts
+        facts.add(record)
+    # Each attempt that loses a creation finds one more of its triggers created (committed: a
+    # creation waits for the other's to end), so there are at most this many.
+    for attempt in range(1, len(by_trigger) + 2):
+        async with uow:
+            moved = await _apply(by_trigger, uow.triggers)
+            if moved is not None:
+                await uow.commit()
+                break
+        # Another transaction created a trigger this one found missing: rolled back, and again.
+        log.info("triggers.created_meanwhile", attempt=attempt)
+    else:
+        raise Conflict(
+            "Triggers were created by other transactions while these facts were applied",
+            reason="TRIGGERS_CREATED_MEANWHILE",
+        )
     if moved:
         # One line per batch, not per record: the triggers whose status moved, and to what.
         ids = [str(trigger.id) for trigger in moved]
@@ -198,67 +233,215 @@ async def record_facts(records: Sequence[tracking_pb2.TrackingRecord], uow: Trac
         )
 
 
+@dataclass(slots=True)
+class TriggerFacts:
+    """One trigger's facts in a batch, by kind, each kind in the order its facts came."""
+
+    id: uuid.UUID
+    team_id: str
+    # When its last fact was recorded.
+    last_at: datetime | None = None
+    accepted: list[tracking_pb2.TriggerAccepted] = field(default_factory=list)
+    cancelled: list[datetime] = field(default_factory=list)
+    matched: list[tuple[tracking_pb2.EventMatched, datetime]] = field(default_factory=list)
+    started: list[tuple[tracking_pb2.RunStarted, datetime]] = field(default_factory=list)
+    deliveries: list[tuple[tracking_pb2.DeliveryRecorded, datetime]] = field(default_factory=list)
+    finished: list[tuple[tracking_pb2.RunFinished, datetime]] = field(default_factory=list)
+
+    def add(self, record: tracking_pb2.TrackingRecord) -> None:
+        at = from_timestamp(record.recorded_at) if record.HasField("recorded_at") else utcnow()
+        self.last_at = at
+        kind = record.WhichOneof("kind")
+        if kind == "trigger_accepted":
+            self.accepted.append(record.trigger_accepted)
+        elif kind == "event_matched":
+            self.matched.append((record.event_matched, at))
+        elif kind == "run_started":
+            self.started.append((record.run_started, at))
+        elif kind == "run_finished":
+            self.finished.append((record.run_finished, at))
+        elif kind == "delivery_recorded":
+            self.deliveries.append((record.delivery_recorded, at))
+        elif kind == "trigger_cancelled":
+            self.cancelled.append(from_timestamp(record.trigger_cancelled.cancelled_at))
+
+    def events_of_several(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """The (trigger, event) pairs its decisions about events of a trigger of several name."""
+        return [(self.id, uuid.UUID(fact.event_id)) for fact, _ in self.matched if fact.trigger_events > 1]
+
+
 async def _apply(
-    by_trigger: dict[uuid.UUID, list[tracking_pb2.TrackingRecord]], repository: TriggerRepository
-) -> list[TriggerState]:
-    """Apply the records; the triggers whose status (or its times) changed."""
-    triggers = await repository.lock(
-        {trigger_id: records[0].project_id for trigger_id, records in by_trigger.items()}
-    )
-    before = {trigger_id: _saved(t) for trigger_id, t in triggers.items()}
-    accepted: list[tuple[uuid.UUID, tracking_pb2.TriggerAccepted]] = []
-    matched: list[tuple[uuid.UUID, tracking_pb2.EventMatched, datetime]] = []
-    started: list[tuple[uuid.UUID, tracking_pb2.RunStarted, datetime]] = []
-    finished: list[tuple[uuid.UUID, tracking_pb2.RunFinished, datetime]] = []
-    deliveries: list[tuple[uuid.UUID, tracking_pb2.DeliveryRecorded, datetime]] = []
-    last_at: dict[uuid.UUID, datetime] = {}
-    for trigger_id, records in by_trigger.items():
-        trigger = triggers[trigger_id]
-        for record in records:
-            at = from_timestamp(record.recorded_at) if record.HasField("recorded_at") else utcnow()
-            last_at[trigger_id] = at
-            kind = record.WhichOneof("kind")
-            if kind == "trigger_accepted":
-                accepted.append((trigger_id, record.trigger_accepted))
-                trigger.scheduled_for = (
-                    from_timestamp(record.trigger_accepted.scheduled_for)
-                    if record.trigger_accepted.HasField("scheduled_for")
-                    else None
-                )
-            elif kind == "event_matched":
-                matched.append((trigger_id, record.event_matched, at))
-            elif kind == "run_started":
-                started.append((trigger_id, record.run_started, at))
-            elif kind == "run_finished":
-                finished.append((trigger_id, record.run_finished, at))
-            elif kind == "delivery_recorded":
-                deliveries.append((trigger_id, record.delivery_recorded, at))
-                note_step_done(trigger, at)
-            elif kind == "trigger_cancelled":
-                cancel(trigger, from_timestamp(record.trigger_cancelled.cancelled_at))
-    if accepted:
-        await repository.record_accepted(accepted)
-    if matched:
-        await repository.record_matched(matched)
+    by_trigger: dict[uuid.UUID, TriggerFacts], repository: TriggerRepository
+) -> list[TriggerState] | None:
+    """Apply the facts; the triggers whose status moved. None (nothing to commit) when another
+    transaction created one of the triggers that were missing, after this one looked.
+
+    The triggers that exist are locked first, then those missing are created, each kind in id
+    order: a transaction waits only for the locks of those it locks, and for the creations of
+    those it creates, so two never wait on each other in a cycle (one that lost a creation to
+    another rolls back rather than lock the trigger out of order)."""
+    now = utcnow()
+    triggers = await repository.lock(list(by_trigger))
+    # A trigger no fact named before: its facts are all new (the first time each comes here), so
+    # it is folded here alone and created as it ends up (its row written once).
+    new: dict[uuid.UUID, TriggerState] = {}
+    folded: dict[uuid.UUID, tuple[list[tracking_pb2.EventMatched], list[RunEnd]]] = {}
+    for trigger_id, facts in by_trigger.items():
+        if trigger_id not in triggers:
+            new[trigger_id] = TriggerState(trigger_id, facts.team_id)
+            folded[trigger_id] = _fold_new(new[trigger_id], facts, now)
+    if new and await repository.create(list(new.values())) != set(new):
+        return None
+    # The others, from their rows: whether each of their facts is new, the database says.
+    before = {trigger_id: replace(trigger) for trigger_id, trigger in triggers.items()}
+    # Every trigger's events decided are stored; whether they are new matters to the others only.
+    several = [pair for facts in by_trigger.values() for pair in facts.events_of_several()]
+    new_events = await repository.add_events_decided(several) if several else set()
+    decided = [
+        (trigger_id, fact) for trigger_id, (facts_decided, _) in folded.items() for fact in facts_decided
+    ]
+    for trigger_id, trigger in triggers.items():
+        decided += [(trigger_id, fact) for fact in _decide(trigger, by_trigger[trigger_id], new_events)]
+    started_by = await repository.add_decisions(decided) if decided else {}
+    # The runs whose records move the others' counters: those their new decisions started, and
+    # those that ended.
+    new_runs: dict[uuid.UUID, list[uuid.UUID]] = {trigger_id: [] for trigger_id in triggers}
+    for run_id, trigger_id in started_by.items():
+        if trigger_id in new_runs:
+            new_runs[trigger_id].append(run_id)
+    wanted = [run_id for runs in new_runs.values() for run_id in runs]
+    wanted += [
+        uuid.UUID(fact.run_id) for trigger_id in triggers for fact, _ in by_trigger[trigger_id].finished
+    ]
+    known = await repository.runs(wanted) if wanted else {}
+    ends = [end for _, trigger_ends in folded.values() for end in trigger_ends]
+    for trigger_id, trigger in triggers.items():
+        ends += _finish(trigger, by_trigger[trigger_id], new_runs[trigger_id], known, now)
+    started = [(facts.id, fact, at) for facts in by_trigger.values() for fact, at in facts.started]
     if started:
         await repository.record_runs_started(started)
+    if ends:
+        await repository.record_run_ends(ends)
+    deliveries = [(facts.id, fact, at) for facts in by_trigger.values() for fact, at in facts.deliveries]
     if deliveries:
         await repository.record_deliveries(deliveries)
-    if finished:
-        await repository.record_runs_finished(finished)
-    # Once, after all of them: the status follows from the counters, whatever order facts came in.
-    now = utcnow()
-    for trigger_id, trigger in triggers.items():
-        next_status(trigger, repository.progress_of(trigger_id), last_at[trigger_id], now=now)
-    changed = [t for trigger_id, t in triggers.items() if _saved(t) != before[trigger_id]]
+    changed = [trigger for trigger_id, trigger in triggers.items() if trigger != before[trigger_id]]
     if changed:
         await repository.save(changed)
-    return changed
+    # A trigger created was queued before (as far as the log goes).
+    return [trigger for trigger in new.values() if trigger.status != TriggerStatus.QUEUED] + [
+        trigger for trigger_id, trigger in triggers.items() if trigger.status != before[trigger_id].status
+    ]
 
 
-def _saved(trigger: TriggerState) -> tuple[object, ...]:
-    """What `TriggerRepository.save` writes of a trigger."""
-    return (trigger.status, trigger.started_at, trigger.completed_at, trigger.first_step_at)
+def _fold_new(
+    trigger: TriggerState, facts: TriggerFacts, now: datetime
+) -> tuple[list[tracking_pb2.EventMatched], list[RunEnd]]:
+    """Apply the facts to a trigger no fact named before (so none of its facts is stored yet:
+    each is new the first time it comes here); the decisions and run ends to store."""
+    decided = _decide(trigger, facts, set(facts.events_of_several()))
+    new_runs = _runs_of_new_decisions(decided)
+    known = {run_id: RunRecord(decided_by=frozenset((trigger.id,))) for run_id in new_runs}
+    return decided, _finish(trigger, facts, new_runs, known, now)
+
+
+def _decide(
+    trigger: TriggerState, facts: TriggerFacts, new_events: set[tuple[uuid.UUID, uuid.UUID]]
+) -> list[tracking_pb2.EventMatched]:
+    """Apply the trigger's accepted facts, its cancellation and the matcher's decisions about its
+    events (`new_events`: the pairs of events of a trigger of several not decided before, which
+    this takes out); the decisions to store (each event's, the first time it is decided)."""
+    for accepted in facts.accepted:
+        trigger.event_id = uuid.UUID(accepted.event_id)
+        trigger.event_name = accepted.event_name
+        trigger.contact_id = accepted.contact_id or None
+        trigger.created_at = from_timestamp(accepted.created_at)
+        trigger.scheduled_for = (
+            from_timestamp(accepted.scheduled_for) if accepted.HasField("scheduled_for") else None
+        )
+        # Only a trigger of several events says how many; only a direct trigger, how many contacts.
+        if accepted.events > 1:
+            trigger.expected_events = accepted.events
+        if accepted.contacts > 0:
+            trigger.contacts = accepted.contacts
+    for at in facts.cancelled:
+        cancel(trigger, at)
+    decided: list[tracking_pb2.EventMatched] = []
+    # A trigger of one event is decided once: the first report sets matched_at.
+    for fact, at in facts.matched:
+        if fact.trigger_events <= 1 and trigger.matched_at is None:
+            trigger.matched_at = at
+            decided.append(fact)
+    # Events of a trigger of several: each is decided once; the trigger is matched when all are.
+    first_decided: datetime | None = None
+    for fact, at in facts.matched:
+        if fact.trigger_events <= 1:
+            continue
+        pair = (trigger.id, uuid.UUID(fact.event_id))
+        if pair not in new_events:
+            continue
+        new_events.discard(pair)  # the same event twice counts once
+        first_decided = at if first_decided is None else min(first_decided, at)
+        trigger.expected_events = fact.trigger_events
+        trigger.events_matched += 1
+        decided.append(fact)
+    if trigger.matched_at is None:
+        trigger.matched_at = first_decided
+    return decided
+
+
+def _runs_of_new_decisions(decided: Sequence[tracking_pb2.EventMatched]) -> list[uuid.UUID]:
+    """The runs the decisions of a trigger no fact named before start (a decision repeated, for
+    the same workflow and contact, is stored once: its first)."""
+    seen: set[tuple[str, str]] = set()
+    runs: dict[uuid.UUID, None] = {}
+    for fact in decided:
+        for decision in fact.decisions:
+            key = (decision.workflow_key, decision.contact_id)
+            if key in seen:
+                continue
+            seen.add(key)
+            if decision.outcome == tracking_pb2.MATCH_OUTCOME_MATCHED and decision.run_id:
+                runs[uuid.UUID(decision.run_id)] = None
+    return list(runs)
+
+
+def _finish(
+    trigger: TriggerState,
+    facts: TriggerFacts,
+    new_runs: Sequence[uuid.UUID],
+    known: Mapping[uuid.UUID, RunRecord],
+    now: datetime,
+) -> list[RunEnd]:
+    """Count the runs its new decisions started (`new_runs`) and the runs that ended (`known`:
+    what was recorded of them before these facts), note its steps done and move its status on;
+    the ends to store (each run's last here, unless it ended so before)."""
+    for run_id in new_runs:
+        trigger.runs_expected += 1
+        run = known.get(run_id)
+        if run is not None and run.finished_at is not None:  # its end came before its decision
+            trigger.count_finished(1, run.status == RunStatus.FAILED, run.finished_at)
+    last_ends = {uuid.UUID(fact.run_id): (fact, at) for fact, at in facts.finished}
+    ends: list[RunEnd] = []
+    for run_id, (fact, at) in last_ends.items():
+        status = (
+            RunStatus.COMPLETED if fact.outcome == tracking_pb2.RUN_OUTCOME_COMPLETED else RunStatus.FAILED
+        )
+        run = known.get(run_id, NOT_RECORDED)
+        if run.finished and run.status == status:
+            continue  # the same end again
+        ends.append(RunEnd(run_id, trigger.id, status, fact.detail, at))
+        # Counted once its decision is known (or when the decision comes); a run that ends the
+        # other way after a replay moves the failed count only.
+        if trigger.id in run.decided_by:
+            was_failed = run.finished and run.status == RunStatus.FAILED
+            trigger.count_finished(0 if run.finished else 1, (status == RunStatus.FAILED) - was_failed, at)
+    for _, at in facts.deliveries:
+        note_step_done(trigger, at)
+    # Once, after all of them: the status follows from the counters, whatever order facts came in.
+    assert facts.last_at is not None
+    next_status(trigger, trigger.progress, facts.last_at, now=now)
+    return ends
 
 
 async def get_trigger(

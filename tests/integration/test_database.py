@@ -248,6 +248,35 @@ async def test_the_driver_connection_follows_the_sessions_transactions(
     assert [r["name"] for r in (await stored(sessions, table)).values()] == ["committed"]
 
 
+async def test_update_many_reads_the_table_through_its_key_whatever_the_plan(
+    sessions: async_sessionmaker[AsyncSession], table: Table
+) -> None:
+    """A prepared statement's generic plan takes jsonb_to_recordset for 100 rows: joined on the
+    key alone, it would read a table of a few thousand rows from end to end for every update."""
+    rows = [row(name=f"n{index}") for index in range(5000)]
+    async with sessions() as session, session.begin():
+        await insert_many(await driver(session), table, rows)
+        await session.execute(text(f"ANALYZE {table.name}"))
+
+    count_scans = text("SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables WHERE relname = :name")
+    async with sessions() as session, session.begin():
+        connection = await driver(session)
+        await session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        before = (await session.execute(count_scans, {"name": table.name})).one()
+        threshold, connection.prepare_threshold = connection.prepare_threshold, 0  # prepared at once
+        try:
+            for start in range(0, 60, 10):
+                changes = [{"id": r["id"], "count": 7} for r in rows[start : start + 10]]
+                await update_many(connection, table, changes, "count = r.count")
+        finally:
+            connection.prepare_threshold = threshold
+        after = (await session.execute(count_scans, {"name": table.name})).one()
+
+    assert after.seq_scan - before.seq_scan == 0
+    assert after.idx_scan - before.idx_scan >= 6
+    assert sorted(r["count"] for r in (await stored(sessions, table)).values())[-60:] == [7] * 60
+
+
 async def test_update_many_updates_each_row_from_its_values_and_answers_what_it_changed(
     sessions: async_sessionmaker[AsyncSession], table: Table
 ) -> None:

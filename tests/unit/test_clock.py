@@ -64,3 +64,22 @@ def test_to_timestamp_gives_what_from_datetime_gives(moment: datetime) -> None:
     reference.FromDatetime(moment.astimezone(UTC))
 
     assert to_timestamp(moment) == reference
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [
+        (0, 0),
+        (1733824800, 123456789),
+        (1733824800, 999),
+        (-86400 * 365, 500_000_000),
+        (253402300799, 999999999),
+    ],
+)
+def test_from_timestamp_reads_what_protobuf_reads(seconds: int, nanos: int) -> None:
+    stamp = Timestamp(seconds=seconds, nanos=nanos)
+
+    moment = from_timestamp(stamp)
+
+    assert moment == stamp.ToDatetime(tzinfo=UTC)
+    assert moment.tzinfo == UTC
