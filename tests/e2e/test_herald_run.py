@@ -130,7 +130,9 @@ def test_herald_run_serves_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
             path.name for path in (data_dir / "logs").iterdir()
         }
         story = eventually(lambda: story_of(env, trigger_id, "step.done"))
-        assert story["services"][:4] == ["ingest", "matcher", "executor", "tracker"]
+        # Each service told its part (in which order they first did depends on who was quicker: the
+        # tracker may report the acceptance before the executor starts the run).
+        assert {"ingest", "matcher", "executor", "tracker"} <= set(story["services"])
         stop_with_ctrl_c(process, env, data_dir)
 
     with herald_run(env, log) as (process, summary):
