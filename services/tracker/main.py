@@ -28,12 +28,12 @@ from services.tracker.servicer import TrackerServicer
 # transaction reported of a project), and one that came back short waits this long for more, so
 # that facts share transactions under moderate load too.
 TRACKING_BATCH = 128
-TRACKING_LINGER_SECONDS = 0.05
+TRACKING_LINGER_SECONDS = 0.15
 # The catalog reads every event off the delivery path too, a fetch per transaction. A batch
 # costs the same few statements and at most 5 examples per name however many events it holds:
-# the catalog lingers longer for a fuller fetch (an event still shows up within half a second).
-CATALOG_BATCH = 128
-CATALOG_LINGER_SECONDS = 0.25
+# the catalog lingers longer for a fuller fetch (an event still shows up within a second).
+CATALOG_BATCH = 512
+CATALOG_LINGER_SECONDS = 0.5
 
 # How often the bus's queue lag is sampled for the stats timeline.
 QUEUE_LAG_SAMPLE_SECONDS = 15.0
