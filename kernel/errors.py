@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 
 import grpc
+import psycopg
 import sqlalchemy.exc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -208,5 +209,8 @@ def is_unavailable(error: BaseException) -> bool:
         return bool(error.connection_invalidated) or isinstance(
             error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
         )
+    # The same, raised by the psycopg connection itself (statements sent on the driver's connection).
+    if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return True
     # The pool had no connection to give within its timeout.
     return isinstance(error, sqlalchemy.exc.TimeoutError)

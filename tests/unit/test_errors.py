@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import psycopg
 import pytest
 import sqlalchemy.exc
 from google.rpc import error_details_pb2, status_pb2
@@ -179,6 +180,10 @@ def test_an_unknown_failure_is_a_plain_herald_error_named_by_its_code() -> None:
         (sqlalchemy.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError()), True),
         (sqlalchemy.exc.TimeoutError("QueuePool limit reached"), True),
         (sqlalchemy.exc.IntegrityError("INSERT", {}, ValueError("duplicate")), False),
+        # Raised by the psycopg connection itself (the hot paths' fixed-text statements).
+        (psycopg.OperationalError("consuming input failed: server closed the connection"), True),
+        (psycopg.InterfaceError("the connection is closed"), True),
+        (psycopg.errors.UniqueViolation("duplicate key"), False),
         (FileNotFoundError("template.txt"), False),
         (RuntimeError("a bug"), False),
     ],
