@@ -4,7 +4,7 @@
 
 import { api } from "./api.js";
 import { badge, facts, field, fill, h, json, milliseconds, number, route, select, table, time } from "./dom.js";
-import { announce, errorBox, filterForm, heading, pager, panel } from "./views.js";
+import { announce, errorBox, filterForm, heading, loadInto, pager, panel } from "./views.js";
 
 const WINDOWS = [
   ["PT1H", "Last hour"],
@@ -242,15 +242,6 @@ export function catalogEvent(context) {
     );
   }
 
-  const load = async () => {
-    try {
-      show(await api(path, { query: { window: window_ }, signal: context.signal }));
-    } catch (error) {
-      if (error.name === "AbortError") return;
-      body.removeAttribute("aria-busy");
-      fill(body, errorBox(error, load));
-    }
-  };
-  load();
+  loadInto(body, () => api(path, { query: { window: window_ }, signal: context.signal }), show);
   return view;
 }

@@ -3,7 +3,7 @@
 
 import { api } from "./api.js";
 import { badge, facts, field, fill, h, number, route, select, table, time } from "./dom.js";
-import { announce, errorBox, filterForm, heading, pager, panel, shortId } from "./views.js";
+import { announce, errorBox, filterForm, heading, loadInto, pager, panel, shortId } from "./views.js";
 
 const CHANNELS = ["email", "sms", "push", "webhook", "in_app"];
 
@@ -129,15 +129,6 @@ export function deadLetterPage(context) {
       ),
     );
   }
-  const load = async () => {
-    try {
-      show(await api(`/api/v1/dlq/${encodeURIComponent(id)}`, { signal: context.signal }));
-    } catch (error) {
-      if (error.name === "AbortError") return;
-      body.removeAttribute("aria-busy");
-      fill(body, errorBox(error, load));
-    }
-  };
-  load();
+  loadInto(body, () => api(`/api/v1/dlq/${encodeURIComponent(id)}`, { signal: context.signal }), show);
   return view;
 }

@@ -59,6 +59,24 @@ export function panel(title, load, { className = "" } = {}) {
   return node;
 }
 
+/**
+ * Fill a detail view's `body` (shown busy, "Loading…") with `show(answer)` once `fetch()` answers;
+ * on failure, an error box whose "Try again" fetches again. A fetch aborted because the view was
+ * left shows nothing.
+ */
+export function loadInto(body, fetch, show) {
+  const load = async () => {
+    try {
+      show(await fetch());
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      body.removeAttribute("aria-busy");
+      fill(body, errorBox(error, load));
+    }
+  };
+  return load();
+}
+
 /** The page heading; focused after each navigation so keyboard users start at the top. */
 export function heading(text, ...extra) {
   return h("div", { class: "page-head" }, h("h1", { tabindex: "-1" }, text), extra);

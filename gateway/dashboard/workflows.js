@@ -4,7 +4,7 @@
 
 import { api } from "./api.js";
 import { badge, facts, fill, h, json, number, route, table, time } from "./dom.js";
-import { announce, errorBox, heading, panel } from "./views.js";
+import { announce, errorBox, heading, loadInto, panel } from "./views.js";
 
 // The fields a step of each type has (docs/api.md, Steps), in the order they read best.
 const STEP_FIELDS = {
@@ -154,15 +154,6 @@ export function workflowPage(context) {
     );
   }
 
-  const load = async () => {
-    try {
-      show(await api(path, { signal: context.signal }));
-    } catch (error) {
-      if (error.name === "AbortError") return;
-      body.removeAttribute("aria-busy");
-      fill(body, errorBox(error, load));
-    }
-  };
-  load();
+  loadInto(body, () => api(path, { signal: context.signal }), show);
   return view;
 }
