@@ -101,7 +101,7 @@ class Runtime:
         `batch_size` messages, lingering `linger_seconds` for more) is handled at once (see
         bus.Consumer)."""
         return bus.Consumer(
-            js=self.js,
+            client=self.bus_client,
             stream=stream,
             durable=durable,
             filter_subject=filter_subject,

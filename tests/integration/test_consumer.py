@@ -98,10 +98,10 @@ async def running(consumer: Consumer) -> AsyncIterator[None]:
 
 
 def consumer_for(
-    js: JetStreamContext, lane: Lane, handler: RecordingHandler, max_attempts: int = 5
+    client: NatsClient, lane: Lane, handler: RecordingHandler, max_attempts: int = 5
 ) -> Consumer:
     return Consumer(
-        js=js,
+        client=client,
         stream=STREAM,
         durable=lane.durable,
         filter_subject=lane.filter_subject,
@@ -137,12 +137,14 @@ async def handled(delivery: Delivery) -> None:
     return None
 
 
-async def test_handled_message_is_acked_and_not_redelivered(js: JetStreamContext) -> None:
+async def test_handled_message_is_acked_and_not_redelivered(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     lane = Lane()
     handler = RecordingHandler(handled)
     sequence = await publish(js, lane, b"welcome")
 
-    async with running(consumer_for(js, lane, handler)):
+    async with running(consumer_for(nats_client, lane, handler)):
         await eventually(lambda: settled(js, lane, sequence), what="ack")
         info = await js.consumer_info(STREAM, lane.durable)
 
@@ -157,7 +159,9 @@ async def test_handled_message_is_acked_and_not_redelivered(js: JetStreamContext
     assert await dead_letter(js, lane.dlq_subject) is None
 
 
-async def test_retry_later_redelivers_with_a_growing_attempt_until_handled(js: JetStreamContext) -> None:
+async def test_retry_later_redelivers_with_a_growing_attempt_until_handled(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     lane = Lane()
 
     async def twice_not_ready(delivery: Delivery) -> None:
@@ -167,7 +171,7 @@ async def test_retry_later_redelivers_with_a_growing_attempt_until_handled(js: J
     handler = RecordingHandler(twice_not_ready)
     sequence = await publish(js, lane)
 
-    async with running(consumer_for(js, lane, handler)):
+    async with running(consumer_for(nats_client, lane, handler)):
         await eventually(lambda: settled(js, lane, sequence), what="ack after retries")
 
     assert [d.attempt for d in handler.deliveries] == [1, 2, 3]
@@ -175,7 +179,9 @@ async def test_retry_later_redelivers_with_a_growing_attempt_until_handled(js: J
     assert await dead_letter(js, lane.dlq_subject) is None
 
 
-async def test_poison_goes_to_the_dlq_with_its_reason_and_is_terminated(js: JetStreamContext) -> None:
+async def test_poison_goes_to_the_dlq_with_its_reason_and_is_terminated(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     lane = Lane()
 
     async def poisoned(delivery: Delivery) -> None:
@@ -184,7 +190,7 @@ async def test_poison_goes_to_the_dlq_with_its_reason_and_is_terminated(js: JetS
     handler = RecordingHandler(poisoned)
     sequence = await publish(js, lane, b"original payload", name="order.completed")
 
-    async with running(consumer_for(js, lane, handler)):
+    async with running(consumer_for(nats_client, lane, handler)):
         record = await eventually(lambda: dead_letter(js, lane.dlq_subject), what="DLQ record")
         await eventually(lambda: settled(js, lane, sequence), what="term")
         info = await js.consumer_info(STREAM, lane.durable)
@@ -199,7 +205,9 @@ async def test_poison_goes_to_the_dlq_with_its_reason_and_is_terminated(js: JetS
     assert info.num_redelivered == 0
 
 
-async def test_handler_failing_every_time_is_dead_lettered_after_max_attempts(js: JetStreamContext) -> None:
+async def test_handler_failing_every_time_is_dead_lettered_after_max_attempts(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     lane = Lane()
 
     async def broken(delivery: Delivery) -> None:
@@ -208,7 +216,7 @@ async def test_handler_failing_every_time_is_dead_lettered_after_max_attempts(js
     handler = RecordingHandler(broken)
     sequence = await publish(js, lane, b"doomed")
 
-    async with running(consumer_for(js, lane, handler, max_attempts=2)):
+    async with running(consumer_for(nats_client, lane, handler, max_attempts=2)):
         record = await eventually(lambda: dead_letter(js, lane.dlq_subject), what="DLQ record")
         await eventually(lambda: settled(js, lane, sequence), what="term")
 
@@ -220,7 +228,9 @@ async def test_handler_failing_every_time_is_dead_lettered_after_max_attempts(js
     assert "template engine crashed" in record.headers["Herald-Dlq-Reason"]
 
 
-async def test_an_unavailable_database_does_not_use_up_attempts(js: JetStreamContext) -> None:
+async def test_an_unavailable_database_does_not_use_up_attempts(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     lane = Lane()
 
     async def database_away_three_times(delivery: Delivery) -> None:
@@ -233,14 +243,16 @@ async def test_an_unavailable_database_does_not_use_up_attempts(js: JetStreamCon
     sequence = await publish(js, lane, b"kept")
 
     with patch("kernel.bus.backoff_delay", return_value=0.05):
-        async with running(consumer_for(js, lane, handler, max_attempts=2)):
+        async with running(consumer_for(nats_client, lane, handler, max_attempts=2)):
             await eventually(lambda: settled(js, lane, sequence), what="ack")
 
     assert [d.attempt for d in handler.deliveries] == [1, 2, 3, 4]
     assert await dead_letter(js, lane.dlq_subject) is None
 
 
-async def test_retry_later_past_max_attempts_is_dead_lettered(js: JetStreamContext) -> None:
+async def test_retry_later_past_max_attempts_is_dead_lettered(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     lane = Lane()
 
     async def never_ready(delivery: Delivery) -> None:
@@ -249,7 +261,7 @@ async def test_retry_later_past_max_attempts_is_dead_lettered(js: JetStreamConte
     handler = RecordingHandler(never_ready)
     sequence = await publish(js, lane)
 
-    async with running(consumer_for(js, lane, handler, max_attempts=2)):
+    async with running(consumer_for(nats_client, lane, handler, max_attempts=2)):
         record = await eventually(lambda: dead_letter(js, lane.dlq_subject), what="DLQ record")
         await eventually(lambda: settled(js, lane, sequence), what="term")
 
@@ -259,7 +271,7 @@ async def test_retry_later_past_max_attempts_is_dead_lettered(js: JetStreamConte
     assert record.headers["Herald-Dlq-Attempts"] == "2"
 
 
-async def test_undecodable_bytes_are_poison(js: JetStreamContext) -> None:
+async def test_undecodable_bytes_are_poison(js: JetStreamContext, nats_client: NatsClient) -> None:
     lane = Lane()
 
     async def decoding(delivery: Delivery) -> None:
@@ -268,7 +280,7 @@ async def test_undecodable_bytes_are_poison(js: JetStreamContext) -> None:
     handler = RecordingHandler(decoding)
     sequence = await publish(js, lane, b"\xff\xff\xff not protobuf")
 
-    async with running(consumer_for(js, lane, handler)):
+    async with running(consumer_for(nats_client, lane, handler)):
         record = await eventually(lambda: dead_letter(js, lane.dlq_subject), what="DLQ record")
         await eventually(lambda: settled(js, lane, sequence), what="term")
 
@@ -278,7 +290,9 @@ async def test_undecodable_bytes_are_poison(js: JetStreamContext) -> None:
     assert record.headers["Herald-Dlq-Reason"].startswith("poison: not a herald.bus.v1.TrackingRecord")
 
 
-async def test_decode_returns_the_message_a_delivery_carries(js: JetStreamContext) -> None:
+async def test_decode_returns_the_message_a_delivery_carries(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     lane = Lane()
     decoded: list[tracking_pb2.TrackingRecord] = []
 
@@ -288,13 +302,15 @@ async def test_decode_returns_the_message_a_delivery_carries(js: JetStreamContex
     record = tracking_pb2.TrackingRecord(trigger_id=str(uuid.uuid4()), project_id=lane.project)
     sequence = await publish(js, lane, record.SerializeToString())
 
-    async with running(consumer_for(js, lane, RecordingHandler(decoding))):
+    async with running(consumer_for(nats_client, lane, RecordingHandler(decoding))):
         await eventually(lambda: settled(js, lane, sequence), what="ack")
 
     assert decoded == [record]
 
 
-async def test_two_consumers_of_one_message_each_write_their_dlq_record(js: JetStreamContext) -> None:
+async def test_two_consumers_of_one_message_each_write_their_dlq_record(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     first, second = Lane(), Lane()
     second.project = first.project  # both consume the same subject, under their own durable
 
@@ -303,8 +319,8 @@ async def test_two_consumers_of_one_message_each_write_their_dlq_record(js: JetS
 
     sequence = await publish(js, first)
     async with (
-        running(consumer_for(js, first, RecordingHandler(poisoned))),
-        running(consumer_for(js, second, RecordingHandler(poisoned))),
+        running(consumer_for(nats_client, first, RecordingHandler(poisoned))),
+        running(consumer_for(nats_client, second, RecordingHandler(poisoned))),
     ):
         await eventually(lambda: settled(js, first, sequence), what="first term")
         await eventually(lambda: settled(js, second, sequence), what="second term")
@@ -315,6 +331,7 @@ async def test_two_consumers_of_one_message_each_write_their_dlq_record(js: JetS
 
 async def test_the_poison_parts_of_a_message_are_dead_lettered_each_alone_and_it_is_acked(
     js: JetStreamContext,
+    nats_client: NatsClient,
 ) -> None:
     lane = Lane()
     parts = [
@@ -328,7 +345,7 @@ async def test_the_poison_parts_of_a_message_are_dead_lettered_each_alone_and_it
     handler = RecordingHandler(partly_poisoned)
     sequence = await publish(js, lane, b"four parts")
 
-    async with running(consumer_for(js, lane, handler)):
+    async with running(consumer_for(nats_client, lane, handler)):
         await eventually(lambda: settled(js, lane, sequence), what="ack")
         info = await js.consumer_info(STREAM, lane.durable)
 
@@ -351,7 +368,9 @@ async def test_the_poison_parts_of_a_message_are_dead_lettered_each_alone_and_it
     assert (last.headers or {})["Herald-Dlq-Reason"] == "poison: unknown kind"
 
 
-def batch_handling(lane: Lane, js: JetStreamContext) -> tuple[Consumer, RecordingHandler, list[list[bytes]]]:
+def batch_handling(
+    lane: Lane, nats_client: NatsClient
+) -> tuple[Consumer, RecordingHandler, list[list[bytes]]]:
     """A consumer whose batch handler fails any batch holding b"bad"; one by one, b"bad" is poison."""
     batches: list[list[bytes]] = []
 
@@ -365,12 +384,18 @@ def batch_handling(lane: Lane, js: JetStreamContext) -> tuple[Consumer, Recordin
             raise Poison("never readable")
 
     handler = RecordingHandler(one)
-    return dataclasses.replace(consumer_for(js, lane, handler), batch_handler=batch), handler, batches
+    return (
+        dataclasses.replace(consumer_for(nats_client, lane, handler), batch_handler=batch),
+        handler,
+        batches,
+    )
 
 
-async def test_a_batch_handler_takes_a_whole_fetch_at_once(js: JetStreamContext) -> None:
+async def test_a_batch_handler_takes_a_whole_fetch_at_once(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     lane = Lane()
-    consumer, handler, batches = batch_handling(lane, js)
+    consumer, handler, batches = batch_handling(lane, nats_client)
     last = [await publish(js, lane, f"good-{n}".encode()) for n in range(3)][-1]
 
     async with running(consumer):
@@ -380,9 +405,11 @@ async def test_a_batch_handler_takes_a_whole_fetch_at_once(js: JetStreamContext)
     assert handler.deliveries == []
 
 
-async def test_a_failed_batch_is_handled_again_one_by_one(js: JetStreamContext) -> None:
+async def test_a_failed_batch_is_handled_again_one_by_one(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     lane = Lane()
-    consumer, handler, batches = batch_handling(lane, js)
+    consumer, handler, batches = batch_handling(lane, nats_client)
     last = [await publish(js, lane, payload) for payload in (b"good-3", b"bad", b"good-4")][-1]
 
     async with running(consumer):
@@ -394,9 +421,11 @@ async def test_a_failed_batch_is_handled_again_one_by_one(js: JetStreamContext) 
     assert sorted(d.data for d in handler.deliveries) == [b"bad", b"good-3", b"good-4"]
 
 
-async def test_a_lingering_batch_takes_what_arrives_while_it_waits(js: JetStreamContext) -> None:
+async def test_a_lingering_batch_takes_what_arrives_while_it_waits(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     lane = Lane()
-    consumer, handler, batches = batch_handling(lane, js)
+    consumer, handler, batches = batch_handling(lane, nats_client)
     consumer = dataclasses.replace(consumer, batch_size=10, linger_seconds=1.5)
     await publish(js, lane, b"first")
 
@@ -412,9 +441,11 @@ async def test_a_lingering_batch_takes_what_arrives_while_it_waits(js: JetStream
     assert handler.deliveries == []
 
 
-async def test_a_failed_big_batch_is_handled_again_a_few_at_a_time(js: JetStreamContext) -> None:
+async def test_a_failed_big_batch_is_handled_again_a_few_at_a_time(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     lane = Lane()
-    consumer, handler, _ = batch_handling(lane, js)
+    consumer, handler, _ = batch_handling(lane, nats_client)
     consumer = dataclasses.replace(consumer, batch_size=12)  # concurrency 4
     payloads = [f"good-{n}".encode() for n in range(11)] + [b"bad"]
     last = [await publish(js, lane, payload) for payload in payloads][-1]
@@ -426,7 +457,7 @@ async def test_a_failed_big_batch_is_handled_again_a_few_at_a_time(js: JetStream
 
 
 def answering(
-    lane: Lane, js: JetStreamContext, answer: Callable[[Delivery], Exception | None], max_attempts: int = 5
+    lane: Lane, nats_client: NatsClient, answer: Callable[[Delivery], Exception | None], max_attempts: int = 5
 ) -> tuple[Consumer, RecordingHandler, list[list[bytes]]]:
     """A consumer whose batch handler answers each message's outcome with `answer`; one by one,
     every message is handled."""
@@ -437,11 +468,15 @@ def answering(
         return [answer(d) for d in deliveries]
 
     handler = RecordingHandler(handled)
-    consumer = dataclasses.replace(consumer_for(js, lane, handler, max_attempts), batch_handler=batch)
+    consumer = dataclasses.replace(
+        consumer_for(nats_client, lane, handler, max_attempts), batch_handler=batch
+    )
     return consumer, handler, batches
 
 
-async def test_a_batch_handler_settles_each_message_as_its_outcome_says(js: JetStreamContext) -> None:
+async def test_a_batch_handler_settles_each_message_as_its_outcome_says(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     lane = Lane()
 
     def answer(delivery: Delivery) -> Exception | None:
@@ -449,7 +484,7 @@ async def test_a_batch_handler_settles_each_message_as_its_outcome_says(js: JetS
             return RetryLater("the provider asked to wait", delay=0.05)
         return Poison("never readable") if delivery.data == b"bad" else None
 
-    consumer, handler, batches = answering(lane, js, answer)
+    consumer, handler, batches = answering(lane, nats_client, answer)
     last = [await publish(js, lane, payload) for payload in (b"good-0", b"later", b"bad", b"good-1")][-1]
 
     async with running(consumer):
@@ -464,7 +499,9 @@ async def test_a_batch_handler_settles_each_message_as_its_outcome_says(js: JetS
     assert record.headers["Herald-Dlq-Reason"] == "poison: never readable"
 
 
-async def test_batch_outcomes_follow_the_attempt_rules_of_single_messages(js: JetStreamContext) -> None:
+async def test_batch_outcomes_follow_the_attempt_rules_of_single_messages(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     """At its last attempt a retry is dead-lettered; an unavailable database uses no attempt."""
     lane = Lane()
 
@@ -473,7 +510,7 @@ async def test_batch_outcomes_follow_the_attempt_rules_of_single_messages(js: Je
             return sqlalchemy.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
         return RetryLater("provider is down", delay=0.05) if delivery.data == b"down" else None
 
-    consumer, handler, _ = answering(lane, js, answer, max_attempts=1)
+    consumer, handler, _ = answering(lane, nats_client, answer, max_attempts=1)
     last = [await publish(js, lane, payload) for payload in (b"down", b"away", b"fine")][-1]
 
     with patch("kernel.bus.backoff_delay", return_value=0.05):
@@ -490,6 +527,7 @@ async def test_batch_outcomes_follow_the_attempt_rules_of_single_messages(js: Je
 
 async def test_a_batch_answering_the_wrong_number_of_outcomes_is_handled_again_one_by_one(
     js: JetStreamContext,
+    nats_client: NatsClient,
 ) -> None:
     lane = Lane()
     batches: list[int] = []
@@ -499,7 +537,7 @@ async def test_a_batch_answering_the_wrong_number_of_outcomes_is_handled_again_o
         return [None]
 
     handler = RecordingHandler(handled)
-    consumer = dataclasses.replace(consumer_for(js, lane, handler), batch_handler=short)
+    consumer = dataclasses.replace(consumer_for(nats_client, lane, handler), batch_handler=short)
     last = [await publish(js, lane, payload) for payload in (b"one", b"two")][-1]
 
     async with running(consumer):
@@ -509,7 +547,9 @@ async def test_a_batch_answering_the_wrong_number_of_outcomes_is_handled_again_o
     assert sorted(d.data for d in handler.deliveries) == [b"one", b"two"]
 
 
-async def test_a_slow_handler_keeps_its_message_from_another_worker(js: JetStreamContext) -> None:
+async def test_a_slow_handler_keeps_its_message_from_another_worker(
+    js: JetStreamContext, nats_client: NatsClient
+) -> None:
     lane = Lane()
 
     async def slow_for_the_first(delivery: Delivery) -> None:
@@ -517,7 +557,7 @@ async def test_a_slow_handler_keeps_its_message_from_another_worker(js: JetStrea
             await asyncio.sleep(3.5)  # over three ack waits
 
     handler = RecordingHandler(slow_for_the_first)
-    first = dataclasses.replace(consumer_for(js, lane, handler), ack_wait_seconds=1.0)
+    first = dataclasses.replace(consumer_for(nats_client, lane, handler), ack_wait_seconds=1.0)
     await publish(js, lane, b"slow")
 
     async with running(first):

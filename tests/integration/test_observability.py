@@ -121,7 +121,7 @@ async def test_consumer_outcomes_are_counted_and_its_lines_carry_the_handlers_id
             raise RetryLater("not yet", delay=0.1)
 
     js = nats_client.jetstream()
-    consumer = Consumer(js, "EVENTS", lane.durable, lane.filter_subject, handle, concurrency=4)
+    consumer = Consumer(nats_client, "EVENTS", lane.durable, lane.filter_subject, handle, concurrency=4)
     labels = {"stream": "EVENTS", "durable": lane.durable}
     with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logged:
         async with running(consumer):

@@ -36,7 +36,7 @@ def js(nats_client: NatsClient) -> JetStreamContext:
 class Tracker:
     """The tracker's consumer of one team's tracking subjects, under a durable of its own."""
 
-    js: JetStreamContext
+    client: NatsClient
     sessions: async_sessionmaker[AsyncSession]
     team_id: str
     durable: str = ""
@@ -44,12 +44,16 @@ class Tracker:
     def __post_init__(self) -> None:
         self.durable = f"test-tracker-{uuid.uuid4().hex[:10]}"
 
+    @property
+    def js(self) -> JetStreamContext:
+        return self.client.jetstream()
+
     def unit_of_work(self) -> TrackerSqlUnitOfWork:
         return TrackerSqlUnitOfWork(self.sessions)
 
     def consumer(self, batch_handler: BatchHandler | None = None) -> Consumer:
         return Consumer(
-            js=self.js,
+            client=self.client,
             stream=STREAM,
             durable=self.durable,
             filter_subject=f"tracking.{self.team_id}.>",
@@ -92,10 +96,13 @@ def again(message: OutgoingMessage) -> OutgoingMessage:
 
 
 async def test_batches_and_single_records_from_before_batches_are_applied_alike(
-    js: JetStreamContext, sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+    js: JetStreamContext,
+    nats_client: NatsClient,
+    sessions: async_sessionmaker[AsyncSession],
+    team: TeamCredentials,
 ) -> None:
     story, welcome = TriggerStory(team.team_id), uuid.uuid4()
-    tracker = Tracker(js, sessions, team.team_id)
+    tracker = Tracker(nats_client, sessions, team.team_id)
     sequence = await publish(
         js,
         fact(story.run_started(welcome, "welcome")),  # a record alone, as published before batches
@@ -114,10 +121,13 @@ async def test_batches_and_single_records_from_before_batches_are_applied_alike(
 
 
 async def test_a_redelivered_or_republished_batch_counts_once(
-    js: JetStreamContext, sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+    js: JetStreamContext,
+    nats_client: NatsClient,
+    sessions: async_sessionmaker[AsyncSession],
+    team: TeamCredentials,
 ) -> None:
     story, welcome, reminder = TriggerStory(team.team_id), uuid.uuid4(), uuid.uuid4()
-    tracker = Tracker(js, sessions, team.team_id)
+    tracker = Tracker(nats_client, sessions, team.team_id)
     facts = batch(
         story.accepted(),
         story.matched({"welcome": welcome, "reminder": reminder}, filtered=["paused"]),
@@ -149,10 +159,13 @@ async def test_a_redelivered_or_republished_batch_counts_once(
 
 
 async def test_an_invalid_record_of_a_batch_is_dead_lettered_alone_and_the_others_are_applied(
-    js: JetStreamContext, sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+    js: JetStreamContext,
+    nats_client: NatsClient,
+    sessions: async_sessionmaker[AsyncSession],
+    team: TeamCredentials,
 ) -> None:
     story, other = TriggerStory(team.team_id), TriggerStory(team.team_id)
-    tracker = Tracker(js, sessions, team.team_id)
+    tracker = Tracker(nats_client, sessions, team.team_id)
     invalid = tracking_pb2.TrackingRecord(
         trigger_id="not-a-uuid", project_id=team.team_id, run_started=tracking_pb2.RunStarted(run_id="r")
     )
@@ -185,9 +198,12 @@ async def test_an_invalid_record_of_a_batch_is_dead_lettered_alone_and_the_other
 
 
 async def test_an_unreadable_batch_is_dead_lettered_whole(
-    js: JetStreamContext, sessions: async_sessionmaker[AsyncSession], team: TeamCredentials
+    js: JetStreamContext,
+    nats_client: NatsClient,
+    sessions: async_sessionmaker[AsyncSession],
+    team: TeamCredentials,
 ) -> None:
-    tracker = Tracker(js, sessions, team.team_id)
+    tracker = Tracker(nats_client, sessions, team.team_id)
     unreadable = OutgoingMessage(
         f"tracking.{team.team_id}.batch", b"\xff\xff\xff not protobuf", str(uuid.uuid4()), team.team_id
     )
