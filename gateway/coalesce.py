@@ -5,8 +5,10 @@ requests of `POST /api/v1/events/send` that arrive while a caller's earlier ones
 way to ingest wait, and go together in the next call (up to MAX_ITEMS). A caller is one set of
 credentials: only requests with the same credentials share a call, since a call is
 authenticated once. Under light load a call carries one request and nothing waits; each caller
-has at most CALLS_IN_FLIGHT calls on their way per ingest replica (few: at 200 requests/s, eight
-calls in flight meant one request per call, and the per-call cost of gRPC on both sides).
+has at most CALLS_IN_FLIGHT calls on their way per ingest replica: one. At 200 requests/s, eight
+calls in flight meant one request per call, two about two, one about three; each call costs
+gRPC CPU on both sides and ingest a group commit, and with one the requests also wait less
+(docs/benchmarks.md).
 Each request gets exactly the answer SendEvent would have given it (ingest answers each item as
 SendEvent would, headers included); when the whole call fails (credentials refused, ingest
 away), every request of it gets that error.
@@ -22,7 +24,7 @@ import grpc
 from herald.ingest.v1 import ingest_pb2
 
 MAX_ITEMS = 500
-CALLS_IN_FLIGHT = 2
+CALLS_IN_FLIGHT = 1
 SEND_EVENTS = "/herald.ingest.v1.IngestService/SendEvents"
 # Metadata that belongs to one request rather than to its caller.
 PER_REQUEST = frozenset({"x-request-id", "idempotency-key", "x-forwarded-for"})
