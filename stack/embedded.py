@@ -32,6 +32,7 @@ POSTGRES_SYSTEM_USER = "herald-postgres"
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 20.0
 PR_SET_PDEATHSIG = 1
+AUTOVACUUM_NAPTIME_SECONDS = 5
 
 
 class EmbeddedServerError(RuntimeError):
@@ -236,6 +237,11 @@ class EmbeddedPostgres:
             "max_connections=300",
             "-c",
             "shared_buffers=128MB",
+            # Statistics within seconds of a table's first rows, not a minute: until its first
+            # ANALYZE a table looks empty, and a prepared statement's cached plan scans it whole
+            # (a fresh platform's first minute ran several times the database work it needed).
+            "-c",
+            f"autovacuum_naptime={AUTOVACUUM_NAPTIME_SECONDS}",
         ]
         if not self.durable:
             settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
