@@ -555,14 +555,30 @@ class Consumer:
 
 
 def _delivery(message: Msg) -> Delivery:
-    metadata = message.metadata
+    attempt, stream_sequence = ack_subject_counts(message.reply)
     return Delivery(
         subject=message.subject,
         data=message.data,
         headers=dict(message.headers or {}),
-        attempt=metadata.num_delivered or 1,
-        stream_sequence=metadata.sequence.stream if metadata.sequence else 0,
+        attempt=attempt,
+        stream_sequence=stream_sequence,
     )
+
+
+def ack_subject_counts(reply: str) -> tuple[int, int]:
+    """How many times a JetStream message was delivered, and its stream sequence, from its ack
+    subject: `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`,
+    or the newer form with a domain and an account hash after `ACK` (and perhaps a token at the
+    end). Only these two fields, without nats-py's whole `Msg.metadata` (a datetime and three
+    objects for every message). (1, 0) for a subject of neither form."""
+    tokens = reply.split(".")
+    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return 1, 0
+    first = 4 if len(tokens) == 9 else 6
+    try:
+        return int(tokens[first]) or 1, int(tokens[first + 1])
+    except ValueError:
+        return 1, 0
 
 
 class FetchFailed(Exception):
