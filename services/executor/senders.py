@@ -8,6 +8,7 @@ one); any other 4xx and an invalid address are permanent.
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
 import json
 import socket
@@ -15,10 +16,12 @@ import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.generator import BytesGenerator
 from email.header import Header
 from email.message import EmailMessage, Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from email.policy import Compat32
 from email.utils import formatdate, parseaddr, parsedate_to_datetime
 from typing import cast
 from urllib.parse import unquote, urlsplit
@@ -114,9 +117,14 @@ class SmtpEmailSender:
         sent = False
         try:
             session = await self._session()
-            _errors, response = await session.client.send_message(
-                message, sender=self._envelope_from, recipients=[email.to]
-            )
+            if isinstance(message, EmailMessage):
+                _errors, response = await session.client.send_message(
+                    message, sender=self._envelope_from, recipients=[email.to]
+                )
+            else:  # plain ASCII, 7bit: nothing for aiosmtplib to decide about the envelope
+                _errors, response = await session.client.sendmail(
+                    self._envelope_from, [email.to], flatten(message)
+                )
             sent = True
         except aiosmtplib.SMTPRecipientsRefused as error:
             permanent = all(500 <= refusal.code < 600 for refusal in error.recipients)
@@ -199,6 +207,33 @@ def compose(email: OutgoingEmail, mail_from: str) -> Message:
     subject = email.subject if _plain(email.subject) else cast(str, Header(email.subject, "utf-8"))
     _set_headers(message, email, mail_from, subject)
     return message
+
+
+class _SmtpCompat32(Compat32):
+    """compat32 with SMTP's CRLF, writing a header that fits on one line as it is: the stock
+    policy runs every header through email.header.Header to fold it, most of the cost of
+    flattening an email. What it writes is the same either way."""
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if (
+            isinstance(value, str)
+            and value.isascii()
+            and len(name) + 2 + len(value) <= (self.max_line_length or MAX_LINE)
+            and "\r" not in value
+            and "\n" not in value
+        ):
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+
+SMTP_COMPAT32 = _SmtpCompat32(linesep="\r\n")
+
+
+def flatten(message: Message) -> bytes:
+    """A compat32 message (`compose`'s plain form) as the bytes SMTP's DATA carries."""
+    out = io.BytesIO()
+    BytesGenerator(out, policy=SMTP_COMPAT32).flatten(message)
+    return out.getvalue()
 
 
 def _set_headers(message: Message, email: OutgoingEmail, mail_from: str, subject: str) -> None:
