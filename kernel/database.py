@@ -7,7 +7,8 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -233,6 +234,10 @@ class DriverStatement:
             raise ValueError("A driver statement cannot expand a list parameter (IN): use = ANY(array)")
         return cls(sql, dict(compiled.params))
 
+    def bound(self, **parameters: Any) -> tuple[str, Mapping[str, Any]]:
+        """The statement and its parameters, for `read_together`."""
+        return self.sql, {**self.defaults, **parameters}
+
     async def rows(self, session: AsyncSession, **parameters: Any) -> list[Any]:
         """The rows (named tuples) the statement returns, inside the session's transaction."""
         connection = await driver(session)
@@ -246,6 +251,35 @@ class DriverStatement:
         connection = await driver(session)
         cursor = await connection.execute(self.sql, {**self.defaults, **parameters})
         return cursor.rowcount
+
+
+@asynccontextmanager
+async def pipelined(session: AsyncSession) -> AsyncIterator[None]:
+    """The statements run on the session's psycopg connection (`driver`) inside go to the
+    server in one round trip (a psycopg pipeline, with the transaction's BEGIN when it is the
+    first): their results are there once the block ends, and the first that failed raises then."""
+    connection = await driver(session)
+    async with connection.pipeline():
+        yield
+
+
+async def read_together(
+    session: AsyncSession, reads: Sequence[tuple[str, Mapping[str, Any]]]
+) -> list[list[Any]]:
+    """The rows (named tuples) of each (statement, parameters), in one round trip (`pipelined`):
+    PostgreSQL runs them one after the other, each seeing what the ones before it did and locked."""
+    if not reads:
+        return []
+    connection = await driver(session)
+    cursors = [connection.cursor(row_factory=namedtuple_row) for _ in reads]
+    try:
+        async with connection.pipeline():
+            for cursor, (statement, parameters) in zip(cursors, reads, strict=True):
+                await cursor.execute(statement, parameters)
+        return [await cursor.fetchall() for cursor in cursors]
+    finally:
+        for cursor in cursors:
+            await cursor.close()
 
 
 async def driver(session: AsyncSession) -> psycopg.AsyncConnection[Any]:

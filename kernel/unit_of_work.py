@@ -8,12 +8,14 @@ tracking records a transaction announces reach the outbox folded into one messag
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol, Self
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.bus import OutgoingMessage
+from kernel.database import pipelined
 from kernel.outbox import Outbox, Receipts
 from kernel.tracking import in_batches
 
@@ -73,6 +75,11 @@ class SqlUnitOfWork:
     async def commit(self) -> Receipts:
         publication = await self.commit_unpublished()
         return await publication()
+
+    def together(self) -> AbstractAsyncContextManager[None]:
+        """The statements run inside reach the database in one round trip (kernel.database
+        `pipelined`): a handler's last writes and `stage_pending`, say, before `commit`."""
+        return pipelined(self.session)
 
     async def stage_pending(self) -> None:
         """Write the messages announced so far into the outbox now, rather than at the commit

@@ -43,6 +43,7 @@ from kernel.database import (
     driver,
     insert_many,
     insert_many_returning,
+    read_together,
     schema_metadata,
     table_of,
     update_many,
@@ -277,7 +278,7 @@ class SqlRunRepository:
         return new
 
     async def get(self, team_id: str, run_id: uuid.UUID) -> Run | None:
-        loaded = await self._load(await RUN_OF_TEAM.rows(self._session, run_id=run_id, team_id=team_id))
+        loaded = await self._load_runs(await RUN_OF_TEAM.rows(self._session, run_id=run_id, team_id=team_id))
         return loaded.get(run_id)
 
     async def lock(self, run_id: uuid.UUID) -> Run | None:
@@ -285,18 +286,29 @@ class SqlRunRepository:
 
     async def lock_many(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Run]:
         """The runs of `run_ids` that exist, locked in the order of their ids (so two workers
-        locking overlapping sets wait for each other rather than deadlock), with their steps."""
-        return await self._load(await RUNS_LOCKED.rows(self._session, run_ids=sorted(set(run_ids))))
+        locking overlapping sets wait for each other rather than deadlock), with their steps:
+        both statements in one round trip. The steps are read by a statement of their own, after
+        the lock: one statement joining the steps to the locked runs would, after waiting for
+        another worker's lock, return the steps as they were before that worker's change
+        (PostgreSQL re-reads only the locked rows), and send a step twice."""
+        ids = sorted(set(run_ids))
+        runs, steps = await read_together(
+            self._session,
+            [RUNS_LOCKED.bound(run_ids=ids), STEPS_OF_RUNS.bound(run_ids=ids)],
+        )
+        return self._load(runs, steps)
 
-    async def _load(self, rows: list[Any]) -> dict[uuid.UUID, Run]:
+    async def _load_runs(self, rows: list[Any]) -> dict[uuid.UUID, Run]:
         if not rows:
             return {}
-        # Read only once the runs are locked: one statement joining the steps to the locked runs
-        # would, after waiting for another worker's lock, return the steps as they were before
-        # that worker's change (PostgreSQL re-reads only the locked rows), and send a step twice.
+        # Read only once the runs are locked (see lock_many).
+        return self._load(rows, await STEPS_OF_RUNS.rows(self._session, run_ids=[row.id for row in rows]))
+
+    def _load(self, rows: list[Any], step_rows: list[Any]) -> dict[uuid.UUID, Run]:
         steps: dict[uuid.UUID, list[Any]] = {row.id: [] for row in rows}
-        for step in await STEPS_OF_RUNS.rows(self._session, run_ids=list(steps)):
-            steps[step.run_id].append(step)
+        for step in step_rows:
+            if step.run_id in steps:
+                steps[step.run_id].append(step)
         return {row.id: self._run(row, steps[row.id]) for row in rows}
 
     def _run(self, row: Any, steps: list[Any]) -> Run:

@@ -7,7 +7,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -182,6 +182,10 @@ class ExecutorUnitOfWork(UnitOfWork, Protocol):
     @property
     def channels(self) -> ChannelRepository: ...
 
+    def together(self) -> AbstractAsyncContextManager[None]: ...
+
+    async def stage_pending(self) -> None: ...
+
     @property
     def dev_messages(self) -> DevMessageRepository: ...
 
@@ -258,7 +262,9 @@ async def start_runs(starts: Sequence[run_pb2.RunStart], uow: ExecutorUnitOfWork
             uow.publish(messages.run_started_record(run))
             await advance(run, uow)
             started.append(run)
-        await uow.runs.save(*started)
+        async with uow.together():
+            await uow.runs.save(*started)
+            await uow.stage_pending()
         await uow.commit()
     for run in started:
         log.info(
@@ -429,7 +435,9 @@ async def perform_steps(
         await asyncio.gather(*(_send(attempt) for attempt in attempts if attempt.send is not None))
         for attempt in attempts:
             outcomes[attempt.index] = await _conclude(attempt, uow, channels)
-        await uow.runs.save(*{attempt.run.id: attempt.run for attempt in attempts}.values())
+        async with uow.together():  # one round trip, then the commit's
+            await uow.runs.save(*{attempt.run.id: attempt.run for attempt in attempts}.values())
+            await uow.stage_pending()
         await uow.commit()
     for attempt in attempts:
         run, step, outcome = attempt.run, attempt.step, outcomes[attempt.index]

@@ -9,7 +9,6 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from psycopg.rows import namedtuple_row
 from sqlalchemy import DateTime, Index, Integer, Row, String, func, literal_column, or_, select, text, tuple_
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import update as sa_update
@@ -18,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from kernel.database import changed_rows, driver, insert_many, schema_metadata, table_of
+from kernel.database import changed_rows, driver, insert_many, read_together, schema_metadata, table_of
 from kernel.errors import Conflict, ResourceExhausted
 from kernel.outbox import delete_naming, outbox_table
 from kernel.policy import PolicyChange, ProjectPolicy, load_policy, update_policy
@@ -748,25 +747,6 @@ def _pairs(column: str, pairs: set[tuple[str, Any]]) -> dict[str, list[Any]]:
     return {f"{column}_teams": [team for team, _ in pairs], f"{column}s": [value for _, value in pairs]}
 
 
-async def _read_together(
-    session: AsyncSession, reads: Sequence[tuple[str, dict[str, Any]]]
-) -> list[list[Any]]:
-    """The rows of each (statement, parameters), sent in one psycopg pipeline (with the
-    transaction's BEGIN): one round trip for the whole snapshot."""
-    if not reads:
-        return []
-    connection = await driver(session)
-    cursors = [connection.cursor(row_factory=namedtuple_row) for _ in reads]
-    try:
-        async with connection.pipeline():
-            for cursor, (statement, parameters) in zip(cursors, reads, strict=True):
-                await cursor.execute(statement, parameters)
-        return [await cursor.fetchall() for cursor in cursors]
-    finally:
-        for cursor in cursors:
-            await cursor.close()
-
-
 class IngestGroupUnitOfWork(IngestSqlUnitOfWork):
     """A group's transaction (services.ingest.groups): one snapshot query per table, one
     multi-row statement per table, all of fixed text, on the session's psycopg connection."""
@@ -786,7 +766,7 @@ class IngestGroupUnitOfWork(IngestSqlUnitOfWork):
         if checked:
             reads.append((SNAPSHOT_EVENT_TYPES, _pairs("name", checked)))
         found = dict(
-            zip((statement for statement, _ in reads), await _read_together(self.session, reads), strict=True)
+            zip((statement for statement, _ in reads), await read_together(self.session, reads), strict=True)
         )
         return Snapshot(
             contacts=[_contact(row) for row in found.get(SNAPSHOT_CONTACTS, ())],

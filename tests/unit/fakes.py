@@ -15,11 +15,13 @@ Every published message is kept, duplicates included (JetStream would drop a rep
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -118,6 +120,12 @@ class FakeUnitOfWork:
 
     def publish(self, message: OutgoingMessage) -> None:
         self._pending.append(message)
+
+    def together(self) -> AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
+
+    async def stage_pending(self) -> None:
+        """Nothing to write ahead: the fake's messages are published as the commit says."""
 
     async def commit(self) -> Receipts:
         publication = await self.commit_unpublished()
