@@ -1,12 +1,12 @@
 """Herald's benchmark: start the whole platform, push events through it, print the figures.
 
     make benchmark   (or: .venv/bin/python -m scripts.benchmark [--events 2000] [--concurrency 32]
-                      [--rate 200] [--channel email|webhook|sms|in_app])
+                      [--rate 200] [--channel email|webhook|sms|push|in_app])
 
 It starts the same stack as `herald run` (embedded PostgreSQL and NATS in a temporary directory,
 every service as its own process) with email going to a real local SMTP sink, creates one
 one-step workflow (an email by default; `--channel` picks a webhook to a local HTTP sink, an SMS
-to the development provider, or an in-app message), then sends events over HTTP from
+or a push notification to the development provider, or an in-app message), then sends events over HTTP from
 `--concurrency` clients — as fast as they can, or at `--rate` events per second (open loop: each
 event leaves at its scheduled time whatever the answers do) — and reports:
 - ingest: accepted events per second and the latency of POST /api/v1/events/send;
@@ -60,9 +60,11 @@ async def send_events(
     concurrency: int,
     pause: float = 0.0,
     rate: float = 0.0,
+    with_phone: bool = False,
 ) -> tuple[dict[str, float], list[float], float]:
-    """Send `count` events (at `rate` per second when given); returns send time per trigger id
-    (time.time()), request latencies (ms), wall time (s)."""
+    """Send `count` events (at `rate` per second when given), each about a new contact (with a
+    phone number when `with_phone`); returns send time per trigger id (time.time()), request
+    latencies (ms), wall time (s)."""
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -80,6 +82,8 @@ async def send_events(
                               "name": f"Bench {index}"},
                 "variables": {"user_name": f"bench {index}"},
             }  # fmt: skip
+            if with_phone:
+                event["user_info"]["phone"] = f"+1202555{index % 10000:04d}"  # type: ignore[index]
             started, wall_clock = time.perf_counter(), time.time()
             async with http.post("/api/v1/events/send", json=event) as answer:
                 answer.raise_for_status()
@@ -106,6 +110,9 @@ def workflow_for(channel: str, hook_url: str) -> dict[str, object]:
         "email": WELCOME_WORKFLOW["steps"],
         "webhook": [{"type": "webhook", "url": hook_url, "body": {"who": "{{contact.external_id}}"}}],
         "in_app": [{"type": "in_app", "title": "Hi", "body": "Hello {{contact.name}}"}],
+        # No provider configured: the development provider keeps them (docs/decisions.md).
+        "sms": [{"type": "sms", "body": "Hello {{contact.name}}"}],
+        "push": [{"type": "push", "title": "Hi", "body": "Hello {{contact.name}}"}],
     }[channel]
     return {**WELCOME_WORKFLOW, "key": f"bench-{channel}", "steps": steps}
 
@@ -131,7 +138,7 @@ def main() -> None:
         "--pause", type=float, default=0.0, help="seconds each client waits between events (isolated latency)"
     )
     parser.add_argument("--rate", type=float, default=0.0, help="events per second, open loop (0: flat out)")
-    parser.add_argument("--channel", choices=("email", "webhook", "in_app"), default="email")
+    parser.add_argument("--channel", choices=("email", "webhook", "sms", "push", "in_app"), default="email")
     options = parser.parse_args()
 
     hooks = start_http_sink()
@@ -155,6 +162,7 @@ def main() -> None:
                     options.concurrency,
                     options.pause,
                     options.rate,
+                    with_phone=options.channel == "sms",
                 )
             )
             deadline = time.monotonic() + 300
