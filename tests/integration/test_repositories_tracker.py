@@ -49,6 +49,19 @@ class TriggerStory:
             ),
         )
 
+    def direct_accepted(self, contacts: int) -> tracking_pb2.TrackingRecord:
+        """The accepted fact of a direct trigger of a workflow for `contacts` contacts (one event each)."""
+        return self.record(
+            0,
+            trigger_accepted=tracking_pb2.TriggerAccepted(
+                event_id=str(self.event_id),
+                event_name="herald.workflow.triggered",
+                created_at=to_timestamp(self.accepted_at),
+                events=contacts,
+                contacts=contacts,
+            ),
+        )
+
     def matched(
         self, runs: dict[str, uuid.UUID], filtered: Iterable[str] = (), at_offset_seconds: float = 1
     ) -> tracking_pb2.TrackingRecord:
@@ -309,16 +322,7 @@ async def test_a_direct_trigger_completes_only_once_every_contacts_event_is_deci
     await apply(sessions, first, first)
     await apply(
         sessions,
-        story.record(
-            0,
-            trigger_accepted=tracking_pb2.TriggerAccepted(
-                event_id=str(story.event_id),
-                event_name="herald.workflow.triggered",
-                created_at=to_timestamp(story.accepted_at),
-                events=3,
-                contacts=3,
-            ),
-        ),
+        story.direct_accepted(3),
     )
     await apply(sessions, story.run_finished(runs[0]), story.run_finished(runs[0]))
     assert (await view()).status == TriggerStatus.PROCESSING, "two events are still undecided"
@@ -390,16 +394,7 @@ async def test_a_direct_triggers_facts_in_one_batch_count_as_one_by_one(
     contacts = [str(uuid.uuid4()) for _ in range(40)]
     runs = {contact: uuid.uuid4() for contact in contacts[:30]}  # the other 10 are filtered
     matched = [a_direct_trigger_event(story, contact, runs.get(contact), 40) for contact in contacts]
-    accepted = story.record(
-        0,
-        trigger_accepted=tracking_pb2.TriggerAccepted(
-            event_id=str(story.event_id),
-            event_name="herald.workflow.triggered",
-            created_at=to_timestamp(story.accepted_at),
-            events=40,
-            contacts=40,
-        ),
-    )
+    accepted = story.direct_accepted(40)
     started = [story.run_started(run_id, "welcome") for run_id in runs.values()]
     deliveries = [
         story.delivery(run_id, "greet", sent=index % 3 != 0) for index, run_id in enumerate(runs.values())

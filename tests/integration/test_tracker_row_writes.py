@@ -160,16 +160,7 @@ async def test_a_redelivered_batch_changes_nothing(
     batch = [
         *every_fact(story, run_id),
         # A direct trigger of two contacts, one of them run, the other's event not decided yet.
-        direct.record(
-            0,
-            trigger_accepted=tracking_pb2.TriggerAccepted(
-                event_id=str(direct.event_id),
-                event_name="herald.workflow.triggered",
-                created_at=to_timestamp(direct.accepted_at),
-                events=2,
-                contacts=2,
-            ),
-        ),
+        direct.direct_accepted(2),
         a_direct_trigger_event(direct, contacts[0], first, 2),
         direct.run_started(first, "welcome"),
         direct.run_finished(first, completed=False),
@@ -206,18 +197,7 @@ def direct_story_facts(
 ) -> list[tracking_pb2.TrackingRecord]:
     """A direct trigger's facts: accepted, each contact's event decided (run, or filtered), each
     run started, delivered (or failed) and finished."""
-    facts = [
-        story.record(
-            0,
-            trigger_accepted=tracking_pb2.TriggerAccepted(
-                event_id=str(story.event_id),
-                event_name="herald.workflow.triggered",
-                created_at=to_timestamp(story.accepted_at),
-                events=len(contacts),
-                contacts=len(contacts),
-            ),
-        )
-    ]
+    facts = [story.direct_accepted(len(contacts))]
     for index, contact in enumerate(contacts):
         run_id = runs.get(contact)
         facts.append(a_direct_trigger_event(story, contact, run_id, len(contacts)))
