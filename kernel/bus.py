@@ -29,7 +29,6 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import BadSubjectError, MaxPayloadError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 from structlog.typing import FilteringBoundLogger
@@ -664,11 +663,12 @@ class Puller:
 
 
 async def read_since(
-    js: JetStreamContext, stream: str, subject: str, since: datetime, batch: int = 256
+    client: NatsClient, stream: str, subject: str, since: datetime, batch: int = 256
 ) -> AsyncGenerator[bytes, None]:
     """Every message on `subject` that `stream` stored since `since`, oldest first, up to the
     last one stored when the read began; Unavailable when the read cannot finish. A short-lived
     consumer reads them; it is deleted after (close the iterator when stopping early)."""
+    js = client.jetstream()
     name = f"read-since-{uuid.uuid4().hex}"
     config = api.ConsumerConfig(
         name=name,
@@ -684,18 +684,21 @@ async def read_since(
         left = info.num_pending or 0
         if not left:
             return
-        subscription = await js.pull_subscribe_bind(name=name, stream=stream)
+        puller = Puller(client, stream, name)
+        await puller.start()
         try:
             while left > 0:  # what was stored when the read began, and no more
                 try:
-                    messages = await subscription.fetch(min(batch, left), timeout=5.0)
-                except (TimeoutError, NatsTimeoutError):
-                    raise Unavailable(f"reading {subject} back stopped with {left} messages unread") from None
+                    messages = await puller.fetch(min(batch, left), wait_seconds=5.0)
+                except FetchFailed as error:
+                    raise Unavailable(f"reading {subject} back failed: {error}") from error
+                if not messages:
+                    raise Unavailable(f"reading {subject} back stopped with {left} messages unread")
                 for message in messages:
                     yield message.data
                 left -= len(messages)
         finally:
-            await subscription.unsubscribe()
+            await puller.stop()
     finally:
         try:
             await js.delete_consumer(stream, name)

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import structlog
 from google.protobuf.message import DecodeError
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NatsClient
 
 from herald.bus.v1 import event_pb2, run_pb2
 from kernel.bus import (
@@ -178,11 +178,13 @@ async def _resume(
 class JetStreamEventLog:
     """The events a project sent, read back from the EVENTS stream."""
 
-    def __init__(self, js: JetStreamContext):
-        self._js = js
+    def __init__(self, client: NatsClient):
+        self._client = client
 
     async def since(self, team_id: str, event: str, since: datetime) -> AsyncGenerator[event_pb2.Event, None]:
-        async with aclosing(read_since(self._js, "EVENTS", event_subject(team_id, event), since)) as stored:
+        async with aclosing(
+            read_since(self._client, "EVENTS", event_subject(team_id, event), since)
+        ) as stored:
             async for data in stored:
                 try:
                     yield event_pb2.Event.FromString(data)

@@ -93,7 +93,7 @@ async def serve(runtime: Runtime) -> None:
 async def _serve(runtime: Runtime, devmail: devmail_pb2_grpc.DevMailServiceAsyncStub | None) -> None:
     outbox = runtime.outbox(OUTBOX)
     senders = channels(runtime.settings)
-    events = JetStreamEventLog(runtime.js)
+    events = JetStreamEventLog(runtime.bus_client)
     runtime.sample(dead_letter_sampler(runtime.sessions, runtime.js))
 
     def unit_of_work() -> ExecutorSqlUnitOfWork:

@@ -122,11 +122,11 @@ async def stored_count(sessions: async_sessionmaker[AsyncSession], team_id: str)
     return counts
 
 
-async def tracked(js: JetStreamContext, team_id: str, kind: str) -> list[tracking_pb2.TrackingRecord]:
+async def tracked(client: NatsClient, team_id: str, kind: str) -> list[tracking_pb2.TrackingRecord]:
     """The team's facts of `kind` on the TRACKING stream, oldest first: every record of its batches."""
     since = utcnow() - timedelta(hours=1)
     records = []
-    async for data in read_since(js, "TRACKING", batch_subject(team_id), since):
+    async for data in read_since(client, "TRACKING", batch_subject(team_id), since):
         records += [
             r for r in tracking_pb2.TrackingBatch.FromString(data).records if r.WhichOneof("kind") == kind
         ]
@@ -153,6 +153,7 @@ async def test_send_event_publishes_the_event_and_answers_its_stream_sequence(
     ingest: ingest_pb2_grpc.IngestServiceAsyncStub,
     sessions: async_sessionmaker[AsyncSession],
     js: JetStreamContext,
+    nats_client: NatsClient,
     team: TeamCredentials,
 ) -> None:
     response = await ingest.SendEvent(signup_request(), metadata=team.metadata, timeout=10)
@@ -181,7 +182,9 @@ async def test_send_event_publishes_the_event_and_answers_its_stream_sequence(
     assert stored.headers[MSG_ID] == event.event_id
     assert stored.headers[PROJECT_HEADER] == team.team_id
 
-    accepted = {record.trigger_id: record for record in await tracked(js, team.team_id, "trigger_accepted")}
+    accepted = {
+        record.trigger_id: record for record in await tracked(nats_client, team.team_id, "trigger_accepted")
+    }
     assert accepted[trigger_id].trigger_accepted.event_id == event.event_id
 
     # The new contact was announced as herald.contact.created: an event and a trigger of its own.
@@ -358,6 +361,7 @@ async def test_an_event_with_trigger_at_is_scheduled_and_not_published_yet(
     ingest: ingest_pb2_grpc.IngestServiceAsyncStub,
     sessions: async_sessionmaker[AsyncSession],
     js: JetStreamContext,
+    nats_client: NatsClient,
     team: TeamCredentials,
 ) -> None:
     at = (utcnow() + timedelta(days=2)).replace(microsecond=123000)
@@ -371,7 +375,7 @@ async def test_an_event_with_trigger_at_is_scheduled_and_not_published_yet(
     assert await published_count(js, "EVENTS", f"events.{team.team_id}.>") == 0
     record = await trigger_record(ingest, team, response.trigger_id)
     assert (record.status, record.scheduled_for) == ("scheduled", isoformat_ms(at))
-    [accepted] = await tracked(js, team.team_id, "trigger_accepted")
+    [accepted] = await tracked(nats_client, team.team_id, "trigger_accepted")
     assert accepted.trigger_id == response.trigger_id
     assert from_timestamp(accepted.trigger_accepted.scheduled_for) == at
     await cancel(ingest, team, response.trigger_id)
@@ -408,7 +412,10 @@ async def test_a_bad_trigger_at_is_invalid_argument(
 
 
 async def test_cancelling_a_scheduled_trigger_reports_it_cancelled_everywhere(
-    ingest: ingest_pb2_grpc.IngestServiceAsyncStub, js: JetStreamContext, team: TeamCredentials
+    ingest: ingest_pb2_grpc.IngestServiceAsyncStub,
+    js: JetStreamContext,
+    team: TeamCredentials,
+    nats_client: NatsClient,
 ) -> None:
     at = utcnow() + timedelta(days=1)
     sent = await ingest.SendEvent(scheduled_request(at), metadata=team.metadata, timeout=10)
@@ -423,7 +430,7 @@ async def test_cancelling_a_scheduled_trigger_reports_it_cancelled_everywhere(
     )
     assert again.status == "cancelled"
     assert (await trigger_record(ingest, team, sent.trigger_id)).status == "cancelled"
-    [cancelled_fact] = await tracked(js, team.team_id, "trigger_cancelled")
+    [cancelled_fact] = await tracked(nats_client, team.team_id, "trigger_cancelled")
     assert cancelled_fact.trigger_id == sent.trigger_id
 
 
@@ -485,6 +492,7 @@ async def test_a_due_scheduled_event_fires_once_with_a_trigger_fired_record(
     running: Ingest,
     sessions: async_sessionmaker[AsyncSession],
     js: JetStreamContext,
+    nats_client: NatsClient,
     team: TeamCredentials,
 ) -> None:
     ingest = running.events
@@ -509,7 +517,9 @@ async def test_a_due_scheduled_event_fires_once_with_a_trigger_fired_record(
     event = event_pb2.Event.FromString(stored.data)
     assert event.trigger_id == sent.trigger_id
     assert from_struct(event.data) == {"n": 1}
-    assert [fact.trigger_id for fact in await tracked(js, team.team_id, "trigger_fired")] == [sent.trigger_id]
+    assert [fact.trigger_id for fact in await tracked(nats_client, team.team_id, "trigger_fired")] == [
+        sent.trigger_id
+    ]
     assert (await trigger_record(ingest, team, sent.trigger_id)).status == "queued"
 
 
