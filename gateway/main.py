@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 
 import structlog
 from aiohttp import web
 
 from gateway.app import create_app
+from kernel.heap import settle_heap
 from kernel.logs import configure_logging
 from kernel.settings import Settings
 
@@ -21,8 +21,7 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()
-    gc.set_threshold(20_000, 20, 20)
-    gc.freeze()  # what is alive now lives as long as the process (see kernel.service.run_service)
+    settle_heap()
     log.info("gateway.started", url=f"http://{settings.http_host}:{settings.http_port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

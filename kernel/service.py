@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
@@ -36,6 +35,7 @@ from kernel.auth import Authenticator
 from kernel.database import create_engine, session_factory
 from kernel.errors import ConfigurationError, HeraldError
 from kernel.grpc_server import ServiceRegistration, create_server
+from kernel.heap import settle_heap
 from kernel.lag import lag_sampler
 from kernel.logs import configure_logging
 from kernel.metrics import DEPENDENCY_UP, Sampler, run_samplers, serve_metrics
@@ -237,10 +237,7 @@ def run_service(name: str, serve: Callable[[Runtime], Awaitable[None]], *, use_b
 
     async def main() -> None:
         async with Runtime.open(name, settings, use_bus=use_bus) as runtime:
-            # What is alive now (modules, descriptors, metadata) lives as long as the process:
-            # the garbage collector need not look through it again at every full collection.
-            gc.freeze()
-            gc.set_threshold(20_000, 20, 20)  # young collections 30 times rarer than the default
+            settle_heap()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, runtime.stop.set)

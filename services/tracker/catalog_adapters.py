@@ -6,8 +6,8 @@ kernel.database.insert_many); reads for the API are plain SQLAlchemy Core."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from kernel.database import driver, insert_many, insert_many_returning, table_of, update_many
+from kernel.database import driver, insert_many, insert_many_returning, pipelined, table_of, update_many
 from kernel.unit_of_work import SqlUnitOfWork
 from services.tracker.adapters import TrackerBase
 from services.tracker.catalog import (
@@ -195,12 +195,9 @@ class SqlCatalogRepository:
     def __init__(self, session: AsyncSession):
         self._session = session
 
-    @asynccontextmanager
-    async def together(self) -> AsyncIterator[None]:
-        """A psycopg pipeline on the session's connection (with the transaction's BEGIN)."""
-        connection = await driver(self._session)
-        async with connection.pipeline():
-            yield
+    def together(self) -> AbstractAsyncContextManager[None]:
+        """One round trip for the statements inside (kernel.database.pipelined)."""
+        return pipelined(self._session)
 
     async def claim(self, events: Sequence[ObservedEvent]) -> set[str]:
         times = _Times()
